@@ -1,0 +1,112 @@
+# The one entry point for humans and CI. `make help` lists the targets.
+#
+# Everything Python lives in .venv, created on first use. Three stamp files in .venv record what
+# is already done, so `make install` costs nothing when nothing changed:
+#   .deps.stamp   requirements/dev.txt is installed        (redone when that file changes)
+#   .build.stamp  the extension is built in release mode   (redone when Rust sources change)
+#   .bench.stamp  requirements/bench.txt is installed      (redone when that file changes)
+# Python sources need no rebuild: maturin develop installs python/ in editable mode.
+
+.DEFAULT_GOAL := help
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# Extra arguments for `make bench`, e.g. `make bench BENCH_ARGS=--quick`.
+BENCH_ARGS ?=
+
+DEPS_STAMP := $(VENV)/.deps.stamp
+BUILD_STAMP := $(VENV)/.build.stamp
+BENCH_STAMP := $(VENV)/.bench.stamp
+RUST_SOURCES := Cargo.toml pyproject.toml $(shell find crates -name '*.rs' -o -name Cargo.toml)
+MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin
+
+.PHONY: help
+help:  ## list the targets
+	@echo "usage: make TARGET"
+	@awk -F ':.*## ' '/^[a-zA-Z_-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS_STAMP): requirements/dev.txt | $(VPY)
+	$(VPY) -m pip install -r requirements/dev.txt
+	touch $@
+
+$(BUILD_STAMP): $(DEPS_STAMP) $(RUST_SOURCES)
+	$(MATURIN) develop --release
+	touch $@
+
+$(BENCH_STAMP): requirements/bench.txt $(DEPS_STAMP)
+	$(VPY) -m pip install -r requirements/bench.txt
+	touch $@
+
+.PHONY: install
+install: $(BUILD_STAMP)  ## create .venv, install requirements/dev.txt, build the extension (release)
+
+.PHONY: build-dev
+build-dev: $(DEPS_STAMP)  ## build the extension in debug mode into .venv (maturin develop)
+	$(MATURIN) develop
+	@# What is installed is no longer the release build that `install` promises.
+	rm -f $(BUILD_STAMP)
+
+.PHONY: build-prod
+build-prod: $(DEPS_STAMP)  ## build the extension in release mode into .venv
+	$(MATURIN) develop --release
+	touch $(BUILD_STAMP)
+
+.PHONY: demo
+demo: install  ## run the tutorial on gilfree, then threading vs gilfree on a CPU-bound job
+	$(VPY) -m gilfree demo
+
+.PHONY: test
+test: install  ## run every test: Rust (gilfree-core, without Python), then pytest
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		echo "cargo nextest run -p gilfree-core --no-tests=warn"; \
+		cargo nextest run -p gilfree-core --no-tests=warn; \
+		echo "cargo test -p gilfree-core --doc"; \
+		cargo test -p gilfree-core --doc; \
+	else \
+		echo "cargo test -p gilfree-core"; \
+		cargo test -p gilfree-core; \
+	fi
+	$(VPY) -m pytest
+
+.PHONY: loom
+loom:  ## model-check the lock word, event counter and ring indices under loom
+	RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
+		cargo test -p gilfree-core --release loom_
+
+.PHONY: lint-rust
+lint-rust:  ## cargo fmt --check and clippy -D warnings
+	cargo fmt --all -- --check
+	PYO3_PYTHON=$(abspath $(VPY)) cargo clippy --workspace --all-targets -- -D warnings
+
+.PHONY: lint-python
+lint-python: $(DEPS_STAMP)  ## ruff check and ruff format --check
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
+
+.PHONY: lint
+lint: lint-rust lint-python  ## every linter, Rust and Python
+
+.PHONY: format
+format: $(DEPS_STAMP)  ## format and autofix: cargo fmt, ruff check --fix, ruff format
+	cargo fmt --all
+	$(VENV)/bin/ruff check --fix
+	$(VENV)/bin/ruff format
+
+.PHONY: bench
+bench: install $(BENCH_STAMP)  ## benchmarks beside peers -> benchmarks/results/ (BENCH_ARGS=--quick)
+	$(VPY) benchmarks/run.py $(BENCH_ARGS)
+
+.PHONY: clean
+clean:  ## remove build outputs, caches and install stamps (keeps .venv)
+	rm -rf target .pytest_cache .ruff_cache .hypothesis benchmarks/results/*.tmp
+	rm -f python/gilfree/_engine*.so $(DEPS_STAMP) $(BUILD_STAMP) $(BENCH_STAMP)
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: all
+all: format lint test  ## the pre-merge check (test builds through install; loom runs on its own)

@@ -1,0 +1,165 @@
+//! One worker process as the parent sees it: its pidfd, its channel, its output pipes, and
+//! death detection.
+//!
+//! # Invariants
+//! 1. Death is observed only through the pidfd (it becomes readable when the process exits),
+//!    never by polling with sleeps. A pidfd names exactly one process, so signalling it can
+//!    never hit a recycled pid, even after the process was reaped.
+//! 2. The process is reaped exactly once, under `child`'s mutex; later callers get the cached
+//!    [`ExitInfo`]. Reaping blocks only when the process is already dead or was sent SIGKILL.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::process::{pidfd_send_signal, Signal};
+
+use crate::output::WorkerOutput;
+use crate::shm::channel::Channel;
+
+/// How a worker process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// The exit code, if the process exited normally.
+    pub code: Option<i32>,
+    /// The signal number, if a signal killed it.
+    pub signal: Option<i32>,
+}
+
+impl From<ExitStatus> for ExitInfo {
+    fn from(status: ExitStatus) -> Self {
+        ExitInfo { code: status.code(), signal: status.signal() }
+    }
+}
+
+enum Reap {
+    Running(Child),
+    Exited(ExitInfo),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A spawned worker process (before or after its handshake).
+pub(crate) struct WorkerProcess {
+    pid: u32,
+    pidfd: OwnedFd,
+    channel: Channel,
+    child: Mutex<Reap>,
+    output: Arc<WorkerOutput>,
+    killed: AtomicBool,
+}
+
+impl WorkerProcess {
+    pub(crate) fn new(
+        child: Child,
+        pidfd: OwnedFd,
+        channel: Channel,
+        output: Arc<WorkerOutput>,
+    ) -> WorkerProcess {
+        WorkerProcess {
+            pid: child.id(),
+            pidfd,
+            channel,
+            child: Mutex::new(Reap::Running(child)),
+            output,
+            killed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    pub(crate) fn output(&self) -> &Arc<WorkerOutput> {
+        &self.output
+    }
+
+    /// `kill` was called (by us, for any reason).
+    pub(crate) fn was_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// The process has exited (its pidfd is readable). Never blocks.
+    pub(crate) fn has_exited(&self) -> bool {
+        if matches!(*lock(&self.child), Reap::Exited(_)) {
+            return true;
+        }
+        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+        loop {
+            match poll(&mut fds, Some(&zero)) {
+                Ok(n) => return n > 0,
+                Err(rustix::io::Errno::INTR) => continue,
+                // A pidfd that cannot be polled is as good as a dead process to us.
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Sends SIGKILL. Idempotent; harmless once the process is gone.
+    pub(crate) fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        // ESRCH (already exited or reaped) is the only expected error, and means "done".
+        let _ = pidfd_send_signal(&self.pidfd, Signal::KILL);
+    }
+
+    /// Reaps the process if it has exited; `None` while it still runs. Never blocks for long:
+    /// it only waits once the pidfd says the process is gone.
+    pub(crate) fn try_reap(&self) -> Option<ExitInfo> {
+        if let Reap::Exited(info) = *lock(&self.child) {
+            return Some(info);
+        }
+        if self.has_exited() {
+            Some(self.reap())
+        } else {
+            None
+        }
+    }
+
+    /// Waits for the process to end and reaps it. Call only once it is dead or was killed.
+    pub(crate) fn reap(&self) -> ExitInfo {
+        let mut child = lock(&self.child);
+        match &mut *child {
+            Reap::Exited(info) => *info,
+            Reap::Running(c) => {
+                let info = match c.wait() {
+                    Ok(status) => ExitInfo::from(status),
+                    // ECHILD cannot happen for our own unreaped child unless someone else
+                    // reaped it (a foreign waitpid(-1)); the status is then unknowable.
+                    Err(_) => ExitInfo { code: None, signal: None },
+                };
+                *child = Reap::Exited(info);
+                info
+            }
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub(crate) fn kill_and_reap(&self) -> ExitInfo {
+        self.kill();
+        self.reap()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        // Last line of defence: a process is never leaked, whoever dropped the last handle.
+        if let Reap::Running(_) = *lock(&self.child) {
+            self.kill();
+        }
+        let _ = self.reap();
+    }
+}

@@ -1,0 +1,133 @@
+//! Starting a worker process from a clean interpreter, and the spawn handshake.
+//!
+//! # Protocol (parent side; the worker side is in [`worker_main`](super::worker_main))
+//! 1. Create the worker's [`Channel`] and make its fds inheritable, for this one spawn only.
+//! 2. `fork`+`exec` `command.program` (std's `Command`) with stdin null and stdout/stderr piped,
+//!    with [`CHANNEL_FDS_ENV`] (the channel's fd numbers) and [`PARENT_PID_ENV`] in its
+//!    environment. This must run on the supervisor thread: the worker's parent-death signal
+//!    fires when the *thread* that forked it exits.
+//! 3. Make the channel fds non-inheritable again, and `pidfd_open` the child. We have not reaped
+//!    it, so its pid cannot have been reused yet and the pidfd names exactly this child.
+//! 4. Wait for the child's first message, [`READY_MESSAGE`], with its pidfd as the wait's peer
+//!    and a deadline of [`HANDSHAKE_TIMEOUT`]. Until then its output is held (see
+//!    [`crate::output`]).
+//! 5. If it dies first, reap it and fail with [`SpawnError::Handshake`] carrying its exit code or
+//!    signal and the tail of its stderr. If the deadline passes or the message is wrong, kill
+//!    and reap it and fail the same way.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::process::{getpid, pidfd_open, Pid, PidfdFlags};
+
+use super::process::WorkerProcess;
+use crate::error::{RecvError, SpawnError};
+use crate::output::{OutputSink, WorkerOutput};
+use crate::shm::channel::Channel;
+use crate::wait::Wait;
+
+/// Environment variable that carries the channel's inherited fd numbers to the worker
+/// ([`ChannelFds::encode`](crate::shm::channel::ChannelFds::encode)).
+pub const CHANNEL_FDS_ENV: &str = "GILFREE_CHANNEL_FDS";
+
+/// Environment variable that carries the parent's pid, so the worker can tell whether its
+/// parent died before it armed its parent-death signal.
+pub const PARENT_PID_ENV: &str = "GILFREE_PARENT_PID";
+
+/// The first message a worker sends on its channel, once it is ready for work.
+pub const READY_MESSAGE: &[u8] = b"gilfree-ready-v1";
+
+/// How long a new worker may take to send [`READY_MESSAGE`]. Generous: a cold Python start
+/// with heavy imports on a loaded machine can take seconds.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What to run as a worker process.
+#[derive(Clone, Debug)]
+pub struct WorkerCommand {
+    /// The executable (for Python: `sys.executable`).
+    pub program: PathBuf,
+    /// Its arguments (for Python: `["-m", "gilfree._worker"]`).
+    pub args: Vec<OsString>,
+    /// Extra environment variables, on top of the parent's environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// The working directory; `None` keeps the parent's.
+    pub cwd: Option<PathBuf>,
+    /// The capacity in bytes of each of the channel's two rings.
+    pub ring_capacity: usize,
+}
+
+/// Steps 1–3: starts the process, without waiting for its handshake.
+pub(crate) fn spawn(command: &WorkerCommand) -> Result<WorkerProcess, SpawnError> {
+    let channel = Channel::create(command.ring_capacity)?;
+    let mut cmd = Command::new(&command.program);
+    cmd.args(&command.args)
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
+        .env(CHANNEL_FDS_ENV, channel.child_fds().encode())
+        .env(PARENT_PID_ENV, getpid().as_raw_nonzero().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(cwd) = &command.cwd {
+        cmd.current_dir(cwd);
+    }
+    channel.set_inheritable(true)?;
+    let spawned = cmd.spawn();
+    let restored = channel.set_inheritable(false);
+    let mut child = spawned?;
+    let opened = restored.map_err(SpawnError::from).and_then(|()| {
+        let raw = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
+        let pid = raw.ok_or_else(|| std::io::Error::other("child pid out of range"))?;
+        Ok(pidfd_open(pid, PidfdFlags::empty())?)
+    });
+    let pidfd = match opened {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Without a pidfd we cannot watch it; never leave it running.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        unreachable!("stdout and stderr were set to piped");
+    };
+    let output = match WorkerOutput::new(child.id(), stdout.into(), stderr.into()) {
+        Ok(o) => Arc::new(o),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e.into());
+        }
+    };
+    Ok(WorkerProcess::new(child, pidfd, channel, output))
+}
+
+/// Steps 4–5: waits for the ready message. On success the worker's held output is released to
+/// the sink; on failure the process is reaped.
+pub(crate) fn handshake(worker: &WorkerProcess, sink: &dyn OutputSink) -> Result<(), SpawnError> {
+    let mut wait = Wait::timeout(Some(HANDSHAKE_TIMEOUT)).with_peer(worker.pidfd());
+    let problem = match worker.channel().recv(&mut wait) {
+        Ok(msg) if msg == READY_MESSAGE => {
+            worker.output().release_held(sink);
+            return Ok(());
+        }
+        Ok(_) => "the worker's first message was not the ready handshake",
+        Err(RecvError::Disconnected) => "",
+        Err(RecvError::Timeout) => "the worker sent no ready message within 60 s",
+        Err(RecvError::Interrupted) => "interrupted",
+        Err(RecvError::Io(e)) => {
+            worker.kill_and_reap();
+            let _ = worker.output().take_failed_handshake(sink);
+            return Err(SpawnError::Io(e));
+        }
+    };
+    let info = worker.kill_and_reap();
+    let mut output = worker.output().take_failed_handshake(sink);
+    if !problem.is_empty() {
+        output = if output.is_empty() { problem.to_owned() } else { format!("{problem}\n{output}") };
+    }
+    Err(SpawnError::Handshake { code: info.code, signal: info.signal, output })
+}

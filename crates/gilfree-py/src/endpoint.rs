@@ -1,0 +1,43 @@
+//! `Endpoint`: the worker process's side of its channel to the parent.
+
+use gilfree_core::pool::worker_main::Endpoint;
+use gilfree_core::{RecvError, SendError, Wait};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::PyEngineError;
+
+/// The worker's end of the link to its parent; made once per worker process.
+#[pyclass(name = "Endpoint", module = "gilfree._engine", frozen)]
+pub struct PyEndpoint {
+    inner: Endpoint,
+}
+
+#[pymethods]
+impl PyEndpoint {
+    /// Opens the channel the parent handed down, arms the parent-death signal, and tells the
+    /// parent this worker is ready.
+    #[staticmethod]
+    fn from_env(py: Python<'_>) -> PyResult<Self> {
+        let inner = py.detach(Endpoint::from_env).map_err(|e| PyEngineError::Spawn(e, None))?;
+        Ok(PyEndpoint { inner })
+    }
+
+    /// The next message from the parent, or `None` once the parent is gone.
+    fn recv<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        match py.detach(|| self.inner.recv(&mut Wait::forever())) {
+            Ok(msg) => Ok(Some(PyBytes::new(py, &msg))),
+            Err(RecvError::Disconnected) => Ok(None),
+            Err(e) => Err(PyEngineError::Recv(e, None).into()),
+        }
+    }
+
+    /// Sends one message to the parent. Returns `False` if the parent is gone.
+    fn send(&self, py: Python<'_>, data: &[u8]) -> PyResult<bool> {
+        match py.detach(|| self.inner.send(data, &mut Wait::forever())) {
+            Ok(()) => Ok(true),
+            Err(SendError::Disconnected) => Ok(false),
+            Err(e) => Err(PyEngineError::Send(e, None).into()),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! `gilfree._engine`: the PyO3 glue over `gilfree-core`.
+//!
+//! No logic lives here: each method converts its arguments, calls the core (with the GIL
+//! released whenever it can block), and maps the error through [`errors`].
+
+mod convert;
+mod endpoint;
+mod engine;
+mod errors;
+
+use pyo3::prelude::*;
+
+/// The native half of gilfree. Private: use the `gilfree` package.
+#[pymodule]
+fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<engine::PyEngine>()?;
+    m.add_class::<engine::PyLease>()?;
+    m.add_class::<endpoint::PyEndpoint>()?;
+    m.add("RING_CAPACITY_DEFAULT", convert::RING_CAPACITY_DEFAULT)?;
+    Ok(())
+}

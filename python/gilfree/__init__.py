@@ -1,0 +1,16 @@
+"""gilfree: the worker-thread pattern, without the GIL.
+
+Write workers as you would threads: subclass :class:`gilfree.Worker` (instead of
+``threading.Thread``), override ``run()``, then ``start()`` and ``join()``. Each Worker runs in
+its own worker process, started and supervised by a Rust engine, so CPU-bound pure-Python work
+runs on every core.
+"""
+
+from __future__ import annotations
+
+from gilfree.exceptions import RemoteTraceback, WorkerCrashedError
+from gilfree.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = ["RemoteTraceback", "Worker", "WorkerCrashedError", "__version__"]

@@ -1,0 +1,106 @@
+"""The engine of this interpreter: created on first use, shut down at exit.
+
+One engine serves every Worker (and, later, every Pool) of the interpreter, so they share one
+warm set of worker processes. Worker output arrives here and is written to whatever
+``sys.stdout`` / ``sys.stderr`` are at that moment, so ``contextlib.redirect_stdout``, pytest's
+capture and Jupyter all see it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+from collections.abc import Callable
+
+from gilfree import _engine
+
+# Extra worker processes beyond the warm set retire after this long idle.
+IDLE_TIMEOUT = 30.0
+
+_lock = threading.Lock()
+_engine_instance: _engine.Engine | None = None
+_exit_hooks: list[Callable[[], None]] = []
+_exiting = False
+
+
+def _emit(pid: int, stream: int, data: bytes) -> None:
+    target = sys.stdout if stream == 1 else sys.stderr
+    if target is None:
+        return
+    target.write(data.decode("utf-8", "replace"))
+    target.flush()
+
+
+def _worker_env() -> list[tuple[str, str]]:
+    # The worker must import this very gilfree, even when it was put on sys.path by hand.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.environ.get("PYTHONPATH")
+    pythonpath = package_root if not path else package_root + os.pathsep + path
+    return [("PYTHONPATH", pythonpath), ("PYTHONUNBUFFERED", "1")]
+
+
+def default_workers() -> int:
+    """The number of CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def engine() -> _engine.Engine:
+    """The interpreter's engine, started (with its warm workers) on first call."""
+    global _engine_instance
+    eng = _engine_instance
+    if eng is not None:
+        return eng
+    with _lock:
+        if _exiting:
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        if _engine_instance is None:
+            _engine_instance = _engine.Engine(
+                sys.executable,
+                ["-m", "gilfree._worker"],
+                _worker_env(),
+                None,
+                default_workers(),
+                IDLE_TIMEOUT,
+                _engine.RING_CAPACITY_DEFAULT,
+                _emit,
+            )
+            # threading's own exit hook runs before non-daemon threads are joined and before
+            # atexit, the same moment concurrent.futures uses; atexit is the fallback.
+            threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+            atexit.register(shutdown)
+        return _engine_instance
+
+
+def on_exit(hook: Callable[[], None]) -> None:
+    """Runs ``hook`` at interpreter exit, before the engine stops (joins non-daemon Workers)."""
+    _exit_hooks.append(hook)
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    try:
+        for hook in list(_exit_hooks):
+            hook()
+    finally:
+        shutdown()
+
+
+def shutdown() -> None:
+    """Kills every worker process and stops the engine. Later use starts a fresh engine."""
+    global _engine_instance
+    with _lock:
+        eng, _engine_instance = _engine_instance, None
+    if eng is not None:
+        eng.shutdown()
+
+
+def worker_pids() -> list[int]:
+    """Pids of every live worker process (for tests and diagnostics)."""
+    eng = _engine_instance
+    return [] if eng is None else eng.pids()

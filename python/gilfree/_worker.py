@@ -1,0 +1,125 @@
+"""The worker process: ``python -m gilfree._worker``, started by the engine.
+
+It never imports the user's main module (unlike multiprocessing's spawn), so a script needs no
+``if __name__ == "__main__":`` guard. Its loop:
+
+1. open the channel the parent handed down and tell the parent it is ready
+   (``Endpoint.from_env``, which also arms the parent-death signal);
+2. receive a task, adopt the parent's ``sys.path`` and working directory, unpickle, run;
+3. flush stdout/stderr (so all output precedes the reply), send the reply;
+4. repeat until the parent goes away.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+from gilfree import _engine, _protocol, _serialize
+from gilfree.worker import _CALL_ATTRS, Worker, _State
+
+
+def _adopt(path: list[str], cwd: str) -> None:
+    if sys.path != path:
+        sys.path[:] = path
+    if os.getcwd() != cwd:
+        try:
+            os.chdir(cwd)
+        except OSError:
+            pass
+
+
+def _pickle_error(exc: BaseException, tb_text: str) -> bytes:
+    """The exception, pickled so the parent can re-raise the same type; a stand-in if it
+    cannot make the round trip."""
+    try:
+        blob = _serialize.dumps(exc)
+        _serialize.loads(blob)
+        return blob
+    except Exception:
+        stand_in = RuntimeError(
+            f"{type(exc).__qualname__}: {exc} (the original exception could not be pickled)"
+        )
+        return _serialize.dumps(stand_in)
+
+
+def run_worker(meta: tuple[str, bool], body: memoryview) -> bytes:
+    """Runs one Worker's ``run()`` and builds the reply."""
+    name, daemon = meta
+    cls_bytes, state = _serialize.loads(body)
+    cls = _serialize.loads(cls_bytes)
+    obj: Worker = cls.__new__(cls)
+    obj.__dict__.update({key: _serialize.loads(blob) for key, blob in state.items()})
+    st = _State(name, daemon)
+    st.started = st.in_worker = True
+    st.pid = os.getpid()
+    obj.__dict__["_gilfree"] = st
+
+    try:
+        value = obj.run()
+    except SystemExit:  # threading ignores SystemExit in run(); so do we
+        status, payload = _protocol.OK, _serialize.dumps(None)
+    except BaseException as exc:
+        tb_text = "".join(traceback.format_exception(exc))
+        status, payload = _protocol.RAISED, (_pickle_error(exc, tb_text), tb_text)
+    else:
+        try:
+            status, payload = _protocol.OK, _serialize.dumps(value)
+        except Exception as exc:
+            status, payload = _protocol.RESULT_UNPICKLABLE, _serialize.describe_failure(value, exc)
+
+    changed: dict[str, bytes] = {}
+    skipped: list[tuple[str, str]] = []
+    for key, value in obj.__dict__.items():
+        if key == "_gilfree" or key in _CALL_ATTRS:
+            continue
+        try:
+            blob = _serialize.dumps(value)
+        except Exception as exc:
+            skipped.append((key, _serialize.describe_failure(value, exc)))
+            continue
+        if state.get(key) != blob:
+            changed[key] = blob
+    deleted = [key for key in state if key not in obj.__dict__ and key not in _CALL_ATTRS]
+    return _protocol.encode_reply(status, payload, changed, deleted, skipped)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
+def main() -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides what a
+    # KeyboardInterrupt means, as the main thread does for threads.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    endpoint = _engine.Endpoint.from_env()
+    handlers: dict[int, Any] = {_protocol.RUN_WORKER: run_worker}
+    while True:
+        msg = endpoint.recv()
+        if msg is None:
+            return
+        kind, path, cwd, meta, body = _protocol.decode_task(msg)
+        _adopt(path, cwd)
+        try:
+            reply = handlers[kind](meta, body)
+        except BaseException as exc:  # a failure to unpickle the task itself
+            tb_text = "".join(traceback.format_exception(exc))
+            reply = _protocol.encode_reply(
+                _protocol.RAISED, (_pickle_error(exc, tb_text), tb_text), {}, [], []
+            )
+        del msg, body
+        _flush()
+        if not endpoint.send(reply):
+            return
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Exceptions raised by gilfree.
+
+Each class derives from the stdlib exception a caller would already catch, and pickles cleanly
+so it can cross a process boundary.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RemoteTraceback", "WorkerCrashedError"]
+
+
+class WorkerCrashedError(RuntimeError):
+    """The worker process running a task died before finishing it.
+
+    Raised by ``Worker.join()`` (and later by a Pool task's future) when the process was killed
+    by a signal (segfault, SIGKILL, OOM killer, ``Worker.terminate()``) or exited without
+    returning a result (``os._exit``).
+
+    Attributes:
+        exitcode: The process's exit status if it exited, else ``None``.
+        signal: The number of the signal that killed it, else ``None``.
+        pid: The worker process's pid.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        exitcode: int | None = None,
+        signal: int | None = None,
+        pid: int | None = None,
+    ) -> None:
+        super().__init__(message, exitcode, signal, pid)
+        self.exitcode = exitcode
+        self.signal = signal
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, as text.
+
+    Attached as ``__cause__`` of the re-raised exception, so a traceback printed in the parent
+    shows where the error happened in the worker (as ``concurrent.futures`` does).
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb

@@ -1,0 +1,442 @@
+"""``gilfree.Worker``: the ``threading.Thread`` surface, run in a worker process.
+
+A Worker is written exactly like a thread (subclass and override ``run()``, or pass
+``target=``), but ``start()`` runs it in one of the engine's worker processes, so CPU-bound
+pure-Python code runs in parallel on every core. On top of what threads give:
+
+- ``join()`` returns what ``run()`` returned, and re-raises what it raised (with the worker's
+  traceback attached as ``__cause__``);
+- attributes that ``run()`` set or changed on ``self`` are copied back to this object when the
+  worker finishes (each one pickled on its own; one that cannot be pickled is skipped with a
+  ``RuntimeWarning`` naming it);
+- ``terminate()`` stops a running Worker, and a worker process that dies makes ``join()`` raise
+  :class:`~gilfree.WorkerCrashedError` instead of hanging.
+
+Each Worker starts at once, as a thread would: if every warm process is busy, the engine
+starts another one rather than queueing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+import traceback
+import warnings
+from typing import Any
+
+from gilfree import _protocol, _runtime, _serialize
+from gilfree.exceptions import RemoteTraceback, WorkerCrashedError
+
+__all__ = ["Worker"]
+
+_counter = itertools.count(1)
+
+# Started Workers whose outcome has not been read yet: kept alive, like running threads, and
+# joined (or, for daemons, killed) at interpreter exit.
+_live_lock = threading.Lock()
+_live: set[Worker] = set()
+
+# Attributes that describe the call rather than the Worker's own state: never copied back.
+_CALL_ATTRS = ("_target", "_args", "_kwargs")
+
+
+class _State:
+    """The bookkeeping of one Worker; never pickled."""
+
+    __slots__ = (
+        "daemon",
+        "done",
+        "in_worker",
+        "join_lock",
+        "lease",
+        "name",
+        "outcome",
+        "pid",
+        "started",
+    )
+
+    def __init__(self, name: str, daemon: bool) -> None:
+        self.name = name
+        self.daemon = daemon
+        self.started = False
+        self.done = False
+        self.in_worker = False
+        self.lease: Any = None
+        self.pid: int | None = None
+        self.outcome: tuple[bool, Any] | None = None
+        self.join_lock = threading.Lock()
+
+
+class Worker:
+    """A unit of work that runs in its own worker process, with ``threading.Thread``'s API.
+
+    Args:
+        group: Must be ``None``; kept so positional calls match ``threading.Thread``.
+        target: The callable that ``run()`` calls, if ``run()`` is not overridden.
+        name: The Worker's name; by default ``"Worker-N"``.
+        args: Positional arguments for ``target``.
+        kwargs: Keyword arguments for ``target``.
+        daemon: Daemon Workers are killed at interpreter exit; others are joined, as threads
+            are. By default inherited from the current thread.
+
+    Everything a Worker carries to its process (``target``, ``args``, ``kwargs`` and every
+    attribute of ``self``) is pickled at ``start()``; anything that cannot be pickled fails
+    there with a ``TypeError`` naming it.
+    """
+
+    def __init__(
+        self,
+        group: None = None,
+        target: Any = None,
+        name: str | None = None,
+        args: Any = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        daemon: bool | None = None,
+    ) -> None:
+        if group is not None:
+            raise AssertionError("group argument must be None for now")
+        n = next(_counter)
+        if name is None:
+            name = f"Worker-{n}"
+            target_name = getattr(target, "__name__", None)
+            if target_name:
+                name += f" ({target_name})"
+        else:
+            name = str(name)
+        if daemon is None:
+            daemon = threading.current_thread().daemon
+        self._target = target
+        self._args = args
+        self._kwargs = {} if kwargs is None else kwargs
+        self._gilfree = _State(name, bool(daemon))
+
+    # -- what runs in the worker -------------------------------------------------------------
+
+    def run(self) -> Any:
+        """The Worker's activity; override it, or pass ``target=``.
+
+        Runs in the worker process. Its return value is what ``join()`` returns.
+        """
+        if self._target is not None:
+            return self._target(*self._args, **self._kwargs)
+        return None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts ``run()`` in a worker process, at once.
+
+        Raises:
+            RuntimeError: if called twice (as ``threading.Thread.start``).
+            TypeError: if the target, an argument or an attribute cannot be pickled; the
+                message names it.
+        """
+        st = self._state()
+        if st.started:
+            raise RuntimeError("threads can only be started once")
+        if st.in_worker:
+            raise RuntimeError("a Worker cannot be restarted inside its worker process")
+        body = self._pickle()
+        lease = _runtime.engine().acquire()
+        try:
+            lease.send(_protocol.encode_task(_protocol.RUN_WORKER, (st.name, st.daemon), body))
+        except BaseException:
+            lease.kill()
+            lease.release()
+            raise
+        st.lease = lease
+        st.pid = lease.pid
+        st.started = True
+        with _live_lock:
+            _live.add(self)
+
+    def join(self, timeout: float | None = None) -> Any:
+        """Waits until the Worker finishes, and returns what ``run()`` returned.
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` waits as long as it takes.
+
+        Returns:
+            ``run()``'s return value, or ``None`` if ``timeout`` passed first (then
+            ``is_alive()`` is still true, as with threads; see :meth:`result` for a variant
+            that raises instead).
+
+        Raises:
+            RuntimeError: if the Worker was not started.
+            WorkerCrashedError: if the worker process died (or was terminated).
+            BaseException: whatever ``run()`` raised, with the worker's traceback as
+                ``__cause__``.
+        """
+        done = self._wait(timeout)
+        if not done:
+            return None
+        return self._outcome()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Like :meth:`join`, but raises ``TimeoutError`` if ``timeout`` passes first."""
+        if not self._wait(timeout):
+            raise TimeoutError(f"{self.name} did not finish within {timeout} seconds")
+        return self._outcome()
+
+    def is_alive(self) -> bool:
+        """Whether ``run()`` has started and not yet finished (it never blocks)."""
+        st = self._state()
+        if st.in_worker:
+            return True
+        if not st.started or st.done:
+            return False
+        lease = st.lease
+        try:
+            return lease is not None and not lease.has_incoming()
+        except RuntimeError:  # released by a concurrent join
+            return False
+
+    def terminate(self) -> None:
+        """Stops a running Worker by killing its process (which the engine replaces).
+
+        A later ``join()`` raises :class:`WorkerCrashedError`. Does nothing if the Worker has
+        already finished.
+        """
+        st = self._state()
+        if not st.started:
+            raise RuntimeError("cannot terminate a Worker before it is started")
+        lease = st.lease
+        if lease is not None and not st.done:
+            try:
+                lease.kill()
+            except RuntimeError:  # released by a concurrent join: it had finished
+                pass
+
+    # -- threading.Thread's properties -------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The Worker's name (not necessarily unique)."""
+        return self._state().name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        self._state().name = str(name)
+
+    @property
+    def daemon(self) -> bool:
+        """Whether the Worker is killed (True) or joined (False) at interpreter exit."""
+        return self._state().daemon
+
+    @daemon.setter
+    def daemon(self, daemonic: bool) -> None:
+        st = self._state()
+        if st.started:
+            raise RuntimeError("cannot set daemon status of active thread")
+        st.daemon = bool(daemonic)
+
+    @property
+    def ident(self) -> int | None:
+        """The worker process's pid once started (a Worker's identity is its process)."""
+        return self._state().pid
+
+    @property
+    def native_id(self) -> int | None:
+        """The worker process's pid once started, else ``None``."""
+        return self._state().pid
+
+    def getName(self) -> str:
+        """Deprecated alias of :attr:`name`, as in ``threading``."""
+        warnings.warn(
+            "getName() is deprecated, get the name attribute instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.name
+
+    def setName(self, name: str) -> None:
+        """Deprecated alias of setting :attr:`name`, as in ``threading``."""
+        warnings.warn(
+            "setName() is deprecated, set the name attribute instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.name = name
+
+    def isDaemon(self) -> bool:
+        """Deprecated alias of :attr:`daemon`, as in ``threading``."""
+        warnings.warn(
+            "isDaemon() is deprecated, get the daemon attribute instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.daemon
+
+    def setDaemon(self, daemonic: bool) -> None:
+        """Deprecated alias of setting :attr:`daemon`, as in ``threading``."""
+        warnings.warn(
+            "setDaemon() is deprecated, set the daemon attribute instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.daemon = daemonic
+
+    def __repr__(self) -> str:
+        st = self.__dict__.get("_gilfree")
+        if st is None:
+            return f"<{type(self).__name__}(<uninitialized>)>"
+        status = "initial"
+        if st.started:
+            status = "started" if not st.done else "stopped"
+        if st.daemon:
+            status += " daemon"
+        if st.pid is not None:
+            status += f" {st.pid}"
+        return f"<{type(self).__name__}({st.name}, {status})>"
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _state(self) -> _State:
+        try:
+            return self.__dict__["_gilfree"]
+        except KeyError:
+            raise RuntimeError("Worker.__init__() not called") from None
+
+    def _pickle(self) -> bytes:
+        """The Worker's class and each attribute, pickled one by one so that a failure names
+        the attribute, and so the worker can tell which ones ``run()`` changed."""
+        state: dict[str, bytes] = {}
+        for key, value in self.__dict__.items():
+            if key == "_gilfree":
+                continue
+            try:
+                state[key] = _serialize.dumps(value)
+            except Exception as exc:
+                raise TypeError(self._unpicklable_message(key, value, exc)) from exc
+        cls = type(self)
+        try:
+            cls_bytes = _serialize.dumps(cls)
+        except Exception as exc:
+            raise TypeError(
+                f"cannot start {self.name}: its class {cls.__qualname__} cannot be pickled: {exc}"
+            ) from exc
+        return _serialize.dumps((cls_bytes, state))
+
+    def _unpicklable_message(self, key: str, value: Any, exc: BaseException) -> str:
+        what = f"attribute {key!r}"
+        if key == "_target":
+            what = "target"
+        elif key in ("_args", "_kwargs"):
+            items = enumerate(value) if key == "_args" else value.items()
+            for k, item in items:
+                try:
+                    _serialize.dumps(item)
+                except Exception as item_exc:
+                    kind = "argument" if key == "_args" else "keyword argument"
+                    return (
+                        f"cannot start {self.name}: {kind} {k!r} cannot be pickled: "
+                        + _serialize.describe_failure(item, item_exc)
+                    )
+            what = "arguments" if key == "_args" else "keyword arguments"
+        return (
+            f"cannot start {self.name}: {what} cannot be pickled: "
+            + _serialize.describe_failure(value, exc)
+        )
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Waits for the outcome; True once it is known, False on timeout."""
+        st = self._state()
+        if not st.started:
+            raise RuntimeError("cannot join thread before it is started")
+        if st.in_worker:
+            raise RuntimeError("cannot join current thread")
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not st.join_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
+            if st.done:
+                return True
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                msg = st.lease.recv(remaining)
+            except WorkerCrashedError as exc:
+                exc.args = (f"{st.name}: {exc.args[0]}", *exc.args[1:])
+                self._finish((False, exc))
+                return True
+            if msg is None:
+                return False
+            self._finish(self._apply_reply(msg))
+            return True
+        finally:
+            st.join_lock.release()
+
+    def _apply_reply(self, msg: bytes) -> tuple[bool, Any]:
+        status, value, changed, deleted, skipped = _protocol.decode_reply(msg)
+        for key, blob in changed.items():
+            try:
+                self.__dict__[key] = _serialize.loads(blob)
+            except Exception as exc:
+                warnings.warn(
+                    f"{self.name}: attribute {key!r} set by run() could not be unpickled here and was not copied back: {exc!r}",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        for key in deleted:
+            self.__dict__.pop(key, None)
+        for key, reason in skipped:
+            warnings.warn(
+                f"{self.name}: attribute {key!r} set by run() could not be pickled and was not copied back: {reason}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        if status == _protocol.OK:
+            return True, _serialize.loads(value)
+        if status == _protocol.RAISED:
+            exc_blob, tb_text = value
+            exc = _serialize.loads(exc_blob)
+            exc.__cause__ = RemoteTraceback(tb_text)
+            return False, exc
+        return False, TypeError(
+            f"{self.name}: run() returned a value that cannot be pickled: {value}"
+        )
+
+    def _finish(self, outcome: tuple[bool, Any]) -> None:
+        st = self._state()
+        st.outcome = outcome
+        st.done = True
+        lease, st.lease = st.lease, None
+        if lease is not None:
+            lease.release()
+        with _live_lock:
+            _live.discard(self)
+
+    def _outcome(self) -> Any:
+        ok, value = self._state().outcome  # type: ignore[misc]
+        if ok:
+            return value
+        raise value
+
+
+def _join_at_exit() -> None:
+    """At interpreter exit: join non-daemon Workers (as threads are joined), kill daemons."""
+    while True:
+        with _live_lock:
+            pending = list(_live)
+        if not pending:
+            return
+        for w in pending:
+            if w.daemon:
+                w.terminate()
+                with _live_lock:
+                    _live.discard(w)
+                continue
+            try:
+                w.join()
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                print(f"Exception in {w.name} (never joined):", file=sys.stderr)
+                traceback.print_exception(exc, file=sys.stderr)
+
+
+_runtime.on_exit(_join_at_exit)

@@ -1,0 +1,79 @@
+"""Shared fixtures: a process-table check after the suite, and helpers for subprocess tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+# A subprocess test that runs longer than this has hung: fail it rather than freeze the suite.
+WATCHDOG = 60.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """After the whole suite, no worker process of ours may still be running."""
+    yield
+    from gilfree import _runtime
+
+    _runtime.shutdown()
+    children = psutil.Process().children(recursive=True)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"processes left behind: {[(p.pid, p.cmdline()) for p in alive]}"
+
+
+def run_script(
+    name: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``tests/scripts/<name>`` in a fresh interpreter, with a watchdog."""
+    full_env = dict(os.environ)
+    full_env["PYTHONUNBUFFERED"] = "1"
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        env=full_env,
+        cwd=cwd,
+    )
+
+
+def wait_gone(pids: list[int], timeout: float = 20.0) -> list[int]:
+    """Waits (event-driven, via psutil) until the processes exit; returns those still alive."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return [p.pid for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+class Rendezvous:
+    """A barrier for N workers through a socket: the parent releases them only after all N
+    have connected, so it completes only if all N run at the same time."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(WATCHDOG)
+        self.port = self.server.getsockname()[1]
+
+    def release_all(self) -> None:
+        conns = [self.server.accept()[0] for _ in range(self.n)]
+        for c in conns:
+            c.sendall(b"go")
+            c.close()
+        self.server.close()

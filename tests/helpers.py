@@ -1,0 +1,125 @@
+"""Code that runs inside worker processes during the tests (importable by name there, since
+workers adopt the parent's sys.path, which pytest extended with this folder)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+
+import gilfree
+
+WATCHDOG = 60.0
+
+
+def rendezvous_wait(port: int) -> int:
+    """Worker side of ``conftest.Rendezvous``: connect, wait for 'go', return this pid."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WATCHDOG) as s:
+        s.settimeout(WATCHDOG)
+        assert s.recv(2) == b"go"
+    return os.getpid()
+
+
+def block_forever() -> None:
+    """Blocks on an event nobody sets: a Worker that only terminate() ends."""
+    threading.Event().wait()
+
+
+def add(a: int, b: int, *, scale: int = 1) -> int:
+    return (a + b) * scale
+
+
+def getpid() -> int:
+    return os.getpid()
+
+
+def die(how: str) -> None:
+    if how == "exit3":
+        os._exit(3)
+    if how == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise ValueError(how)
+
+
+class Squares(gilfree.Worker):
+    """The tutorial's shape: a Worker subclass taking data, keeping state on self."""
+
+    def __init__(self, data: list[int]) -> None:
+        super().__init__()
+        self.data = data
+        self.seen: list[int] = []
+
+    def run(self) -> int:
+        total = 0
+        for x in self.data:
+            total += x * x
+            self.seen.append(x)
+        self.total = total
+        return total
+
+
+class OldStyle(gilfree.Worker):
+    def __init__(self, n: int) -> None:
+        super(OldStyle, self).__init__()  # noqa: UP008 - the tutorial's spelling
+        self.n = n
+
+    def run(self) -> int:
+        return self.n * 10
+
+
+class Printer(gilfree.Worker):
+    def __init__(self, tag: str, lines: int) -> None:
+        super().__init__()
+        self.tag = tag
+        self.lines = lines
+
+    def run(self) -> None:
+        import sys
+
+        for i in range(self.lines):
+            print(f"{self.tag} {i}")
+        print(f"{self.tag} err", file=sys.stderr)
+
+
+class Failing(gilfree.Worker):
+    def run(self) -> None:
+        self.before = "set"
+        raise KeyError("missing-key-in-worker")
+
+
+class Mutator(gilfree.Worker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.items = [1, 2]
+        self.untouched = "same"
+        self.doomed = 1
+
+    def run(self) -> None:
+        self.items.append(3)
+        self.new = {"a": 1}
+        del self.doomed
+        self.lock = threading.Lock()  # cannot be pickled: skipped with a warning
+
+
+class Unpicklable(gilfree.Worker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.handle = threading.Lock()
+
+
+class ReturnsLock(gilfree.Worker):
+    def run(self) -> object:
+        return threading.Lock()
+
+
+class UnpicklableError(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(a)  # args don't match __init__: unpickling fails
+        self.b = b
+
+
+def raise_unpicklable() -> None:
+    raise UnpicklableError(1, 2)

@@ -1,0 +1,122 @@
+"""Whole-interpreter behaviour, each in a fresh subprocess with a watchdog: Ctrl-C, a killed
+parent, exit semantics, scripts without a main guard, the tutorial itself."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import ROOT, SCRIPTS, WATCHDOG, run_script, wait_gone
+
+
+def _pids_from(line: str) -> list[int]:
+    return [int(p) for p in line.split()[1:]]
+
+
+@pytest.mark.parametrize("mode", ["catch", "uncaught"])
+def test_ctrl_c_during_join_raises_keyboard_interrupt(mode: str) -> None:
+    daemon = "daemon" if mode == "uncaught" else "nodaemon"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "ctrl_c.py"), daemon, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        pid_line = proc.stdout.readline()
+        assert pid_line.startswith("pid"), pid_line + proc.stderr.read()  # type: ignore[union-attr]
+        worker = _pids_from(pid_line)
+        assert proc.stdout.readline().strip() == "joining"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=WATCHDOG)
+    finally:
+        proc.kill()
+    if mode == "catch":
+        assert "interrupted" in out, err
+        assert proc.returncode == 0, err
+    else:
+        assert "KeyboardInterrupt" in err
+        assert proc.returncode != 0
+    assert wait_gone(worker) == []
+
+
+def test_killed_parent_takes_its_workers_with_it() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "parent_killed.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        pids = _pids_from(line)
+        assert pids, line
+        assert all(psutil.pid_exists(p) for p in pids)
+        proc.kill()
+        proc.wait(timeout=WATCHDOG)
+    finally:
+        proc.kill()
+    assert wait_gone(pids) == []
+
+
+def test_main_module_class_without_main_guard() -> None:
+    res = run_script("no_main_guard.py")
+    assert res.returncode == 0, res.stderr
+    assert "results [1, 4, 9] [2, 4, 6]" in res.stdout
+    assert "isinstance True" in res.stdout
+    # Workers never re-run the main module: the script's own prints appear once.
+    assert res.stdout.count("results") == 1
+
+
+def test_exit_joins_non_daemon_and_kills_daemon(tmp_path: Path) -> None:
+    out = tmp_path / "done.txt"
+    res = run_script("exit_semantics.py", str(out))
+    assert res.returncode == 0, res.stderr
+    assert out.read_text() == str(sum(i * i for i in range(200_000)))
+    line = next(line for line in res.stdout.splitlines() if line.startswith("pids"))
+    assert wait_gone(_pids_from(line)) == []
+
+
+def test_workers_adopt_sys_path_and_cwd(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    work = tmp_path / "work"
+    lib.mkdir()
+    work.mkdir()
+    (work / "data.txt").write_text("hello from cwd")
+    (lib / "mymod.py").write_text(
+        "import os\ndef where():\n    return os.getcwd(), open('data.txt').read()\n"
+    )
+    res = run_script("syspath_cwd.py", str(lib), str(work))
+    assert res.returncode == 0, res.stderr
+    assert f"result ('{work}', 'hello from cwd')" in res.stdout
+
+
+def _run_tutorial(version: str) -> subprocess.CompletedProcess[str]:
+    folder = ROOT / "examples" / "tutorial" / version
+    return subprocess.run(
+        [sys.executable, "main.py"], cwd=folder, capture_output=True, text=True, timeout=WATCHDOG
+    )
+
+
+def test_tutorial_runs_unchanged_but_for_the_import() -> None:
+    threaded = _run_tutorial("threading_version")
+    freed = _run_tutorial("gilfree_version")
+    assert threaded.returncode == 0, threaded.stderr
+    assert freed.returncode == 0, freed.stderr
+    # Same lines (order differs: the workers interleave), each line whole.
+    assert Counter(freed.stdout.splitlines()) == Counter(threaded.stdout.splitlines())
+    assert len(freed.stdout.splitlines()) == 30
+    # And the two versions differ only in their import lines.
+    for name in ("worker.py", "main.py"):
+        a = (ROOT / "examples/tutorial/threading_version" / name).read_text().splitlines()
+        b = (ROOT / "examples/tutorial/gilfree_version" / name).read_text().splitlines()
+        diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+        assert all(("threading" in x and "gilfree" in y) for x, y in diff), diff
