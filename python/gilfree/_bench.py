@@ -420,7 +420,7 @@ def render_markdown(
             " multiprocessing is one `Process` per slice with its result sent over a `Pipe`"
             " (default start method, so `fork` on Linux: the slice is inherited, not pickled);"
             " ProcessPoolExecutor is created inside the timer; joblib reuses its loky workers"
-            " between runs.",
+            " between runs, and with 1 worker runs the job in this process.",
             "",
             "| backend | workers | seconds | speedup vs threading, 1 worker |"
             " multiprocessing time ÷ this time |",
@@ -463,7 +463,7 @@ def plot(latency: Sequence[LatencyRow], scaling: Sequence[ScalingRow], out: Path
         med = [r.median_us for r in latency][::-1]
         p90 = [r.p90_us - r.median_us for r in latency][::-1]
         ax.barh(names, med, xerr=[[0] * len(med), p90], color="tab:blue", capsize=3)
-        ax.axvline(GOAL_LATENCY_US, color="tab:red", linestyle="--", label="gilfree goal")
+        ax.axvline(GOAL_LATENCY_US, color="tab:red", linestyle="--", label=f"gilfree goal ({GOAL_LATENCY_US:.0f} µs)")
         ax.set_xscale("log")
         ax.set_xlabel("start→join latency, µs (bar: median, whisker: p90; log scale)")
         ax.legend(loc="lower right")

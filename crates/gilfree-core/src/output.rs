@@ -1,12 +1,12 @@
 //! Forwards each worker's stdout and stderr to an [`OutputSink`], line by line.
 //!
-//! Every worker's stdout and stderr are pipes. One output thread ([`OutputHub`]) `poll(2)`s all
+//! Every worker's stdout and stderr are pipes. One output thread (`OutputHub`) `poll(2)`s all
 //! of them plus an eventfd that says "the set changed" or "stop", reads what is ready, splits it
 //! into whole lines and hands them to the sink, several lines per call where they arrived
 //! together.
 //!
 //! # Invariants
-//! 1. A worker's pipes are read only under that worker's output mutex ([`WorkerOutput`]), and
+//! 1. A worker's pipes are read only under that worker's output mutex (`WorkerOutput`), and
 //!    the bytes read are handed to the sink *before* the mutex is released. So two readers (the
 //!    output thread and a thread in `Lease::recv`) can never reorder a worker's lines.
 //! 2. The sink only ever sees whole lines (`'\n'`-terminated), except for a partial last line
@@ -20,9 +20,14 @@
 //!    [`SpawnError::Handshake`](crate::SpawnError::Handshake) (so a Python `ImportError` is shown
 //!    once, in the exception), and its stdout goes to the sink.
 
+// The process layer runs real threads and processes and is never part of a loom model, so it
+// uses std's sync types directly (as `sync::GlobalMutex` does), not the loom seam.
+#![allow(clippy::disallowed_types)]
+
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -176,7 +181,8 @@ impl WorkerOutput {
             return;
         }
         let mut total = 0;
-        let mut chunk = [0u8; READ_CHUNK];
+        // On the heap: this also runs on callers' threads, whose stacks may be small.
+        let mut chunk = vec![0u8; READ_CHUNK];
         let mut eof = false;
         while total < MAX_DRAIN {
             match rustix::io::read(&self.fds[i], &mut chunk[..]) {
@@ -282,7 +288,10 @@ impl OutputHub {
         let thread = std::thread::Builder::new()
             .name("gilfree-output".into())
             .spawn(move || for_thread.run())?;
-        Ok(OutputHub { shared, thread: Mutex::new(Some(thread)) })
+        Ok(OutputHub {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// The sink every worker's output goes to.
@@ -367,10 +376,17 @@ impl HubShared {
             for (wi, stream) in ready {
                 let w = &workers[wi];
                 let mut state = lock(&w.state);
-                w.read_stream(&mut state, &*self.sink, stream);
+                // A panicking sink must not stop forwarding: workers would then block on full
+                // pipes. The buffers are consistent at every sink call, so carrying on is safe.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    w.read_stream(&mut state, &*self.sink, stream);
+                }));
             }
-            let closed: Vec<u32> =
-                workers.iter().filter(|w| w.is_closed()).map(|w| w.pid()).collect();
+            let closed: Vec<u32> = workers
+                .iter()
+                .filter(|w| w.is_closed())
+                .map(|w| w.pid())
+                .collect();
             if !closed.is_empty() {
                 let mut set = lock(&self.workers);
                 for pid in closed {

@@ -31,7 +31,10 @@ pub struct ExitInfo {
 
 impl From<ExitStatus> for ExitInfo {
     fn from(status: ExitStatus) -> Self {
-        ExitInfo { code: status.code(), signal: status.signal() }
+        ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+        }
     }
 }
 
@@ -98,7 +101,10 @@ impl WorkerProcess {
             return true;
         }
         let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
-        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         loop {
             match poll(&mut fds, Some(&zero)) {
                 Ok(n) => return n > 0,
@@ -139,7 +145,10 @@ impl WorkerProcess {
                     Ok(status) => ExitInfo::from(status),
                     // ECHILD cannot happen for our own unreaped child unless someone else
                     // reaped it (a foreign waitpid(-1)); the status is then unknowable.
-                    Err(_) => ExitInfo { code: None, signal: None },
+                    Err(_) => ExitInfo {
+                        code: None,
+                        signal: None,
+                    },
                 };
                 *child = Reap::Exited(info);
                 info

@@ -127,7 +127,15 @@ pub(crate) fn handshake(worker: &WorkerProcess, sink: &dyn OutputSink) -> Result
     let info = worker.kill_and_reap();
     let mut output = worker.output().take_failed_handshake(sink);
     if !problem.is_empty() {
-        output = if output.is_empty() { problem.to_owned() } else { format!("{problem}\n{output}") };
+        output = if output.is_empty() {
+            problem.to_owned()
+        } else {
+            format!("{problem}\n{output}")
+        };
     }
-    Err(SpawnError::Handshake { code: info.code, signal: info.signal, output })
+    Err(SpawnError::Handshake {
+        code: info.code,
+        signal: info.signal,
+        output,
+    })
 }

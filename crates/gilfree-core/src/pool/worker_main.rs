@@ -14,8 +14,8 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use rustix::process::{getppid, pidfd_open, set_parent_process_death_signal, Pid, PidfdFlags};
 use rustix::process::Signal;
+use rustix::process::{getppid, pidfd_open, set_parent_process_death_signal, Pid, PidfdFlags};
 
 use super::spawn::{CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
 use crate::error::{RecvError, SendError, SpawnError};
@@ -68,13 +68,18 @@ impl Endpoint {
         let channel = Channel::open_inherited(fds)?;
         std::env::remove_var(CHANNEL_FDS_ENV);
         std::env::remove_var(PARENT_PID_ENV);
-        let endpoint = Endpoint { parent: parent_fd, channel };
+        let endpoint = Endpoint {
+            parent: parent_fd,
+            channel,
+        };
         let mut wait = Wait::timeout(Some(Duration::from_secs(60)));
-        endpoint.send(READY_MESSAGE, &mut wait).map_err(|e| match e {
-            SendError::Io(e) => SpawnError::Io(e),
-            SendError::Interrupted => SpawnError::Interrupted,
-            SendError::Timeout | SendError::Disconnected => SpawnError::ShutDown,
-        })?;
+        endpoint
+            .send(READY_MESSAGE, &mut wait)
+            .map_err(|e| match e {
+                SendError::Io(e) => SpawnError::Io(e),
+                SendError::Interrupted => SpawnError::Interrupted,
+                SendError::Timeout | SendError::Disconnected => SpawnError::ShutDown,
+            })?;
         Ok(endpoint)
     }
 

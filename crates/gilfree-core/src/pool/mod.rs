@@ -1,0 +1,18 @@
+//! Worker processes: spawning from a clean interpreter and the spawn handshake ([`spawn`]),
+//! one worker's handle and death detection ([`process`]), the warm set and leases
+//! ([`supervisor`]), and the worker-side end ([`worker_main`]).
+//!
+#![doc = include_str!("README.md")]
+// The process layer runs real threads and processes and is never part of a loom model, so it
+// uses std's sync types directly (as `sync::GlobalMutex` does), not the loom seam.
+#![allow(clippy::disallowed_types)]
+
+pub mod process;
+pub mod spawn;
+pub mod supervisor;
+pub mod worker_main;
+
+pub use process::ExitInfo;
+pub use spawn::{WorkerCommand, CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
+pub use supervisor::{Engine, EngineConfig, Lease};
+pub use worker_main::Endpoint;

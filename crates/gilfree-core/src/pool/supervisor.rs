@@ -1,0 +1,703 @@
+//! The engine: the warm set of worker processes, the supervisor thread that spawns and retires
+//! them, and leases.
+//!
+//! The protocols (spawn handshake, lease lifecycle, crash detection, shutdown) are written out
+//! as numbered steps in `pool/README.md` (the [`pool`](super) module docs).
+//!
+//! # Invariants
+//! 1. Only the supervisor thread forks, and it lives until shutdown: a worker's parent-death
+//!    signal is tied to the thread that forked it.
+//! 2. `State::all` holds every process we spawned and have not yet reaped (starting, idle,
+//!    leased, and being discarded: a process leaves `all` only after it was reaped, so `pids()`
+//!    never hides a live one). Shutdown kills and reaps exactly that set, after setting
+//!    `shut_down` under the same lock, so nothing spawned later escapes it: the supervisor checks
+//!    `shut_down` when it registers a new process, and kills it itself if set.
+//! 3. The state mutex is never held while calling the sink or the wait's signal check (both take
+//!    the GIL in Python), nor while forking or reaping a live process.
+//! 4. `acquire` never waits behind a busy worker: it takes an idle one, waits for a warm-up
+//!    already in flight that no other caller has claimed, or asks the supervisor for a new one.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use super::process::ExitInfo;
+use super::process::WorkerProcess;
+use super::spawn::{self, WorkerCommand};
+use crate::error::{RecvError, SendError, SpawnError};
+use crate::output::{OutputHub, OutputSink};
+use crate::wait::Wait;
+
+/// How an [`Engine`] runs its workers.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// What each worker process runs.
+    pub command: WorkerCommand,
+    /// How many processes to keep alive (idle, starting or leased): started in the background
+    /// by [`Engine::start`], and refilled when workers die or are killed.
+    pub warm: usize,
+    /// An idle process beyond `warm` is retired after being idle this long (`Duration::MAX`:
+    /// never).
+    pub idle_timeout: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves `State` consistent before anything that can panic, so a
+    // poisoned lock is still safe to use, and shutdown must work after a panic elsewhere.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whom a process being started is for.
+#[derive(Clone, Copy)]
+enum Target {
+    /// A background warm-up: it joins the idle set.
+    Warm,
+    /// An `acquire` call's own spawn, by request id.
+    Request(u64),
+}
+
+struct Idle {
+    worker: Arc<WorkerProcess>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    shut_down: bool,
+    /// Every live process we own: starting, idle and leased (invariant 2).
+    all: HashMap<u32, Arc<WorkerProcess>>,
+    /// Ready and unleased, most recently used first (so reuse hits warm caches and the oldest
+    /// retire first).
+    idle: VecDeque<Idle>,
+    /// Processes the supervisor is forking right now (not yet in `all`).
+    forking: usize,
+    /// Warm-ups forked or being forked whose handshake has not ended.
+    warming: usize,
+    /// `acquire` calls waiting for a warm-up instead of spawning their own.
+    claims: usize,
+    /// `acquire` calls' spawn requests the supervisor has not taken yet.
+    requests: VecDeque<u64>,
+    /// Finished spawn requests, until their `acquire` call takes them.
+    results: HashMap<u64, Result<Arc<WorkerProcess>, SpawnError>>,
+    /// Requests whose `acquire` call gave up; a ready process goes to the idle set instead.
+    abandoned: HashSet<u64>,
+    next_request: u64,
+    /// A warm-up failed its handshake: don't refill in the background (which would crash-loop)
+    /// until some worker starts successfully.
+    warm_broken: bool,
+}
+
+impl State {
+    /// Processes that exist or are about to: what `warm` is compared with.
+    fn live(&self) -> usize {
+        self.all.len() + self.forking + self.requests.len()
+    }
+
+    /// Removes `worker` from `all` if that pid still names it (a reaped pid may be reused).
+    fn forget(&mut self, worker: &Arc<WorkerProcess>) {
+        if self
+            .all
+            .get(&worker.pid())
+            .is_some_and(|w| Arc::ptr_eq(w, worker))
+        {
+            self.all.remove(&worker.pid());
+        }
+    }
+
+    fn push_idle(&mut self, worker: Arc<WorkerProcess>) {
+        self.idle.push_front(Idle {
+            worker,
+            since: Instant::now(),
+        });
+    }
+}
+
+struct Shared {
+    config: EngineConfig,
+    hub: OutputHub,
+    state: Mutex<State>,
+    /// Signalled when an `acquire` call may make progress: a worker became idle, a request
+    /// finished, a warm-up failed, or the engine shut down.
+    changed: Condvar,
+    /// Signalled when the supervisor has work: a spawn request, a refill, a new idle worker to
+    /// time, or shutdown.
+    supervisor: Condvar,
+    /// Serialises `shutdown` so a second call returns only once the first is complete.
+    shutting_down: Mutex<()>,
+}
+
+/// The worker-process engine. Cheap to clone; all clones share the same workers.
+///
+/// # Examples
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use gilfree_core::output::{OutputSink, Stream};
+/// use gilfree_core::pool::{Engine, EngineConfig, WorkerCommand};
+/// use gilfree_core::Wait;
+///
+/// struct Print;
+/// impl OutputSink for Print {
+///     fn write(&self, pid: u32, _stream: Stream, lines: &[u8]) {
+///         print!("[{pid}] {}", String::from_utf8_lossy(lines));
+///     }
+/// }
+///
+/// let command = WorkerCommand {
+///     program: "python3".into(),
+///     args: vec!["-m".into(), "gilfree._worker".into()],
+///     env: vec![],
+///     cwd: None,
+///     ring_capacity: 1 << 20,
+/// };
+/// let config = EngineConfig { command, warm: 2, idle_timeout: Duration::from_secs(30) };
+/// let engine = Engine::start(config, Arc::new(Print))?;
+/// let lease = engine.acquire(&mut Wait::forever())?;
+/// lease.send(b"task", &mut Wait::forever())?;
+/// let reply = lease.recv(&mut Wait::forever())?;
+/// lease.release();
+/// engine.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineHandle>,
+}
+
+/// Owns the supervisor thread; dropping the last handle (engine clones and leases) shuts down.
+struct EngineHandle {
+    shared: Arc<Shared>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Starts the output thread and the supervisor thread, which begins warming
+    /// `config.warm` workers in the background. Returns without waiting for them.
+    pub fn start(config: EngineConfig, sink: Arc<dyn OutputSink>) -> Result<Engine, SpawnError> {
+        let hub = OutputHub::start(sink)?;
+        let shared = Arc::new(Shared {
+            config,
+            hub,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            supervisor: Condvar::new(),
+            shutting_down: Mutex::new(()),
+        });
+        let for_thread = Arc::clone(&shared);
+        let supervisor = std::thread::Builder::new()
+            .name("gilfree-supervisor".into())
+            .spawn(move || supervise(&for_thread));
+        let supervisor = match supervisor {
+            Ok(handle) => handle,
+            Err(e) => {
+                shared.hub.stop(true);
+                return Err(e.into());
+            }
+        };
+        Ok(Engine {
+            inner: Arc::new(EngineHandle {
+                shared,
+                supervisor: Mutex::new(Some(supervisor)),
+            }),
+        })
+    }
+
+    /// Hands out a worker for exclusive use: an idle ready one at once; else a warm-up already
+    /// in flight that no other caller is waiting for; else a new process. It never waits behind
+    /// a busy worker, so a worker that waits on another worker cannot deadlock the pool.
+    ///
+    /// `wait` bounds the wait (a passed deadline gives `SpawnError::Io` of kind `TimedOut`) and
+    /// its signal check can interrupt it (`SpawnError::Interrupted`). A process started for a
+    /// call that gave up is kept as an idle worker.
+    pub fn acquire(&self, wait: &mut Wait<'_>) -> Result<Lease, SpawnError> {
+        let shared = &self.inner.shared;
+        let mut claimed = false;
+        let mut request: Option<u64> = None;
+        let mut dead = Vec::new();
+        let mut last_check = Instant::now();
+        let mut st = lock(&shared.state);
+        let outcome = loop {
+            if st.shut_down {
+                break Err(SpawnError::ShutDown);
+            }
+            if let Some(worker) = take_idle(&mut st, &mut dead) {
+                break Ok(worker);
+            }
+            if let Some(id) = request {
+                if let Some(result) = st.results.remove(&id) {
+                    request = None;
+                    break result;
+                }
+            } else if claimed && st.warming >= st.claims {
+                // Our warm-up is still on its way.
+            } else if !claimed && st.warming > st.claims {
+                st.claims += 1;
+                claimed = true;
+            } else {
+                if claimed {
+                    st.claims -= 1;
+                    claimed = false;
+                }
+                let id = st.next_request;
+                st.next_request += 1;
+                st.requests.push_back(id);
+                request = Some(id);
+                shared.supervisor.notify_all();
+            }
+            if wait.remaining() == Some(Duration::ZERO) {
+                break Err(SpawnError::Io(io::ErrorKind::TimedOut.into()));
+            }
+            let slice = wait
+                .remaining()
+                .map_or(wait.signal_interval, |r| r.min(wait.signal_interval));
+            st = shared
+                .changed
+                .wait_timeout(st, slice)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            // Checked by elapsed time, not by "the wait timed out", so a stream of wake-ups
+            // for other callers cannot starve the check.
+            if wait.on_signal.is_some() && last_check.elapsed() >= wait.signal_interval {
+                // The signal check takes the GIL in Python: never run it under the state lock.
+                drop(st);
+                let interrupted = wait.interrupted();
+                last_check = Instant::now();
+                st = lock(&shared.state);
+                if interrupted {
+                    break Err(SpawnError::Interrupted);
+                }
+            }
+        };
+        if claimed {
+            st.claims -= 1;
+        }
+        if let Some(id) = request {
+            // We are leaving without our requested process: let it become an idle worker.
+            match st.results.remove(&id) {
+                Some(Ok(worker)) if !st.shut_down => st.push_idle(worker),
+                Some(_) => {}
+                None => {
+                    if let Some(pos) = st.requests.iter().position(|&r| r == id) {
+                        st.requests.remove(pos);
+                    } else {
+                        st.abandoned.insert(id);
+                    }
+                }
+            }
+            shared.supervisor.notify_all();
+        }
+        drop(st);
+        shared.discard(dead);
+        let worker = outcome?;
+        Ok(Lease {
+            engine: Arc::clone(&self.inner),
+            worker: Some(worker),
+            broken: AtomicBool::new(false),
+            mid_message: AtomicBool::new(false),
+        })
+    }
+
+    /// Kills every worker (idle, starting and leased) with SIGKILL, reaps them, and stops the
+    /// engine's threads. Idempotent. Afterwards `acquire` fails with `SpawnError::ShutDown` and
+    /// leases' `recv` with `RecvError::Disconnected`.
+    pub fn shutdown(&self) {
+        self.inner.shutdown(true);
+    }
+
+    /// The pids of every live worker process (starting, idle and leased).
+    pub fn pids(&self) -> Vec<u32> {
+        lock(&self.inner.shared.state).all.keys().copied().collect()
+    }
+
+    /// How many ready workers are idle.
+    pub fn idle_count(&self) -> usize {
+        lock(&self.inner.shared.state).idle.len()
+    }
+}
+
+/// Pops the most recently used idle worker that is still alive; dead ones go to `dead`.
+fn take_idle(st: &mut State, dead: &mut Vec<Arc<WorkerProcess>>) -> Option<Arc<WorkerProcess>> {
+    while let Some(idle) = st.idle.pop_front() {
+        if idle.worker.has_exited() {
+            dead.push(idle.worker);
+        } else {
+            return Some(idle.worker);
+        }
+    }
+    None
+}
+
+impl EngineHandle {
+    /// `join_output`: wait for the output thread's last delivery. Not from `Drop`, which may
+    /// run with the GIL held while the output thread waits for the GIL inside the sink.
+    fn shutdown(&self, join_output: bool) {
+        let shared = &self.shared;
+        let _serial = lock(&shared.shutting_down);
+        let workers: Vec<Arc<WorkerProcess>> = {
+            let mut st = lock(&shared.state);
+            st.shut_down = true;
+            st.idle.clear();
+            st.results.clear();
+            st.requests.clear();
+            shared.changed.notify_all();
+            shared.supervisor.notify_all();
+            st.all.drain().map(|(_, w)| w).collect()
+        };
+        // Signal all first, then reap, so they die in parallel.
+        for w in &workers {
+            w.kill();
+        }
+        for w in &workers {
+            w.reap();
+        }
+        // The supervisor neither calls the sink nor takes the GIL, so joining it is always safe;
+        // it kills anything it forked after we set `shut_down`.
+        let supervisor = lock(&self.supervisor).take();
+        if let Some(handle) = supervisor {
+            let _ = handle.join();
+        }
+        shared.hub.stop(join_output);
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.shutdown(false);
+    }
+}
+
+/// The supervisor thread: forks requested and warm-up processes, starts their handshakes, and
+/// retires idle processes beyond `warm`.
+fn supervise(shared: &Arc<Shared>) {
+    let warm = shared.config.warm;
+    let idle_timeout = shared.config.idle_timeout;
+    let mut st = lock(&shared.state);
+    while !st.shut_down {
+        // 1. Fork what is asked for: requests first (a caller is waiting), then the refill.
+        let mut targets: Vec<Target> = st.requests.drain(..).map(Target::Request).collect();
+        let refill = if st.warm_broken {
+            0
+        } else {
+            warm.saturating_sub(st.live() + targets.len())
+        };
+        targets.extend(std::iter::repeat_n(Target::Warm, refill));
+        if !targets.is_empty() {
+            st.forking += targets.len();
+            st.warming += refill;
+            drop(st);
+            let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> = targets
+                .into_iter()
+                .map(|t| (t, spawn::spawn(&shared.config.command)))
+                .collect();
+            st = lock(&shared.state);
+            let mut doomed = Vec::new();
+            for (target, result) in spawned {
+                st.forking -= 1;
+                match result {
+                    Ok(worker) if st.shut_down => {
+                        if let Target::Warm = target {
+                            st.warming -= 1;
+                        }
+                        doomed.push(Arc::new(worker));
+                    }
+                    Ok(worker) => {
+                        let worker = Arc::new(worker);
+                        st.all.insert(worker.pid(), Arc::clone(&worker));
+                        shared.hub.register(Arc::clone(worker.output()));
+                        let for_thread = Arc::clone(shared);
+                        let kept = Arc::clone(&worker);
+                        let started = std::thread::Builder::new()
+                            .name("gilfree-handshake".into())
+                            .spawn(move || finish_handshake(&for_thread, target, worker));
+                        if let Err(e) = started {
+                            doomed.push(kept);
+                            settle_failure(&mut st, target, e.into());
+                        }
+                    }
+                    Err(e) => settle_failure(&mut st, target, e),
+                }
+            }
+            shared.changed.notify_all();
+            if !doomed.is_empty() {
+                drop(st);
+                shared.discard(doomed);
+                st = lock(&shared.state);
+            }
+            continue;
+        }
+        // 2. Retire idle processes beyond `warm` that have been idle for `idle_timeout`.
+        let now = Instant::now();
+        let mut retire = Vec::new();
+        while st.live() - retire.len() > warm {
+            match st.idle.back() {
+                Some(oldest) if now.duration_since(oldest.since) >= idle_timeout => {
+                    let Some(idle) = st.idle.pop_back() else {
+                        break;
+                    };
+                    // Counted in `all` (so not yet refilled) until it is reaped.
+                    retire.push(idle.worker);
+                }
+                _ => break,
+            }
+        }
+        if !retire.is_empty() {
+            drop(st);
+            shared.discard(retire);
+            st = lock(&shared.state);
+            continue;
+        }
+        // 3. Sleep until asked, or until the oldest idle process is due to retire. This is a
+        //    timer, not a poll for deaths: those are seen through pidfds.
+        //    An `idle_timeout` too large for an `Instant` (the glue passes `Duration::MAX` for
+        //    "never") means no retirement at all.
+        let due = if st.live() > warm {
+            st.idle
+                .back()
+                .and_then(|oldest| oldest.since.checked_add(idle_timeout))
+                .map(|at| at.saturating_duration_since(now))
+        } else {
+            None
+        };
+        st = match due {
+            Some(d) => {
+                shared
+                    .supervisor
+                    .wait_timeout(st, d)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+            None => shared
+                .supervisor
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner),
+        };
+    }
+}
+
+/// Records a process that could not be started for `target`.
+fn settle_failure(st: &mut State, target: Target, error: SpawnError) {
+    match target {
+        Target::Warm => {
+            st.warming -= 1;
+            st.warm_broken = true;
+        }
+        Target::Request(id) => {
+            if !st.abandoned.remove(&id) {
+                st.results.insert(id, Err(error));
+            }
+        }
+    }
+}
+
+/// Runs on a short-lived thread per new process (so one slow start never delays another):
+/// waits for the handshake, then hands the process to its target.
+fn finish_handshake(shared: &Arc<Shared>, target: Target, worker: Arc<WorkerProcess>) {
+    let result = spawn::handshake(&worker, shared.hub.sink());
+    let mut st = lock(&shared.state);
+    let mut doomed = None;
+    match result {
+        Ok(()) if st.shut_down => {
+            if let Target::Warm = target {
+                st.warming -= 1;
+            }
+            doomed = Some(worker);
+        }
+        Ok(()) => {
+            st.warm_broken = false;
+            match target {
+                Target::Warm => {
+                    st.warming -= 1;
+                    st.push_idle(worker);
+                }
+                Target::Request(id) => {
+                    if st.abandoned.remove(&id) {
+                        st.push_idle(worker);
+                    } else {
+                        st.results.insert(id, Ok(worker));
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            st.forget(&worker);
+            settle_failure(&mut st, target, e);
+        }
+    }
+    shared.changed.notify_all();
+    shared.supervisor.notify_all();
+    drop(st);
+    if let Some(w) = doomed {
+        shared.discard(vec![w]);
+    }
+}
+
+impl Shared {
+    /// Takes a worker back from a lease: healthy → idle set; otherwise killed and reaped.
+    fn give_back(&self, worker: Arc<WorkerProcess>, healthy: bool) {
+        let mut st = lock(&self.state);
+        if healthy && !st.shut_down {
+            st.push_idle(worker);
+            self.changed.notify_all();
+            self.supervisor.notify_all();
+            return;
+        }
+        drop(st);
+        self.discard(vec![worker]);
+    }
+
+    /// Kills and reaps `workers`, then drops them from `all`. In that order, so `pids()` lists
+    /// a process until it is really gone. Call without the state lock.
+    fn discard(&self, workers: Vec<Arc<WorkerProcess>>) {
+        if workers.is_empty() {
+            return;
+        }
+        for w in &workers {
+            w.kill();
+        }
+        for w in &workers {
+            w.reap();
+        }
+        let mut st = lock(&self.state);
+        for w in &workers {
+            st.forget(w);
+        }
+        // A lost worker may leave the live set below `warm`: let the supervisor refill it.
+        self.supervisor.notify_all();
+    }
+}
+
+/// Exclusive use of one worker process, from [`Engine::acquire`] until [`Lease::release`] or
+/// drop. Usable from several threads at once (one sending while another receives or kills).
+pub struct Lease {
+    engine: Arc<EngineHandle>,
+    /// `Some` until `release` takes it.
+    worker: Option<Arc<WorkerProcess>>,
+    /// A send or receive left the channel unusable (a partly sent message, an I/O error).
+    broken: AtomicBool,
+    /// The last `recv` ended before a whole message arrived (timeout or interrupt): a reply is
+    /// still on its way, so the worker is not fit for someone else.
+    mid_message: AtomicBool,
+}
+
+impl Lease {
+    fn worker(&self) -> &WorkerProcess {
+        match &self.worker {
+            Some(w) => w,
+            None => unreachable!("a lease only loses its worker in release or drop"),
+        }
+    }
+
+    fn sink(&self) -> &dyn OutputSink {
+        self.engine.shared.hub.sink()
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.worker().pid()
+    }
+
+    /// Sends one message to the worker. The worker's death ends the wait with `Disconnected`.
+    /// After `Timeout`, `Interrupted` or `Io` the message may be partly sent, and the worker
+    /// will be discarded rather than reused.
+    pub fn send(&self, msg: &[u8], wait: &mut Wait<'_>) -> Result<(), SendError> {
+        let worker = self.worker();
+        let mut wait = wait.with_peer_reborrowed(worker.pidfd());
+        let result = worker.channel().send(msg, &mut wait);
+        if matches!(
+            result,
+            Err(SendError::Timeout | SendError::Interrupted | SendError::Io(_))
+        ) {
+            self.broken.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    /// Receives the worker's next message. Before returning it, delivers to the sink everything
+    /// the worker wrote to stdout/stderr so far (the worker flushes both before it sends).
+    /// `Disconnected` means the worker died; its last output (a crash message on stderr) has
+    /// then been delivered too, and [`Lease::exit_info`] says how it ended.
+    pub fn recv(&self, wait: &mut Wait<'_>) -> Result<Vec<u8>, RecvError> {
+        let worker = self.worker();
+        let result = {
+            let mut wait = wait.with_peer_reborrowed(worker.pidfd());
+            worker.channel().recv(&mut wait)
+        };
+        match &result {
+            Ok(_) => {
+                self.mid_message.store(false, Ordering::Release);
+                worker.output().drain(self.sink(), true);
+            }
+            Err(RecvError::Disconnected) => {
+                if worker.has_exited() {
+                    // A dead process's output is all in the pipes now.
+                    worker.output().drain(self.sink(), true);
+                }
+            }
+            Err(RecvError::Timeout | RecvError::Interrupted) => {
+                self.mid_message.store(true, Ordering::Release);
+            }
+            Err(RecvError::Io(_)) => self.broken.store(true, Ordering::Release),
+        }
+        result
+    }
+
+    /// A message is arriving, or the process has exited, so `recv` would not block for long.
+    /// Never blocks.
+    pub fn has_incoming(&self) -> bool {
+        let worker = self.worker();
+        worker.channel().has_incoming() || worker.has_exited()
+    }
+
+    /// Kills the worker with SIGKILL (through its pidfd, so never a recycled pid). Idempotent;
+    /// safe while another thread is blocked in `recv`, which then returns `Disconnected`.
+    pub fn kill(&self) {
+        self.worker().kill();
+    }
+
+    /// How the process ended, once it has: reaps it. `None` while it still runs (never blocks).
+    pub fn exit_info(&self) -> Option<ExitInfo> {
+        self.worker().try_reap()
+    }
+
+    /// Ends the lease. A healthy worker goes back to the idle set for reuse; one that died, was
+    /// killed, or is mid-message (unread or partial messages) is killed and reaped.
+    pub fn release(mut self) {
+        let Some(worker) = self.worker.take() else {
+            return;
+        };
+        let healthy = !self.broken.load(Ordering::Acquire)
+            && !self.mid_message.load(Ordering::Acquire)
+            && !worker.was_killed()
+            && !worker.has_exited()
+            && !worker.channel().has_incoming();
+        self.engine.shared.give_back(worker, healthy);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Not released: the worker may be in any state, so it is never reused.
+        if let Some(worker) = self.worker.take() {
+            self.engine.shared.give_back(worker, false);
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("pid", &self.worker.as_ref().map(|w| w.pid()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("pids", &self.pids())
+            .finish()
+    }
+}

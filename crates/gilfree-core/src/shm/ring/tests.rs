@@ -1,0 +1,264 @@
+//! Ring protocol tests on the in-process twin. The same behaviours are checked through shared
+//! memory and eventfds in `channel.rs`'s tests and in `tests/shm_channel.rs`.
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use super::local::{LocalBell, LocalStorage};
+use super::*;
+
+struct Pair {
+    ring: Ring<LocalStorage>,
+    data: LocalBell,
+    space: LocalBell,
+}
+
+impl Pair {
+    fn new(capacity: usize) -> Pair {
+        Pair {
+            ring: Ring::new(LocalStorage::new(capacity)),
+            data: LocalBell::new(),
+            space: LocalBell::new(),
+        }
+    }
+
+    fn bells(&self) -> Bells<'_, LocalBell> {
+        Bells {
+            data: &self.data,
+            space: &self.space,
+        }
+    }
+
+    fn send(&self, p: &mut Producer, msg: &[u8]) {
+        let mut w = watchdog();
+        self.ring.send(p, msg, self.bells(), &mut w).unwrap();
+    }
+
+    fn recv(&self, c: &mut Consumer) -> Vec<u8> {
+        self.ring.recv(c, self.bells(), &mut watchdog()).unwrap()
+    }
+
+    fn try_recv(&self, c: &mut Consumer) -> Result<Vec<u8>, RecvError> {
+        self.ring
+            .recv(c, self.bells(), &mut Wait::timeout(Some(Duration::ZERO)))
+    }
+}
+
+/// A deadline that only a hang reaches; it turns a hang into a failure instead of a stuck run.
+fn watchdog() -> Wait<'static> {
+    Wait::timeout(Some(Duration::from_secs(60)))
+}
+
+/// Deterministic bytes that differ between messages and positions.
+pub(crate) fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn framing_keeps_boundaries() {
+    let pair = Pair::new(256);
+    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    pair.send(&mut p, b"hello");
+    pair.send(&mut p, b"");
+    pair.send(&mut p, b"world!");
+    assert!(pair.ring.has_unread());
+    assert_eq!(pair.recv(&mut c), b"hello");
+    assert_eq!(pair.recv(&mut c), b"");
+    assert_eq!(pair.recv(&mut c), b"world!");
+    assert!(!pair.ring.has_unread());
+    assert!(matches!(pair.try_recv(&mut c), Err(RecvError::Timeout)));
+}
+
+#[test]
+fn wraps_around_an_odd_capacity() {
+    // 8 + len never divides 13, so frames start at every offset and straddle the end.
+    let pair = Pair::new(13);
+    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    for i in 0..500u64 {
+        let msg = pattern(i, (i % 6) as usize);
+        pair.send(&mut p, &msg);
+        assert_eq!(pair.recv(&mut c), msg, "message {i}");
+    }
+}
+
+#[test]
+fn zero_length_messages() {
+    let pair = Pair::new(16);
+    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    for _ in 0..10 {
+        pair.send(&mut p, b"");
+        pair.send(&mut p, b"");
+        assert_eq!(pair.recv(&mut c), b"");
+        assert_eq!(pair.recv(&mut c), b"");
+    }
+}
+
+/// Sends `sizes` from one thread while another receives and checks them.
+fn stream(capacity: usize, sizes: &[usize]) {
+    let pair = Pair::new(capacity);
+    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for (i, &n) in sizes.iter().enumerate() {
+                pair.send(&mut p, &pattern(i as u64, n));
+            }
+        });
+        for (i, &n) in sizes.iter().enumerate() {
+            let got = pair.recv(&mut c);
+            assert_eq!(got.len(), n, "message {i}");
+            assert!(got == pattern(i as u64, n), "message {i} corrupted");
+        }
+    });
+    assert!(!pair.ring.has_unread());
+}
+
+#[test]
+fn sizes_around_the_capacity() {
+    let cap = 64;
+    let sizes: Vec<usize> = [
+        0,
+        1,
+        cap - 9,
+        cap - 8,
+        cap - 7,
+        cap - 1,
+        cap,
+        cap + 1,
+        2 * cap,
+        10 * cap,
+    ]
+    .into_iter()
+    .cycle()
+    .take(60)
+    .collect();
+    stream(cap, &sizes);
+}
+
+#[test]
+fn a_64_mib_message_through_a_64_kib_ring() {
+    stream(64 << 10, &[64 << 20, 3, 0, 200_000]);
+}
+
+#[test]
+fn recv_resumes_after_timeout() {
+    let pair = Pair::new(64);
+    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    let msg = pattern(7, 100);
+    let prefix = (msg.len() as u64).to_le_bytes();
+    let mut w = watchdog();
+    // Write the frame in two steps, as a producer that is slower than the consumer would.
+    let first = pair
+        .ring
+        .send_some(&mut p, &prefix, &msg, 0, &pair.bells(), &mut w)
+        .unwrap();
+    assert_eq!(first, 64);
+    assert!(matches!(pair.try_recv(&mut c), Err(RecvError::Timeout)));
+    assert!(!pair.ring.has_unread(), "the consumer took what there was");
+    let mut stop = || ControlFlow::Break(());
+    let mut w2 = Wait::timeout(Some(Duration::from_millis(1))).with_signal_check(&mut stop);
+    let r = pair.ring.recv(&mut c, pair.bells(), &mut w2);
+    assert!(matches!(r, Err(RecvError::Interrupted)), "{r:?}");
+    let rest = pair
+        .ring
+        .send_some(&mut p, &prefix, &msg, first, &pair.bells(), &mut w)
+        .unwrap();
+    assert_eq!(first + rest, 8 + msg.len());
+    assert_eq!(pair.try_recv(&mut c).unwrap(), msg);
+}
+
+#[test]
+fn send_timeout_mid_message_tears_the_producer() {
+    let pair = Pair::new(32);
+    let mut p = pair.ring.producer();
+    let mut w = Wait::timeout(Some(Duration::ZERO));
+    // Nothing written yet: a timeout leaves the producer usable.
+    pair.send(&mut p, &[1; 24]);
+    assert!(matches!(
+        pair.ring.send(&mut p, b"x", pair.bells(), &mut w),
+        Err(SendError::Timeout)
+    ));
+    assert!(!p.torn);
+    let mut c = pair.ring.consumer();
+    assert_eq!(pair.recv(&mut c), [1; 24]);
+    assert!(matches!(
+        pair.ring.send(&mut p, &[2; 100], pair.bells(), &mut w),
+        Err(SendError::Timeout)
+    ));
+    assert!(p.torn);
+    assert!(matches!(
+        pair.ring.send(&mut p, b"", pair.bells(), &mut w),
+        Err(SendError::Io(_))
+    ));
+}
+
+#[test]
+fn dead_producer_leaves_whole_messages_readable() {
+    let pair = Pair::new(64);
+    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    pair.send(&mut p, b"last words");
+    let msg = pattern(1, 100);
+    let prefix = (msg.len() as u64).to_le_bytes();
+    pair.ring
+        .send_some(&mut p, &prefix, &msg, 0, &pair.bells(), &mut watchdog())
+        .unwrap();
+    pair.data.hang_up();
+    let r = pair.ring.recv(&mut c, pair.bells(), &mut watchdog());
+    assert_eq!(r.unwrap(), b"last words");
+    let r = pair.ring.recv(&mut c, pair.bells(), &mut watchdog());
+    assert!(matches!(r, Err(RecvError::Disconnected)), "{r:?}");
+}
+
+#[test]
+fn dead_consumer_ends_a_blocked_send() {
+    let pair = Pair::new(16);
+    let mut p = pair.ring.producer();
+    std::thread::scope(|s| {
+        s.spawn(|| pair.space.hang_up());
+        let r = pair
+            .ring
+            .send(&mut p, &[0; 100], pair.bells(), &mut watchdog());
+        assert!(matches!(r, Err(SendError::Disconnected)), "{r:?}");
+    });
+}
+
+#[test]
+fn closing_either_end_disconnects() {
+    let pair = Pair::new(64);
+    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    pair.send(&mut p, b"bye");
+    pair.ring.close_producer(&pair.data);
+    assert_eq!(pair.recv(&mut c), b"bye");
+    assert!(matches!(
+        pair.try_recv(&mut c),
+        Err(RecvError::Disconnected)
+    ));
+
+    let pair = Pair::new(64);
+    let mut p = pair.ring.producer();
+    std::thread::scope(|s| {
+        s.spawn(|| pair.ring.close_consumer(&pair.space));
+        // Blocks once the ring is full, until the close wakes it.
+        let r = (0..).try_for_each(|_| {
+            pair.ring
+                .send(&mut p, &[0; 10], pair.bells(), &mut watchdog())
+        });
+        assert!(matches!(r, Err(SendError::Disconnected)), "{r:?}");
+    });
+}
+
+#[test]
+fn header_validation() {
+    let h = RingHeader::new(4096);
+    h.validate(4096).unwrap();
+    assert!(h.validate(8192).is_err());
+    h.ident.magic_version.store(0, Ordering::Relaxed);
+    assert!(h.validate(4096).is_err());
+}

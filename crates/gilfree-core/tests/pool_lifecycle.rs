@@ -1,0 +1,329 @@
+//! Engine lifecycle: warm start, leases, reuse, spawning beyond the warm set, handshake
+//! failure, and shutdown leaving no process behind.
+
+mod pool_support;
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use gilfree_core::pool::{Engine, EngineConfig, WorkerCommand};
+use gilfree_core::{RecvError, SpawnError, Wait};
+use pool_support::{config, is_our_child, step, Collect, Watchdog};
+
+#[test]
+fn child_entry() {
+    pool_support::child_main();
+}
+
+#[test]
+fn warm_start_and_echo_round_trip() {
+    let _dog = Watchdog::new("warm_start_and_echo_round_trip");
+    let engine = Engine::start(config(2), Collect::new()).unwrap();
+    // Acquiring both warm workers (never sleeping) shows the warm set reached 2.
+    let a = engine.acquire(&mut step()).unwrap();
+    let b = engine.acquire(&mut step()).unwrap();
+    assert_ne!(a.pid(), b.pid());
+    let pids: HashSet<u32> = engine.pids().into_iter().collect();
+    assert!(pids.contains(&a.pid()) && pids.contains(&b.pid()));
+    for lease in [&a, &b] {
+        lease.send(b"hello", &mut step()).unwrap();
+        assert_eq!(lease.recv(&mut step()).unwrap(), b"hello");
+    }
+    let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    a.send(&big, &mut step()).unwrap();
+    assert_eq!(a.recv(&mut step()).unwrap(), big);
+    assert_eq!(a.exit_info(), None);
+    drop((a, b));
+    engine.shutdown();
+}
+
+#[test]
+fn release_reuses_the_same_process() {
+    let _dog = Watchdog::new("release_reuses_the_same_process");
+    let engine = Engine::start(config(1), Collect::new()).unwrap();
+    let lease = engine.acquire(&mut step()).unwrap();
+    let pid = lease.pid();
+    lease.send(b"x", &mut step()).unwrap();
+    assert_eq!(lease.recv(&mut step()).unwrap(), b"x");
+    lease.release();
+    assert_eq!(engine.idle_count(), 1);
+    let again = engine.acquire(&mut step()).unwrap();
+    assert_eq!(again.pid(), pid);
+    again.send(b"y", &mut step()).unwrap();
+    assert_eq!(again.recv(&mut step()).unwrap(), b"y");
+    again.release();
+    engine.shutdown();
+}
+
+#[test]
+fn acquire_beyond_warm_spawns_new_processes() {
+    let _dog = Watchdog::new("acquire_beyond_warm_spawns_new_processes");
+    let engine = Engine::start(config(1), Collect::new()).unwrap();
+    let leases: Vec<_> = (0..3)
+        .map(|_| engine.acquire(&mut step()).unwrap())
+        .collect();
+    let pids: HashSet<u32> = leases.iter().map(|l| l.pid()).collect();
+    assert_eq!(pids.len(), 3, "each lease has its own process");
+    // Every lease works while all are held: nobody waits behind a busy worker.
+    for (i, lease) in leases.iter().enumerate() {
+        lease.send(format!("m{i}").as_bytes(), &mut step()).unwrap();
+    }
+    for (i, lease) in leases.iter().enumerate().rev() {
+        assert_eq!(lease.recv(&mut step()).unwrap(), format!("m{i}").as_bytes());
+    }
+    for lease in leases {
+        lease.release();
+    }
+    assert_eq!(engine.idle_count(), 3);
+    engine.shutdown();
+}
+
+#[test]
+fn unreleased_and_mid_message_leases_are_not_reused() {
+    let _dog = Watchdog::new("unreleased_and_mid_message_leases_are_not_reused");
+    let engine = Engine::start(config(0), Collect::new()).unwrap();
+    let lease = engine.acquire(&mut step()).unwrap();
+    let dropped = lease.pid();
+    drop(lease);
+    assert!(
+        !is_our_child(dropped),
+        "a dropped lease's process is killed and reaped"
+    );
+    let lease = engine.acquire(&mut step()).unwrap();
+    let pending = lease.pid();
+    // The worker never answers "silent", so a zero-timeout recv must time out: the lease is
+    // then mid-exchange and its process must not be handed to anyone else.
+    lease.send(b"silent", &mut step()).unwrap();
+    let zero = lease.recv(&mut Wait::timeout(Some(Duration::ZERO)));
+    assert!(matches!(zero, Err(RecvError::Timeout)), "{zero:?}");
+    lease.release();
+    assert!(!engine.pids().contains(&pending));
+    assert!(!is_our_child(pending));
+    engine.shutdown();
+}
+
+#[test]
+fn handshake_failure_reports_exit_code() {
+    let _dog = Watchdog::new("handshake_failure_reports_exit_code");
+    let command = WorkerCommand {
+        program: "/bin/sh".into(),
+        args: vec![
+            "-c".into(),
+            "echo 'ImportError: no module named x' >&2; exit 7".into(),
+        ],
+        env: vec![],
+        cwd: None,
+        ring_capacity: 1 << 16,
+    };
+    let config = EngineConfig {
+        command,
+        warm: 1,
+        idle_timeout: Duration::from_secs(600),
+    };
+    let engine = Engine::start(config, Collect::new()).unwrap();
+    match engine.acquire(&mut step()) {
+        Err(SpawnError::Handshake {
+            code,
+            signal,
+            output,
+        }) => {
+            assert_eq!(code, Some(7));
+            assert_eq!(signal, None);
+            assert!(
+                output.contains("ImportError: no module named x"),
+                "{output:?}"
+            );
+        }
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+    // A second attempt fails the same way (no cached state, no crash loop needed).
+    assert!(matches!(
+        engine.acquire(&mut step()),
+        Err(SpawnError::Handshake { .. })
+    ));
+    engine.shutdown();
+    assert!(engine.pids().is_empty());
+}
+
+#[test]
+fn handshake_failure_of_bin_false() {
+    let _dog = Watchdog::new("handshake_failure_of_bin_false");
+    let command = WorkerCommand {
+        program: "/bin/false".into(),
+        args: vec![],
+        env: vec![],
+        cwd: None,
+        ring_capacity: 1 << 16,
+    };
+    let config = EngineConfig {
+        command,
+        warm: 0,
+        idle_timeout: Duration::from_secs(600),
+    };
+    let engine = Engine::start(config, Collect::new()).unwrap();
+    match engine.acquire(&mut step()) {
+        Err(SpawnError::Handshake {
+            code: Some(1),
+            signal: None,
+            ..
+        }) => {}
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+    engine.shutdown();
+}
+
+#[test]
+fn shutdown_leaves_no_process() {
+    let _dog = Watchdog::new("shutdown_leaves_no_process");
+    let engine = Engine::start(config(2), Collect::new()).unwrap();
+    let leased = engine.acquire(&mut step()).unwrap();
+    let idle = engine.acquire(&mut step()).unwrap();
+    idle.release();
+    let extra = engine.acquire(&mut step()).unwrap();
+    let pids = engine.pids();
+    assert!(pids.len() >= 2);
+    let clone = engine.clone();
+    engine.shutdown();
+    clone.shutdown(); // idempotent
+    assert!(engine.pids().is_empty());
+    for pid in &pids {
+        assert!(!is_our_child(*pid), "pid {pid} survived shutdown");
+    }
+    assert!(matches!(
+        leased.recv(&mut step()),
+        Err(RecvError::Disconnected)
+    ));
+    assert!(leased.exit_info().is_some_and(|i| i.signal == Some(9)));
+    assert!(matches!(
+        engine.acquire(&mut step()),
+        Err(SpawnError::ShutDown)
+    ));
+    extra.release();
+    drop(leased);
+}
+
+#[test]
+fn dropping_the_engine_kills_its_workers() {
+    let _dog = Watchdog::new("dropping_the_engine_kills_its_workers");
+    let engine = Engine::start(config(2), Collect::new()).unwrap();
+    let lease = engine.acquire(&mut step()).unwrap();
+    let pid = lease.pid();
+    lease.release();
+    let pids = engine.pids();
+    assert!(pids.contains(&pid));
+    drop(engine);
+    for pid in pids {
+        assert!(!is_our_child(pid), "pid {pid} survived drop");
+    }
+}
+
+#[test]
+fn concurrent_acquires_each_get_their_own_process() {
+    let _dog = Watchdog::new("concurrent_acquires_each_get_their_own_process");
+    let engine = Engine::start(config(2), Collect::new()).unwrap();
+    let threads: Vec<_> = (0..5)
+        .map(|i| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let lease = engine.acquire(&mut step()).unwrap();
+                lease.send(format!("t{i}").as_bytes(), &mut step()).unwrap();
+                assert_eq!(lease.recv(&mut step()).unwrap(), format!("t{i}").as_bytes());
+                lease
+            })
+        })
+        .collect();
+    let leases: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let pids: HashSet<u32> = leases.iter().map(|l| l.pid()).collect();
+    assert_eq!(pids.len(), 5);
+    for lease in leases {
+        lease.release();
+    }
+    engine.shutdown();
+}
+
+#[test]
+fn acquire_deadline_keeps_the_started_process() {
+    let _dog = Watchdog::new("acquire_deadline_keeps_the_started_process");
+    let engine = Engine::start(config(0), Collect::new()).unwrap();
+    // No idle worker and a deadline already passed: the call gives up at once...
+    match engine.acquire(&mut Wait::timeout(Some(Duration::ZERO))) {
+        Err(SpawnError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // ...and the process started for it is not wasted: the next call gets it (or another).
+    let lease = engine.acquire(&mut step()).unwrap();
+    lease.send(b"ok", &mut step()).unwrap();
+    assert_eq!(lease.recv(&mut step()).unwrap(), b"ok");
+    lease.release();
+    engine.shutdown();
+}
+
+#[test]
+fn signal_check_interrupts_acquire() {
+    let _dog = Watchdog::new("signal_check_interrupts_acquire");
+    // A process that never sends its ready message (bounded in case it is ever orphaned).
+    let command = WorkerCommand {
+        program: "sleep".into(),
+        args: vec!["600".into()],
+        env: vec![],
+        cwd: None,
+        ring_capacity: 1 << 16,
+    };
+    let config = EngineConfig {
+        command,
+        warm: 0,
+        idle_timeout: Duration::from_secs(600),
+    };
+    let engine = Engine::start(config, Collect::new()).unwrap();
+    let mut calls = 0;
+    let mut check = || {
+        calls += 1;
+        ControlFlow::Break(())
+    };
+    {
+        let mut wait = Wait::forever().with_signal_check(&mut check);
+        wait.signal_interval = Duration::from_millis(10);
+        let got = engine.acquire(&mut wait);
+        assert!(matches!(got, Err(SpawnError::Interrupted)), "{got:?}");
+    }
+    assert_eq!(calls, 1);
+    let pids = engine.pids();
+    engine.shutdown();
+    for pid in pids {
+        assert!(!is_our_child(pid));
+    }
+}
+
+#[test]
+fn engine_and_lease_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Engine>();
+    assert_send_sync::<gilfree_core::pool::Lease>();
+}
+
+#[test]
+fn idle_processes_beyond_warm_retire() {
+    let _dog = Watchdog::new("idle_processes_beyond_warm_retire");
+    let config = EngineConfig {
+        idle_timeout: Duration::ZERO,
+        ..config(1)
+    };
+    let engine = Engine::start(config, Collect::new()).unwrap();
+    let a = engine.acquire(&mut step()).unwrap();
+    let b = engine.acquire(&mut step()).unwrap();
+    let (pa, pb) = (a.pid(), b.pid());
+    a.release();
+    b.release();
+    // With a zero idle timeout the supervisor retires the extra one as soon as it runs. There
+    // is no event to wait on from outside, so yield until it has (the watchdog bounds this).
+    while engine.pids().len() > 1 {
+        std::thread::yield_now();
+    }
+    let left = engine.pids();
+    assert_eq!(left.len(), 1, "at least `warm` stay");
+    assert!(left[0] == pa || left[0] == pb);
+    let gone = if left[0] == pa { pb } else { pa };
+    assert!(!is_our_child(gone));
+    engine.shutdown();
+}
