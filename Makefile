@@ -20,7 +20,7 @@ BENCH_ARGS ?=
 DEPS_STAMP := $(VENV)/.deps.stamp
 BUILD_STAMP := $(VENV)/.build.stamp
 BENCH_STAMP := $(VENV)/.bench.stamp
-RUST_SOURCES := Cargo.toml pyproject.toml $(shell find crates -name '*.rs' -o -name Cargo.toml)
+RUST_SOURCES := Cargo.toml pyproject.toml $(shell find crates -name Cargo.toml -o -name build.rs -o -path '*/src/*.rs')
 MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin
 
 .PHONY: help

@@ -29,14 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(
             "demo",
             help="run the threading tutorial on gilfree, then time threading against gilfree",
-            description=(_demo.__doc__ or "").split("\n", 1)[0],
+            description="Run the threading tutorial's three workers on gilfree.Worker, then time"
+            " one CPU-bound pure-Python job with threading.Thread and with gilfree.Worker.",
         )
     )
     _bench.add_arguments(
         sub.add_parser(
             "bench",
             help="benchmark gilfree beside threading, multiprocessing and peers",
-            description=(_bench.__doc__ or "").split("\n", 1)[0],
+            description="Measure start-to-join latency and CPU scaling of gilfree beside"
+            " threading, multiprocessing, concurrent.futures, joblib and mpire; write"
+            " RESULTS.md, results.json and PNG plots. See benchmarks/README.md.",
         )
     )
     return parser

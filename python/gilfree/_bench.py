@@ -463,7 +463,12 @@ def plot(latency: Sequence[LatencyRow], scaling: Sequence[ScalingRow], out: Path
         med = [r.median_us for r in latency][::-1]
         p90 = [r.p90_us - r.median_us for r in latency][::-1]
         ax.barh(names, med, xerr=[[0] * len(med), p90], color="tab:blue", capsize=3)
-        ax.axvline(GOAL_LATENCY_US, color="tab:red", linestyle="--", label=f"gilfree goal ({GOAL_LATENCY_US:.0f} µs)")
+        ax.axvline(
+            GOAL_LATENCY_US,
+            color="tab:red",
+            linestyle="--",
+            label=f"gilfree goal ({GOAL_LATENCY_US:.0f} µs)",
+        )
         ax.set_xscale("log")
         ax.set_xlabel("start→join latency, µs (bar: median, whisker: p90; log scale)")
         ax.legend(loc="lower right")
@@ -532,18 +537,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="folder for RESULTS.md, results.json and plots")
     parser.add_argument(
         "--size",
-        type=int,
+        type=_demo.positive_int,
         help=f"integers in the scaling data set (default {_demo.DEFAULT_SIZE:,})",
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_demo.positive_int,
         nargs="+",
         metavar="W",
         help="worker counts (default: 1 2 4 and nproc)",
     )
-    parser.add_argument("--reps", type=int, help="latency repetitions (default 300)")
-    parser.add_argument("--repeat", type=int, help="runs per scaling cell, best kept (default 3)")
+    parser.add_argument("--reps", type=_demo.positive_int, help="latency repetitions (default 300)")
+    parser.add_argument(
+        "--repeat", type=_demo.positive_int, help="runs per scaling cell, best kept (default 3)"
+    )
     parser.add_argument(
         "--skip", choices=["latency", "scaling"], action="append", default=[], help="skip a part"
     )
@@ -608,7 +615,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
         The process exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="benchmarks/run.py", description=(__doc__ or "").split("\n", 1)[0]
+        prog="benchmarks/run.py",
+        description="Measure gilfree beside its peers; the same as `python -m gilfree bench`.",
     )
     add_arguments(parser)
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -220,14 +220,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument(
         "--size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_SIZE,
         metavar="N",
         help=f"integers in the data set (default: {DEFAULT_SIZE:,})",
     )
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         default=None,
         metavar="W",
@@ -255,7 +255,9 @@ def main(args: argparse.Namespace) -> int:
         f"2. The tutorial's limit, measured: a CPU-bound pure-Python job over {args.size:,} integers"
     )
     print("Threads take turns: the GIL lets one thread at a time run Python bytecode.")
-    print(f"gilfree.Worker runs each worker in its own process: W workers can use W of {cpus} CPUs.")
+    print(
+        f"gilfree.Worker runs each worker in its own process: W workers can use W of {cpus} CPUs."
+    )
     data = make_data(args.size)
     backends: list[tuple[str, Callable[[Sequence[list[int]]], int]]] = [
         ("threading", run_threads),
@@ -290,8 +292,22 @@ def _say(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
+def positive_int(text: str) -> int:
+    """Parses a command-line count that must be at least 1.
+
+    Args:
+        text: The argument as typed.
+
+    Returns:
+        The count.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not an integer of at least 1.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value

@@ -78,7 +78,11 @@ impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Io(e) => write!(f, "could not start a worker process: {e}"),
-            Self::Handshake { code, signal, output } => {
+            Self::Handshake {
+                code,
+                signal,
+                output,
+            } => {
                 write!(f, "worker process died before it was ready")?;
                 if let Some(c) = code {
                     write!(f, " (exit code {c})")?;

@@ -36,12 +36,20 @@ pub struct Wait<'a> {
 impl<'a> Wait<'a> {
     /// Waits forever, with no peer and no signal checks.
     pub fn forever() -> Self {
-        Wait { deadline: None, peer: None, on_signal: None, signal_interval: DEFAULT_SIGNAL_INTERVAL }
+        Wait {
+            deadline: None,
+            peer: None,
+            on_signal: None,
+            signal_interval: DEFAULT_SIGNAL_INTERVAL,
+        }
     }
 
     /// Waits until `timeout` has passed (`None`: forever).
     pub fn timeout(timeout: Option<Duration>) -> Self {
-        Wait { deadline: timeout.map(|t| Instant::now() + t), ..Self::forever() }
+        Wait {
+            deadline: timeout.map(|t| Instant::now() + t),
+            ..Self::forever()
+        }
     }
 
     /// Also ends when the process behind `pidfd` dies.
@@ -51,14 +59,18 @@ impl<'a> Wait<'a> {
     }
 
     /// Runs `check` on `EINTR` and every [`Self::signal_interval`] while asleep.
-    pub fn with_signal_check(mut self, check: &'a mut (dyn FnMut() -> ControlFlow<()> + Send)) -> Self {
+    pub fn with_signal_check(
+        mut self,
+        check: &'a mut (dyn FnMut() -> ControlFlow<()> + Send),
+    ) -> Self {
         self.on_signal = Some(check);
         self
     }
 
     /// Time left before the deadline (`None`: no deadline). Zero once it has passed.
     pub fn remaining(&self) -> Option<Duration> {
-        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// A shorter-lived copy of this wait that also watches `peer` (the process layer adds the

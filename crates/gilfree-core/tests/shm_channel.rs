@@ -34,7 +34,13 @@ impl Drop for ChildGuard {
 fn spawn(test: &str, role: &str, ch: &Channel) -> ChildGuard {
     ch.set_inheritable(true).unwrap();
     let spawned = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1", "--include-ignored"])
+        .args([
+            "--exact",
+            test,
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(ROLE, role)
         .env(FDS, ch.child_fds().encode())
         // The harness's own chatter would interleave with ours; a panic still shows on stderr.

@@ -14,8 +14,12 @@ pub const RING_CAPACITY_DEFAULT: usize = 1 << 20;
 pub fn timeout(secs: Option<f64>) -> PyResult<Option<Duration>> {
     match secs {
         None => Ok(None),
-        Some(s) if s.is_nan() || s < 0.0 => Err(PyValueError::new_err("timeout value must be a non-negative number")),
-        Some(s) => Ok(Some(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX))),
+        Some(s) if s.is_nan() || s < 0.0 => Err(PyValueError::new_err(
+            "timeout value must be a non-negative number",
+        )),
+        Some(s) => Ok(Some(
+            Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX),
+        )),
     }
 }
 

@@ -19,7 +19,9 @@ impl PyEndpoint {
     /// parent this worker is ready.
     #[staticmethod]
     fn from_env(py: Python<'_>) -> PyResult<Self> {
-        let inner = py.detach(Endpoint::from_env).map_err(|e| PyEngineError::Spawn(e, None))?;
+        let inner = py
+            .detach(Endpoint::from_env)
+            .map_err(|e| PyEngineError::Spawn(e, None))?;
         Ok(PyEndpoint { inner })
     }
 

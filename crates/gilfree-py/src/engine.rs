@@ -57,12 +57,20 @@ impl PyEngine {
     ) -> PyResult<Self> {
         let idle_timeout = convert::timeout(Some(idle_timeout))?.unwrap_or(Duration::MAX);
         let config = EngineConfig {
-            command: WorkerCommand { program, args, env, cwd, ring_capacity },
+            command: WorkerCommand {
+                program,
+                args,
+                env,
+                cwd,
+                ring_capacity,
+            },
             warm,
             idle_timeout,
         };
         let sink = Arc::new(PySink { output });
-        let inner = py.detach(|| Engine::start(config, sink)).map_err(|e| PyEngineError::Spawn(e, None))?;
+        let inner = py
+            .detach(|| Engine::start(config, sink))
+            .map_err(|e| PyEngineError::Spawn(e, None))?;
         Ok(PyEngine { inner })
     }
 
@@ -75,7 +83,10 @@ impl PyEngine {
             self.inner.acquire(&mut wait)
         });
         let lease = result.map_err(|e| PyEngineError::Spawn(e, signals.pending.take()))?;
-        Ok(PyLease { pid: lease.pid(), inner: RwLock::new(Some(lease)) })
+        Ok(PyLease {
+            pid: lease.pid(),
+            inner: RwLock::new(Some(lease)),
+        })
     }
 
     /// Kills every worker process and stops the engine's threads. Idempotent.
@@ -109,7 +120,9 @@ impl PyLease {
         let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
             Some(lease) => Ok(f(lease)),
-            None => Err(PyRuntimeError::new_err("this worker lease has been released")),
+            None => Err(PyRuntimeError::new_err(
+                "this worker lease has been released",
+            )),
         }
     }
 }
@@ -142,7 +155,11 @@ impl PyLease {
     /// The worker's next message, or `None` if `timeout` seconds pass first. Raises
     /// `WorkerCrashedError` if the worker died, `KeyboardInterrupt` on Ctrl-C.
     #[pyo3(signature = (timeout=None))]
-    fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    fn recv<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let timeout = convert::timeout(timeout)?;
         let mut signals = SignalCheck::new();
         let result = py.detach(|| {

@@ -22,12 +22,13 @@ impl From<PyEngineError> for PyErr {
             PyEngineError::Recv(RecvError::Interrupted, Some(p))
             | PyEngineError::Send(SendError::Interrupted, Some(p))
             | PyEngineError::Spawn(SpawnError::Interrupted, Some(p)) => p,
-            PyEngineError::Recv(RecvError::Timeout, _) | PyEngineError::Send(SendError::Timeout, _) => {
-                PyTimeoutError::new_err("timed out")
-            }
+            PyEngineError::Recv(RecvError::Timeout, _)
+            | PyEngineError::Send(SendError::Timeout, _) => PyTimeoutError::new_err("timed out"),
             PyEngineError::Recv(RecvError::Io(e), _)
             | PyEngineError::Send(SendError::Io(e), _)
-            | PyEngineError::Spawn(SpawnError::Io(e), _) => PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())),
+            | PyEngineError::Spawn(SpawnError::Io(e), _) => {
+                PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
+            }
             PyEngineError::Spawn(SpawnError::ShutDown, _) => {
                 PyRuntimeError::new_err("cannot start a worker: gilfree has been shut down")
             }
@@ -42,7 +43,12 @@ impl From<PyEngineError> for PyErr {
                     (Some(c), None) => format!("exited with code {c}"),
                     (None, None) => "died".to_owned(),
                 };
-                WorkerCrashedError::new_err((format!("worker process {pid} {how}"), code, signal, pid))
+                WorkerCrashedError::new_err((
+                    format!("worker process {pid} {how}"),
+                    code,
+                    signal,
+                    pid,
+                ))
             }
         }
     }
