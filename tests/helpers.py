@@ -123,3 +123,61 @@ class UnpicklableError(Exception):
 
 def raise_unpicklable() -> None:
     raise UnpicklableError(1, 2)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def spin(n: int) -> int:
+    """Busy work proportional to n (a CPU-bound task of known cost; no sleeping)."""
+    total = 0
+    for i in range(n):
+        total += i % 7
+    return total
+
+
+def record_then(path: str, x: int, crash_at: int) -> int:
+    """Appends x to a file (one line per run, O_APPEND), then crashes if x == crash_at."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{x}\n".encode())
+    finally:
+        os.close(fd)
+    if x == crash_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 2
+
+
+def connect_and_block(port: int) -> None:
+    """Tells the test it is running (by connecting), then blocks until killed."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=WATCHDOG)
+    s.recv(1)  # the test never sends: blocks until the worker is killed
+    threading.Event().wait()
+
+
+def fail_init() -> None:
+    raise OSError("init failed on purpose")
+
+
+_initialized: list[str] = []
+
+
+def set_marker(value: str) -> None:
+    _initialized.append(value)
+
+
+def get_marker() -> list[str]:
+    return list(_initialized)
+
+
+def raise_value_error(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def spin_or_block(n: int) -> int:
+    if n < 0:
+        block_forever()
+    return spin(n)

@@ -8,9 +8,18 @@ runs on every core.
 
 from __future__ import annotations
 
-from gilfree.exceptions import RemoteTraceback, WorkerCrashedError
+from gilfree.exceptions import BrokenPoolError, RemoteTraceback, WorkerCrashedError
+from gilfree.executor import Pool, map
 from gilfree.worker import Worker
 
 __version__ = "0.1.0"
 
-__all__ = ["RemoteTraceback", "Worker", "WorkerCrashedError", "__version__"]
+__all__ = [
+    "BrokenPoolError",
+    "Pool",
+    "RemoteTraceback",
+    "Worker",
+    "WorkerCrashedError",
+    "__version__",
+    "map",
+]

@@ -6,13 +6,13 @@ on a busy machine:
 1. Start→join latency of one trivial worker (its target returns ``None``): the object is built
    outside the timer, then ``start()`` + ``join()`` is timed. gilfree is measured warm (after a
    few unmeasured runs), beside :class:`threading.Thread`, :class:`multiprocessing.Process`
-   (``fork`` and ``spawn`` start methods) and a warm :class:`concurrent.futures.ProcessPoolExecutor`
-   (``submit().result()``).
+   (``fork``, ``forkserver`` and ``spawn`` start methods) and a warm
+   :class:`concurrent.futures.ProcessPoolExecutor` (``submit().result()``).
 2. CPU scaling of the demo's job (:func:`gilfree._demo.job`) over the demo's data set, split into
    W slices, one worker per slice, with :class:`threading.Thread`, :class:`gilfree.Worker`,
    :class:`multiprocessing.Process` (one process per slice, result sent back over a ``Pipe``),
    a fresh :class:`~concurrent.futures.ProcessPoolExecutor` per run, and joblib and mpire when
-   they are installed. The backends take turns, and each cell is the best of ``--repeat`` runs.
+   they are installed; the multiprocessing-based peers use :data:`MP_METHOD`. The backends take turns, and each cell is the best of ``--repeat`` runs.
 
 Results go to ``RESULTS.md`` (tables, ratios, machine, goals), ``results.json`` and two PNG plots
 in the output folder. The goals are recorded, never asserted: a slow run is a finding, not a
@@ -44,6 +44,10 @@ from gilfree import _demo
 GOAL_LATENCY_US = 40.0
 #: Goal for gilfree's speedup at W = cores: at most this fraction below multiprocessing's.
 GOAL_SCALING_GAP = 0.03
+#: Start method of the process-based peers in the scaling benchmark. ``forkserver`` (the default
+#: from Python 3.14 on) pickles each slice to the child, as gilfree does, and never forks this
+#: process, whose gilfree engine runs threads by then.
+MP_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 Runner = Callable[[Sequence[list[int]]], int]
 
@@ -97,29 +101,28 @@ def _latency(name: str, once: Callable[[], int], reps: int, warmup: int) -> Late
 def measure_latency(reps: int) -> list[LatencyRow]:
     """Measures start→join latency of one trivial worker with each backend.
 
+    gilfree is measured last, so that no peer forks this process while the engine's threads
+    run (``fork`` copies only the calling thread).
+
     Args:
-        reps: Repetitions for gilfree and threading; the multiprocessing rows use fewer
-            (at most 100 with ``fork``, 20 with ``spawn``) because each one starts a process.
+        reps: Repetitions for gilfree, threading and the warm pool; the multiprocessing rows
+            use fewer (at most 100 with ``fork`` and ``forkserver``, 20 with ``spawn``) because
+            each one starts a process.
 
     Returns:
         One row per backend, gilfree first.
     """
     rows = [
         _latency(
-            "gilfree.Worker (warm engine)",
-            lambda: _time_start_join(lambda: gilfree.Worker(target=noop)),
-            reps,
-            warmup=10,
-        ),
-        _latency(
             "threading.Thread",
             lambda: _time_start_join(lambda: threading.Thread(target=noop)),
             reps,
             warmup=10,
-        ),
+        )
     ]
-    for method, cap in (("fork", 100), ("spawn", 20)):
-        if method not in multiprocessing.get_all_start_methods():
+    methods = multiprocessing.get_all_start_methods()
+    for method, cap in (("fork", 100), ("forkserver", 100), ("spawn", 20)):
+        if method not in methods:
             continue
         ctx = multiprocessing.get_context(method)
         rows.append(
@@ -130,7 +133,8 @@ def measure_latency(reps: int) -> list[LatencyRow]:
                 warmup=2,
             )
         )
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+    ctx = multiprocessing.get_context(MP_METHOD)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
 
         def submit_result() -> int:
             t0 = time.perf_counter_ns()
@@ -140,7 +144,13 @@ def measure_latency(reps: int) -> list[LatencyRow]:
         rows.append(
             _latency("ProcessPoolExecutor (warm), submit→result", submit_result, reps, warmup=10)
         )
-    return rows
+    ours = _latency(
+        "gilfree.Worker (warm engine)",
+        lambda: _time_start_join(lambda: gilfree.Worker(target=noop)),
+        reps,
+        warmup=10,
+    )
+    return [ours, *rows]
 
 
 # --- 2. CPU scaling -----------------------------------------------------------------------------
@@ -160,7 +170,7 @@ def run_processes(chunks: Sequence[list[int]]) -> int:
     Returns:
         The total over all slices.
     """
-    ctx = multiprocessing.get_context()
+    ctx = multiprocessing.get_context(MP_METHOD)
     readers, procs = [], []
     for chunk in chunks:
         reader, writer = ctx.Pipe(duplex=False)
@@ -184,7 +194,8 @@ def run_process_pool(chunks: Sequence[list[int]]) -> int:
     Returns:
         The total over all slices.
     """
-    with concurrent.futures.ProcessPoolExecutor(max_workers=len(chunks)) as pool:
+    ctx = multiprocessing.get_context(MP_METHOD)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=len(chunks), mp_context=ctx) as pool:
         return sum(pool.map(_demo.job, chunks))
 
 
@@ -208,7 +219,7 @@ def _optional_peers() -> list[tuple[str, Runner]]:
     else:
 
         def run_mpire(chunks: Sequence[list[int]]) -> int:
-            with mpire.WorkerPool(n_jobs=len(chunks)) as pool:
+            with mpire.WorkerPool(n_jobs=len(chunks), start_method=MP_METHOD) as pool:
                 return sum(pool.map(_demo.job, [(chunk,) for chunk in chunks]))
 
         peers.append(("mpire", run_mpire))
@@ -224,7 +235,7 @@ def scaling_backends() -> list[tuple[str, Runner]]:
     return [
         ("threading.Thread", _demo.run_threads),
         ("gilfree.Worker", _demo.run_workers),
-        (f"multiprocessing.Process ({multiprocessing.get_start_method()})", run_processes),
+        (f"multiprocessing.Process ({MP_METHOD})", run_processes),
         ("ProcessPoolExecutor (fresh)", run_process_pool),
         *_optional_peers(),
     ]
@@ -417,10 +428,12 @@ def render_markdown(
             " `gilfree._demo.job`), cut into W equal slices, one worker per slice; the time"
             " includes creating, starting and joining the workers and moving slices and results."
             f" Best of {repeat} run{'s' if repeat > 1 else ''} per cell; backends take turns."
-            " multiprocessing is one `Process` per slice with its result sent over a `Pipe`"
-            " (default start method, so `fork` on Linux: the slice is inherited, not pickled);"
-            " ProcessPoolExecutor is created inside the timer; joblib reuses its loky workers"
-            " between runs, and with 1 worker runs the job in this process.",
+            " multiprocessing is one `Process` per slice with its result sent over a `Pipe`;"
+            f" it, ProcessPoolExecutor and mpire use the `{MP_METHOD}` start method, which"
+            " pickles each slice to the child as gilfree does (`fork` would inherit it, but"
+            " forking a process whose engine threads run is unsafe). ProcessPoolExecutor is"
+            " created inside the timer; joblib reuses its loky workers between runs, and with"
+            " 1 worker runs the job in this process.",
             "",
             "| backend | workers | seconds | speedup vs threading, 1 worker |"
             " multiprocessing time ÷ this time |",

@@ -4,8 +4,16 @@ A task is ``[u32 header length][pickled header][body]``: the header carries what
 must set up before it can unpickle the body (the parent's ``sys.path`` and working directory),
 so a class imported from the user's own module resolves in the worker as it did in the parent.
 
-A reply is one pickled tuple ``(status, value, changed, deleted, skipped)``; see
-:func:`encode_reply`.
+Replies:
+
+- ``RUN_WORKER`` (a ``gilfree.Worker``): one message, ``(status, value, changed, deleted,
+  skipped)``; see :func:`encode_reply`.
+- ``POOL_INIT`` (a Pool's initializer): one frame, ``b"\\x00"`` for success or ``b"\\x01"``
+  followed by the pickled ``(exception, traceback text)``. The engine reads only the first byte.
+- ``POOL_CALL`` (a chunk of calls): one frame per item as soon as that item finishes (so a
+  crash mid-chunk loses no finished result), each a pickled ``(status, payload)``; then a
+  trailer frame, the chunk's run time in seconds as a little-endian double, which feeds the
+  adaptive chunk sizing.
 """
 
 from __future__ import annotations
@@ -18,28 +26,54 @@ from typing import Any
 
 PROTOCOL = 5
 _LEN = struct.Struct("<I")
+TRAILER = struct.Struct("<d")
 
 # Task kinds.
 RUN_WORKER = 1
+POOL_INIT = 2
+POOL_CALL = 3
 
-# Reply statuses.
+# Reply statuses (RUN_WORKER replies and POOL_CALL item frames).
 OK = 0
 RAISED = 1
 RESULT_UNPICKLABLE = 2
 
+# How POOL_CALL items are applied: fn(*args, **kwargs) for (args, kwargs) pairs; fn(*args).
+CALL_ARGS_KWARGS = 0
+CALL_STAR = 1
+
+# The pickled sys.path and cwd change rarely; cache the header prefix they make.
+_cached: tuple[list[str], str, bytes] | None = None
+
+
+def _context() -> bytes:
+    global _cached
+    cwd = os.getcwd()
+    cached = _cached
+    if cached is not None and cached[1] == cwd and cached[0] == sys.path:
+        return cached[2]
+    blob = pickle.dumps((tuple(sys.path), cwd), PROTOCOL)
+    _cached = (list(sys.path), cwd, blob)
+    return blob
+
 
 def encode_task(kind: int, meta: Any, body: bytes) -> bytes:
     """A task message: ``kind`` and ``meta`` travel in the header, ``body`` as it is."""
-    header = pickle.dumps((kind, tuple(sys.path), os.getcwd(), meta), PROTOCOL)
-    return b"".join((_LEN.pack(len(header)), header, body))
+    context = _context()
+    header = pickle.dumps((kind, meta), PROTOCOL)
+    return b"".join((_LEN.pack(len(context)), context, _LEN.pack(len(header)), header, body))
 
 
 def decode_task(msg: bytes) -> tuple[int, list[str], str, Any, memoryview]:
     """Splits a task message into ``(kind, sys_path, cwd, meta, body)``."""
     view = memoryview(msg)
     (n,) = _LEN.unpack_from(view)
-    kind, path, cwd, meta = pickle.loads(view[_LEN.size : _LEN.size + n])
-    return kind, list(path), cwd, meta, view[_LEN.size + n :]
+    path, cwd = pickle.loads(view[_LEN.size : _LEN.size + n])
+    at = _LEN.size + n
+    (m,) = _LEN.unpack_from(view, at)
+    at += _LEN.size
+    kind, meta = pickle.loads(view[at : at + m])
+    return kind, list(path), cwd, meta, view[at + m :]
 
 
 def encode_reply(
@@ -49,8 +83,8 @@ def encode_reply(
     deleted: list[str],
     skipped: list[tuple[str, str]],
 ) -> bytes:
-    """A reply: the outcome, then the attributes ``run()`` changed (already pickled one by
-    one), deleted, or set but could not send (name and reason)."""
+    """A Worker's reply: the outcome, then the attributes ``run()`` changed (already pickled
+    one by one), deleted, or set but could not send (name and reason)."""
     return pickle.dumps((status, value, changed, deleted, skipped), PROTOCOL)
 
 

@@ -76,6 +76,11 @@ def engine() -> _engine.Engine:
         return _engine_instance
 
 
+def exiting() -> bool:
+    """Whether interpreter shutdown has begun (no new work may start)."""
+    return _exiting
+
+
 def on_exit(hook: Callable[[], None]) -> None:
     """Runs ``hook`` at interpreter exit, before the engine stops (joins non-daemon Workers)."""
     _exit_hooks.append(hook)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -70,8 +71,7 @@ def run_worker(meta: tuple[str, bool], body: memoryview) -> bytes:
     except SystemExit:  # threading ignores SystemExit in run(); so do we
         status, payload = _protocol.OK, _serialize.dumps(None)
     except BaseException as exc:
-        tb_text = "".join(traceback.format_exception(exc))
-        status, payload = _protocol.RAISED, (_pickle_error(exc, tb_text), tb_text)
+        status, payload = _protocol.RAISED, _error_payload(exc)
     else:
         try:
             status, payload = _protocol.OK, _serialize.dumps(value)
@@ -103,6 +103,71 @@ def _flush() -> None:
             pass
 
 
+def _error_payload(exc: BaseException) -> tuple[bytes, str]:
+    tb_text = "".join(traceback.format_exception(exc))
+    return _pickle_error(exc, tb_text), tb_text
+
+
+def pool_init(body: memoryview, endpoint: _engine.Endpoint) -> bool:
+    """Runs a Pool's initializer; replies with one frame (see ``_protocol``)."""
+    try:
+        initializer, initargs = _serialize.loads(body)
+        initializer(*initargs)
+    except BaseException as exc:
+        frame = b"\x01" + _serialize.dumps(_error_payload(exc))
+    else:
+        frame = b"\x00"
+    _flush()
+    return endpoint.send(frame)
+
+
+# Functions this process has unpickled for Pool tasks, by their pickled bytes: a function
+# shipped by value costs tens of µs to load. Bounded, oldest dropped first.
+_functions: dict[bytes, Any] = {}
+_FUNCTIONS_MAX = 64
+
+
+def _function(blob: bytes) -> Any:
+    fn = _functions.get(blob)
+    if fn is None:
+        fn = _serialize.loads(blob)
+        if len(_functions) >= _FUNCTIONS_MAX:
+            del _functions[next(iter(_functions))]
+        _functions[blob] = fn
+    return fn
+
+
+def pool_call(count: int, body: memoryview, endpoint: _engine.Endpoint) -> bool:
+    """Runs a chunk of calls, one frame per item as it finishes, then the trailer."""
+    started = time.perf_counter()
+    send = endpoint.send
+    dumps = _serialize.dumps
+    try:
+        fn_blob, mode, items = _serialize.loads(body)
+        fn = _function(fn_blob)
+    except BaseException as exc:
+        frame = dumps((_protocol.RAISED, _error_payload(exc)))
+        for _ in range(count):
+            if not send(frame, False):
+                return False
+    else:
+        star = mode == _protocol.CALL_STAR
+        for item in items:
+            try:
+                value = fn(*item) if star else fn(*item[0], **item[1])
+            except BaseException as exc:
+                frame = dumps((_protocol.RAISED, _error_payload(exc)))
+            else:
+                try:
+                    frame = dumps((_protocol.OK, value))
+                except Exception as exc:
+                    frame = dumps((_protocol.RESULT_UNPICKLABLE, _serialize.describe_failure(value, exc)))
+            if not send(frame, False):
+                return False
+    _flush()
+    return send(_protocol.TRAILER.pack(time.perf_counter() - started), True)
+
+
 def main() -> None:
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what a
     # KeyboardInterrupt means, as the main thread does for threads.
@@ -111,23 +176,25 @@ def main() -> None:
     # The engine removed these from the C environment; os.environ is an earlier snapshot.
     os.environ.pop("GILFREE_CHANNEL_FDS", None)
     os.environ.pop("GILFREE_PARENT_PID", None)
-    handlers: dict[int, Any] = {_protocol.RUN_WORKER: run_worker}
     while True:
         msg = endpoint.recv()
         if msg is None:
             return
         kind, path, cwd, meta, body = _protocol.decode_task(msg)
         _adopt(path, cwd)
-        try:
-            reply = handlers[kind](meta, body)
-        except BaseException as exc:  # a failure to unpickle the task itself
-            tb_text = "".join(traceback.format_exception(exc))
-            reply = _protocol.encode_reply(
-                _protocol.RAISED, (_pickle_error(exc, tb_text), tb_text), {}, [], []
-            )
+        if kind == _protocol.POOL_CALL:
+            alive = pool_call(meta, body, endpoint)
+        elif kind == _protocol.POOL_INIT:
+            alive = pool_init(body, endpoint)
+        else:
+            try:
+                reply = run_worker(meta, body)
+            except BaseException as exc:  # a failure to unpickle the Worker itself
+                reply = _protocol.encode_reply(_protocol.RAISED, _error_payload(exc), {}, [], [])
+            _flush()
+            alive = endpoint.send(reply)
         del msg, body
-        _flush()
-        if not endpoint.send(reply):
+        if not alive:
             return
 
 

@@ -6,7 +6,9 @@ so it can cross a process boundary.
 
 from __future__ import annotations
 
-__all__ = ["RemoteTraceback", "WorkerCrashedError"]
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = ["BrokenPoolError", "RemoteTraceback", "WorkerCrashedError"]
 
 
 class WorkerCrashedError(RuntimeError):
@@ -51,3 +53,13 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class BrokenPoolError(BrokenProcessPool):
+    """The Pool cannot run tasks: its ``initializer`` failed in a worker process.
+
+    A subclass of ``concurrent.futures.process.BrokenProcessPool`` (and so of
+    ``concurrent.futures.BrokenExecutor``), so code written for ``ProcessPoolExecutor``
+    catches it. The initializer's own exception is attached as ``__cause__``. (A worker that
+    dies does not break a gilfree Pool: only its task fails, with :class:`WorkerCrashedError`.)
+    """

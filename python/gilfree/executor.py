@@ -1,0 +1,689 @@
+"""``gilfree.Pool``: a ``concurrent.futures.Executor`` on the engine's worker processes.
+
+The engine's scheduler (Rust) queues tasks, pipelines them to the Pool's worker processes,
+detects deaths and enforces per-task timeouts; this module owns the Python side: pickling,
+``Future`` objects, chunking, ordering and progress.
+
+How a task flows:
+
+1. ``submit`` (or a ``map``/``imap`` chunk) pickles the call and hands bytes to the scheduler
+   with an id; a handler for that id waits in ``_Pool._handlers``.
+2. A worker process runs each item and sends one frame per item as it finishes, then a trailer
+   with the chunk's run time (``_protocol``).
+3. The Pool's collector thread takes finished tasks from the scheduler in batches (the GIL is
+   released while it waits) and hands each to its handler, which resolves a ``Future`` or fills
+   a ``map``'s result slots, and refills the chunk window.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Executor, Future
+from concurrent.futures._base import PENDING as _PENDING
+from typing import Any
+
+from gilfree import _engine, _protocol, _runtime, _serialize
+from gilfree.exceptions import BrokenPoolError, RemoteTraceback, WorkerCrashedError
+
+__all__ = ["Pool", "map"]
+
+# Scheduler end codes (see crates/gilfree-py/src/pool.rs).
+_DONE, _CRASHED, _TIMED_OUT, _CANCELLED, _BROKEN = range(5)
+# Scheduler cancel outcomes.
+_NOT_FOUND, _WAS_QUEUED, _RUNNING, _KILLED = range(4)
+
+# Automatic chunking aims for chunks that run about this long: long enough that the per-chunk
+# cost (~100 µs round trip) vanishes, short enough to balance load and show progress.
+_TARGET_CHUNK_SECONDS = 0.02
+# A known-length input is cut into at least this many chunks per worker, for load balance.
+_MIN_CHUNKS_PER_WORKER = 4
+
+_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _unpicklable(what: str, obj: Any, exc: BaseException) -> TypeError:
+    return TypeError(f"{what} cannot be pickled: {_serialize.describe_failure(obj, exc)}")
+
+
+def _decode_frame(frame: bytes) -> tuple[bool, Any]:
+    """One item's outcome: ``(True, value)`` or ``(False, exception)``."""
+    status, payload = _serialize.loads(frame)
+    if status == _protocol.OK:
+        return True, payload
+    if status == _protocol.RAISED:
+        exc_blob, tb_text = payload
+        exc = _serialize.loads(exc_blob)
+        exc.__cause__ = RemoteTraceback(tb_text)
+        return False, exc
+    return False, TypeError(f"the task's result cannot be pickled: {payload}")
+
+
+def _end_error(end: int, info: Any, timeout: float | None) -> BaseException:
+    """The exception for an item that did not finish: crash, timeout, cancel or broken pool."""
+    if end == _CRASHED:
+        pid, exitcode, signal = info
+        how = f"was killed by signal {signal}" if signal is not None else f"exited with code {exitcode}"
+        return WorkerCrashedError(f"the worker process {pid} running this task {how}", exitcode, signal, pid)
+    if end == _TIMED_OUT:
+        return TimeoutError(f"the task ran longer than its timeout of {timeout} s; its worker process {info} was killed")
+    if end == _BROKEN:
+        err = BrokenPoolError("the pool's initializer failed; no task can run")
+        try:
+            err.__cause__ = _decode_init_failure(info)
+        except Exception:
+            pass
+        return err
+    return CancelledError()
+
+
+def _decode_init_failure(frame: bytes) -> BaseException:
+    """The initializer's exception, from the frame a worker sent (see ``_protocol``)."""
+    exc_blob, tb_text = _serialize.loads(frame[1:])
+    exc = _serialize.loads(exc_blob)
+    exc.__cause__ = RemoteTraceback(tb_text)
+    return exc
+
+
+class _PoolFuture(Future):
+    """A Future whose ``cancel()`` also takes a queued task out of the scheduler."""
+
+    def __init__(self, pool: Pool, task_id: int) -> None:
+        super().__init__()
+        self._gilfree_pool = pool
+        self._gilfree_id = task_id
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self.done():
+                return self.cancelled()
+            outcome = self._gilfree_pool._tp.cancel(self._gilfree_id, False)
+            if outcome == _WAS_QUEUED:
+                return super().cancel()
+            if outcome == _RUNNING:
+                # Running tasks cannot be cancelled (as in the stdlib); Pool.cancel() kills them.
+                self.set_running_or_notify_cancel()
+            return False
+
+
+class _FutureHandler:
+    """Resolves one ``submit``'s Future."""
+
+    __slots__ = ("future", "timeout")
+
+    def __init__(self, future: _PoolFuture, timeout: float | None) -> None:
+        self.future = future
+        self.timeout = timeout
+
+    def complete(self, frames: list[bytes], end: int, info: Any) -> None:
+        future = self.future
+        if future.done():  # cancelled while queued
+            return
+        if end == _CANCELLED:
+            _force_cancel(future)
+            return
+        # The item's frame arrives as soon as it finishes: if the worker died after that, the
+        # result still stands.
+        ok, value = _decode_frame(frames[0]) if frames else (False, _end_error(end, info, self.timeout))
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _force_cancel(future: Future) -> bool:
+    """Cancels a future whose task the pool stopped, even if it was marked running."""
+    with future._condition:
+        if future.done():
+            return future.cancelled()
+        # A Future marked RUNNING refuses cancel(); here the task really was stopped.
+        future._state = _PENDING
+        return Future.cancel(future)
+
+
+class _Results:
+    """The result slots of one ``map``/``imap`` call, filled by the collector thread.
+
+    Chunks are cut from ``source`` on demand: the call's thread cuts the first window, and the
+    collector cuts more as chunks finish, so a ``map`` runs to the end even if nobody iterates,
+    while an ``imap`` stops cutting once ``window`` chunks wait to be consumed.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        fn: Any,
+        source: Iterator[tuple[Any, ...]],
+        *,
+        length: int | None,
+        ordered: bool,
+        chunksize: int | None,
+        timeout: float | None,
+        eager: bool,
+    ) -> None:
+        self.pool = pool
+        try:
+            self.fn_blob = _serialize.dumps(fn)
+        except Exception as exc:
+            raise _unpicklable("the function", fn, exc) from exc
+        self.source = source
+        self.remaining = length
+        self.ordered = ordered
+        self.fixed_chunk = 1 if timeout is not None else chunksize
+        self.timeout = timeout
+        self.eager = eager
+        self.cond = threading.Condition(threading.Lock())
+        # Guards cutting, submitting and completing chunks (call's thread and collector).
+        self.lock = threading.RLock()
+        self.stalled = False  # imap: cutting paused until the caller consumes more
+        self.next_index = 0  # index of the next item to cut from source
+        self.yielded = 0  # ordered: index of the next item to yield
+        self.slots: dict[int, tuple[bool, Any]] = {}
+        self.arrivals: collections.deque[tuple[bool, Any]] = collections.deque()
+        self.outstanding: dict[int, tuple[int, list[Any]]] = {}  # task id → (first index, items)
+        self.source_done = False
+        self.source_error: BaseException | None = None
+        self.closed = False
+        self.per_item: float | None = None  # measured seconds per item, smoothed
+        self.chunk = 1
+        self.window = max(2, pool._max_workers * 3)
+
+    # -- cutting and submitting chunks (call's thread, then collector thread) --------------
+
+    def _next_size(self) -> int:
+        if self.fixed_chunk is not None:
+            return self.fixed_chunk
+        if self.per_item is not None:
+            want = int(_TARGET_CHUNK_SECONDS / max(self.per_item, 1e-7))
+            self.chunk = max(1, min(want, self.chunk * 4))
+        size = self.chunk
+        if self.remaining is not None:
+            balance = -(-self.remaining // (self.pool._max_workers * _MIN_CHUNKS_PER_WORKER))
+            size = max(1, min(size, balance))
+        return size
+
+    def fill(self) -> None:
+        """Cuts and submits chunks until the window is full or the source is exhausted."""
+        with self.lock:
+            self.stalled = False
+            while not self.source_done and not self.closed and len(self.outstanding) < self.window:
+                if not self.eager and self.next_index - self.yielded >= self.window * self.chunk:
+                    self.stalled = True
+                    return
+                size = self._next_size()
+                try:
+                    items = list(itertools.islice(self.source, size))
+                except BaseException as exc:  # the caller's iterable raised: surfaces at its place
+                    self.source_error = exc
+                    self.source_done = True
+                    break
+                if len(items) < size:
+                    self.source_done = True
+                if not items:
+                    break
+                first = self.next_index
+                self.next_index += len(items)
+                if self.remaining is not None:
+                    self.remaining -= len(items)
+                self._submit(first, items)
+        if self.source_done:
+            with self.cond:
+                self.cond.notify_all()
+
+    def _submit(self, first: int, items: list[Any]) -> None:
+        body = self._pickle_chunk(first, items)
+        if body is None:
+            return
+        pool = self.pool
+        task_id = next(pool._ids)
+        self.outstanding[task_id] = (first, items)
+        pool._handlers[task_id] = self
+        msg = _protocol.encode_task(_protocol.POOL_CALL, len(items), body)
+        try:
+            pool._tp.submit(task_id, msg, len(items) + 1, self.timeout)
+        except BaseException:
+            pool._handlers.pop(task_id, None)
+            del self.outstanding[task_id]
+            raise
+
+    def _pickle_chunk(self, first: int, items: list[Any]) -> bytes | None:
+        try:
+            return _serialize.dumps((self.fn_blob, _protocol.CALL_STAR, items))
+        except Exception:
+            pass
+        # Find the culprits: each fails at its own place; the rest still run.
+        good: list[tuple[int, Any]] = []
+        for i, item in enumerate(items):
+            try:
+                _serialize.dumps(item)
+            except Exception as exc:
+                self._put(first + i, (False, _unpicklable(f"argument {item!r:.60}", item, exc)))
+            else:
+                good.append((first + i, item))
+        # Re-submit runs of consecutive good items as their own chunks.
+        for _, run in itertools.groupby(enumerate(good), key=lambda p: p[1][0] - p[0]):
+            run_items = [pair for _, pair in run]
+            self._submit(run_items[0][0], [item for _, item in run_items])
+        return None
+
+    # -- completion (collector thread) ------------------------------------------------------
+
+    def complete(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
+        with self.lock:
+            self._complete(task_id, frames, end, info)
+        self.fill()
+
+    def _complete(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
+        first, items = self.outstanding.pop(task_id)
+        n = len(items)
+        results = [_decode_frame(f) for f in frames[:n]]
+        if end == _DONE and len(frames) == n + 1:
+            seconds = _protocol.TRAILER.unpack(frames[n])[0]
+            per = seconds / n
+            self.per_item = per if self.per_item is None else 0.5 * self.per_item + 0.5 * per
+        for i, outcome in enumerate(results):
+            self._put(first + i, outcome)
+        done = len(results)
+        if done < n:
+            self._put(first + done, (False, _end_error(end, info, self.timeout)))
+            rest = items[done + 1 :]
+            if rest and end in (_CRASHED, _TIMED_OUT) and not self.closed:
+                self._submit(first + done + 1, rest)  # never started: runs once, elsewhere
+            elif rest:
+                for j in range(len(rest)):
+                    self._put(first + done + 1 + j, (False, _end_error(end, info, self.timeout)))
+
+    def _put(self, index: int, outcome: tuple[bool, Any]) -> None:
+        with self.cond:
+            if self.ordered:
+                self.slots[index] = outcome
+            else:
+                self.arrivals.append(outcome)
+            self.cond.notify_all()
+
+    # -- consuming (caller's thread) -------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                with self.cond:
+                    while True:
+                        outcome = self._take()
+                        if outcome is not None:
+                            break
+                        if self._finished():
+                            if self.source_error is not None:
+                                raise self.source_error
+                            return
+                        self.cond.wait()
+                ok, value = outcome
+                if not ok:
+                    raise value
+                yield value
+                if self.stalled:
+                    self.fill()
+        finally:
+            self.close()
+
+    def _take(self) -> tuple[bool, Any] | None:
+        if self.ordered:
+            outcome = self.slots.pop(self.yielded, None)
+            if outcome is not None:
+                self.yielded += 1
+            return outcome
+        if self.arrivals:
+            self.yielded += 1
+            return self.arrivals.popleft()
+        return None
+
+    def _finished(self) -> bool:
+        return self.source_done and self.yielded >= self.next_index
+
+    def close(self) -> None:
+        """Stops the call: nothing more is cut, and its queued or running chunks are killed."""
+        if self.closed:
+            return
+        self.closed = True
+        for task_id in list(self.outstanding):
+            self.pool._tp.cancel(task_id, True)
+
+
+class Pool(Executor):
+    """A pool of worker processes with the ``concurrent.futures.Executor`` API.
+
+    Args:
+        max_workers: Worker processes to use; by default one per CPU this process may use.
+        initializer: Called in each worker process before its first task (and in each
+            replacement process). If it raises, the pool is broken: every pending and later
+            task fails with :class:`BrokenPoolError`, and no process is respawned in a loop.
+        initargs: Arguments for ``initializer``.
+        max_tasks_per_worker: Replace a worker process after it ran this many tasks (chunks).
+
+    Functions travel with cloudpickle (lambdas, closures and code defined in ``__main__`` or
+    a notebook work); arguments and results with plain pickle where that suffices.
+
+    Beyond the stdlib: ``submit(..., timeout=)`` and ``map(..., timeout=)`` kill a task that
+    runs longer than ``timeout`` seconds (its worker process is replaced and the other tasks
+    carry on), :meth:`cancel` kills a running task, :meth:`imap` is lazy with bounded
+    look-ahead, and a worker that dies fails only the task it was running.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = _runtime.default_workers()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
+            raise ValueError("max_tasks_per_worker must be >= 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        init = None
+        if initializer is not None:
+            try:
+                body = _serialize.dumps((initializer, tuple(initargs)))
+            except Exception as exc:
+                raise _unpicklable("the initializer or its arguments", (initializer, initargs), exc) from exc
+            init = _protocol.encode_task(_protocol.POOL_INIT, None, body)
+        self._max_workers = max_workers
+        self._ids = itertools.count()
+        self._handlers: dict[int, Any] = {}
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._broken: BaseException | None = None
+        self._tp = _engine.TaskPool(_runtime.engine(), max_workers, init, max_tasks_per_worker)
+        self._collector = threading.Thread(
+            target=_collect, args=(weakref.ref(self), self._tp, self._handlers), name="gilfree-pool-collector", daemon=True
+        )
+        self._collector.start()
+        _live_pools.add(self)
+
+    # -- concurrent.futures.Executor --------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Future:
+        """Schedules ``fn(*args, **kwargs)`` and returns its Future.
+
+        Args:
+            fn: The callable; lambdas and closures work.
+            timeout: Kill the task if it runs longer than this many seconds; its Future then
+                raises ``TimeoutError``. (``timeout`` is therefore not passed on to ``fn``; wrap
+                ``fn`` with ``functools.partial`` to give it one.)
+
+        Raises:
+            RuntimeError: after :meth:`shutdown`.
+            BrokenPoolError: if the initializer failed.
+            TypeError: if ``fn`` or an argument cannot be pickled (the message names it).
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be a non-negative number")
+        with self._shutdown_lock:
+            if self._broken is not None:
+                raise BrokenPoolError("the pool's initializer failed; no task can run") from self._broken
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _runtime.exiting():
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            body = self._pickle_call(fn, args, kwargs)
+            task_id = next(self._ids)
+            future = _PoolFuture(self, task_id)
+            self._handlers[task_id] = _FutureHandler(future, timeout)
+            msg = _protocol.encode_task(_protocol.POOL_CALL, 1, body)
+            try:
+                self._tp.submit(task_id, msg, 2, timeout)
+            except BaseException:
+                del self._handlers[task_id]
+                raise
+        return future
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[Any]:
+        """Runs ``fn`` over the items (in parallel, in chunks) and yields results in order.
+
+        Like ``Executor.map``, the iterables are collected at once and every task runs even if
+        the results are never read. Unlike it, ``timeout`` is per task: a task that runs longer
+        is killed and its result raises ``TimeoutError`` when iteration reaches it (a timeout
+        makes each item its own chunk). An exception is raised when iteration reaches its item.
+
+        Args:
+            fn: The function; lambdas and closures work.
+            iterables: One iterable per positional argument of ``fn``.
+            timeout: Per-task time limit in seconds.
+            chunksize: Items per task; ``None`` sizes chunks automatically from measured run
+                times (each chunk runs ~20 ms, and there are at least 4 per worker).
+        """
+        items = list(zip(*iterables, strict=False))
+        return iter(self._start(fn, iter(items), len(items), True, chunksize, timeout, eager=True))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stops accepting tasks; see ``Executor.shutdown``.
+
+        Args:
+            wait: Block until the submitted tasks are done and the workers are released.
+            cancel_futures: Cancel every task that has not started.
+        """
+        with self._shutdown_lock:
+            self._shutdown = True
+            self._tp.shutdown(cancel_futures, False)
+        if wait:
+            self._join()
+
+    # -- beyond the stdlib -------------------------------------------------------------------
+
+    def imap(
+        self,
+        fn: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        *,
+        ordered: bool = True,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """A lazy ``map`` of one-argument ``fn``: consumes ``iterable`` with bounded look-ahead.
+
+        An endless generator works, and memory stays flat: no more than a few chunks per worker
+        are cut ahead of what the caller has consumed.
+
+        Args:
+            fn: The function, called as ``fn(item)``.
+            iterable: The items; read lazily, from the Pool's collector thread too.
+            ordered: Yield results in input order (``True``) or as they finish.
+            chunksize: Items per task; ``None`` sizes chunks automatically.
+            timeout: Per-task time limit in seconds (see :meth:`map`).
+        """
+        length = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        source = ((item,) for item in iterable)
+        return iter(self._start(fn, source, length, ordered, chunksize, timeout, eager=False))
+
+    def cancel(self, future: Future) -> bool:
+        """Cancels a task even if it is running: a running task's worker process is killed
+        (and replaced). Returns ``True`` if the task was stopped before it finished."""
+        if not isinstance(future, _PoolFuture) or future._gilfree_pool is not self:
+            raise ValueError("this future does not belong to this pool")
+        with future._condition:
+            if future.done():
+                return future.cancelled()
+            if self._tp.cancel(future._gilfree_id, True) in (_WAS_QUEUED, _KILLED):
+                return _force_cancel(future)
+            return False
+
+    def terminate(self) -> None:
+        """Stops everything now: cancels queued tasks, kills running ones, releases the pool."""
+        with self._shutdown_lock:
+            self._shutdown = True
+            self._tp.shutdown(True, True)
+        self._join()
+
+    @property
+    def max_workers(self) -> int:
+        """The number of worker processes."""
+        return self._max_workers
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.shutdown(wait=True)
+        else:  # an error or Ctrl-C in the block: stop the work rather than wait for it
+            self.terminate()
+
+    def __del__(self) -> None:
+        tp = self.__dict__.get("_tp")
+        if tp is not None and not self.__dict__.get("_shutdown", True):
+            tp.shutdown(False, False)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _pickle_call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        try:
+            fn_blob = _serialize.dumps(fn)
+        except Exception as exc:
+            raise _unpicklable("the function", fn, exc) from exc
+        try:
+            return _serialize.dumps((fn_blob, _protocol.CALL_ARGS_KWARGS, [(args, kwargs)]))
+        except Exception:
+            pass
+        for i, arg in enumerate(args):
+            try:
+                _serialize.dumps(arg)
+            except Exception as exc:
+                raise _unpicklable(f"argument {i}", arg, exc) from exc
+        for key, arg in kwargs.items():
+            try:
+                _serialize.dumps(arg)
+            except Exception as exc:
+                raise _unpicklable(f"keyword argument {key!r}", arg, exc) from exc
+        raise TypeError("the call's arguments cannot be pickled")
+
+    def _start(
+        self,
+        fn: Any,
+        source: Iterator[tuple[Any, ...]],
+        length: int | None,
+        ordered: bool,
+        chunksize: int | None,
+        timeout: float | None,
+        *,
+        eager: bool,
+    ) -> _Results:
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must be a non-negative number")
+        with self._shutdown_lock:
+            if self._broken is not None:
+                raise BrokenPoolError("the pool's initializer failed; no task can run") from self._broken
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            results = _Results(
+                self, fn, source, length=length, ordered=ordered, chunksize=chunksize, timeout=timeout, eager=eager
+            )
+            results.fill()
+        return results
+
+    def _join(self) -> None:
+        self._tp.join(None)
+        if self._collector is not threading.current_thread():
+            self._collector.join()
+
+
+def _collect(pool_ref: weakref.ref[Pool], tp: _engine.TaskPool, handlers: dict[int, Any]) -> None:
+    """The collector thread: hands finished tasks to their handlers until the pool is done."""
+    while True:
+        batch = tp.completions(None)
+        if batch is None:
+            return
+        for task_id, frames, end, info in batch:
+            handler = handlers.pop(task_id, None)
+            if handler is None:
+                continue
+            if end == _BROKEN:
+                pool = pool_ref()
+                if pool is not None and pool._broken is None:
+                    try:
+                        pool._broken = _decode_init_failure(info)
+                    except Exception as exc:
+                        pool._broken = exc
+            try:
+                if isinstance(handler, _Results):
+                    handler.complete(task_id, frames, end, info)
+                else:
+                    handler.complete(frames, end, info)
+            except BaseException as exc:  # a handler bug must not kill the collector
+                import traceback
+
+                traceback.print_exception(exc)
+
+
+def _shutdown_pools_at_exit() -> None:
+    for pool in list(_live_pools):
+        try:
+            pool.terminate()
+        except Exception:
+            pass
+
+
+_runtime.on_exit(_shutdown_pools_at_exit)
+
+
+def map(
+    fn: Callable[[Any], Any],
+    iterable: Iterable[Any],
+    *,
+    workers: int | None = None,
+    ordered: bool = True,
+    chunksize: int | None = None,
+    timeout: float | None = None,
+    progress: bool = False,
+) -> list[Any]:
+    """Runs ``fn`` over ``iterable`` in parallel and returns the results as a list.
+
+    A Pool is made for the call and cleaned up after it, whatever happens.
+
+    Args:
+        fn: The function, called as ``fn(item)``.
+        iterable: The items; read lazily.
+        workers: Worker processes; by default one per CPU.
+        ordered: Results in input order (``True``) or in the order they finish.
+        chunksize: Items per task; ``None`` sizes chunks automatically.
+        timeout: Per-task time limit in seconds; a task that runs longer is killed and
+            ``TimeoutError`` is raised.
+        progress: Show a tqdm progress bar (needs ``tqdm``: ``pip install gilfree[progress]``).
+
+    Raises:
+        Whatever the first failing item raised, when the results reach it.
+    """
+    total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError as exc:
+            raise ImportError("progress=True needs tqdm: pip install 'gilfree[progress]'") from exc
+        bar = tqdm(total=total)
+    pool = Pool(workers)
+    try:
+        out = []
+        update = bar.update if bar is not None else None
+        for value in pool.imap(fn, iterable, ordered=ordered, chunksize=chunksize, timeout=timeout):
+            out.append(value)
+            if update is not None:
+                update(1)
+        pool.shutdown()
+        return out
+    finally:
+        pool.terminate()
+        if bar is not None:
+            bar.close()
+

@@ -1,0 +1,299 @@
+"""gilfree.Pool and gilfree.map: the Executor contract, and failures that stay task-scoped."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gilfree
+from gilfree import _runtime
+
+import helpers
+from conftest import WATCHDOG, Rendezvous
+
+
+@pytest.fixture
+def pool() -> gilfree.Pool:
+    with gilfree.Pool(2) as p:
+        yield p
+
+
+class Listener:
+    """Learns, without sleeping, that N tasks are running: each connects once it runs."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(WATCHDOG)
+        self.port = self.server.getsockname()[1]
+        self.conns: list[socket.socket] = []
+
+    def wait_running(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.conns.append(self.server.accept()[0])
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        self.server.close()
+
+
+@pytest.fixture
+def listener() -> Listener:
+    lst = Listener()
+    yield lst
+    lst.close()
+
+
+def test_is_an_executor_with_real_futures(pool: gilfree.Pool) -> None:
+    assert isinstance(pool, cf.Executor)
+    fut = pool.submit(helpers.add, 2, 3, scale=2)
+    assert isinstance(fut, cf.Future)
+    assert fut.result(timeout=WATCHDOG) == 10
+
+
+def test_lambdas_closures_and_local_functions(pool: gilfree.Pool) -> None:
+    k = 5
+
+    def local(x: int) -> int:
+        return x + k
+
+    assert pool.submit(lambda x: x * k, 3).result() == 15
+    assert list(pool.map(local, [1, 2])) == [6, 7]
+
+
+def test_map_keeps_order_and_takes_several_iterables(pool: gilfree.Pool) -> None:
+    assert list(pool.map(helpers.add, range(50), range(50))) == [2 * i for i in range(50)]
+    assert list(pool.map(helpers.square, range(1000), chunksize=7)) == [i * i for i in range(1000)]
+
+
+def test_map_100k_tiny_tasks() -> None:
+    with gilfree.Pool(2) as p:
+        out = list(p.map(helpers.square, range(100_000)))
+    assert out == [i * i for i in range(100_000)]
+
+
+def test_as_completed_wait_callbacks_and_asyncio(pool: gilfree.Pool) -> None:
+    futures = [pool.submit(helpers.square, i) for i in range(20)]
+    assert sorted(f.result() for f in cf.as_completed(futures, timeout=WATCHDOG)) == sorted(
+        i * i for i in range(20)
+    )
+    done, not_done = cf.wait(futures, timeout=WATCHDOG)
+    assert len(done) == 20 and not not_done
+
+    seen: list[int] = []
+    ev = threading.Event()
+    f = pool.submit(helpers.square, 9)
+    f.add_done_callback(lambda fut: (seen.append(fut.result()), ev.set()))
+    assert ev.wait(WATCHDOG) and seen == [81]
+
+    async def main() -> int:
+        return await asyncio.wrap_future(pool.submit(helpers.square, 12))
+
+    assert asyncio.run(main()) == 144
+
+
+def test_exception_reraised_with_remote_traceback(pool: gilfree.Pool) -> None:
+    with pytest.raises(ValueError, match="bad item 3") as info:
+        pool.submit(helpers.raise_value_error, 3).result()
+    assert isinstance(info.value.__cause__, gilfree.RemoteTraceback)
+    assert "raise_value_error" in str(info.value.__cause__)
+    it = pool.map(helpers.raise_value_error, range(6))
+    assert [next(it), next(it), next(it)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="bad item 3"):
+        next(it)
+
+
+def test_unpicklable_argument_fails_at_submit(pool: gilfree.Pool) -> None:
+    with pytest.raises(TypeError, match=r"argument 1 .*lock"):
+        pool.submit(helpers.add, 1, threading.Lock())
+    with pytest.raises(TypeError, match="keyword argument 'scale'"):
+        pool.submit(helpers.add, 1, 2, scale=threading.Lock())
+    # map: the bad item fails when iteration reaches it; the others run.
+    items = [1, 2, threading.Lock(), 4]
+    it = pool.map(helpers.square, items)
+    assert [next(it), next(it)] == [1, 4]
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        next(it)
+
+
+def test_unpicklable_result_fails_its_future_and_worker_stays_usable(pool: gilfree.Pool) -> None:
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pool.submit(threading.Lock).result()
+    assert pool.submit(helpers.square, 4).result() == 16
+
+
+@pytest.mark.parametrize("how", ["segv", "exit3", "kill"])
+def test_crash_fails_only_that_task(pool: gilfree.Pool, how: str) -> None:
+    good = [pool.submit(helpers.square, i) for i in range(10)]
+    bad = pool.submit(helpers.die, how)
+    more = [pool.submit(helpers.square, i) for i in range(10, 20)]
+    with pytest.raises(gilfree.WorkerCrashedError) as info:
+        bad.result(timeout=WATCHDOG)
+    assert info.value.pid is not None
+    assert [f.result(timeout=WATCHDOG) for f in good + more] == [i * i for i in range(20)]
+    assert pool.submit(helpers.square, 5).result() == 25
+
+
+def test_crash_mid_chunk_runs_nothing_twice(pool: gilfree.Pool, tmp_path: Path) -> None:
+    log = tmp_path / "runs.txt"
+    n, crash_at = 60, 25
+    it = pool.map(helpers.record_then, [str(log)] * n, range(n), [crash_at] * n, chunksize=10)
+    got = [next(it) for _ in range(crash_at)]
+    assert got == [2 * i for i in range(crash_at)]
+    with pytest.raises(gilfree.WorkerCrashedError):
+        next(it)
+    # Let the rest finish through a fresh map call on the same pool (the first stopped).
+    list(pool.map(helpers.square, range(4)))
+    runs = [int(line) for line in log.read_text().split()]
+    counts = {x: runs.count(x) for x in set(runs)}
+    assert all(c == 1 for c in counts.values()), counts
+
+
+def test_task_timeout_kills_and_replaces_the_worker(pool: gilfree.Pool) -> None:
+    slow = pool.submit(helpers.block_forever, timeout=0.2)
+    fine = [pool.submit(helpers.square, i) for i in range(5)]
+    with pytest.raises(TimeoutError):
+        slow.result(timeout=WATCHDOG)
+    assert [f.result(timeout=WATCHDOG) for f in fine] == [i * i for i in range(5)]
+    # The next task runs on a working (fresh) process.
+    assert pool.submit(helpers.square, 3).result(timeout=WATCHDOG) == 9
+
+
+def test_map_timeout_is_per_task(pool: gilfree.Pool) -> None:
+    it = pool.map(helpers.spin_or_block, [10, 10, -1, 10], timeout=0.3)
+    assert [next(it), next(it)] == [helpers.spin(10)] * 2
+    with pytest.raises(TimeoutError):
+        next(it)
+
+
+def test_cancel_pending_future_and_pool_cancel_running(
+    pool: gilfree.Pool, listener: Listener
+) -> None:
+    running = [pool.submit(helpers.connect_and_block, listener.port) for _ in range(2)]
+    listener.wait_running(2)
+    # Fill the pipeline, then one more that is surely still queued.
+    extra = [pool.submit(helpers.square, i) for i in range(8)]
+    assert extra[-1].cancel()
+    assert extra[-1].cancelled()
+    # A running task refuses Future.cancel (as in the stdlib) but Pool.cancel kills it.
+    assert not running[0].cancel()
+    assert pool.cancel(running[0])
+    assert running[0].cancelled()
+    assert pool.cancel(running[1])
+    assert [f.result(timeout=WATCHDOG) for f in extra[:-1]] == [i * i for i in range(7)]
+
+
+def test_submit_after_shutdown_raises_and_cancel_futures(listener: Listener) -> None:
+    p = gilfree.Pool(1)
+    blocker = p.submit(helpers.connect_and_block, listener.port)
+    listener.wait_running()
+    queued = [p.submit(helpers.square, i) for i in range(6)]
+    p.shutdown(wait=False, cancel_futures=True)
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        p.submit(helpers.square, 1)
+    assert queued[-1].cancelled()
+    assert p.cancel(blocker)
+    p.shutdown(wait=True)
+
+
+def test_initializer_runs_in_each_worker() -> None:
+    with gilfree.Pool(2, initializer=helpers.set_marker, initargs=("ready",)) as p:
+        assert all(r == ["ready"] for r in p.map(lambda _: helpers.get_marker(), range(8)))
+
+
+def test_failing_initializer_breaks_the_pool_without_respawn_loop() -> None:
+    before = len(_runtime.worker_pids())
+    p = gilfree.Pool(2, initializer=helpers.fail_init)
+    futs = [p.submit(helpers.square, i) for i in range(4)]
+    for f in futs:
+        with pytest.raises(gilfree.BrokenPoolError) as info:
+            f.result(timeout=WATCHDOG)
+        assert isinstance(info.value, cf.BrokenExecutor)
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(gilfree.BrokenPoolError):
+        p.submit(helpers.square, 1)
+    p.shutdown()
+    assert len(_runtime.worker_pids()) <= before + 2 + _runtime.default_workers()
+
+
+def test_max_tasks_per_worker_replaces_processes() -> None:
+    with gilfree.Pool(1, max_tasks_per_worker=1) as p:
+        pids = [p.submit(helpers.getpid).result() for _ in range(3)]
+    assert len(set(pids)) == 3
+
+
+def test_imap_is_lazy_with_bounded_lookahead(pool: gilfree.Pool) -> None:
+    pulled = itertools.count()
+
+    def endless():
+        for i in itertools.count():
+            next(pulled)
+            yield i
+
+    out = []
+    for value in pool.imap(helpers.square, endless()):
+        out.append(value)
+        if len(out) == 2000:
+            break
+    assert out == [i * i for i in range(2000)]
+    assert next(pulled) < 2000 + 200_000  # bounded: a few chunks ahead, not everything
+
+
+def test_imap_unordered_yields_everything(pool: gilfree.Pool) -> None:
+    got = list(pool.imap(helpers.square, range(500), ordered=False))
+    assert sorted(got) == [i * i for i in range(500)]
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    costs=st.lists(st.integers(min_value=0, max_value=3000), min_size=0, max_size=60),
+    chunksize=st.one_of(st.none(), st.integers(min_value=1, max_value=9)),
+    ordered=st.booleans(),
+)
+def test_map_order_property(
+    pool: gilfree.Pool, costs: list[int], chunksize: int | None, ordered: bool
+) -> None:
+    expected = [helpers.spin(c) for c in costs]
+    assert list(pool.map(helpers.spin, costs, chunksize=chunksize)) == expected
+    got = list(pool.imap(helpers.spin, costs, ordered=ordered, chunksize=chunksize))
+    assert got == expected if ordered else sorted(got) == sorted(expected)
+
+
+def test_gilfree_map_with_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    assert gilfree.map(helpers.square, range(300), progress=True) == [i * i for i in range(300)]
+    assert "300/300" in capsys.readouterr().err
+    assert gilfree.map(helpers.square, range(30), ordered=False, workers=1) != []
+
+
+def test_gilfree_map_cleans_up_on_error() -> None:
+    with pytest.raises(ValueError):
+        gilfree.map(helpers.raise_value_error, range(10))
+
+
+def test_pool_never_delays_a_worker() -> None:
+    n = 2
+    with gilfree.Pool(n) as p:
+        lst = Listener()
+        try:
+            busy = [p.submit(helpers.connect_and_block, lst.port) for _ in range(n)]
+            lst.wait_running(n)
+            rv = Rendezvous(1)
+            w = gilfree.Worker(target=helpers.rendezvous_wait, args=(rv.port,))
+            w.start()
+            rv.release_all()
+            assert w.join() != os.getpid()
+            for f in busy:
+                p.cancel(f)
+        finally:
+            lst.close()
