@@ -312,14 +312,7 @@ class Worker:
                 state[key] = _serialize.dumps(value)
             except Exception as exc:
                 raise TypeError(self._unpicklable_message(key, value, exc)) from exc
-        cls = type(self)
-        try:
-            cls_bytes = _serialize.dumps(cls)
-        except Exception as exc:
-            raise TypeError(
-                f"cannot start {self.name}: its class {cls.__qualname__} cannot be pickled: {exc}"
-            ) from exc
-        return _serialize.dumps((cls_bytes, state))
+        return _serialize.dumps((_class_bytes(type(self), self.name), state))
 
     def _unpicklable_message(self, key: str, value: Any, exc: BaseException) -> str:
         what = f"attribute {key!r}"

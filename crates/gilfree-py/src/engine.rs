@@ -36,7 +36,7 @@ impl OutputSink for PySink {
 /// The worker processes of this interpreter: a warm set, leased one at a time.
 #[pyclass(name = "Engine", module = "gilfree._engine", frozen)]
 pub struct PyEngine {
-    inner: Engine,
+    pub(crate) inner: Engine,
 }
 
 #[pymethods]

@@ -1,6 +1,6 @@
 //! The one place where engine errors become Python exceptions (STYLE.md, "Error mapping").
 
-use gilfree_core::pool::ExitInfo;
+use gilfree_core::pool::{ExitInfo, SubmitError};
 use gilfree_core::{RecvError, SendError, SpawnError};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTimeoutError};
 use pyo3::prelude::*;
@@ -12,6 +12,8 @@ pub enum PyEngineError {
     Recv(RecvError, Option<PyErr>),
     Send(SendError, Option<PyErr>),
     Spawn(SpawnError, Option<PyErr>),
+    /// A task pool refused a task.
+    Submit(SubmitError),
     /// The worker died: its pid and how it ended.
     Crashed(u32, Option<ExitInfo>),
 }
@@ -31,6 +33,10 @@ impl From<PyEngineError> for PyErr {
             }
             PyEngineError::Spawn(SpawnError::ShutDown, _) => {
                 PyRuntimeError::new_err("cannot start a worker: gilfree has been shut down")
+            }
+            // The stdlib executors' message, which `gilfree.Pool` users expect.
+            PyEngineError::Submit(SubmitError::ShutDown(_)) => {
+                PyRuntimeError::new_err("cannot schedule new futures after shutdown")
             }
             PyEngineError::Spawn(e, _) => PyRuntimeError::new_err(e.to_string()),
             PyEngineError::Recv(e, _) => PyRuntimeError::new_err(e.to_string()),

@@ -7,6 +7,7 @@ mod convert;
 mod endpoint;
 mod engine;
 mod errors;
+mod pool;
 
 use pyo3::prelude::*;
 
@@ -16,6 +17,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::PyLease>()?;
     m.add_class::<endpoint::PyEndpoint>()?;
+    m.add_class::<pool::PyTaskPool>()?;
     m.add("RING_CAPACITY_DEFAULT", convert::RING_CAPACITY_DEFAULT)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Worker processes: spawning from a clean interpreter and the spawn handshake ([`spawn`]),
 //! one worker's handle and death detection ([`process`]), the warm set and leases
-//! ([`supervisor`]), and the worker-side end ([`worker_main`]).
+//! ([`supervisor`]), the worker-side end ([`worker_main`]), and the task scheduler that runs
+//! a queue of tasks on a set of leases ([`scheduler`]).
 //!
 #![doc = include_str!("README.md")]
 // The process layer runs real threads and processes and is never part of a loom model, so it
@@ -8,11 +9,13 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod process;
+pub mod scheduler;
 pub mod spawn;
 pub mod supervisor;
 pub mod worker_main;
 
 pub use process::ExitInfo;
+pub use scheduler::{CancelOutcome, Completion, End, PoolConfig, SubmitError, Task, TaskPool};
 pub use spawn::{WorkerCommand, CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
 pub use supervisor::{Engine, EngineConfig, Lease};
 pub use worker_main::Endpoint;

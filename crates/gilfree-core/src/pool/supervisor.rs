@@ -78,6 +78,8 @@ struct State {
     warming: usize,
     /// `acquire` calls waiting for a warm-up instead of spawning their own.
     claims: usize,
+    /// `acquire` calls asleep on `changed` right now (so a release knows whether to wake).
+    sleepers: usize,
     /// `acquire` calls' spawn requests the supervisor has not taken yet.
     requests: VecDeque<u64>,
     /// Finished spawn requests, until their `acquire` call takes them.
@@ -253,11 +255,13 @@ impl Engine {
             let slice = wait
                 .remaining()
                 .map_or(wait.signal_interval, |r| r.min(wait.signal_interval));
+            st.sleepers += 1;
             st = shared
                 .changed
                 .wait_timeout(st, slice)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            st.sleepers -= 1;
             // Checked by elapsed time, not by "the wait timed out", so a stream of wake-ups
             // for other callers cannot starve the check.
             if wait.on_signal.is_some() && last_check.elapsed() >= wait.signal_interval {
@@ -540,8 +544,14 @@ impl Shared {
         let mut st = lock(&self.state);
         if healthy && !st.shut_down {
             st.push_idle(worker);
-            self.changed.notify_all();
-            self.supervisor.notify_all();
+            // Wake only who can use this: a release sits on the start→join path, and a
+            // needless futex wake-up costs more than the rest of it on a 2-CPU machine.
+            if st.sleepers > 0 {
+                self.changed.notify_all();
+            }
+            if st.idle.len() > self.config.warm {
+                self.supervisor.notify_all(); // a retirement deadline to schedule
+            }
             return;
         }
         drop(st);
@@ -597,6 +607,12 @@ impl Lease {
     /// The worker's process id.
     pub fn pid(&self) -> u32 {
         self.worker().pid()
+    }
+
+    /// Bytes each direction of the worker's channel holds: a message of at most this size
+    /// (including its 8-byte length prefix) is sent without waiting, if the ring is empty.
+    pub fn ring_capacity(&self) -> usize {
+        self.worker().channel().capacity()
     }
 
     /// Sends one message to the worker. The worker's death ends the wait with `Disconnected`.

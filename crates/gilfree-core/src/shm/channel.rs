@@ -425,6 +425,11 @@ impl Channel {
         ring.recv(&mut consumer, bells, wait)
     }
 
+    /// The capacity of each of the two rings, in bytes.
+    pub fn capacity(&self) -> usize {
+        self.rings[0].capacity()
+    }
+
     /// Whether a byte of a message is waiting to be received (non-blocking, no lock, no system
     /// call). A `recv` after `true` makes progress without waiting, though the message may not
     /// be whole yet.

@@ -395,6 +395,11 @@ impl<S: Storage> Ring<S> {
         self.storage.capacity()
     }
 
+    /// Size of the data area in bytes.
+    pub fn capacity(&self) -> usize {
+        self.cap()
+    }
+
     /// The state the (single) producer must pass to every [`send`](Ring::send).
     pub fn producer(&self) -> Producer {
         let tail = self.header().producer.tail.load(Ordering::Acquire);

@@ -1,0 +1,560 @@
+//! The task scheduler: a FIFO queue of opaque tasks, run on a fixed number of worker leases
+//! ("slots"), with pipelining, per-task timeouts, cancellation, crash recovery, an initializer
+//! and worker recycling. `gilfree.Pool` (Python) stands on it.
+//!
+//! The protocol with the worker, the slot's life and every recovery path are written out as
+//! numbered steps in `pool/README.md`, section "Scheduler" (the [`pool`](super) module docs).
+//! This module holds the shared state and the caller-facing API; [`slot`] holds the slot
+//! threads.
+//!
+//! # Invariants
+//! 1. Every submitted task is in exactly one place until its one [`Completion`] is pushed: the
+//!    queue (`in_queue` holds its id), or one slot's pipeline (`flights` holds its id), or
+//!    nowhere (completed). A task is taken out of its place and completed under the state lock,
+//!    in one critical section, so it is completed exactly once and never run twice.
+//! 2. A flight marked `cancelled` has already had its `Cancelled` completion pushed; whoever
+//!    later takes it out of the pipeline (frames, death) completes nothing for it.
+//! 3. `undelivered` counts completions pushed or still to come that `completions()` has not
+//!    returned; `completions()` reports `Disconnected` only when the pool is shut down and it is
+//!    zero. A slot exits only when it has nothing in flight and the pool is broken or shut down
+//!    with an empty queue, so a shut-down pool always drains.
+//! 4. The state mutex is never held while blocking: slots send, receive and acquire without it.
+//!    Killing a worker (one `pidfd_send_signal`) is done under it, so that `cancel` and
+//!    `shutdown` can reach a slot's lease without handing out clones.
+//! 5. A slot's `head` is the task its worker is running (the first in its pipeline), changed
+//!    only under the lock; `cancel(kill_running)` kills the worker only when the cancelled task
+//!    is the head, otherwise the slot kills it when the task becomes head.
+
+mod slot;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::process::ExitInfo;
+use super::supervisor::{Engine, Lease};
+use crate::error::RecvError;
+use crate::ipc::notify::next_slice;
+use crate::wait::Wait;
+
+/// The first byte of a [`End::Broken`] frame made by the engine itself (a worker could not be
+/// started, or died while running the initializer); the rest is a UTF-8 message. A worker's
+/// own init failure frame should not start with this byte.
+pub const ENGINE_FAILURE: u8 = 0xFF;
+
+/// How a [`TaskPool`] runs.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// How many workers (slots) run tasks at once; 0 counts as 1.
+    pub workers: usize,
+    /// Sent as one message to every new worker before its first task; the worker answers one
+    /// frame whose first byte is 0 on success. Anything else breaks the pool.
+    pub init: Option<Vec<u8>>,
+    /// After this many tasks on one worker, it is killed and replaced (`None`: never).
+    pub max_tasks_per_worker: Option<u64>,
+    /// Tasks in flight per worker, the running one included (0 counts as 1). With 2, the next
+    /// task already waits in the worker's ring while the current one runs.
+    pub depth: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            workers: 1,
+            init: None,
+            max_tasks_per_worker: None,
+            depth: 2,
+        }
+    }
+}
+
+/// One unit of work: an opaque payload, sent as one message, answered by `frames` messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    /// The caller's name for the task; unique among unfinished tasks.
+    pub id: u64,
+    /// The one message sent to the worker.
+    pub payload: Vec<u8>,
+    /// How many messages the worker answers with (one per item of a chunk). A task of 0 frames
+    /// completes `Done` at once, without a worker.
+    pub frames: u32,
+    /// How long the task may run, counted from when the worker starts it (`None`: forever).
+    pub timeout: Option<Duration>,
+}
+
+/// How a task ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Every frame arrived.
+    Done,
+    /// The worker died while running it; `frames` holds what arrived before.
+    Crashed {
+        /// The dead worker's pid.
+        pid: u32,
+        /// How it ended, when known (a worker that closed its channel just before exiting may
+        /// not have been reaped yet).
+        exit: Option<ExitInfo>,
+    },
+    /// Its timeout passed: the worker was killed (and replaced); `frames` holds what arrived.
+    TimedOut {
+        /// The killed worker's pid.
+        pid: u32,
+    },
+    /// Cancelled by [`TaskPool::cancel`] or [`TaskPool::shutdown`].
+    Cancelled,
+    /// The pool is broken (see [`PoolConfig::init`]): the init failure frame, or an
+    /// [`ENGINE_FAILURE`] frame.
+    Broken(Vec<u8>),
+}
+
+/// One finished task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The task's id.
+    pub id: u64,
+    /// The frames that arrived, in order (all of them for [`End::Done`]).
+    pub frames: Vec<Vec<u8>>,
+    /// How it ended.
+    pub end: End,
+}
+
+/// Why [`TaskPool::submit`] refused a task.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// The pool was shut down; the task is handed back.
+    ShutDown(Task),
+}
+
+impl fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ShutDown(_) => f.write_str("cannot schedule new tasks after shutdown"),
+        }
+    }
+}
+
+impl std::error::Error for SubmitError {}
+
+/// What [`TaskPool::cancel`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// No such unfinished task.
+    NotFound,
+    /// It was queued: removed, and completed with [`End::Cancelled`].
+    Cancelled,
+    /// It is in a worker and `kill_running` was false: nothing changed.
+    Running,
+    /// It was in a worker: it completed with [`End::Cancelled`] and its worker is killed and
+    /// replaced (at once if it was running; when it would start, if it waited behind another).
+    Killed,
+}
+
+/// Where a task sent to a worker is.
+struct Flight {
+    slot: usize,
+    /// Its `Cancelled` completion is out (invariant 2).
+    cancelled: bool,
+}
+
+/// A slot as others may see it.
+#[derive(Default)]
+struct SlotState {
+    lease: Option<Arc<Lease>>,
+    /// The task its worker runs (invariant 5).
+    head: Option<u64>,
+    /// The slot is running the initializer on its lease.
+    init: bool,
+    /// `cancel` or `shutdown` killed its worker.
+    killed: bool,
+}
+
+struct State {
+    queue: VecDeque<Task>,
+    /// Ids of the tasks in `queue` that are still queued (a cancelled one stays in `queue`
+    /// until a slot skips it, so that cancel is O(1)).
+    in_queue: HashSet<u64>,
+    flights: HashMap<u64, Flight>,
+    slots: Vec<SlotState>,
+    ready: Vec<Completion>,
+    undelivered: usize,
+    shut_down: bool,
+    broken: Option<Vec<u8>>,
+    live_slots: usize,
+}
+
+impl State {
+    fn complete(&mut self, shared: &Shared, id: u64, frames: Vec<Vec<u8>>, end: End) {
+        self.ready.push(Completion { id, frames, end });
+        shared.ready.notify_all();
+    }
+
+    /// Completes a task taken out of a pipeline, unless it was cancelled (invariant 2).
+    fn land(&mut self, shared: &Shared, id: u64, frames: Vec<Vec<u8>>, end: End) {
+        if let Some(f) = self.flights.remove(&id) {
+            if !f.cancelled {
+                self.complete(shared, id, frames, end);
+            }
+        }
+    }
+
+    fn is_cancelled(&self, id: u64) -> bool {
+        self.flights.get(&id).is_some_and(|f| f.cancelled)
+    }
+
+    /// The first still-queued task, dropping cancelled ones on the way.
+    fn front(&mut self) -> Option<&Task> {
+        while let Some(t) = self.queue.front() {
+            if self.in_queue.contains(&t.id) {
+                break;
+            }
+            self.queue.pop_front();
+        }
+        self.queue.front()
+    }
+
+    /// Moves the first still-queued task into `slot`'s pipeline.
+    fn pop(&mut self, slot: usize) -> Option<Task> {
+        self.front()?;
+        let task = self.queue.pop_front()?;
+        self.in_queue.remove(&task.id);
+        self.flights.insert(
+            task.id,
+            Flight {
+                slot,
+                cancelled: false,
+            },
+        );
+        Some(task)
+    }
+
+    /// Puts tasks back at the front of the queue, in their order, unless cancelled.
+    fn requeue(&mut self, tasks: Vec<Task>) {
+        for task in tasks.into_iter().rev() {
+            if let Some(f) = self.flights.remove(&task.id) {
+                if !f.cancelled {
+                    self.in_queue.insert(task.id);
+                    self.queue.push_front(task);
+                }
+            }
+        }
+    }
+
+    /// Nothing more to start: a slot with an empty pipeline exits.
+    fn wound_down(&self) -> bool {
+        self.broken.is_some() || (self.shut_down && self.in_queue.is_empty())
+    }
+
+    /// Marks the pool broken (first failure wins) and completes every queued task with it.
+    fn break_pool(&mut self, shared: &Shared, frame: Vec<u8>) {
+        if self.broken.is_none() {
+            self.broken = Some(frame);
+        }
+        let frame = self.broken.clone().unwrap_or_default();
+        for task in std::mem::take(&mut self.queue) {
+            if self.in_queue.remove(&task.id) {
+                self.complete(shared, task.id, Vec::new(), End::Broken(frame.clone()));
+            }
+        }
+        shared.work.notify_all();
+    }
+}
+
+struct Shared {
+    engine: Engine,
+    config: PoolConfig,
+    state: Mutex<State>,
+    /// Slots wait here for tasks (and for shutdown or breakage).
+    work: Condvar,
+    /// `completions` and `join` wait here.
+    ready: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections leave `State` consistent before anything that can panic.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Waits on `cv` for at most the next slice of `wait`; `Err` when the wait is over.
+    fn wait_on<'g>(
+        &'g self,
+        cv: &Condvar,
+        st: MutexGuard<'g, State>,
+        wait: &mut Wait<'_>,
+        last_check: &mut Instant,
+    ) -> Result<MutexGuard<'g, State>, RecvError> {
+        if wait.remaining() == Some(Duration::ZERO) {
+            return Err(RecvError::Timeout);
+        }
+        let st = match next_slice(wait) {
+            Some(d) => cv.wait_timeout(st, d).unwrap_or_else(PoisonError::into_inner).0,
+            None => cv.wait(st).unwrap_or_else(PoisonError::into_inner),
+        };
+        // By elapsed time, so a stream of wake-ups cannot starve the check; never under the
+        // lock (in Python the check takes the GIL).
+        if wait.on_signal.is_some() && last_check.elapsed() >= wait.signal_interval {
+            drop(st);
+            let interrupted = wait.interrupted();
+            *last_check = Instant::now();
+            if interrupted {
+                return Err(RecvError::Interrupted);
+            }
+            return Ok(self.lock());
+        }
+        Ok(st)
+    }
+}
+
+/// A FIFO task queue run on `workers` worker processes leased from an [`Engine`].
+/// `Send + Sync`; dropping it shuts it down (cancelling and killing everything).
+///
+/// # Examples
+/// ```no_run
+/// use gilfree_core::pool::scheduler::{End, PoolConfig, Task, TaskPool};
+/// # fn demo(engine: gilfree_core::pool::Engine) -> Result<(), Box<dyn std::error::Error>> {
+/// use gilfree_core::Wait;
+///
+/// let pool = TaskPool::start(engine, PoolConfig { workers: 2, ..PoolConfig::default() });
+/// pool.submit(Task { id: 1, payload: b"work".to_vec(), frames: 1, timeout: None })?;
+/// let batch = pool.completions(&mut Wait::forever())?;
+/// assert_eq!(batch[0].end, End::Done);
+/// pool.shutdown(false, false);
+/// pool.join(&mut Wait::forever());
+/// # Ok(()) }
+/// ```
+pub struct TaskPool {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl TaskPool {
+    /// Starts `config.workers` slot threads; each acquires its worker at once (so the pool is
+    /// warm) and runs the initializer on it. A slot thread that cannot be started breaks the
+    /// pool.
+    pub fn start(engine: Engine, config: PoolConfig) -> TaskPool {
+        let config = PoolConfig {
+            workers: config.workers.max(1),
+            depth: config.depth.max(1),
+            ..config
+        };
+        let workers = config.workers;
+        let shared = Arc::new(Shared {
+            engine,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                in_queue: HashSet::new(),
+                flights: HashMap::new(),
+                slots: (0..workers).map(|_| SlotState::default()).collect(),
+                ready: Vec::new(),
+                undelivered: 0,
+                shut_down: false,
+                broken: None,
+                live_slots: workers,
+            }),
+            config,
+            work: Condvar::new(),
+            ready: Condvar::new(),
+        });
+        let mut threads = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let for_thread = Arc::clone(&shared);
+            let started = std::thread::Builder::new()
+                .name(format!("gilfree-slot-{index}"))
+                .spawn(move || slot::run(&for_thread, index));
+            match started {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    let mut st = shared.lock();
+                    st.live_slots -= 1;
+                    let msg = format!("could not start a scheduler thread: {e}");
+                    st.break_pool(&shared, failure_frame(&msg));
+                }
+            }
+        }
+        TaskPool {
+            shared,
+            threads: Mutex::new(threads),
+        }
+    }
+
+    /// Queues a task (FIFO). After [`shutdown`](Self::shutdown) it is handed back in
+    /// `SubmitError::ShutDown`. On a broken pool it is accepted and completes with
+    /// [`End::Broken`] at once.
+    pub fn submit(&self, task: Task) -> Result<(), SubmitError> {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        if st.shut_down {
+            return Err(SubmitError::ShutDown(task));
+        }
+        st.undelivered += 1;
+        if let Some(frame) = st.broken.clone() {
+            st.complete(shared, task.id, Vec::new(), End::Broken(frame));
+        } else if task.frames == 0 {
+            st.complete(shared, task.id, Vec::new(), End::Done);
+        } else {
+            st.in_queue.insert(task.id);
+            st.queue.push_back(task);
+            shared.work.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Cancels a task; see [`CancelOutcome`]. Never blocks.
+    pub fn cancel(&self, id: u64, kill_running: bool) -> CancelOutcome {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        if st.in_queue.remove(&id) {
+            st.complete(shared, id, Vec::new(), End::Cancelled);
+            return CancelOutcome::Cancelled;
+        }
+        let slot = match st.flights.get(&id) {
+            Some(f) if !f.cancelled => f.slot,
+            _ => return CancelOutcome::NotFound,
+        };
+        if !kill_running {
+            return CancelOutcome::Running;
+        }
+        if let Some(f) = st.flights.get_mut(&id) {
+            f.cancelled = true;
+        }
+        st.complete(shared, id, Vec::new(), End::Cancelled);
+        let s = &mut st.slots[slot];
+        if s.head == Some(id) {
+            s.killed = true;
+            if let Some(lease) = &s.lease {
+                lease.kill();
+            }
+        }
+        CancelOutcome::Killed
+    }
+
+    /// Waits until at least one completion is ready and returns all that are (a batch).
+    /// `Timeout` and `Interrupted` as `wait` says; `Disconnected` once the pool is shut down
+    /// and every submitted task's completion has been returned.
+    pub fn completions(&self, wait: &mut Wait<'_>) -> Result<Vec<Completion>, RecvError> {
+        let shared = &self.shared;
+        let mut last_check = Instant::now();
+        let mut st = shared.lock();
+        loop {
+            if !st.ready.is_empty() {
+                let batch = std::mem::take(&mut st.ready);
+                st.undelivered -= batch.len();
+                return Ok(batch);
+            }
+            if st.shut_down && st.undelivered == 0 {
+                return Err(RecvError::Disconnected);
+            }
+            st = shared.wait_on(&shared.ready, st, wait, &mut last_check)?;
+        }
+    }
+
+    /// Stops accepting tasks; never blocks. `cancel_pending`: queued tasks complete with
+    /// [`End::Cancelled`] (else they still run). `kill_running`: tasks in workers complete with
+    /// [`End::Cancelled`] and their workers are killed. Slots exit once nothing is left for
+    /// them, releasing healthy workers to the engine. Idempotent.
+    pub fn shutdown(&self, cancel_pending: bool, kill_running: bool) {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        st.shut_down = true;
+        if cancel_pending {
+            for task in std::mem::take(&mut st.queue) {
+                if st.in_queue.remove(&task.id) {
+                    st.complete(shared, task.id, Vec::new(), End::Cancelled);
+                }
+            }
+        }
+        if kill_running {
+            let running: Vec<u64> = st
+                .flights
+                .iter()
+                .filter(|(_, f)| !f.cancelled)
+                .map(|(&id, _)| id)
+                .collect();
+            for id in running {
+                if let Some(f) = st.flights.get_mut(&id) {
+                    f.cancelled = true;
+                }
+                st.complete(shared, id, Vec::new(), End::Cancelled);
+            }
+            for s in &mut st.slots {
+                if s.head.is_some() || s.init {
+                    s.killed = true;
+                    if let Some(lease) = &s.lease {
+                        lease.kill();
+                    }
+                }
+            }
+        }
+        shared.work.notify_all();
+        shared.ready.notify_all();
+    }
+
+    /// Waits until every slot thread has exited (after [`shutdown`](Self::shutdown), or once
+    /// the pool is broken and idle). `false` if `wait` ended first (`Timeout` or interrupt).
+    pub fn join(&self, wait: &mut Wait<'_>) -> bool {
+        let shared = &self.shared;
+        let mut last_check = Instant::now();
+        let mut st = shared.lock();
+        while st.live_slots > 0 {
+            st = match shared.wait_on(&shared.ready, st, wait, &mut last_check) {
+                Ok(st) => st,
+                Err(_) => return false,
+            };
+        }
+        drop(st);
+        // Every slot has said it is done, so these joins do not block for long.
+        for handle in lock(&self.threads).drain(..) {
+            let _ = handle.join();
+        }
+        true
+    }
+
+    /// The pids of the workers the slots hold now.
+    pub fn pids(&self) -> Vec<u32> {
+        let st = self.shared.lock();
+        st.slots
+            .iter()
+            .filter_map(|s| s.lease.as_ref().map(|l| l.pid()))
+            .collect()
+    }
+
+    /// How many tasks wait in the queue (not yet sent to a worker).
+    pub fn queued(&self) -> usize {
+        self.shared.lock().in_queue.len()
+    }
+}
+
+impl Drop for TaskPool {
+    fn drop(&mut self) {
+        // The slots own what they need; they wind down on their own.
+        self.shutdown(true, true);
+    }
+}
+
+impl fmt::Debug for TaskPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskPool")
+            .field("pids", &self.pids())
+            .field("queued", &self.queued())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An [`ENGINE_FAILURE`] frame carrying `msg`.
+fn failure_frame(msg: &str) -> Vec<u8> {
+    let mut frame = vec![ENGINE_FAILURE];
+    frame.extend_from_slice(msg.as_bytes());
+    frame
+}
+
+// The glue shares one pool between Python threads.
+const _: fn() = || {
+    fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<TaskPool>();
+};

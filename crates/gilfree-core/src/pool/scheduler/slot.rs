@@ -1,0 +1,319 @@
+//! A slot: one thread that holds one worker lease at a time and runs tasks on it (steps in
+//! `pool/README.md`, "Scheduler").
+
+use std::collections::VecDeque;
+use std::sync::{Arc, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use super::{failure_frame, End, Shared, State, Task};
+use crate::pool::supervisor::Lease;
+use crate::wait::Wait;
+
+/// Framing overhead of one message in the ring (its length prefix).
+const FRAME_PREFIX: usize = 8;
+
+/// A task sent to this slot's worker.
+struct Running {
+    task: Task,
+    frames: Vec<Vec<u8>>,
+    /// When the worker started it (for its timeout); `None` while another runs ahead of it.
+    started: Option<Instant>,
+    /// The whole message reached the ring (a send cut off by the worker's death did not).
+    delivered: bool,
+}
+
+/// What to do with a lease once `serve` returns.
+enum Next {
+    /// Nothing left to do: give a healthy worker back to the engine.
+    Release,
+    /// Kill it (dead, killed, or used `max_tasks_per_worker` times) and get a fresh one.
+    Replace,
+}
+
+/// Marks the slot gone when its thread ends, even by a panic (which must not leave tasks
+/// without a completion, nor `completions()` waiting forever).
+struct Exit<'a> {
+    shared: &'a Shared,
+    index: usize,
+}
+
+impl Drop for Exit<'_> {
+    fn drop(&mut self) {
+        let shared = self.shared;
+        let mut st = shared.lock();
+        if std::thread::panicking() {
+            let frame = failure_frame("internal error: a gilfree scheduler thread panicked");
+            let mine: Vec<u64> = st
+                .flights
+                .iter()
+                .filter(|(_, f)| f.slot == self.index)
+                .map(|(&id, _)| id)
+                .collect();
+            for id in mine {
+                st.land(shared, id, Vec::new(), End::Broken(frame.clone()));
+            }
+            st.break_pool(shared, frame);
+        }
+        st.slots[self.index] = Default::default();
+        st.live_slots -= 1;
+        shared.ready.notify_all();
+    }
+}
+
+/// The slot thread.
+pub(super) fn run(shared: &Arc<Shared>, index: usize) {
+    let _exit = Exit { shared, index };
+    loop {
+        if shared.lock().wound_down() {
+            return;
+        }
+        let Some(lease) = start_worker(shared, index) else {
+            continue;
+        };
+        let next = serve(shared, index, &lease);
+        shared.lock().slots[index] = Default::default();
+        match (next, Arc::try_unwrap(lease)) {
+            (Next::Release, Ok(lease)) => lease.release(),
+            // Dropping an unreleased lease kills and reaps its worker.
+            (_, lease) => drop(lease),
+        }
+    }
+}
+
+/// Steps 1–2: acquire a worker and run the initializer on it. `None`: no worker (the pool
+/// broke, or shutdown killed it during init); the caller's loop decides what next.
+fn start_worker(shared: &Shared, index: usize) -> Option<Arc<Lease>> {
+    let lease = match shared.engine.acquire(&mut Wait::forever()) {
+        Ok(lease) => Arc::new(lease),
+        Err(e) => {
+            let msg = format!("could not start a worker process: {e}");
+            shared.lock().break_pool(shared, failure_frame(&msg));
+            return None;
+        }
+    };
+    let init = shared.config.init.as_deref();
+    {
+        let mut st = shared.lock();
+        if st.broken.is_some() {
+            drop(st);
+            if let Ok(lease) = Arc::try_unwrap(lease) {
+                lease.release();
+            }
+            return None;
+        }
+        st.slots[index].lease = Some(Arc::clone(&lease));
+        st.slots[index].init = init.is_some();
+    }
+    let Some(init) = init else {
+        return Some(lease);
+    };
+    let reply = match lease.send(init, &mut Wait::forever()) {
+        Ok(()) => lease.recv(&mut Wait::forever()).map_err(|_| ()),
+        Err(_) => Err(()),
+    };
+    let mut st = shared.lock();
+    st.slots[index].init = false;
+    let failure = match reply {
+        Ok(frame) if frame.first() == Some(&0) => return Some(lease),
+        Ok(frame) => frame,
+        // Killed by `shutdown(kill_running)`: not the initializer's fault.
+        Err(()) if st.slots[index].killed => {
+            st.slots[index] = Default::default();
+            return None;
+        }
+        Err(()) => {
+            drop(st);
+            let how = describe_exit(&lease);
+            st = shared.lock();
+            let pid = lease.pid();
+            failure_frame(&format!(
+                "worker process {pid} {how} while running the initializer"
+            ))
+        }
+    };
+    st.slots[index] = Default::default();
+    st.break_pool(shared, failure);
+    None
+}
+
+fn describe_exit(lease: &Lease) -> String {
+    match lease.exit_info() {
+        Some(i) => match (i.code, i.signal) {
+            (_, Some(s)) => format!("was killed by signal {s}"),
+            (Some(c), None) => format!("exited with code {c}"),
+            (None, None) => "died".to_owned(),
+        },
+        None => "closed its channel".to_owned(),
+    }
+}
+
+/// Steps 3–6: runs tasks on one worker until it must go.
+fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
+    let config = &shared.config;
+    // Only what fits in the ring is pipelined, so a send behind a running task never waits
+    // for space, which the worker would only make after the running task, while it may be
+    // waiting for us to read its frames: a deadlock.
+    let room = lease.ring_capacity();
+    let mut flight: VecDeque<Running> = VecDeque::new();
+    let mut sent: u64 = 0;
+    // The task whose timeout we enforced by killing the worker.
+    let mut timed_out: Option<u64> = None;
+    loop {
+        // Step 3: take tasks for the pipeline.
+        let mut batch: Vec<Task> = Vec::new();
+        {
+            let mut st = shared.lock();
+            loop {
+                let retiring = config
+                    .max_tasks_per_worker
+                    .is_some_and(|m| sent + batch.len() as u64 >= m);
+                if flight.is_empty() && batch.is_empty() {
+                    if st.wound_down() {
+                        return Next::Release;
+                    }
+                    if retiring {
+                        return Next::Replace;
+                    }
+                    match st.pop(index) {
+                        Some(task) => {
+                            st.slots[index].head = Some(task.id);
+                            batch.push(task);
+                        }
+                        None => st = wait(shared, st),
+                    }
+                    continue;
+                }
+                if retiring
+                    || timed_out.is_some()
+                    || st.slots[index].killed
+                    || st.broken.is_some()
+                    || flight.len() + batch.len() >= config.depth
+                {
+                    break;
+                }
+                let in_ring: usize = flight
+                    .iter()
+                    .map(|r| &r.task)
+                    .chain(&batch)
+                    .map(|t| t.payload.len() + FRAME_PREFIX)
+                    .sum();
+                match st.front() {
+                    Some(t) if in_ring + t.payload.len() + FRAME_PREFIX <= room => {}
+                    _ => break,
+                }
+                if let Some(task) = st.pop(index) {
+                    batch.push(task);
+                }
+            }
+        }
+        // Step 4: send them, without the lock.
+        let mut send_failed = false;
+        for task in batch {
+            let first = flight.is_empty();
+            let delivered = !send_failed && lease.send(&task.payload, &mut Wait::forever()).is_ok();
+            send_failed |= !delivered;
+            sent += 1;
+            flight.push_back(Running {
+                task,
+                frames: Vec::new(),
+                started: first.then(Instant::now),
+                delivered,
+            });
+        }
+        if send_failed {
+            return bury(shared, index, lease, flight, timed_out);
+        }
+        // Step 5: the head's next frame, within its timeout.
+        let Some(head) = flight.front_mut() else {
+            continue;
+        };
+        let deadline = match timed_out {
+            Some(_) => None,
+            None => head
+                .task
+                .timeout
+                .and_then(|t| head.started.and_then(|s| s.checked_add(t))),
+        };
+        let mut wait = Wait {
+            deadline,
+            ..Wait::forever()
+        };
+        match lease.recv(&mut wait) {
+            Ok(frame) => {
+                head.frames.push(frame);
+                if head.frames.len() < head.task.frames as usize {
+                    continue;
+                }
+                let now = Instant::now();
+                let Some(done) = flight.pop_front() else {
+                    continue;
+                };
+                if let Some(next) = flight.front_mut() {
+                    next.started = Some(now);
+                }
+                let mut st = shared.lock();
+                st.land(shared, done.task.id, done.frames, End::Done);
+                let next = flight.front().map(|r| r.task.id);
+                st.slots[index].head = next;
+                // Step 6: a task cancelled while it waited must not run: kill before (or as)
+                // it starts, as `cancel` would have had it been running.
+                if let Some(id) = next {
+                    if st.is_cancelled(id) && !st.slots[index].killed {
+                        st.slots[index].killed = true;
+                        lease.kill();
+                    }
+                }
+            }
+            Err(crate::RecvError::Timeout) => {
+                timed_out = Some(head.task.id);
+                lease.kill();
+                // Carry on receiving: whole frames sent before the kill still arrive, then
+                // the death is seen (`bury`).
+            }
+            Err(_) => return bury(shared, index, lease, flight, timed_out),
+        }
+    }
+}
+
+/// Step 7: the worker is gone (it died, or we or `cancel`/`shutdown` killed it) and every
+/// whole frame it sent has been received. Settles each task of the pipeline.
+fn bury(
+    shared: &Shared,
+    index: usize,
+    lease: &Lease,
+    flight: VecDeque<Running>,
+    timed_out: Option<u64>,
+) -> Next {
+    lease.kill();
+    let pid = lease.pid();
+    let exit = lease.exit_info();
+    let mut st = shared.lock();
+    let killed_by_us = timed_out.is_some() || st.slots[index].killed;
+    let mut flight = flight.into_iter();
+    let mut requeue = Vec::new();
+    if let Some(head) = flight.next() {
+        let id = head.task.id;
+        if Some(id) == timed_out {
+            st.land(shared, id, head.frames, End::TimedOut { pid });
+        } else if !head.delivered || (killed_by_us && head.frames.is_empty()) {
+            // Never reached the worker; or the worker was killed for another task (the one
+            // ahead of this finished just as the kill landed) before this one sent anything.
+            requeue.push(head.task);
+        } else {
+            st.land(shared, id, head.frames, End::Crashed { pid, exit });
+        }
+    }
+    // Behind the head: never started.
+    requeue.extend(flight.map(|r| r.task));
+    st.requeue(requeue);
+    st.slots[index].head = None;
+    shared.work.notify_all();
+    Next::Replace
+}
+
+fn wait<'g>(shared: &Shared, st: MutexGuard<'g, State>) -> MutexGuard<'g, State> {
+    shared
+        .work
+        .wait(st)
+        .unwrap_or_else(PoisonError::into_inner)
+}
