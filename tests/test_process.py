@@ -152,3 +152,12 @@ def test_exit_with_an_open_pool_does_not_hang() -> None:
     assert res.returncode == 0, res.stderr
     line = next(line for line in res.stdout.splitlines() if line.startswith("pids"))
     assert wait_gone(_pids_from(line)) == []
+
+
+def test_fork_child_leaves_the_parents_engine_alone() -> None:
+    res = run_script("fork_child.py")
+    assert res.returncode == 0, res.stderr
+    assert "child exit 0" in res.stdout
+    assert "child using gilfree exit 0" in res.stdout
+    assert "parent still works 7" in res.stdout
+    assert "panicked" not in res.stderr

@@ -76,6 +76,29 @@ def engine() -> _engine.Engine:
         return _engine_instance
 
 
+def _forget_after_fork() -> None:
+    """In a ``fork()`` child (say, a ``multiprocessing`` worker): the engine, its threads and its
+    worker processes belong to the parent. Forget them; this process starts its own engine if
+    it uses gilfree. (The engine itself also refuses to touch the parent's processes here.)"""
+    global _engine_instance, _lock
+    if _engine_instance is not None:
+        _orphaned.append(_engine_instance)  # never dropped here: it is the parent's
+    _engine_instance = None
+    _lock = threading.Lock()
+    for hook in _fork_hooks:
+        hook()
+
+
+_orphaned: list[_engine.Engine] = []
+_fork_hooks: list[Callable[[], None]] = []
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def after_fork_in_child(hook: Callable[[], None]) -> None:
+    """Runs ``hook`` in a ``fork()`` child, to drop state that belongs to the parent."""
+    _fork_hooks.append(hook)
+
+
 def exiting() -> bool:
     """Whether interpreter shutdown has begun (no new work may start)."""
     return _exiting

@@ -161,7 +161,9 @@ def pool_call(count: int, body: memoryview, endpoint: _engine.Endpoint) -> bool:
                 try:
                     frame = dumps((_protocol.OK, value))
                 except Exception as exc:
-                    frame = dumps((_protocol.RESULT_UNPICKLABLE, _serialize.describe_failure(value, exc)))
+                    frame = dumps(
+                        (_protocol.RESULT_UNPICKLABLE, _serialize.describe_failure(value, exc))
+                    )
             if not send(frame, False):
                 return False
     _flush()

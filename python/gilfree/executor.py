@@ -66,10 +66,18 @@ def _end_error(end: int, info: Any, timeout: float | None) -> BaseException:
     """The exception for an item that did not finish: crash, timeout, cancel or broken pool."""
     if end == _CRASHED:
         pid, exitcode, signal = info
-        how = f"was killed by signal {signal}" if signal is not None else f"exited with code {exitcode}"
-        return WorkerCrashedError(f"the worker process {pid} running this task {how}", exitcode, signal, pid)
+        how = (
+            f"was killed by signal {signal}"
+            if signal is not None
+            else f"exited with code {exitcode}"
+        )
+        return WorkerCrashedError(
+            f"the worker process {pid} running this task {how}", exitcode, signal, pid
+        )
     if end == _TIMED_OUT:
-        return TimeoutError(f"the task ran longer than its timeout of {timeout} s; its worker process {info} was killed")
+        return TimeoutError(
+            f"the task ran longer than its timeout of {timeout} s; its worker process {info} was killed"
+        )
     if end == _BROKEN:
         err = BrokenPoolError("the pool's initializer failed; no task can run")
         try:
@@ -127,7 +135,9 @@ class _FutureHandler:
             return
         # The item's frame arrives as soon as it finishes: if the worker died after that, the
         # result still stands.
-        ok, value = _decode_frame(frames[0]) if frames else (False, _end_error(end, info, self.timeout))
+        ok, value = (
+            _decode_frame(frames[0]) if frames else (False, _end_error(end, info, self.timeout))
+        )
         if ok:
             future.set_result(value)
         else:
@@ -392,7 +402,9 @@ class Pool(Executor):
             try:
                 body = _serialize.dumps((initializer, tuple(initargs)))
             except Exception as exc:
-                raise _unpicklable("the initializer or its arguments", (initializer, initargs), exc) from exc
+                raise _unpicklable(
+                    "the initializer or its arguments", (initializer, initargs), exc
+                ) from exc
             init = _protocol.encode_task(_protocol.POOL_INIT, None, body)
         self._max_workers = max_workers
         self._ids = itertools.count()
@@ -402,14 +414,19 @@ class Pool(Executor):
         self._broken: BaseException | None = None
         self._tp = _engine.TaskPool(_runtime.engine(), max_workers, init, max_tasks_per_worker)
         self._collector = threading.Thread(
-            target=_collect, args=(weakref.ref(self), self._tp, self._handlers), name="gilfree-pool-collector", daemon=True
+            target=_collect,
+            args=(weakref.ref(self), self._tp, self._handlers),
+            name="gilfree-pool-collector",
+            daemon=True,
         )
         self._collector.start()
         _live_pools.add(self)
 
     # -- concurrent.futures.Executor --------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Future:
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Future:
         """Schedules ``fn(*args, **kwargs)`` and returns its Future.
 
         Args:
@@ -427,7 +444,9 @@ class Pool(Executor):
             raise ValueError("timeout must be a non-negative number")
         with self._shutdown_lock:
             if self._broken is not None:
-                raise BrokenPoolError("the pool's initializer failed; no task can run") from self._broken
+                raise BrokenPoolError(
+                    "the pool's initializer failed; no task can run"
+                ) from self._broken
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _runtime.exiting():
@@ -583,11 +602,20 @@ class Pool(Executor):
             raise ValueError("timeout must be a non-negative number")
         with self._shutdown_lock:
             if self._broken is not None:
-                raise BrokenPoolError("the pool's initializer failed; no task can run") from self._broken
+                raise BrokenPoolError(
+                    "the pool's initializer failed; no task can run"
+                ) from self._broken
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             results = _Results(
-                self, fn, source, length=length, ordered=ordered, chunksize=chunksize, timeout=timeout, eager=eager
+                self,
+                fn,
+                source,
+                length=length,
+                ordered=ordered,
+                chunksize=chunksize,
+                timeout=timeout,
+                eager=eager,
             )
             results.fill()
         return results
@@ -635,6 +663,7 @@ def _shutdown_pools_at_exit() -> None:
 
 
 _runtime.on_exit(_shutdown_pools_at_exit)
+_runtime.after_fork_in_child(_live_pools.clear)  # the parent's pools: not ours to stop
 
 
 def map(
@@ -686,4 +715,3 @@ def map(
         pool.terminate()
         if bar is not None:
             bar.close()
-

@@ -422,7 +422,9 @@ def _class_bytes(cls: type, name: str) -> bytes:
         try:
             blob = _serialize.dumps(cls)
         except Exception as exc:
-            raise TypeError(f"cannot start {name}: its class {cls.__qualname__} cannot be pickled: {exc}") from exc
+            raise TypeError(
+                f"cannot start {name}: its class {cls.__qualname__} cannot be pickled: {exc}"
+            ) from exc
         _class_blobs[cls] = blob
     return blob
 
@@ -449,4 +451,11 @@ def _join_at_exit() -> None:
                 traceback.print_exception(exc, file=sys.stderr)
 
 
+def _forget_after_fork() -> None:
+    global _live_lock
+    _live_lock = threading.Lock()
+    _live.clear()  # the parent's Workers: not ours to join at exit
+
+
 _runtime.on_exit(_join_at_exit)
+_runtime.after_fork_in_child(_forget_after_fork)

@@ -34,12 +34,28 @@ impl PyEndpoint {
         }
     }
 
-    /// Sends one message to the parent. Returns `False` if the parent is gone.
-    fn send(&self, py: Python<'_>, data: &[u8]) -> PyResult<bool> {
-        match py.detach(|| self.inner.send(data, &mut Wait::forever())) {
+    /// Sends one message to the parent. Returns `False` if the parent is gone. With
+    /// `flush=False` the parent is not woken if it sleeps (call `flush()` later).
+    #[pyo3(signature = (data, flush=true))]
+    fn send(&self, py: Python<'_>, data: &[u8], flush: bool) -> PyResult<bool> {
+        let result = py.detach(|| {
+            let mut wait = Wait::forever();
+            if flush {
+                self.inner.send(data, &mut wait)
+            } else {
+                self.inner.send_deferred(data, &mut wait)
+            }
+        });
+        match result {
             Ok(()) => Ok(true),
             Err(SendError::Disconnected) => Ok(false),
             Err(e) => Err(PyEngineError::Send(e, None).into()),
         }
+    }
+
+    /// Wakes the parent if `send(..., flush=False)` left it asleep. Cheap when not.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.flush())
+            .map_err(|e| PyEngineError::Send(e, None).into())
     }
 }

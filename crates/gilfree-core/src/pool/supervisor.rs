@@ -173,6 +173,15 @@ pub struct Engine {
 struct EngineHandle {
     shared: Arc<Shared>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// The process that started the engine. A `fork()` child (say, a `multiprocessing`
+    /// worker) inherits this memory but none of its threads, and the worker processes are
+    /// not its own: there, dropping an engine or a lease must touch nothing.
+    owner: rustix::process::Pid,
+}
+
+/// Whether this process is a `fork()` child of the one that started the engine.
+fn forked_away(owner: rustix::process::Pid) -> bool {
+    rustix::process::getpid() != owner
 }
 
 impl Engine {
@@ -201,6 +210,7 @@ impl Engine {
         };
         Ok(Engine {
             inner: Arc::new(EngineHandle {
+                owner: rustix::process::getpid(),
                 shared,
                 supervisor: Mutex::new(Some(supervisor)),
             }),
@@ -338,6 +348,9 @@ impl EngineHandle {
     /// `join_output`: wait for the output thread's last delivery. Not from `Drop`, which may
     /// run with the GIL held while the output thread waits for the GIL inside the sink.
     fn shutdown(&self, join_output: bool) {
+        if forked_away(self.owner) {
+            return;
+        }
         let shared = &self.shared;
         let _serial = lock(&shared.shutting_down);
         let workers: Vec<Arc<WorkerProcess>> = {
@@ -369,6 +382,12 @@ impl EngineHandle {
 
 impl Drop for EngineHandle {
     fn drop(&mut self) {
+        if forked_away(self.owner) {
+            // Leak the shared state: its threads don't exist here, and its processes (and
+            // their pidfds) belong to the parent, which must not lose them to our exit.
+            std::mem::forget(Arc::clone(&self.shared));
+            return;
+        }
         self.shutdown(false);
     }
 }
@@ -670,7 +689,9 @@ impl Lease {
     /// Kills the worker with SIGKILL (through its pidfd, so never a recycled pid). Idempotent;
     /// safe while another thread is blocked in `recv`, which then returns `Disconnected`.
     pub fn kill(&self) {
-        self.worker().kill();
+        if !forked_away(self.engine.owner) {
+            self.worker().kill();
+        }
     }
 
     /// How the process ended, once it has: reaps it. `None` while it still runs (never blocks).
@@ -684,6 +705,10 @@ impl Lease {
         let Some(worker) = self.worker.take() else {
             return;
         };
+        if forked_away(self.engine.owner) {
+            std::mem::forget(worker);
+            return;
+        }
         let healthy = !self.broken.load(Ordering::Acquire)
             && !self.mid_message.load(Ordering::Acquire)
             && !worker.was_killed()
@@ -695,6 +720,13 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if forked_away(self.engine.owner) {
+            // A fork() child's copy of a lease: the worker is the parent's, not ours to kill.
+            if let Some(worker) = self.worker.take() {
+                std::mem::forget(worker);
+            }
+            return;
+        }
         // Not released: the worker may be in any state, so it is never reused.
         if let Some(worker) = self.worker.take() {
             self.engine.shared.give_back(worker, false);

@@ -94,4 +94,17 @@ impl Endpoint {
         let mut wait = wait.with_peer_reborrowed(self.parent.as_fd());
         self.channel.send(msg, &mut wait)
     }
+
+    /// Sends a message without waking the parent if it sleeps (see
+    /// [`Channel::send_deferred`]); a run of frames then costs the parent one wake-up, at the
+    /// next [`flush`](Endpoint::flush) or plain `send`.
+    pub fn send_deferred(&self, msg: &[u8], wait: &mut Wait<'_>) -> Result<(), SendError> {
+        let mut wait = wait.with_peer_reborrowed(self.parent.as_fd());
+        self.channel.send_deferred(msg, &mut wait)
+    }
+
+    /// Wakes the parent if deferred sends left it asleep. Cheap when none did.
+    pub fn flush(&self) -> Result<(), SendError> {
+        Ok(self.channel.flush()?)
+    }
 }

@@ -415,6 +415,24 @@ impl Channel {
         ring.send(&mut producer, msg, bells, wait)
     }
 
+    /// Like [`send`](Channel::send), but does not wake the peer if it sleeps waiting for data
+    /// (unless this send must itself wait for ring space, which it rings for first): a run of
+    /// small messages then costs the peer one wake-up, at the next [`flush`](Channel::flush)
+    /// or plain `send`.
+    pub fn send_deferred(&self, msg: &[u8], wait: &mut Wait<'_>) -> Result<(), SendError> {
+        let ((ring, bells), _) = self.ends();
+        let mut producer = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        ring.send_deferred(&mut producer, msg, bells, wait)
+    }
+
+    /// Wakes the peer if it sleeps waiting for data that deferred sends published. Costs
+    /// nothing (no fence, no system call) when no deferred send is unflushed.
+    pub fn flush(&self) -> io::Result<()> {
+        let ((ring, bells), _) = self.ends();
+        let mut producer = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        ring.flush(&mut producer, bells.data)
+    }
+
     /// Receives the next whole message. A `Timeout` or `Interrupted` result keeps what was
     /// received so far, and the next `recv` carries on. When the peer is gone (`wait.peer`
     /// readable, or the peer dropped its end), whole messages still in the ring are returned

@@ -94,6 +94,16 @@
 //! - A dead consumer: the sender's wait for space ends with `Disconnected`. Bytes already in
 //!   the ring are simply dropped with the segment.
 //!
+//! # Deferred wake-ups
+//! [`Ring::send_deferred`] publishes like `send` (Release store of `tail`) but skips the fence
+//! and the doorbell: a consumer asleep for data stays asleep, and the producer remembers that
+//! it owes a wake-up. [`Ring::flush`] pays it: it stores `tail` again (same value; only the
+//! producer writes it), then `fence(SeqCst)` and the `reader_waiting` check of publishing step
+//! 2, so the Dekker argument above holds with the fence in the flushing thread. A plain `send`
+//! settles the debt the same way. One exception keeps it deadlock-free: a deferred send that
+//! must wait for space (sending step 3) flushes first, since a consumer asleep for data would
+//! never free the space it waits for.
+//!
 //! A sender that stops mid-message for any reason (timeout, interrupt, dead peer) leaves a torn
 //! frame in the ring; the [`Producer`] remembers this and refuses further sends, because the
 //! consumer could no longer find message boundaries.
@@ -343,11 +353,13 @@ fn block_until<B: Doorbell>(
     }
 }
 
-/// The producer's private state: its copy of `tail`, and whether a frame was torn.
+/// The producer's private state: its copy of `tail`, whether a frame was torn, and whether a
+/// deferred publish still owes the consumer a wake-up.
 #[derive(Debug)]
 pub struct Producer {
     tail: u64,
     torn: bool,
+    unflushed: bool,
     spin: Spin,
 }
 
@@ -406,6 +418,7 @@ impl<S: Storage> Ring<S> {
         Producer {
             tail,
             torn: false,
+            unflushed: false,
             spin: Spin::new(),
         }
     }
@@ -506,6 +519,40 @@ impl<S: Storage> Ring<S> {
         bells: Bells<'_, B>,
         wait: &mut Wait<'_>,
     ) -> Result<(), SendError> {
+        self.send_frame(p, msg, &bells, wait, false)
+    }
+
+    /// Like [`send`](Ring::send), but does not wake a consumer asleep for data (module doc,
+    /// "Deferred wake-ups"), unless it must wait for space. Call [`flush`](Ring::flush) (or a
+    /// plain `send`) later, or the consumer may sleep until its deadline.
+    pub fn send_deferred<B: Doorbell>(
+        &self,
+        p: &mut Producer,
+        msg: &[u8],
+        bells: Bells<'_, B>,
+        wait: &mut Wait<'_>,
+    ) -> Result<(), SendError> {
+        self.send_frame(p, msg, &bells, wait, true)
+    }
+
+    /// Wakes the consumer if it sleeps and a deferred send has not done so. Cheap (no fence,
+    /// no system call) when nothing is owed.
+    pub fn flush<B: Doorbell>(&self, p: &mut Producer, data: &B) -> io::Result<()> {
+        if !p.unflushed {
+            return Ok(());
+        }
+        p.unflushed = false;
+        self.publish_tail(p.tail, data)
+    }
+
+    fn send_frame<B: Doorbell>(
+        &self,
+        p: &mut Producer,
+        msg: &[u8],
+        bells: &Bells<'_, B>,
+        wait: &mut Wait<'_>,
+        defer: bool,
+    ) -> Result<(), SendError> {
         if p.torn {
             return Err(SendError::Io(io::Error::other(
                 "an earlier send stopped mid-message; this channel can no longer be used",
@@ -519,7 +566,7 @@ impl<S: Storage> Ring<S> {
         let total = PREFIX + msg.len();
         let mut sent = 0;
         while sent < total {
-            let result = self.send_some(p, &prefix, msg, sent, &bells, wait);
+            let result = self.send_some(p, &prefix, msg, sent, bells, wait, defer);
             match result {
                 Ok(n) => sent += n,
                 Err(e) => {
@@ -532,7 +579,9 @@ impl<S: Storage> Ring<S> {
     }
 
     /// Writes and publishes the next piece of the frame `prefix ++ msg` from offset `sent`,
-    /// first waiting for space if there is none; returns how many bytes went in.
+    /// first waiting for space if there is none; returns how many bytes went in. `defer`:
+    /// publish without waking the consumer.
+    #[allow(clippy::too_many_arguments)]
     fn send_some<B: Doorbell>(
         &self,
         p: &mut Producer,
@@ -541,10 +590,14 @@ impl<S: Storage> Ring<S> {
         sent: usize,
         bells: &Bells<'_, B>,
         wait: &mut Wait<'_>,
+        defer: bool,
     ) -> Result<usize, SendError> {
         let h = self.header();
         let mut free = self.free(p.tail)?;
         if free == 0 {
+            // A consumer asleep for data we have not rung for would never free the space we
+            // are about to wait for ("Deferred wake-ups").
+            self.flush(p, bells.data)?;
             let tail = p.tail;
             let closed = || h.consumer.consumer_closed.load(Ordering::Acquire) != 0;
             let ready = || closed() || self.free(tail).map_or(true, |f| f > 0);
@@ -574,7 +627,13 @@ impl<S: Storage> Ring<S> {
             tail += (end - at) as u64;
         }
         p.tail = tail;
-        self.publish_tail(tail, bells.data)?;
+        if defer {
+            h.producer.tail.store(tail, Ordering::Release);
+            p.unflushed = true;
+        } else {
+            p.unflushed = false;
+            self.publish_tail(tail, bells.data)?;
+        }
         Ok(end - sent)
     }
 

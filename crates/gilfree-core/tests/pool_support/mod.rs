@@ -2,10 +2,11 @@
 //! child, rayon-style), a collecting sink, a watchdog, and process-liveness checks.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use gilfree_core::output::{OutputSink, Stream};
@@ -72,8 +73,168 @@ pub fn child_main() {
                     .send(b"printed", &mut Wait::forever())
                     .expect("reply");
             }
-            other => endpoint.send(other, &mut Wait::forever()).expect("echo"),
+            other => {
+                if !scheduler_task(&endpoint, other) {
+                    endpoint.send(other, &mut Wait::forever()).expect("echo");
+                }
+            }
         }
+    }
+}
+
+/// The scheduler's test protocol (tests/pool_scheduler.rs): a task prints `start:TAG` on
+/// stdout when it begins, then answers with frames, which it sends deferred (flushing at the
+/// end of the task, as the Python worker does). `false`: not a scheduler message.
+///
+/// - `echo:N:TAG` → N frames `TAG:0` … `TAG:N-1`;
+/// - `crash-after:K:TAG` → K frames (never flushed), then abort;
+/// - `block:TAG` → never answers;
+/// - `gate:PATH:TAG` → reads the FIFO at PATH to its end, then one frame `TAG:0`;
+/// - `pid:TAG` → one frame, the worker's pid;
+/// - `init-ok`, `init-fail`, `init-gate:PATH` → print `init`; answer `[0]`, `[1]bad`, or `[0]`
+///   after reading the FIFO at PATH.
+fn scheduler_task(endpoint: &Endpoint, msg: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(msg) else {
+        return false;
+    };
+    let parts: Vec<&str> = text.split(':').collect();
+    let say = |line: &str| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    let frame = |data: &[u8]| {
+        endpoint
+            .send_deferred(data, &mut Wait::forever())
+            .expect("frame");
+    };
+    match parts.as_slice() {
+        ["echo", n, tag] => {
+            say(&format!("start:{tag}"));
+            for i in 0..n.parse::<u32>().expect("count") {
+                frame(format!("{tag}:{i}").as_bytes());
+            }
+        }
+        ["crash-after", k, tag] => {
+            say(&format!("start:{tag}"));
+            for i in 0..k.parse::<u32>().expect("count") {
+                frame(format!("{tag}:{i}").as_bytes());
+            }
+            std::process::abort();
+        }
+        ["block", tag] => {
+            say(&format!("start:{tag}"));
+            loop {
+                std::thread::park();
+            }
+        }
+        ["gate", path, tag] => {
+            say(&format!("start:{tag}"));
+            std::fs::read(path).expect("gate");
+            frame(format!("{tag}:0").as_bytes());
+        }
+        ["pid", tag] => {
+            say(&format!("start:{tag}"));
+            frame(std::process::id().to_string().as_bytes());
+        }
+        ["init-ok"] => {
+            say("init");
+            frame(&[0]);
+        }
+        ["init-fail"] => {
+            say("init");
+            frame(b"\x01bad");
+        }
+        ["init-gate", path] => {
+            say("init");
+            std::fs::read(path).expect("gate");
+            frame(&[0]);
+        }
+        _ => return false,
+    }
+    endpoint.flush().expect("flush");
+    true
+}
+
+/// A sink that counts `start:TAG` and `init` lines and lets a test wait for one.
+#[derive(Default)]
+pub struct Starts {
+    counts: Mutex<HashMap<String, usize>>,
+    changed: Condvar,
+}
+
+impl OutputSink for Starts {
+    fn write(&self, _pid: u32, stream: Stream, lines: &[u8]) {
+        if stream != Stream::Stdout {
+            let _ = std::io::stderr().write_all(lines);
+            return;
+        }
+        let mut counts = self.counts.lock().unwrap();
+        for line in String::from_utf8_lossy(lines).lines() {
+            let key = line.strip_prefix("start:").unwrap_or(line);
+            *counts.entry(key.to_owned()).or_default() += 1;
+        }
+        self.changed.notify_all();
+    }
+}
+
+impl Starts {
+    pub fn new() -> Arc<Starts> {
+        Arc::new(Starts::default())
+    }
+
+    /// How many times `key` (a task tag, or `init`) was seen.
+    pub fn count(&self, key: &str) -> usize {
+        self.counts.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+
+    /// Blocks until `key` was seen (watchdog: [`STEP`]).
+    pub fn wait_for(&self, key: &str) {
+        let counts = self.counts.lock().unwrap();
+        let (_counts, timeout) = self
+            .changed
+            .wait_timeout_while(counts, STEP, |c| !c.contains_key(key))
+            .unwrap();
+        assert!(!timeout.timed_out(), "{key} never started");
+    }
+}
+
+/// A named pipe that a `gate:` task or `init-gate` blocks on until the test [`open`]s it.
+///
+/// [`open`]: Gate::open
+pub struct Gate {
+    pub path: std::path::PathBuf,
+}
+
+impl Gate {
+    pub fn new(name: &str) -> Gate {
+        let path = std::env::temp_dir().join(format!(
+            "gilfree-test-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .expect("mkfifo");
+        Gate { path }
+    }
+
+    /// Lets the task through: blocks until the task has opened the pipe, then closes it.
+    pub fn open(&self) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .expect("open gate");
+        let _ = f.write_all(b"go");
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

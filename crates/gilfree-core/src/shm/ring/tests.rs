@@ -157,7 +157,7 @@ fn recv_resumes_after_timeout() {
     // Write the frame in two steps, as a producer that is slower than the consumer would.
     let first = pair
         .ring
-        .send_some(&mut p, &prefix, &msg, 0, &pair.bells(), &mut w)
+        .send_some(&mut p, &prefix, &msg, 0, &pair.bells(), &mut w, false)
         .unwrap();
     assert_eq!(first, 64);
     assert!(matches!(pair.try_recv(&mut c), Err(RecvError::Timeout)));
@@ -168,7 +168,7 @@ fn recv_resumes_after_timeout() {
     assert!(matches!(r, Err(RecvError::Interrupted)), "{r:?}");
     let rest = pair
         .ring
-        .send_some(&mut p, &prefix, &msg, first, &pair.bells(), &mut w)
+        .send_some(&mut p, &prefix, &msg, first, &pair.bells(), &mut w, false)
         .unwrap();
     assert_eq!(first + rest, 8 + msg.len());
     assert_eq!(pair.try_recv(&mut c).unwrap(), msg);
@@ -207,7 +207,7 @@ fn dead_producer_leaves_whole_messages_readable() {
     let msg = pattern(1, 100);
     let prefix = (msg.len() as u64).to_le_bytes();
     pair.ring
-        .send_some(&mut p, &prefix, &msg, 0, &pair.bells(), &mut watchdog())
+        .send_some(&mut p, &prefix, &msg, 0, &pair.bells(), &mut watchdog(), false)
         .unwrap();
     pair.data.hang_up();
     let r = pair.ring.recv(&mut c, pair.bells(), &mut watchdog());

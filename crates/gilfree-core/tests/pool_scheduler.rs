@@ -1,0 +1,420 @@
+//! The task scheduler against real worker processes (this test binary re-run as a worker that
+//! speaks the tiny protocol of `pool_support::scheduler_task`): exactly-once completion,
+//! pipelining, crashes, timeouts, cancellation, the initializer, worker recycling, shutdown.
+//!
+//! Every test has a watchdog and shuts its engine down (no process left behind); no test
+//! asserts a duration or sleeps to synchronise: workers block on named pipes ([`Gate`]) and
+//! the test waits for their `start:` lines ([`Starts`]).
+
+mod pool_support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gilfree_core::pool::scheduler::ENGINE_FAILURE;
+use gilfree_core::pool::{
+    CancelOutcome, Completion, End, Engine, PoolConfig, SubmitError, Task, TaskPool,
+};
+use gilfree_core::{RecvError, Wait};
+use pool_support::{config, is_our_child, step, Gate, Starts, Watchdog};
+
+#[test]
+fn child_entry() {
+    pool_support::child_main();
+}
+
+fn task(id: u64, payload: &str, frames: u32) -> Task {
+    Task {
+        id,
+        payload: payload.as_bytes().to_vec(),
+        frames,
+        timeout: None,
+    }
+}
+
+fn echo(id: u64, n: u32) -> Task {
+    task(id, &format!("echo:{n}:t{id}"), n)
+}
+
+fn frames_of(id: u64, n: u32) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("t{id}:{i}").into_bytes()).collect()
+}
+
+fn pool(workers: usize, warm: usize, sink: &Arc<Starts>, tweak: PoolConfig) -> (Engine, TaskPool) {
+    let engine = Engine::start(config(warm), sink.clone()).unwrap();
+    let pool = TaskPool::start(
+        engine.clone(),
+        PoolConfig {
+            workers,
+            ..tweak
+        },
+    );
+    (engine, pool)
+}
+
+/// Takes completions until `n` have arrived; panics on a duplicate.
+fn collect(pool: &TaskPool, n: usize) -> HashMap<u64, Completion> {
+    let mut got = HashMap::new();
+    while got.len() < n {
+        for c in pool.completions(&mut step()).expect("completions") {
+            let id = c.id;
+            assert!(got.insert(id, c).is_none(), "task {id} completed twice");
+        }
+    }
+    got
+}
+
+/// Shuts the pool down, checks that it drains to `Disconnected` with nothing more, joins it,
+/// and leaves no process behind.
+fn finish(engine: Engine, pool: TaskPool) {
+    pool.shutdown(false, false);
+    match pool.completions(&mut step()) {
+        Err(RecvError::Disconnected) => {}
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    assert!(pool.join(&mut step()));
+    assert!(pool.pids().is_empty());
+    let pids = engine.pids();
+    engine.shutdown();
+    for pid in pids {
+        assert!(!is_our_child(pid), "worker {pid} left behind");
+    }
+}
+
+#[test]
+fn a_thousand_tasks_complete_exactly_once() {
+    let _dog = Watchdog::new("a_thousand_tasks_complete_exactly_once");
+    let sink = Starts::new();
+    let (engine, pool) = pool(2, 2, &sink, PoolConfig::default());
+    let n = 1000;
+    for id in 0..n {
+        pool.submit(echo(id, (id % 5) as u32 + 1)).unwrap();
+    }
+    let got = collect(&pool, n as usize);
+    for id in 0..n {
+        let c = &got[&id];
+        assert_eq!(c.end, End::Done, "task {id}");
+        assert_eq!(c.frames, frames_of(id, (id % 5) as u32 + 1), "task {id}");
+    }
+    assert_eq!(pool.queued(), 0);
+    finish(engine, pool);
+    for id in 0..n {
+        assert_eq!(sink.count(&format!("t{id}")), 1, "task {id} started once");
+    }
+}
+
+#[test]
+fn crash_mid_task_requeues_the_task_behind_it() {
+    let _dog = Watchdog::new("crash_mid_task_requeues_the_task_behind_it");
+    let sink = Starts::new();
+    // The slot is held in its initializer until both tasks are queued, so its first fill
+    // pipelines them both onto the same worker.
+    let gate = Gate::new("crash-init");
+    let init = format!("init-gate:{}", gate.path.display());
+    let tweak = PoolConfig {
+        init: Some(init.into_bytes()),
+        ..PoolConfig::default()
+    };
+    let (engine, pool) = pool(1, 1, &sink, tweak);
+    pool.submit(task(1, "crash-after:2:t1", 5)).unwrap();
+    pool.submit(echo(2, 3)).unwrap();
+    gate.open();
+    let got = collect(&pool, 2);
+    match &got[&1].end {
+        End::Crashed { exit, .. } => {
+            assert_eq!(exit.and_then(|e| e.signal), Some(6), "SIGABRT");
+        }
+        other => panic!("task 1: {other:?}"),
+    }
+    assert_eq!(got[&1].frames, frames_of(1, 2), "the frames before the crash");
+    assert_eq!(got[&2].end, End::Done);
+    assert_eq!(got[&2].frames, frames_of(2, 3));
+    finish(engine, pool);
+    assert_eq!(sink.count("t1"), 1);
+    assert_eq!(sink.count("t2"), 1, "the pipelined task ran once, on the new worker");
+    assert_eq!(sink.count("init"), 2, "the replacement ran the initializer");
+}
+
+#[test]
+fn timeout_kills_and_replaces_the_worker() {
+    let _dog = Watchdog::new("timeout_kills_and_replaces_the_worker");
+    let sink = Starts::new();
+    let (engine, pool) = pool(1, 1, &sink, PoolConfig::default());
+    pool.submit(Task {
+        timeout: Some(Duration::from_millis(100)),
+        ..task(1, "block:t1", 1)
+    })
+    .unwrap();
+    pool.submit(echo(2, 2)).unwrap();
+    pool.submit(echo(3, 1)).unwrap();
+    let got = collect(&pool, 3);
+    let End::TimedOut { pid } = got[&1].end else {
+        panic!("task 1: {:?}", got[&1]);
+    };
+    assert!(got[&1].frames.is_empty());
+    assert!(!pool.pids().contains(&pid), "the timed-out worker was replaced");
+    assert_eq!(got[&2].frames, frames_of(2, 2));
+    assert_eq!(got[&3].frames, frames_of(3, 1));
+    finish(engine, pool);
+    assert!(!is_our_child(pid));
+    assert_eq!(sink.count("t2"), 1);
+}
+
+#[test]
+fn cancel_queued_and_running() {
+    let _dog = Watchdog::new("cancel_queued_and_running");
+    let sink = Starts::new();
+    let tweak = PoolConfig {
+        depth: 1,
+        ..PoolConfig::default()
+    };
+    let (engine, pool) = pool(1, 1, &sink, tweak);
+    pool.submit(task(1, "block:t1", 1)).unwrap();
+    sink.wait_for("t1");
+    pool.submit(echo(2, 1)).unwrap();
+    pool.submit(echo(3, 1)).unwrap();
+    assert_eq!(pool.queued(), 2);
+    assert_eq!(pool.cancel(2, false), CancelOutcome::Cancelled);
+    assert_eq!(pool.cancel(2, true), CancelOutcome::NotFound);
+    assert_eq!(pool.queued(), 1);
+    let pid = pool.pids()[0];
+    assert_eq!(pool.cancel(1, false), CancelOutcome::Running);
+    assert_eq!(pool.cancel(1, true), CancelOutcome::Killed);
+    assert_eq!(pool.cancel(1, true), CancelOutcome::NotFound);
+    let got = collect(&pool, 3);
+    assert_eq!(got[&1].end, End::Cancelled);
+    assert_eq!(got[&2].end, End::Cancelled);
+    assert_eq!(got[&3].end, End::Done, "the next task runs on a fresh worker");
+    assert!(!pool.pids().contains(&pid));
+    assert_eq!(pool.cancel(3, true), CancelOutcome::NotFound);
+    finish(engine, pool);
+    assert_eq!(sink.count("t2"), 0, "a cancelled queued task never starts");
+}
+
+#[test]
+fn cancel_with_kill_of_a_task_waiting_in_the_pipeline() {
+    let _dog = Watchdog::new("cancel_with_kill_of_a_task_waiting_in_the_pipeline");
+    let sink = Starts::new();
+    let init_gate = Gate::new("pipe-init");
+    let gate = Gate::new("pipe-task");
+    let tweak = PoolConfig {
+        init: Some(format!("init-gate:{}", init_gate.path.display()).into_bytes()),
+        ..PoolConfig::default()
+    };
+    let (engine, pool) = pool(1, 1, &sink, tweak);
+    pool.submit(task(1, &format!("gate:{}:t1", gate.path.display()), 1))
+        .unwrap();
+    pool.submit(echo(2, 1)).unwrap();
+    pool.submit(echo(3, 1)).unwrap();
+    init_gate.open();
+    sink.wait_for("t1");
+    // Task 2 sits in the worker's ring behind task 1; task 3 is still queued.
+    assert_eq!(pool.queued(), 1);
+    assert_eq!(pool.cancel(2, false), CancelOutcome::Running);
+    assert_eq!(pool.cancel(2, true), CancelOutcome::Killed);
+    let first = pool.pids()[0];
+    gate.open();
+    let got = collect(&pool, 3);
+    assert_eq!(got[&1].end, End::Done, "the task ahead is unharmed");
+    assert_eq!(got[&1].frames, frames_of(1, 1));
+    assert_eq!(got[&2].end, End::Cancelled);
+    assert_eq!(got[&3].end, End::Done);
+    finish(engine, pool);
+    assert!(!is_our_child(first), "the worker holding the cancelled task was killed");
+    assert_eq!(sink.count("t3"), 1);
+}
+
+#[test]
+fn init_failure_breaks_the_pool_without_respawning() {
+    let _dog = Watchdog::new("init_failure_breaks_the_pool_without_respawning");
+    let sink = Starts::new();
+    let tweak = PoolConfig {
+        init: Some(b"init-fail".to_vec()),
+        ..PoolConfig::default()
+    };
+    let (engine, pool) = pool(2, 0, &sink, tweak);
+    for id in 0..10 {
+        pool.submit(echo(id, 1)).unwrap();
+    }
+    let got = collect(&pool, 10);
+    for c in got.values() {
+        assert_eq!(c.end, End::Broken(b"\x01bad".to_vec()), "{c:?}");
+    }
+    // Later submits are accepted and fail at once.
+    pool.submit(echo(10, 1)).unwrap();
+    let late = pool.completions(&mut step()).unwrap();
+    assert_eq!(late.len(), 1);
+    assert!(matches!(late[0].end, End::Broken(_)));
+    // A broken pool's slots exit by themselves.
+    assert!(pool.join(&mut step()));
+    finish(engine, pool);
+    assert!(sink.count("init") <= 2, "one init per slot, no respawn loop");
+    for id in 0..=10 {
+        assert_eq!(sink.count(&format!("t{id}")), 0);
+    }
+}
+
+#[test]
+fn a_worker_that_cannot_start_breaks_the_pool() {
+    let _dog = Watchdog::new("a_worker_that_cannot_start_breaks_the_pool");
+    let mut cfg = config(0);
+    cfg.command.program = "/bin/false".into();
+    cfg.command.args.clear();
+    let engine = Engine::start(cfg, Starts::new()).unwrap();
+    let pool = TaskPool::start(engine.clone(), PoolConfig::default());
+    pool.submit(echo(1, 1)).unwrap();
+    let got = collect(&pool, 1);
+    match &got[&1].end {
+        End::Broken(frame) => assert_eq!(frame.first(), Some(&ENGINE_FAILURE)),
+        other => panic!("{other:?}"),
+    }
+    finish(engine, pool);
+}
+
+#[test]
+fn max_tasks_per_worker_recycles_workers() {
+    let _dog = Watchdog::new("max_tasks_per_worker_recycles_workers");
+    let sink = Starts::new();
+    let tweak = PoolConfig {
+        max_tasks_per_worker: Some(3),
+        init: Some(b"init-ok".to_vec()),
+        ..PoolConfig::default()
+    };
+    let (engine, pool) = pool(1, 1, &sink, tweak);
+    for id in 0..9 {
+        pool.submit(task(id, &format!("pid:t{id}"), 1)).unwrap();
+    }
+    let got = collect(&pool, 9);
+    let mut per_pid: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
+    for id in 0..9 {
+        assert_eq!(got[&id].end, End::Done);
+        per_pid
+            .entry(got[&id].frames[0].clone())
+            .or_default()
+            .push(id);
+    }
+    assert_eq!(per_pid.len(), 3, "{per_pid:?}");
+    for ids in per_pid.values() {
+        assert_eq!(ids.len(), 3, "{per_pid:?}");
+    }
+    finish(engine, pool);
+    assert!(sink.count("init") >= 3);
+}
+
+#[test]
+fn shutdown_cancelling_pending_and_running() {
+    let _dog = Watchdog::new("shutdown_cancelling_pending_and_running");
+    let sink = Starts::new();
+    let (engine, pool) = pool(1, 1, &sink, PoolConfig::default());
+    pool.submit(task(1, "block:t1", 1)).unwrap();
+    sink.wait_for("t1");
+    for id in 2..7 {
+        pool.submit(echo(id, 1)).unwrap();
+    }
+    pool.shutdown(true, true);
+    assert!(matches!(
+        pool.submit(echo(7, 1)),
+        Err(SubmitError::ShutDown(t)) if t.id == 7
+    ));
+    let got = collect(&pool, 6);
+    for c in got.values() {
+        assert_eq!(c.end, End::Cancelled, "{c:?}");
+    }
+    assert!(pool.join(&mut step()));
+    finish(engine, pool);
+    for id in 2..7 {
+        assert_eq!(sink.count(&format!("t{id}")), 0);
+    }
+}
+
+#[test]
+fn shutdown_without_cancel_drains_the_queue() {
+    let _dog = Watchdog::new("shutdown_without_cancel_drains_the_queue");
+    let sink = Starts::new();
+    let (engine, pool) = pool(2, 2, &sink, PoolConfig::default());
+    for id in 0..50 {
+        pool.submit(echo(id, 2)).unwrap();
+    }
+    pool.shutdown(false, false);
+    let mut got = HashMap::new();
+    loop {
+        match pool.completions(&mut step()) {
+            Ok(batch) => {
+                for c in batch {
+                    assert!(got.insert(c.id, c).is_none());
+                }
+            }
+            Err(RecvError::Disconnected) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(got.len(), 50);
+    assert!(got.values().all(|c| c.end == End::Done));
+    assert!(pool.join(&mut step()));
+    let timeout = pool.completions(&mut Wait::timeout(Some(Duration::ZERO)));
+    assert!(matches!(timeout, Err(RecvError::Disconnected)));
+    engine.shutdown();
+}
+
+#[test]
+fn completions_times_out_when_idle() {
+    let _dog = Watchdog::new("completions_times_out_when_idle");
+    let sink = Starts::new();
+    let (engine, pool) = pool(1, 1, &sink, PoolConfig::default());
+    let r = pool.completions(&mut Wait::timeout(Some(Duration::ZERO)));
+    assert!(matches!(r, Err(RecvError::Timeout)), "{r:?}");
+    // A task of no frames needs no worker.
+    pool.submit(task(1, "unused", 0)).unwrap();
+    assert_eq!(collect(&pool, 1)[&1].end, End::Done);
+    finish(engine, pool);
+}
+
+/// A tiny deterministic generator (xorshift), so a failure can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn stress_random_crashes_exactly_once() {
+    let _dog = Watchdog::new("stress_random_crashes_exactly_once");
+    let sink = Starts::new();
+    let (engine, pool) = pool(2, 2, &sink, PoolConfig::default());
+    let seed = 0x9E37_79B9_7F4A_7C15;
+    let mut rng = Rng(seed);
+    let n = 400u64;
+    let mut crashing = HashSet::new();
+    for id in 0..n {
+        let frames = (rng.next() % 4) as u32 + 1;
+        if rng.next() % 10 == 0 {
+            let k = (rng.next() % u64::from(frames)) as u32;
+            crashing.insert(id);
+            pool.submit(task(id, &format!("crash-after:{k}:t{id}"), frames))
+                .unwrap();
+        } else {
+            pool.submit(echo(id, frames)).unwrap();
+        }
+    }
+    let got = collect(&pool, n as usize);
+    for id in 0..n {
+        let c = &got[&id];
+        if crashing.contains(&id) {
+            assert!(matches!(c.end, End::Crashed { .. }), "seed {seed}: {c:?}");
+        } else {
+            assert_eq!(c.end, End::Done, "seed {seed}: {c:?}");
+        }
+        let n = c.frames.len() as u32;
+        assert_eq!(c.frames, frames_of(id, n), "seed {seed}: task {id}");
+    }
+    finish(engine, pool);
+    for id in 0..n {
+        assert_eq!(sink.count(&format!("t{id}")), 1, "seed {seed}: task {id} started once");
+    }
+}
