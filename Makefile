@@ -73,6 +73,10 @@ test: install  ## run every test: Rust (gilfree-core, without Python), then pyte
 		cargo test -p gilfree-core; \
 	fi
 	$(VPY) -m pytest
+	@# The process table after the suite: no worker process of ours may outlive it.
+	@left=$$(pgrep -af 'gilfree[._]_?worker' | grep -v pgrep || true); \
+	if [ -n "$$left" ]; then echo "worker processes left behind:"; echo "$$left"; exit 1; fi; \
+	echo "process table: no gilfree worker left"
 
 .PHONY: loom
 loom:  ## model-check the lock word, event counter and ring indices under loom

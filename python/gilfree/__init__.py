@@ -8,16 +8,35 @@ runs on every core.
 
 from __future__ import annotations
 
-from gilfree.exceptions import BrokenPoolError, RemoteTraceback, WorkerCrashedError
+from gilfree.exceptions import BrokenPoolError, OwnerDiedError, RemoteTraceback, WorkerCrashedError
 from gilfree.executor import Pool, map
+from gilfree.sync import (
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    Lock,
+    RLock,
+    Semaphore,
+    Value,
+)
 from gilfree.worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Barrier",
+    "BoundedSemaphore",
     "BrokenPoolError",
+    "Condition",
+    "Event",
+    "Lock",
+    "OwnerDiedError",
     "Pool",
+    "RLock",
     "RemoteTraceback",
+    "Semaphore",
+    "Value",
     "Worker",
     "WorkerCrashedError",
     "__version__",

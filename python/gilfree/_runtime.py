@@ -23,6 +23,10 @@ _lock = threading.Lock()
 _engine_instance: _engine.Engine | None = None
 _exit_hooks: list[Callable[[], None]] = []
 _exiting = False
+# The shared-primitive arena (gilfree.sync): one per process tree. Created on first use in the
+# parent and kept across engine restarts; a worker adopts the one it inherited.
+_arena_lock = threading.Lock()
+_arena_instance: _engine.Arena | None = None
 
 
 def _emit(pid: int, stream: int, data: bytes) -> None:
@@ -68,6 +72,7 @@ def engine() -> _engine.Engine:
                 IDLE_TIMEOUT,
                 _engine.RING_CAPACITY_DEFAULT,
                 _emit,
+                arena=arena(),
             )
             # threading's own exit hook runs before non-daemon threads are joined and before
             # atexit, the same moment concurrent.futures uses; atexit is the fallback.
@@ -97,6 +102,28 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 def after_fork_in_child(hook: Callable[[], None]) -> None:
     """Runs ``hook`` in a ``fork()`` child, to drop state that belongs to the parent."""
     _fork_hooks.append(hook)
+
+
+def arena() -> _engine.Arena:
+    """The arena that gilfree's Lock, Event, ... live in (created on first call)."""
+    global _arena_instance
+    a = _arena_instance
+    if a is not None:
+        return a
+    with _arena_lock:
+        if _arena_instance is None:
+            _arena_instance = _engine.Arena.create()
+        return _arena_instance
+
+
+def adopt_inherited_arena() -> None:
+    """In a worker process: maps the arena the parent handed down (``GILFREE_ARENA_FD``)."""
+    global _arena_instance
+    inherited = _engine.Arena.inherited()
+    # The fd is owned now; a child of this process must not take the number for its own.
+    os.environ.pop("GILFREE_ARENA_FD", None)
+    if inherited is not None:
+        _arena_instance = inherited
 
 
 def exiting() -> bool:

@@ -19,7 +19,7 @@ import time
 import traceback
 from typing import Any
 
-from gilfree import _engine, _protocol, _serialize
+from gilfree import _engine, _protocol, _runtime, _serialize
 from gilfree.worker import _CALL_ATTRS, Worker, _State
 
 
@@ -175,6 +175,7 @@ def main() -> None:
     # KeyboardInterrupt means, as the main thread does for threads.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     endpoint = _engine.Endpoint.from_env()
+    _runtime.adopt_inherited_arena()
     # The engine removed these from the C environment; os.environ is an earlier snapshot.
     os.environ.pop("GILFREE_CHANNEL_FDS", None)
     os.environ.pop("GILFREE_PARENT_PID", None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from concurrent.futures.process import BrokenProcessPool
 
-__all__ = ["BrokenPoolError", "RemoteTraceback", "WorkerCrashedError"]
+__all__ = ["BrokenPoolError", "OwnerDiedError", "RemoteTraceback", "WorkerCrashedError"]
 
 
 class WorkerCrashedError(RuntimeError):
@@ -62,4 +62,15 @@ class BrokenPoolError(BrokenProcessPool):
     ``concurrent.futures.BrokenExecutor``), so code written for ``ProcessPoolExecutor``
     catches it. The initializer's own exception is attached as ``__cause__``. (A worker that
     dies does not break a gilfree Pool: only its task fails, with :class:`WorkerCrashedError`.)
+    """
+
+
+class OwnerDiedError(RuntimeWarning):
+    """The previous owner of a :class:`gilfree.Lock` (or ``RLock``) died while holding it.
+
+    Issued as a *warning* by the ``acquire`` (or ``with`` block) that took the lock over: the
+    lock is held by the caller, as after any successful acquire, but the data it guards may be
+    half-updated. This mirrors ``EOWNERDEAD`` of robust pthread mutexes, which gilfree's locks
+    are built on. Turn it into an exception with ``warnings.simplefilter("error",
+    gilfree.OwnerDiedError)``, or catch it with ``warnings.catch_warnings``.
     """

@@ -157,3 +157,83 @@ fn loom_dead_producer_message_survives() {
         assert!(matches!(r, Err(RecvError::Disconnected)));
     });
 }
+
+/// Deferred sends followed by a flush: the consumer may have gone to sleep before, between or
+/// after the deferred publishes; the flush must wake it (a lost wake-up is a deadlock here).
+#[test]
+fn loom_deferred_then_flush() {
+    loom::model(|| {
+        let pair = Pair::new(32);
+        let tx = pair.clone();
+        let producer = thread::spawn(move || {
+            let mut p = tx.ring.producer();
+            for m in [&b"a"[..], b"b"] {
+                tx.ring
+                    .send_deferred(&mut p, m, tx.bells(), &mut Wait::forever())
+                    .unwrap();
+            }
+            tx.ring.flush(&mut p, &tx.data).unwrap();
+        });
+        let mut c = pair.ring.consumer();
+        for m in [&b"a"[..], b"b"] {
+            let got = pair
+                .ring
+                .recv(&mut c, pair.bells(), &mut Wait::forever())
+                .unwrap();
+            assert_eq!(got, m);
+        }
+        producer.join().unwrap();
+    });
+}
+
+/// A deferred send too big for the ring must wait for space; it rings first, so a consumer
+/// asleep for data wakes and frees the space (without that ring, both sides sleep forever).
+/// The flush afterwards wakes the consumer for the last piece.
+#[test]
+fn loom_deferred_sender_waiting_for_space() {
+    loom::model(|| {
+        let pair = Pair::new(8);
+        let tx = pair.clone();
+        let producer = thread::spawn(move || {
+            let mut p = tx.ring.producer();
+            tx.ring
+                .send_deferred(&mut p, b"xyz", tx.bells(), &mut Wait::forever())
+                .unwrap();
+            tx.ring.flush(&mut p, &tx.data).unwrap();
+        });
+        let mut c = pair.ring.consumer();
+        let got = pair
+            .ring
+            .recv(&mut c, pair.bells(), &mut Wait::forever())
+            .unwrap();
+        assert_eq!(got, b"xyz");
+        producer.join().unwrap();
+    });
+}
+
+/// A plain send after a deferred one settles the owed wake-up too.
+#[test]
+fn loom_plain_send_flushes_deferred() {
+    loom::model(|| {
+        let pair = Pair::new(32);
+        let tx = pair.clone();
+        let producer = thread::spawn(move || {
+            let mut p = tx.ring.producer();
+            tx.ring
+                .send_deferred(&mut p, b"a", tx.bells(), &mut Wait::forever())
+                .unwrap();
+            tx.ring
+                .send(&mut p, b"b", tx.bells(), &mut Wait::forever())
+                .unwrap();
+        });
+        let mut c = pair.ring.consumer();
+        for m in [&b"a"[..], b"b"] {
+            let got = pair
+                .ring
+                .recv(&mut c, pair.bells(), &mut Wait::forever())
+                .unwrap();
+            assert_eq!(got, m);
+        }
+        producer.join().unwrap();
+    });
+}

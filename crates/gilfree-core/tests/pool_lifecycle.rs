@@ -115,11 +115,13 @@ fn handshake_failure_reports_exit_code() {
         env: vec![],
         cwd: None,
         ring_capacity: 1 << 16,
+        inherit_fds: vec![],
     };
     let config = EngineConfig {
         command,
         warm: 1,
         idle_timeout: Duration::from_secs(600),
+        on_death: None,
     };
     let engine = Engine::start(config, Collect::new()).unwrap();
     match engine.acquire(&mut step()) {
@@ -155,11 +157,13 @@ fn handshake_failure_of_bin_false() {
         env: vec![],
         cwd: None,
         ring_capacity: 1 << 16,
+        inherit_fds: vec![],
     };
     let config = EngineConfig {
         command,
         warm: 0,
         idle_timeout: Duration::from_secs(600),
+        on_death: None,
     };
     let engine = Engine::start(config, Collect::new()).unwrap();
     match engine.acquire(&mut step()) {
@@ -269,11 +273,13 @@ fn signal_check_interrupts_acquire() {
         env: vec![],
         cwd: None,
         ring_capacity: 1 << 16,
+        inherit_fds: vec![],
     };
     let config = EngineConfig {
         command,
         warm: 0,
         idle_timeout: Duration::from_secs(600),
+        on_death: None,
     };
     let engine = Engine::start(config, Collect::new()).unwrap();
     let mut calls = 0;
@@ -307,6 +313,7 @@ fn idle_processes_beyond_warm_retire() {
     let _dog = Watchdog::new("idle_processes_beyond_warm_retire");
     let config = EngineConfig {
         idle_timeout: Duration::ZERO,
+        on_death: None,
         ..config(1)
     };
     let engine = Engine::start(config, Collect::new()).unwrap();

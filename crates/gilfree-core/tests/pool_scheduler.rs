@@ -43,13 +43,7 @@ fn frames_of(id: u64, n: u32) -> Vec<Vec<u8>> {
 
 fn pool(workers: usize, warm: usize, sink: &Arc<Starts>, tweak: PoolConfig) -> (Engine, TaskPool) {
     let engine = Engine::start(config(warm), sink.clone()).unwrap();
-    let pool = TaskPool::start(
-        engine.clone(),
-        PoolConfig {
-            workers,
-            ..tweak
-        },
-    );
+    let pool = TaskPool::start(engine.clone(), PoolConfig { workers, ..tweak });
     (engine, pool)
 }
 
@@ -127,12 +121,20 @@ fn crash_mid_task_requeues_the_task_behind_it() {
         }
         other => panic!("task 1: {other:?}"),
     }
-    assert_eq!(got[&1].frames, frames_of(1, 2), "the frames before the crash");
+    assert_eq!(
+        got[&1].frames,
+        frames_of(1, 2),
+        "the frames before the crash"
+    );
     assert_eq!(got[&2].end, End::Done);
     assert_eq!(got[&2].frames, frames_of(2, 3));
     finish(engine, pool);
     assert_eq!(sink.count("t1"), 1);
-    assert_eq!(sink.count("t2"), 1, "the pipelined task ran once, on the new worker");
+    assert_eq!(
+        sink.count("t2"),
+        1,
+        "the pipelined task ran once, on the new worker"
+    );
     assert_eq!(sink.count("init"), 2, "the replacement ran the initializer");
 }
 
@@ -153,7 +155,10 @@ fn timeout_kills_and_replaces_the_worker() {
         panic!("task 1: {:?}", got[&1]);
     };
     assert!(got[&1].frames.is_empty());
-    assert!(!pool.pids().contains(&pid), "the timed-out worker was replaced");
+    assert!(
+        !pool.pids().contains(&pid),
+        "the timed-out worker was replaced"
+    );
     assert_eq!(got[&2].frames, frames_of(2, 2));
     assert_eq!(got[&3].frames, frames_of(3, 1));
     finish(engine, pool);
@@ -185,7 +190,11 @@ fn cancel_queued_and_running() {
     let got = collect(&pool, 3);
     assert_eq!(got[&1].end, End::Cancelled);
     assert_eq!(got[&2].end, End::Cancelled);
-    assert_eq!(got[&3].end, End::Done, "the next task runs on a fresh worker");
+    assert_eq!(
+        got[&3].end,
+        End::Done,
+        "the next task runs on a fresh worker"
+    );
     assert!(!pool.pids().contains(&pid));
     assert_eq!(pool.cancel(3, true), CancelOutcome::NotFound);
     finish(engine, pool);
@@ -221,7 +230,10 @@ fn cancel_with_kill_of_a_task_waiting_in_the_pipeline() {
     assert_eq!(got[&2].end, End::Cancelled);
     assert_eq!(got[&3].end, End::Done);
     finish(engine, pool);
-    assert!(!is_our_child(first), "the worker holding the cancelled task was killed");
+    assert!(
+        !is_our_child(first),
+        "the worker holding the cancelled task was killed"
+    );
     assert_eq!(sink.count("t3"), 1);
 }
 
@@ -249,7 +261,10 @@ fn init_failure_breaks_the_pool_without_respawning() {
     // A broken pool's slots exit by themselves.
     assert!(pool.join(&mut step()));
     finish(engine, pool);
-    assert!(sink.count("init") <= 2, "one init per slot, no respawn loop");
+    assert!(
+        sink.count("init") <= 2,
+        "one init per slot, no respawn loop"
+    );
     for id in 0..=10 {
         assert_eq!(sink.count(&format!("t{id}")), 0);
     }
@@ -312,7 +327,10 @@ fn shutdown_cancelling_pending_and_running() {
     for id in 2..7 {
         pool.submit(echo(id, 1)).unwrap();
     }
-    pool.shutdown(true, true);
+    let mut cancelled = pool.shutdown(true, true);
+    cancelled.sort_unstable();
+    assert_eq!(cancelled, (1..7).collect::<Vec<u64>>());
+    assert!(pool.shutdown(true, true).is_empty(), "idempotent");
     assert!(matches!(
         pool.submit(echo(7, 1)),
         Err(SubmitError::ShutDown(t)) if t.id == 7
@@ -415,6 +433,10 @@ fn stress_random_crashes_exactly_once() {
     }
     finish(engine, pool);
     for id in 0..n {
-        assert_eq!(sink.count(&format!("t{id}")), 1, "seed {seed}: task {id} started once");
+        assert_eq!(
+            sink.count(&format!("t{id}")),
+            1,
+            "seed {seed}: task {id} started once"
+        );
     }
 }

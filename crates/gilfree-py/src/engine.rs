@@ -1,12 +1,14 @@
 //! `Engine` and `Lease`: the parent's side of the worker processes.
 
 use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use gilfree_core::ipc::arena::ARENA_FD_ENV;
 use gilfree_core::output::{OutputSink, Stream};
-use gilfree_core::pool::{Engine, EngineConfig, Lease, WorkerCommand};
+use gilfree_core::pool::{DeathHook, Engine, EngineConfig, Lease, WorkerCommand};
 use gilfree_core::{RecvError, Wait};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -14,6 +16,7 @@ use pyo3::types::PyBytes;
 
 use crate::convert::{self, SignalCheck};
 use crate::errors::PyEngineError;
+use crate::sync::PyArena;
 
 /// Hands worker output to a Python callable `output(pid, stream, data)`; `stream` is 1 for
 /// stdout and 2 for stderr. Errors the callable raises are reported as unraisable, since no
@@ -42,7 +45,7 @@ pub struct PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (program, args, env, cwd, warm, idle_timeout, ring_capacity, output))]
+    #[pyo3(signature = (program, args, env, cwd, warm, idle_timeout, ring_capacity, output, arena=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -54,8 +57,22 @@ impl PyEngine {
         idle_timeout: f64,
         ring_capacity: usize,
         output: Py<PyAny>,
+        arena: Option<PyRef<'_, PyArena>>,
     ) -> PyResult<Self> {
         let idle_timeout = convert::timeout(Some(idle_timeout))?.unwrap_or(Duration::MAX);
+        // Every worker inherits the arena's memfd and is told its number; the arena gets
+        // back what a dead worker held.
+        let arena = arena.map(|a| Arc::clone(&a.inner));
+        let mut env = env;
+        let inherit_fds = match &arena {
+            Some(a) => {
+                let fd = a.fd().as_raw_fd();
+                env.push((ARENA_FD_ENV.into(), fd.to_string().into()));
+                vec![fd]
+            }
+            None => vec![],
+        };
+        let on_death = arena.map(|a| DeathHook(Arc::new(move |pid| a.reap(pid))));
         let config = EngineConfig {
             command: WorkerCommand {
                 program,
@@ -63,9 +80,11 @@ impl PyEngine {
                 env,
                 cwd,
                 ring_capacity,
+                inherit_fds,
             },
             warm,
             idle_timeout,
+            on_death,
         };
         let sink = Arc::new(PySink { output });
         let inner = py

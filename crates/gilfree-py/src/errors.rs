@@ -59,3 +59,69 @@ impl From<PyEngineError> for PyErr {
         }
     }
 }
+
+// --- Process-shared primitives (gilfree.sync) ---
+
+pyo3::import_exception!(gilfree.exceptions, OwnerDiedError);
+
+use gilfree_core::ipc::error::{
+    AcquireError, AttachError, BarrierError, CondWaitError, ReleaseError,
+};
+use pyo3::exceptions::{PyMemoryError, PyValueError};
+
+/// A failed arena allocation or attach.
+pub fn attach_error(e: AttachError) -> PyErr {
+    match e {
+        AttachError::Full => PyMemoryError::new_err(e.to_string()),
+        AttachError::Io(io) => PyOSError::new_err((io.raw_os_error().unwrap_or(0), io.to_string())),
+        AttachError::Stale | AttachError::TableFull => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+/// A wait that ended in error (timeouts are results, not errors, for the primitives).
+pub fn acquire_error(e: AcquireError, pending: Option<PyErr>) -> PyErr {
+    match (e, pending) {
+        (AcquireError::Interrupted, Some(p)) => p,
+        (AcquireError::Io(io), _) => {
+            PyOSError::new_err((io.raw_os_error().unwrap_or(0), io.to_string()))
+        }
+        (e, _) => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+/// A refused release, with `threading`'s messages (`recursive`: an RLock).
+pub fn release_error(e: ReleaseError, recursive: bool) -> PyErr {
+    match e {
+        ReleaseError::TooMany => PyValueError::new_err("Semaphore released too many times"),
+        _ if recursive => PyRuntimeError::new_err("cannot release un-acquired lock"),
+        ReleaseError::Unlocked => PyRuntimeError::new_err("release unlocked lock"),
+        ReleaseError::NotOwner => PyRuntimeError::new_err(
+            "cannot release a gilfree.Lock held by another thread or process \
+             (unlike threading.Lock, only the owner may release it)",
+        ),
+    }
+}
+
+/// A failed condition wait.
+pub fn cond_error(e: CondWaitError, pending: Option<PyErr>) -> PyErr {
+    match (e, pending) {
+        (CondWaitError::Interrupted, Some(p)) => p,
+        (CondWaitError::Io(io), _) => {
+            PyOSError::new_err((io.raw_os_error().unwrap_or(0), io.to_string()))
+        }
+        (e, _) => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+pyo3::import_exception!(threading, BrokenBarrierError);
+
+/// A failed barrier wait: `threading.BrokenBarrierError` unless a signal handler raised.
+pub fn barrier_error(e: BarrierError, pending: Option<PyErr>) -> PyErr {
+    match (e, pending) {
+        (BarrierError::Interrupted, Some(p)) => p,
+        (BarrierError::Io(io), _) => {
+            PyOSError::new_err((io.raw_os_error().unwrap_or(0), io.to_string()))
+        }
+        _ => BrokenBarrierError::new_err(()),
+    }
+}

@@ -8,6 +8,7 @@ mod endpoint;
 mod engine;
 mod errors;
 mod pool;
+mod sync;
 
 use pyo3::prelude::*;
 
@@ -18,6 +19,13 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyLease>()?;
     m.add_class::<endpoint::PyEndpoint>()?;
     m.add_class::<pool::PyTaskPool>()?;
+    m.add_class::<sync::PyArena>()?;
+    m.add_class::<sync::PyLock>()?;
+    m.add_class::<sync::PyEvent>()?;
+    m.add_class::<sync::PySemaphore>()?;
+    m.add_class::<sync::PyCondition>()?;
+    m.add_class::<sync::PyBarrier>()?;
+    m.add_class::<sync::PyCell>()?;
     m.add("RING_CAPACITY_DEFAULT", convert::RING_CAPACITY_DEFAULT)?;
     Ok(())
 }

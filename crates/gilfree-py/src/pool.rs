@@ -115,9 +115,9 @@ impl PyTaskPool {
         }
     }
 
-    /// Stops accepting tasks; never blocks.
-    fn shutdown(&self, py: Python<'_>, cancel_pending: bool, kill_running: bool) {
-        py.detach(|| self.inner.shutdown(cancel_pending, kill_running));
+    /// Stops accepting tasks; never blocks. Returns the ids it cancelled.
+    fn shutdown(&self, py: Python<'_>, cancel_pending: bool, kill_running: bool) -> Vec<u64> {
+        py.detach(|| self.inner.shutdown(cancel_pending, kill_running))
     }
 
     /// Waits for every slot thread to exit; `False` on timeout.

@@ -1,6 +1,42 @@
 //! Cross-process primitives that live in shared memory or kernel objects.
 //!
+//! - [`notify`]: an eventfd wake-up used by the rings.
+//! - [`arena`]: the shared slots every process-shared primitive lives in, their refcounts,
+//!   the lock-free free list ([`free_list`]) and the reaping of a dead process's holdings.
+//! - [`mutex`]: glibc's robust process-shared mutex; [`lock`] builds `Lock`/`RLock` on it.
+//! - [`futex`]: the wait/wake seam of [`event`], [`semaphore`], [`condition`], [`barrier`].
+//!
+//! Each primitive is a trait (or a protocol type), a `Shm*` implementation in an arena slot
+//! and a `Local*` in-process twin (the conformance suite `tests/ipc_conformance.rs` runs
+//! against both; loom models run the `Local*` protocols). Under `--cfg loom` only the
+//! protocols and twins are built.
+//!
 //! This module and [`crate::shm`] are the only places where `unsafe` is allowed.
 #![allow(unsafe_code)]
 
+#[cfg(not(loom))]
+pub mod arena;
+#[cfg(not(loom))]
+pub mod barrier;
+pub mod condition;
+pub mod error;
+pub mod event;
+pub mod free_list;
+pub mod futex;
+pub mod lock;
+#[cfg(not(loom))]
+pub mod mutex;
 pub mod notify;
+pub mod semaphore;
+
+/// Sets the fd flags (`FD_CLOEXEC`) of `fd`, a number the caller keeps open for the duration
+/// of the call (the engine uses it on [`WorkerCommand::inherit_fds`](crate::pool::WorkerCommand)).
+pub fn set_fd_flags(fd: std::os::fd::RawFd, flags: rustix::io::FdFlags) -> std::io::Result<()> {
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: the caller keeps `fd` open while we use it (contract above); the borrow ends
+    // with this call. A closed number gives EBADF, not undefined behaviour.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    Ok(rustix::io::fcntl_setfd(borrowed, flags)?)
+}

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{pidfd_send_signal, Signal};
 
+use super::supervisor::DeathHook;
 use crate::output::WorkerOutput;
 use crate::shm::channel::Channel;
 
@@ -55,6 +56,7 @@ pub(crate) struct WorkerProcess {
     child: Mutex<Reap>,
     output: Arc<WorkerOutput>,
     killed: AtomicBool,
+    on_death: Option<DeathHook>,
 }
 
 impl WorkerProcess {
@@ -63,6 +65,7 @@ impl WorkerProcess {
         pidfd: OwnedFd,
         channel: Channel,
         output: Arc<WorkerOutput>,
+        on_death: Option<DeathHook>,
     ) -> WorkerProcess {
         WorkerProcess {
             pid: child.id(),
@@ -71,6 +74,7 @@ impl WorkerProcess {
             child: Mutex::new(Reap::Running(child)),
             output,
             killed: AtomicBool::new(false),
+            on_death,
         }
     }
 
@@ -141,6 +145,12 @@ impl WorkerProcess {
         match &mut *child {
             Reap::Exited(info) => *info,
             Reap::Running(c) => {
+                if let Some(hook) = &self.on_death {
+                    // Tell the hook while the process is a zombie: dead, but its pid still
+                    // reserved, so the hook cannot mistake a new process for it.
+                    self.wait_dead();
+                    (hook.0)(self.pid);
+                }
                 let info = match c.wait() {
                     Ok(status) => ExitInfo::from(status),
                     // ECHILD cannot happen for our own unreaped child unless someone else
@@ -152,6 +162,18 @@ impl WorkerProcess {
                 };
                 *child = Reap::Exited(info);
                 info
+            }
+        }
+    }
+
+    /// Blocks until the pidfd says the process has exited (call only once it is dead or was
+    /// sent SIGKILL, as `reap` is).
+    fn wait_dead(&self) {
+        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+        loop {
+            match poll(&mut fds, None) {
+                Err(rustix::io::Errno::INTR) => continue,
+                _ => return,
             }
         }
     }

@@ -16,6 +16,7 @@
 //!    and reap it and fail the same way.
 
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use rustix::process::{getpid, pidfd_open, Pid, PidfdFlags};
 
 use super::process::WorkerProcess;
+use super::supervisor::DeathHook;
 use crate::error::{RecvError, SpawnError};
 use crate::output::{OutputSink, WorkerOutput};
 use crate::shm::channel::Channel;
@@ -57,10 +59,17 @@ pub struct WorkerCommand {
     pub cwd: Option<PathBuf>,
     /// The capacity in bytes of each of the channel's two rings.
     pub ring_capacity: usize,
+    /// Extra fds the worker inherits (for instance the shared-primitive arena's memfd, see
+    /// [`crate::ipc::arena`]), at the same numbers. They are made inheritable only around
+    /// the fork, like the channel's; the caller tells the worker their numbers (in `env`).
+    pub inherit_fds: Vec<RawFd>,
 }
 
 /// Steps 1–3: starts the process, without waiting for its handshake.
-pub(crate) fn spawn(command: &WorkerCommand) -> Result<WorkerProcess, SpawnError> {
+pub(crate) fn spawn(
+    command: &WorkerCommand,
+    on_death: &Option<DeathHook>,
+) -> Result<WorkerProcess, SpawnError> {
     let channel = Channel::create(command.ring_capacity)?;
     let mut cmd = Command::new(&command.program);
     cmd.args(&command.args)
@@ -74,10 +83,18 @@ pub(crate) fn spawn(command: &WorkerCommand) -> Result<WorkerProcess, SpawnError
         cmd.current_dir(cwd);
     }
     channel.set_inheritable(true)?;
+    if let Err(e) = set_inheritable(&command.inherit_fds, true) {
+        let _ = set_inheritable(&command.inherit_fds, false);
+        let _ = channel.set_inheritable(false);
+        return Err(e);
+    }
     let spawned = cmd.spawn();
-    let restored = channel.set_inheritable(false);
+    let restored = channel
+        .set_inheritable(false)
+        .map_err(SpawnError::from)
+        .and(set_inheritable(&command.inherit_fds, false));
     let mut child = spawned?;
-    let opened = restored.map_err(SpawnError::from).and_then(|()| {
+    let opened = restored.and_then(|()| {
         let raw = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
         let pid = raw.ok_or_else(|| std::io::Error::other("child pid out of range"))?;
         Ok(pidfd_open(pid, PidfdFlags::empty())?)
@@ -102,7 +119,26 @@ pub(crate) fn spawn(command: &WorkerCommand) -> Result<WorkerProcess, SpawnError
             return Err(e.into());
         }
     };
-    Ok(WorkerProcess::new(child, pidfd, channel, output))
+    Ok(WorkerProcess::new(
+        child,
+        pidfd,
+        channel,
+        output,
+        on_death.clone(),
+    ))
+}
+
+/// Clears (or sets again) `FD_CLOEXEC` on each of `fds`.
+fn set_inheritable(fds: &[RawFd], inheritable: bool) -> Result<(), SpawnError> {
+    for &fd in fds {
+        let flags = if inheritable {
+            rustix::io::FdFlags::empty()
+        } else {
+            rustix::io::FdFlags::CLOEXEC
+        };
+        crate::ipc::set_fd_flags(fd, flags)?;
+    }
+    Ok(())
 }
 
 /// Steps 4–5: waits for the ready message. On success the worker's held output is released to

@@ -42,6 +42,21 @@ pub struct EngineConfig {
     /// An idle process beyond `warm` is retired after being idle this long (`Duration::MAX`:
     /// never).
     pub idle_timeout: Duration,
+    /// Called with a worker's pid once it has died, before it is reaped (so the pid cannot
+    /// have been reused yet), whatever path reaps it. The glue gives the shared-primitive
+    /// arena's [`reap`](crate::ipc::arena::Arena::reap) here.
+    pub on_death: Option<DeathHook>,
+}
+
+/// A callback for [`EngineConfig::on_death`]: gets the dead worker's pid. It runs on whatever
+/// engine thread reaps the process, without engine locks held; it must not block for long.
+#[derive(Clone)]
+pub struct DeathHook(pub Arc<dyn Fn(u32) + Send + Sync>);
+
+impl std::fmt::Debug for DeathHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeathHook")
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -154,8 +169,14 @@ struct Shared {
 ///     env: vec![],
 ///     cwd: None,
 ///     ring_capacity: 1 << 20,
+///     inherit_fds: vec![],
 /// };
-/// let config = EngineConfig { command, warm: 2, idle_timeout: Duration::from_secs(30) };
+/// let config = EngineConfig {
+///     command,
+///     warm: 2,
+///     idle_timeout: Duration::from_secs(30),
+///     on_death: None,
+/// };
 /// let engine = Engine::start(config, Arc::new(Print))?;
 /// let lease = engine.acquire(&mut Wait::forever())?;
 /// lease.send(b"task", &mut Wait::forever())?;
@@ -413,7 +434,12 @@ fn supervise(shared: &Arc<Shared>) {
             drop(st);
             let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> = targets
                 .into_iter()
-                .map(|t| (t, spawn::spawn(&shared.config.command)))
+                .map(|t| {
+                    (
+                        t,
+                        spawn::spawn(&shared.config.command, &shared.config.on_death),
+                    )
+                })
                 .collect();
             st = lock(&shared.state);
             let mut doomed = Vec::new();

@@ -577,6 +577,34 @@ mod tests {
     }
 
     #[test]
+    fn deferred_frames_then_flush_between_threads() {
+        let (parent, child) = Channel::pair(4096).unwrap();
+        // Many small frames and one larger than the ring (which must ring for space itself).
+        let big = pattern(9, 3 * 4096);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for round in 0..50u32 {
+                    for i in 0..20u32 {
+                        let m = format!("{round}:{i}");
+                        child.send_deferred(m.as_bytes(), &mut watchdog()).unwrap();
+                    }
+                    child.send_deferred(&big, &mut watchdog()).unwrap();
+                    child.flush().unwrap();
+                    // Nothing owed: cheap and harmless.
+                    child.flush().unwrap();
+                }
+            });
+            for round in 0..50u32 {
+                for i in 0..20u32 {
+                    let got = parent.recv(&mut watchdog()).unwrap();
+                    assert_eq!(got, format!("{round}:{i}").as_bytes());
+                }
+                assert!(parent.recv(&mut watchdog()).unwrap() == big);
+            }
+        });
+    }
+
+    #[test]
     fn recv_timeout_keeps_progress() {
         let (parent, child) = Channel::pair(4096).unwrap();
         let msg = pattern(3, 3 * 4096);

@@ -83,7 +83,7 @@ pub fn child_main() {
 }
 
 /// The scheduler's test protocol (tests/pool_scheduler.rs): a task prints `start:TAG` on
-/// stdout when it begins, then answers with frames, which it sends deferred (flushing at the
+/// stdout (after [`MARK`]) when it begins, then answers with frames, which it sends deferred (flushing at the
 /// end of the task, as the Python worker does). `false`: not a scheduler message.
 ///
 /// - `echo:N:TAG` → N frames `TAG:0` … `TAG:N-1`;
@@ -92,7 +92,7 @@ pub fn child_main() {
 /// - `gate:PATH:TAG` → reads the FIFO at PATH to its end, then one frame `TAG:0`;
 /// - `pid:TAG` → one frame, the worker's pid;
 /// - `init-ok`, `init-fail`, `init-gate:PATH` → print `init`; answer `[0]`, `[1]bad`, or `[0]`
-///   after reading the FIFO at PATH.
+///   after reading the FIFO at PATH (only in the first worker to get it).
 fn scheduler_task(endpoint: &Endpoint, msg: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(msg) else {
         return false;
@@ -100,7 +100,7 @@ fn scheduler_task(endpoint: &Endpoint, msg: &[u8]) -> bool {
     let parts: Vec<&str> = text.split(':').collect();
     let say = |line: &str| {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{MARK}{line}");
         let _ = out.flush();
     };
     let frame = |data: &[u8]| {
@@ -147,7 +147,15 @@ fn scheduler_task(endpoint: &Endpoint, msg: &[u8]) -> bool {
         }
         ["init-gate", path] => {
             say("init");
-            std::fs::read(path).expect("gate");
+            // Only the first worker's init waits (replacements pass at once).
+            let first = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(format!("{path}.first"))
+                .is_ok();
+            if first {
+                std::fs::read(path).expect("gate");
+            }
             frame(&[0]);
         }
         _ => return false,
@@ -155,6 +163,9 @@ fn scheduler_task(endpoint: &Endpoint, msg: &[u8]) -> bool {
     endpoint.flush().expect("flush");
     true
 }
+
+/// Precedes the lines a scheduler task prints (`@@start:TAG`, `@@init`).
+const MARK: &str = "@@";
 
 /// A sink that counts `start:TAG` and `init` lines and lets a test wait for one.
 #[derive(Default)]
@@ -170,9 +181,13 @@ impl OutputSink for Starts {
             return;
         }
         let mut counts = self.counts.lock().unwrap();
+        // libtest's own "test child_entry ... " may precede a marker on its line.
         for line in String::from_utf8_lossy(lines).lines() {
-            let key = line.strip_prefix("start:").unwrap_or(line);
-            *counts.entry(key.to_owned()).or_default() += 1;
+            if let Some(at) = line.find(MARK) {
+                let key = &line[at + MARK.len()..];
+                let key = key.strip_prefix("start:").unwrap_or(key);
+                *counts.entry(key.to_owned()).or_default() += 1;
+            }
         }
         self.changed.notify_all();
     }
@@ -208,11 +223,9 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(name: &str) -> Gate {
-        let path = std::env::temp_dir().join(format!(
-            "gilfree-test-{}-{name}",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("gilfree-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(format!("{}.first", path.display()));
         rustix::fs::mkfifoat(
             rustix::fs::CWD,
             &path,
@@ -235,6 +248,9 @@ impl Gate {
 impl Drop for Gate {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        let mut first = self.path.clone().into_os_string();
+        first.push(".first");
+        let _ = std::fs::remove_file(first);
     }
 }
 
@@ -249,6 +265,7 @@ pub fn worker_command() -> WorkerCommand {
         env: vec![(ROLE_ENV.into(), "echo".into())],
         cwd: None,
         ring_capacity: 1 << 16,
+        inherit_fds: vec![],
     }
 }
 
@@ -259,6 +276,7 @@ pub fn config(warm: usize) -> EngineConfig {
         command: worker_command(),
         warm,
         idle_timeout: Duration::MAX,
+        on_death: None,
     }
 }
 

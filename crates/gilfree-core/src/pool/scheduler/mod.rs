@@ -293,7 +293,11 @@ impl Shared {
             return Err(RecvError::Timeout);
         }
         let st = match next_slice(wait) {
-            Some(d) => cv.wait_timeout(st, d).unwrap_or_else(PoisonError::into_inner).0,
+            Some(d) => {
+                cv.wait_timeout(st, d)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
             None => cv.wait(st).unwrap_or_else(PoisonError::into_inner),
         };
         // By elapsed time, so a stream of wake-ups cannot starve the check; never under the
@@ -458,14 +462,19 @@ impl TaskPool {
     /// [`End::Cancelled`] (else they still run). `kill_running`: tasks in workers complete with
     /// [`End::Cancelled`] and their workers are killed. Slots exit once nothing is left for
     /// them, releasing healthy workers to the engine. Idempotent.
-    pub fn shutdown(&self, cancel_pending: bool, kill_running: bool) {
+    ///
+    /// Returns the ids this call cancelled (their completions are on their way too), so a
+    /// caller can mark them cancelled before it returns, as `Executor.shutdown` does.
+    pub fn shutdown(&self, cancel_pending: bool, kill_running: bool) -> Vec<u64> {
         let shared = &self.shared;
+        let mut cancelled = Vec::new();
         let mut st = shared.lock();
         st.shut_down = true;
         if cancel_pending {
             for task in std::mem::take(&mut st.queue) {
                 if st.in_queue.remove(&task.id) {
                     st.complete(shared, task.id, Vec::new(), End::Cancelled);
+                    cancelled.push(task.id);
                 }
             }
         }
@@ -481,6 +490,7 @@ impl TaskPool {
                     f.cancelled = true;
                 }
                 st.complete(shared, id, Vec::new(), End::Cancelled);
+                cancelled.push(id);
             }
             for s in &mut st.slots {
                 if s.head.is_some() || s.init {
@@ -493,6 +503,7 @@ impl TaskPool {
         }
         shared.work.notify_all();
         shared.ready.notify_all();
+        cancelled
     }
 
     /// Waits until every slot thread has exited (after [`shutdown`](Self::shutdown), or once
@@ -533,7 +544,7 @@ impl TaskPool {
 impl Drop for TaskPool {
     fn drop(&mut self) {
         // The slots own what they need; they wind down on their own.
-        self.shutdown(true, true);
+        let _ = self.shutdown(true, true);
     }
 }
 

@@ -312,8 +312,5 @@ fn bury(
 }
 
 fn wait<'g>(shared: &Shared, st: MutexGuard<'g, State>) -> MutexGuard<'g, State> {
-    shared
-        .work
-        .wait(st)
-        .unwrap_or_else(PoisonError::into_inner)
+    shared.work.wait(st).unwrap_or_else(PoisonError::into_inner)
 }

@@ -207,7 +207,15 @@ fn dead_producer_leaves_whole_messages_readable() {
     let msg = pattern(1, 100);
     let prefix = (msg.len() as u64).to_le_bytes();
     pair.ring
-        .send_some(&mut p, &prefix, &msg, 0, &pair.bells(), &mut watchdog(), false)
+        .send_some(
+            &mut p,
+            &prefix,
+            &msg,
+            0,
+            &pair.bells(),
+            &mut watchdog(),
+            false,
+        )
         .unwrap();
     pair.data.hang_up();
     let r = pair.ring.recv(&mut c, pair.bells(), &mut watchdog());

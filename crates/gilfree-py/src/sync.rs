@@ -1,0 +1,493 @@
+//! The process-shared primitives (`gilfree.Lock`, `Event`, ...): thin subclassable wrappers
+//! over `gilfree_core::ipc`. The Python classes in `gilfree/sync.py` subclass these and add
+//! pickling and docstrings. Uncontended calls stay under the GIL (no system call is made);
+//! anything that may block runs in `py.detach` with a signal check.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gilfree_core::ipc::arena::{Arena, Handle};
+use gilfree_core::ipc::barrier::{Arrival, ShmBarrier, ShmCell};
+use gilfree_core::ipc::condition::ShmCondition;
+use gilfree_core::ipc::error::{AcquireError, Acquired};
+use gilfree_core::ipc::event::{Event, ShmEvent};
+use gilfree_core::ipc::lock::{RawLock, ShmLock};
+use gilfree_core::ipc::semaphore::{Semaphore, ShmSemaphore};
+use gilfree_core::Wait;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::convert::{self, SignalCheck};
+use crate::errors::{
+    acquire_error, attach_error, barrier_error, cond_error, release_error, OwnerDiedError,
+};
+
+/// The shared-primitive arena of this process tree.
+#[pyclass(name = "Arena", module = "gilfree._engine", frozen)]
+pub struct PyArena {
+    pub(crate) inner: Arc<Arena>,
+}
+
+#[pymethods]
+impl PyArena {
+    /// A fresh arena (in the parent).
+    #[staticmethod]
+    fn create() -> PyResult<Self> {
+        Ok(PyArena {
+            inner: Arena::create()?,
+        })
+    }
+
+    /// The arena this worker inherited (`GILFREE_ARENA_FD`), or `None`.
+    #[staticmethod]
+    fn inherited() -> PyResult<Option<Self>> {
+        Ok(Arena::from_env()?.map(|inner| PyArena { inner }))
+    }
+
+    /// The arena's memfd number.
+    #[getter]
+    fn fd(&self) -> i32 {
+        self.inner.fd().as_raw_fd()
+    }
+
+    /// Live slots (primitives) in the arena.
+    fn live_slots(&self) -> usize {
+        self.inner.live_slots()
+    }
+
+    /// Gives back what the dead process `pid` held (the engine does this itself).
+    fn reap(&self, py: Python<'_>, pid: u32) {
+        py.detach(|| self.inner.reap(pid));
+    }
+}
+
+/// `blocking`/`timeout` as `threading.Lock.acquire` takes them: `None` = no wait at all.
+fn lock_timeout(blocking: bool, timeout: f64) -> PyResult<Option<Option<Duration>>> {
+    if !blocking {
+        if timeout != -1.0 {
+            return Err(PyValueError::new_err(
+                "can't specify a timeout for a non-blocking call",
+            ));
+        }
+        return Ok(None);
+    }
+    if timeout == -1.0 {
+        return Ok(Some(None));
+    }
+    if timeout < 0.0 {
+        return Err(PyValueError::new_err("timeout value must be positive"));
+    }
+    Ok(Some(convert::timeout(Some(timeout))?))
+}
+
+/// Runs a blocking core wait with the GIL released and Ctrl-C honoured.
+fn blocking<T, E>(
+    py: Python<'_>,
+    timeout: Option<Duration>,
+    f: impl FnOnce(&mut Wait<'_>) -> Result<T, E> + Send,
+) -> (Result<T, E>, Option<PyErr>)
+where
+    T: Send,
+    E: Send,
+{
+    let mut signals = SignalCheck::new();
+    let result = py.detach(|| {
+        let mut check = || signals.check();
+        let mut wait = Wait::timeout(timeout).with_signal_check(&mut check);
+        f(&mut wait)
+    });
+    (result, signals.pending.take())
+}
+
+fn owner_died(py: Python<'_>, got: Acquired) -> PyResult<()> {
+    if got == Acquired::OwnerDied {
+        PyErr::warn(
+            py,
+            &py.get_type::<OwnerDiedError>(),
+            c"the previous owner of this gilfree lock died holding it; the data it guards may be inconsistent",
+            1,
+        )?;
+    }
+    Ok(())
+}
+
+/// `Lock` and `RLock`.
+#[pyclass(name = "Lock", module = "gilfree._engine", frozen, subclass)]
+pub struct PyLock {
+    pub(crate) inner: ShmLock,
+}
+
+#[pymethods]
+impl PyLock {
+    #[new]
+    #[pyo3(signature = (arena, handle=None, recursive=false))]
+    fn new(arena: &PyArena, handle: Option<Handle>, recursive: bool) -> PyResult<Self> {
+        let inner = match handle {
+            Some(h) => ShmLock::attach(&arena.inner, h),
+            None => ShmLock::new(&arena.inner, recursive),
+        };
+        Ok(PyLock {
+            inner: inner.map_err(attach_error)?,
+        })
+    }
+
+    /// The handle that pickling sends.
+    #[getter]
+    fn handle(&self) -> Handle {
+        self.inner.handle()
+    }
+
+    /// `threading.Lock.acquire`.
+    #[pyo3(signature = (blocking=true, timeout=-1.0))]
+    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
+        let wait_for = lock_timeout(blocking, timeout)?;
+        let got = match self
+            .inner
+            .try_acquire()
+            .map_err(|e| acquire_error(e, None))?
+        {
+            Some(got) => got,
+            None => {
+                let Some(t) = wait_for else {
+                    return Ok(false);
+                };
+                match blocking_acquire(py, &self.inner, t)? {
+                    Some(got) => got,
+                    None => return Ok(false),
+                }
+            }
+        };
+        owner_died(py, got)?;
+        Ok(true)
+    }
+
+    /// `threading.Lock.release`.
+    fn release(&self) -> PyResult<()> {
+        self.inner
+            .release()
+            .map_err(|e| release_error(e, self.inner.is_recursive()))
+    }
+
+    /// Whether any thread holds the lock.
+    fn locked(&self) -> bool {
+        self.inner.locked()
+    }
+
+    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+        self.acquire(py, true, -1.0)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+        self.release()
+    }
+
+    /// Whether the calling thread holds the lock (`Condition` uses it).
+    fn _is_owned(&self) -> bool {
+        self.inner.is_owned()
+    }
+
+    /// Releases the lock completely and returns its recursion depth (`Condition`).
+    fn _release_save(&self) -> PyResult<u32> {
+        self.inner
+            .release_save()
+            .map_err(|e| release_error(e, self.inner.is_recursive()))
+    }
+
+    /// Takes the lock again at a saved depth (`Condition`).
+    fn _acquire_restore(&self, py: Python<'_>, depth: u32) -> PyResult<()> {
+        let got = py.detach(|| self.inner.acquire_restore(depth));
+        owner_died(py, got)
+    }
+}
+
+fn blocking_acquire(
+    py: Python<'_>,
+    lock: &ShmLock,
+    timeout: Option<Duration>,
+) -> PyResult<Option<Acquired>> {
+    match blocking(py, timeout, |w| lock.acquire(w)) {
+        (Ok(got), _) => Ok(Some(got)),
+        (Err(AcquireError::Timeout), _) => Ok(None),
+        (Err(e), pending) => Err(acquire_error(e, pending)),
+    }
+}
+
+/// `Event`.
+#[pyclass(name = "Event", module = "gilfree._engine", frozen, subclass)]
+pub struct PyEvent {
+    inner: ShmEvent,
+}
+
+#[pymethods]
+impl PyEvent {
+    #[new]
+    #[pyo3(signature = (arena, handle=None))]
+    fn new(arena: &PyArena, handle: Option<Handle>) -> PyResult<Self> {
+        let inner = match handle {
+            Some(h) => ShmEvent::attach(&arena.inner, h),
+            None => ShmEvent::new(&arena.inner),
+        };
+        Ok(PyEvent {
+            inner: inner.map_err(attach_error)?,
+        })
+    }
+
+    /// The handle that pickling sends.
+    #[getter]
+    fn handle(&self) -> Handle {
+        self.inner.handle()
+    }
+
+    /// Sets the flag and wakes every waiter.
+    fn set(&self) {
+        self.inner.set();
+    }
+
+    /// Clears the flag.
+    fn clear(&self) {
+        self.inner.clear();
+    }
+
+    /// Whether the flag is set.
+    fn is_set(&self) -> bool {
+        self.inner.is_set()
+    }
+
+    /// Waits until the flag is set or `timeout` seconds pass; returns the flag.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        if self.inner.is_set() {
+            return Ok(true);
+        }
+        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        match blocking(py, timeout, |w| self.inner.wait(w)) {
+            (Ok(set), _) => Ok(set),
+            (Err(e), pending) => Err(acquire_error(e, pending)),
+        }
+    }
+}
+
+/// `Semaphore` and `BoundedSemaphore`.
+#[pyclass(name = "Semaphore", module = "gilfree._engine", frozen, subclass)]
+pub struct PySemaphore {
+    inner: ShmSemaphore,
+}
+
+#[pymethods]
+impl PySemaphore {
+    #[new]
+    #[pyo3(signature = (arena, value=1, bounded=false, handle=None))]
+    fn new(arena: &PyArena, value: u32, bounded: bool, handle: Option<Handle>) -> PyResult<Self> {
+        let inner = match handle {
+            Some(h) => ShmSemaphore::attach(&arena.inner, h),
+            None => ShmSemaphore::new(&arena.inner, value, bounded),
+        };
+        Ok(PySemaphore {
+            inner: inner.map_err(attach_error)?,
+        })
+    }
+
+    /// The handle that pickling sends.
+    #[getter]
+    fn handle(&self) -> Handle {
+        self.inner.handle()
+    }
+
+    /// `threading.Semaphore.acquire`.
+    #[pyo3(signature = (blocking=true, timeout=None))]
+    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
+        if !blocking && timeout.is_some() {
+            return Err(PyValueError::new_err(
+                "can't specify timeout for non-blocking acquire",
+            ));
+        }
+        if self.inner.try_acquire() {
+            return Ok(true);
+        }
+        if !blocking {
+            return Ok(false);
+        }
+        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        match self::blocking(py, timeout, |w| self.inner.acquire(w)) {
+            (Ok(got), _) => Ok(got),
+            (Err(e), pending) => Err(acquire_error(e, pending)),
+        }
+    }
+
+    /// `threading.Semaphore.release`.
+    #[pyo3(signature = (n=1))]
+    fn release(&self, n: i64) -> PyResult<()> {
+        if n < 1 {
+            return Err(PyValueError::new_err("n must be one or more"));
+        }
+        let n = u32::try_from(n).map_err(|_| PyValueError::new_err("n is too large"))?;
+        self.inner.release(n).map_err(|e| release_error(e, false))
+    }
+
+    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+        self.acquire(py, true, None)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+        self.release(1)
+    }
+
+    /// Free permits right now.
+    #[getter]
+    fn _value(&self) -> u32 {
+        self.inner.value()
+    }
+}
+
+/// The wait word of a `Condition` (its lock is a separate `Lock`).
+#[pyclass(name = "Condition", module = "gilfree._engine", frozen, subclass)]
+pub struct PyCondition {
+    inner: ShmCondition,
+}
+
+#[pymethods]
+impl PyCondition {
+    #[new]
+    #[pyo3(signature = (arena, handle=None))]
+    fn new(arena: &PyArena, handle: Option<Handle>) -> PyResult<Self> {
+        let inner = match handle {
+            Some(h) => ShmCondition::attach(&arena.inner, h),
+            None => ShmCondition::new(&arena.inner),
+        };
+        Ok(PyCondition {
+            inner: inner.map_err(attach_error)?,
+        })
+    }
+
+    /// The handle that pickling sends.
+    #[getter]
+    fn handle(&self) -> Handle {
+        self.inner.handle()
+    }
+
+    /// Releases `lock`, waits for a notify or `timeout`, re-takes `lock`; `True` if notified.
+    #[pyo3(signature = (lock, timeout=None))]
+    fn _wait(&self, py: Python<'_>, lock: &PyLock, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        match blocking(py, timeout, |w| self.inner.wait(&lock.inner, w)) {
+            (Ok(notified), _) => Ok(notified),
+            (Err(e), pending) => Err(cond_error(e, pending)),
+        }
+    }
+
+    /// Wakes up to `n` waiters (the caller holds the lock).
+    fn _notify(&self, n: u32) {
+        self.inner.notify(n);
+    }
+}
+
+/// `Barrier` (the action runs in Python, between `_wait` returning last and `_finish`).
+#[pyclass(name = "Barrier", module = "gilfree._engine", frozen, subclass)]
+pub struct PyBarrier {
+    inner: ShmBarrier,
+}
+
+#[pymethods]
+impl PyBarrier {
+    #[new]
+    #[pyo3(signature = (arena, parties=1, handle=None))]
+    fn new(arena: &PyArena, parties: u32, handle: Option<Handle>) -> PyResult<Self> {
+        let inner = match handle {
+            Some(h) => ShmBarrier::attach(&arena.inner, h),
+            None => ShmBarrier::new(&arena.inner, parties),
+        };
+        Ok(PyBarrier {
+            inner: inner.map_err(attach_error)?,
+        })
+    }
+
+    /// The handle that pickling sends.
+    #[getter]
+    fn handle(&self) -> Handle {
+        self.inner.handle()
+    }
+
+    /// Arrives; returns `(index, is_last)`. The last arrival must call `_finish`.
+    #[pyo3(signature = (timeout=None))]
+    fn _wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<(u32, bool)> {
+        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        match blocking(py, timeout, |w| self.inner.body().wait(w)) {
+            (Ok(Arrival::Index(i)), _) => Ok((i, false)),
+            (Ok(Arrival::Last(i)), _) => Ok((i, true)),
+            (Err(e), pending) => Err(barrier_error(e, pending)),
+        }
+    }
+
+    /// Releases the other parties (`ok`) or breaks the barrier.
+    fn _finish(&self, py: Python<'_>, ok: bool) {
+        py.detach(|| self.inner.body().finish(ok));
+    }
+
+    /// `threading.Barrier.reset`.
+    fn reset(&self, py: Python<'_>) {
+        py.detach(|| self.inner.body().reset());
+    }
+
+    /// `threading.Barrier.abort`.
+    fn abort(&self, py: Python<'_>) {
+        py.detach(|| self.inner.body().break_barrier());
+    }
+
+    /// The number of parties.
+    #[getter]
+    fn parties(&self) -> u32 {
+        self.inner.body().parties()
+    }
+
+    /// Threads waiting for the barrier to fill.
+    #[getter]
+    fn n_waiting(&self, py: Python<'_>) -> u32 {
+        py.detach(|| self.inner.body().n_waiting())
+    }
+
+    /// Whether the barrier is broken.
+    #[getter]
+    fn broken(&self) -> bool {
+        self.inner.body().broken()
+    }
+}
+
+/// A `Value`'s 8-byte storage.
+#[pyclass(name = "Cell", module = "gilfree._engine", frozen, subclass)]
+pub struct PyCell {
+    inner: ShmCell,
+}
+
+#[pymethods]
+impl PyCell {
+    #[new]
+    #[pyo3(signature = (arena, bits=0, handle=None))]
+    fn new(arena: &PyArena, bits: u64, handle: Option<Handle>) -> PyResult<Self> {
+        let inner = match handle {
+            Some(h) => ShmCell::attach(&arena.inner, h),
+            None => ShmCell::new(&arena.inner, bits),
+        };
+        Ok(PyCell {
+            inner: inner.map_err(attach_error)?,
+        })
+    }
+
+    /// The handle that pickling sends.
+    #[getter]
+    fn handle(&self) -> Handle {
+        self.inner.handle()
+    }
+
+    /// The stored bits.
+    fn _load(&self) -> u64 {
+        self.inner.load()
+    }
+
+    /// Replaces the stored bits.
+    fn _store(&self, bits: u64) {
+        self.inner.store(bits);
+    }
+}

@@ -1,0 +1,22 @@
+"""Ctrl-C while the main thread waits on a gilfree Lock or Event: KeyboardInterrupt."""
+
+import sys
+import threading
+
+import gilfree
+
+kind = sys.argv[1]
+if kind == "lock":
+    lock = gilfree.Lock()
+    held = threading.Event()
+    threading.Thread(target=lambda: (lock.acquire(), held.set()), daemon=True).start()
+    held.wait()
+    wait = lock.acquire
+else:
+    event = gilfree.Event()
+    wait = event.wait
+print("waiting", flush=True)
+try:
+    wait()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
