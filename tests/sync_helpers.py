@@ -42,6 +42,15 @@ def attach_and_die(barrier: gilfree.Barrier) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def hold_and_block(prim: Any, ready: gilfree.Event) -> None:
+    """Holds ``prim`` (a Barrier, attached by unpickling, or a Semaphore permit), says so,
+    then blocks until killed."""
+    if isinstance(prim, gilfree.Semaphore):
+        assert prim.acquire(timeout=WATCHDOG)
+    ready.set()
+    threading.Event().wait()
+
+
 def run_sequence(mod: Any, name: str) -> list[Any]:
     """Runs one scripted sequence of calls on ``mod.<primitive>`` (``threading`` or
     ``gilfree``) and records every result or exception (type and message)."""

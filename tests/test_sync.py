@@ -3,11 +3,14 @@ processes, a holder's death, and Ctrl-C during a wait."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import subprocess
 import sys
 import threading
+import time
+from typing import Any
 
 import pytest
 import sync_helpers
@@ -154,6 +157,58 @@ def test_barrier_held_by_a_killed_worker_is_broken() -> None:
     assert barrier.broken
     with pytest.raises(threading.BrokenBarrierError):
         barrier.wait(WATCHDOG)
+
+
+def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
+    """Runs ``fn`` (a wait with no timeout) in a daemon thread, so the test keeps a watchdog;
+    the list gets its result or exception."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(fn())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, outcome
+
+
+def test_untimed_barrier_wait_breaks_when_an_unjoined_worker_is_killed() -> None:
+    # Nobody joins the worker: the engine sees the death through its pidfd, not a reap.
+    barrier, ready = gilfree.Barrier(2), gilfree.Event()
+    w = gilfree.Worker(target=sync_helpers.hold_and_block, args=(barrier, ready))
+    w.start()
+    assert ready.wait(WATCHDOG)
+    t, outcome = _in_thread(barrier.wait)
+    deadline = time.monotonic() + WATCHDOG
+    while barrier.n_waiting == 0 and t.is_alive():  # the parent is inside wait()
+        assert time.monotonic() < deadline
+    assert w.native_id is not None
+    os.kill(w.native_id, signal.SIGKILL)
+    t.join(WATCHDOG)
+    assert not t.is_alive(), "Barrier.wait() still blocked after the other party died"
+    assert len(outcome) == 1 and isinstance(outcome[0], threading.BrokenBarrierError)
+    with pytest.raises(gilfree.WorkerCrashedError):
+        w.join(WATCHDOG)
+
+
+def test_untimed_semaphore_acquire_succeeds_when_an_unjoined_holder_is_killed() -> None:
+    sem, ready = gilfree.Semaphore(1), gilfree.Event()
+    w = gilfree.Worker(target=sync_helpers.hold_and_block, args=(sem, ready))
+    w.start()
+    assert ready.wait(WATCHDOG)
+    assert not sem.acquire(False)
+    t, outcome = _in_thread(sem.acquire)
+    assert w.native_id is not None
+    os.kill(w.native_id, signal.SIGKILL)
+    t.join(WATCHDOG)
+    assert not t.is_alive(), "Semaphore.acquire() still blocked after the holder died"
+    assert outcome == [True]
+    sem.release()
+    with pytest.raises(gilfree.WorkerCrashedError):
+        w.join(WATCHDOG)
 
 
 @pytest.mark.parametrize("kind", ["lock", "event"])

@@ -8,8 +8,10 @@ runs on every core.
 
 from __future__ import annotations
 
+from gilfree._queue import Queue
 from gilfree.exceptions import BrokenPoolError, OwnerDiedError, RemoteTraceback, WorkerCrashedError
 from gilfree.executor import Pool, map
+from gilfree.shared_array import SharedArray
 from gilfree.sync import (
     Barrier,
     BoundedSemaphore,
@@ -33,9 +35,11 @@ __all__ = [
     "Lock",
     "OwnerDiedError",
     "Pool",
+    "Queue",
     "RLock",
     "RemoteTraceback",
     "Semaphore",
+    "SharedArray",
     "Value",
     "Worker",
     "WorkerCrashedError",

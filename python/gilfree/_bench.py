@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gilfree
-from gilfree import _demo
+from gilfree import _bench_arrays, _bench_primitives, _demo
 
 #: Goal for the median start→join latency of one warm gilfree Worker, in microseconds.
 GOAL_LATENCY_US = 40.0
@@ -569,7 +569,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeat", type=_demo.positive_int, help="runs per scaling cell, best kept (default 3)"
     )
     parser.add_argument(
-        "--skip", choices=["latency", "scaling"], action="append", default=[], help="skip a part"
+        "--skip",
+        choices=["latency", "scaling", "primitives", "arrays"],
+        action="append",
+        default=[],
+        help="skip a part",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["primitives", "arrays"],
+        help="run only this part, and replace its section of an existing RESULTS.md",
     )
     parser.set_defaults(func=main)
 
@@ -590,6 +599,18 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     reps = args.reps or (50 if args.quick else 300)
     repeat = args.repeat or (1 if args.quick else 3)
     out = args.out or default_out(args.quick)
+    if getattr(args, "only", None) == "arrays":
+        size_mb = 40 if args.quick else 400
+        print(f"large arrays: a {size_mb} MB array through an identity task", flush=True)
+        rows = _bench_arrays.measure(args.quick)
+        print(_bench_arrays.write(rows, out, size_mb))
+        print(f"written: {out / 'RESULTS.md'}")
+        return 0
+    if getattr(args, "only", None) == "primitives":
+        print("primitives: uncontended Lock and Queue round trips", flush=True)
+        print(_bench_primitives.write(_bench_primitives.measure(args.quick), out))
+        print(f"written: {out / 'RESULTS.md'}")
+        return 0
     info = machine_info(sys.argv[2:] if argv is None else argv)
 
     latency: list[LatencyRow] = []
@@ -605,6 +626,17 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     plots = plot(latency, scaling, out)
     report = render_markdown(info, latency, scaling, size, repeat, plots)
+    if "arrays" not in args.skip:
+        size_mb = 40 if args.quick else 400
+        print(f"4. large arrays: a {size_mb} MB array through an identity task", flush=True)
+        rows = _bench_arrays.measure(args.quick)
+        report = _bench_arrays.merge(report, _bench_arrays.section(rows, out, size_mb))
+    if "primitives" not in args.skip:
+        print("3. primitives: uncontended Lock and Queue round trips", flush=True)
+        prims = _bench_primitives.measure(args.quick)
+        report = _bench_primitives.merge(
+            report, _bench_primitives.render(prims, _bench_primitives.plot(prims, out))
+        )
     (out / "RESULTS.md").write_text(report, encoding="utf-8")
     raw = {
         "machine": info,

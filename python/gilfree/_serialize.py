@@ -4,6 +4,11 @@ The engine only ever sees bytes. Code objects (targets, Worker subclasses, anyth
 ``__main__`` or a REPL) go through cloudpickle, which ships what cannot be imported by value.
 Plain pickle (protocol 5) is tried first where it is enough, because it is much faster on large
 containers; cloudpickle is the fallback.
+
+Large buffers (numpy arrays, ``bytearray``, ``memoryview``, :class:`gilfree.SharedArray`) travel
+out-of-band through shared memory: see ``_oob`` for the format and the protocol. ``dumps``
+always returns ``bytes``; a blob with out-of-band buffers starts with ``_oob.MAGIC`` (a pickle
+stream never does), and ``loads`` accepts both.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import types
 from typing import Any
 
 import cloudpickle
+
+from gilfree import _oob
 
 PROTOCOL = 5
 
@@ -36,24 +43,60 @@ class _PlainPickler(pickle.Pickler):
             module = getattr(obj, "__module__", None)
             if module == "__main__" or module is None:
                 raise _MainRefused(obj)
+            return NotImplemented
+        if type(obj) in _BUFFER_TYPES:
+            return _oob.reduce_buffer(obj)
         return NotImplemented
+
+
+_BUFFER_TYPES = (bytearray, memoryview)
+
+
+class _CloudPickler(cloudpickle.Pickler):
+    """cloudpickle, with large ``bytearray`` and ``memoryview`` sent out-of-band too."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) in _BUFFER_TYPES:
+            reduced = _oob.reduce_buffer(obj)
+            if reduced is not NotImplemented:
+                return reduced
+        return super().reducer_override(obj)
 
 
 def dumps(obj: Any) -> bytes:
     """Pickles ``obj``, by reference where possible and by value where needed.
 
+    Out-of-band buffers of at least ``_oob.THRESHOLD`` bytes (and any that already live in
+    shared memory) are placed in shared memory rather than in the returned bytes.
+
     Raises:
         pickle.PicklingError, TypeError, AttributeError: ``obj`` cannot be pickled at all.
     """
     buf = io.BytesIO()
+    session = _oob.Session()
     try:
-        _PlainPickler(buf, PROTOCOL).dump(obj)
-        return buf.getvalue()
+        _PlainPickler(buf, PROTOCOL, buffer_callback=session.callback).dump(obj)
     except (pickle.PicklingError, TypeError, AttributeError):
-        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+        buf = io.BytesIO()
+        session = _oob.Session()
+        _CloudPickler(buf, protocol=PROTOCOL, buffer_callback=session.callback).dump(obj)
+    if not session.buffers:
+        return buf.getvalue()
+    return session.finish(buf.getbuffer())
 
 
-loads = pickle.loads
+def loads(data: Any) -> Any:
+    """Unpickles what :func:`dumps` made (``bytes``, or a ``memoryview`` of them)."""
+    if data[:4] == _oob.MAGIC:
+        return _oob.loads(data)
+    _oob.reap()
+    return pickle.loads(data)
+
+
+def discard(blob: bytes) -> None:
+    """Tells the shared-memory arena that ``blob`` will never be sent or loaded (a cancelled
+    task's arguments, say), so the memory it pins can be reused at once."""
+    _oob.discard(blob)
 
 
 def describe_failure(obj: Any, exc: BaseException) -> str:

@@ -496,7 +496,8 @@ class Pool(Executor):
         """
         with self._shutdown_lock:
             self._shutdown = True
-            self._tp.shutdown(cancel_futures, False)
+            cancelled = self._tp.shutdown(cancel_futures, False)
+        self._settle(cancelled)
         if wait:
             self._join()
 
@@ -543,7 +544,8 @@ class Pool(Executor):
         """Stops everything now: cancels queued tasks, kills running ones, releases the pool."""
         with self._shutdown_lock:
             self._shutdown = True
-            self._tp.shutdown(True, True)
+            cancelled = self._tp.shutdown(True, True)
+        self._settle(cancelled)
         self._join()
 
     @property
@@ -619,6 +621,16 @@ class Pool(Executor):
             )
             results.fill()
         return results
+
+    def _settle(self, cancelled: list[int]) -> None:
+        """Marks cancelled what shutdown took out of the queue, before shutdown returns (the
+        collector would too, but later)."""
+        for task_id in cancelled:
+            handler = self._handlers.pop(task_id, None)
+            if isinstance(handler, _Results):
+                handler.complete(task_id, [], _CANCELLED, None)
+            elif handler is not None:
+                handler.complete([], _CANCELLED, None)
 
     def _join(self) -> None:
         self._tp.join(None)

@@ -15,8 +15,9 @@ if kind == "lock":
 else:
     event = gilfree.Event()
     wait = event.wait
-print("waiting", flush=True)
 try:
+    # Inside the try: the SIGINT may arrive as soon as the line is out, before wait() starts.
+    print("waiting", flush=True)
     wait()
 except KeyboardInterrupt:
     print("interrupted", flush=True)

@@ -19,6 +19,11 @@
 //!    delivered: if it dies before it is ready, its stderr becomes the text of
 //!    [`SpawnError::Handshake`](crate::SpawnError::Handshake) (so a Python `ImportError` is shown
 //!    once, in the exception), and its stdout goes to the sink.
+//! 5. The thread also polls each worker's death watch (a pidfd, see
+//!    [`DeathWatch`](crate::pool::process)): when it becomes readable the worker has died, and
+//!    the thread runs the engine's death hook at once (once per process, before it is reaped),
+//!    so shared primitives learn of the death without anybody joining or polling. Pipe EOF is
+//!    not used for this: a worker may close its stdout and go on running.
 
 // The process layer runs real threads and processes and is never part of a loom model, so it
 // uses std's sync types directly (as `sync::GlobalMutex` does), not the loom seam.
@@ -34,6 +39,8 @@ use std::thread::JoinHandle;
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use rustix::io::Errno;
+
+use crate::pool::process::DeathWatch;
 
 /// Which of a worker's output streams a chunk of text came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -270,6 +277,8 @@ pub(crate) struct OutputHub {
 struct HubShared {
     sink: Arc<dyn OutputSink>,
     workers: Mutex<HashMap<u32, Arc<WorkerOutput>>>,
+    /// Death watches whose hook has not run yet (invariant 5).
+    deaths: Mutex<Vec<Arc<DeathWatch>>>,
     wake: OwnedFd,
     stop: AtomicBool,
 }
@@ -281,6 +290,7 @@ impl OutputHub {
         let shared = Arc::new(HubShared {
             sink,
             workers: Mutex::new(HashMap::new()),
+            deaths: Mutex::new(Vec::new()),
             wake,
             stop: AtomicBool::new(false),
         });
@@ -303,6 +313,14 @@ impl OutputHub {
     pub(crate) fn register(&self, worker: Arc<WorkerOutput>) {
         lock(&self.shared.workers).insert(worker.pid(), worker);
         self.shared.wake();
+    }
+
+    /// Starts watching a worker's pidfd for its death (invariant 5).
+    pub(crate) fn watch_death(&self, watch: Arc<DeathWatch>) {
+        if watch.pidfd().is_some() {
+            lock(&self.shared.deaths).push(watch);
+            self.shared.wake();
+        }
     }
 
     /// Stops the thread; with `join`, waits until it has delivered its last lines.
@@ -339,12 +357,26 @@ impl HubShared {
                     w.drain(&*self.sink, true);
                 }
                 lock(&self.workers).clear();
+                lock(&self.deaths).clear();
                 return;
             }
+            let deaths: Vec<Arc<DeathWatch>> = {
+                let mut d = lock(&self.deaths);
+                // Hooks already run by a reap need no watching.
+                d.retain(|w| !w.fired());
+                d.clone()
+            };
             // (worker index, stream) of each pipe in the poll set, after the eventfd at 0.
             let mut slots = Vec::with_capacity(workers.len() * 2);
-            let mut fds = Vec::with_capacity(workers.len() * 2 + 1);
+            let mut fds = Vec::with_capacity(workers.len() * 2 + deaths.len() + 1);
             fds.push(PollFd::new(&self.wake, PollFlags::IN));
+            // The death watches come right after the eventfd, the pipes after them.
+            for w in &deaths {
+                if let Some(fd) = w.pidfd() {
+                    fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                }
+            }
+            let pipes_from = fds.len();
             for (wi, w) in workers.iter().enumerate() {
                 for stream in Stream::ALL {
                     if w.open[stream.index()].load(Ordering::Acquire) {
@@ -366,13 +398,24 @@ impl HubShared {
                 let mut buf = [0u8; 8];
                 let _ = rustix::io::read(&self.wake, &mut buf[..]);
             }
-            let ready: Vec<(usize, Stream)> = fds[1..]
+            let dead: Vec<Arc<DeathWatch>> = fds[1..pipes_from]
+                .iter()
+                .zip(&deaths)
+                .filter(|(fd, _)| !fd.revents().is_empty())
+                .map(|(_, w)| Arc::clone(w))
+                .collect();
+            let ready: Vec<(usize, Stream)> = fds[pipes_from..]
                 .iter()
                 .zip(&slots)
                 .filter(|(fd, _)| !fd.revents().is_empty())
                 .map(|(_, slot)| *slot)
                 .collect();
             drop(fds);
+            for w in dead {
+                // The process has exited and is not reaped before the hook returns (a reap
+                // runs `fire` first, which waits for this call).
+                w.fire();
+            }
             for (wi, stream) in ready {
                 let w = &workers[wi];
                 let mut state = lock(&w.state);

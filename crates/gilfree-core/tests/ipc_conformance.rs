@@ -250,3 +250,169 @@ fn arena_reap_drops_refs_of_a_dead_pid() {
         Err(AttachError::Stale)
     ));
 }
+
+// ---- Queue -------------------------------------------------------------------------------
+
+use gilfree_core::ipc::error::{GetError, PutError, TaskDoneError};
+use gilfree_core::ipc::queue::{ByteQueue, LocalQueue, ShmQueue};
+
+/// An item whose bytes say who made it: `(producer, seq)`, padded to `len`.
+fn item(producer: u32, seq: u32, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len.max(8));
+    v.extend_from_slice(&producer.to_le_bytes());
+    v.extend_from_slice(&seq.to_le_bytes());
+    v.resize(len.max(8), (seq % 251) as u8);
+    v
+}
+
+/// `maxsize` 2: FIFO order, Empty/Full without blocking and on timeout, task_done/join.
+fn queue_fifo_and_limits(q: &impl ByteQueue) {
+    assert!(q.is_empty() && q.maxsize() == 2);
+    assert!(matches!(q.get(false, &mut step()), Err(GetError::Empty)));
+    assert!(matches!(q.get(true, &mut short()), Err(GetError::Empty)));
+    q.put(b"a", true, &mut step()).unwrap();
+    q.put(b"", false, &mut step()).unwrap();
+    assert!(matches!(
+        q.put(b"c", false, &mut step()),
+        Err(PutError::Full)
+    ));
+    assert!(matches!(
+        q.put(b"c", true, &mut short()),
+        Err(PutError::Full)
+    ));
+    assert_eq!(q.len(), 2);
+    assert_eq!(q.get(true, &mut step()).unwrap(), b"a");
+    assert_eq!(q.get(false, &mut step()).unwrap(), b"");
+    assert!(q.join(&mut short()).is_err());
+    q.task_done().unwrap();
+    q.task_done().unwrap();
+    assert_eq!(q.task_done(), Err(TaskDoneError::TooMany));
+    q.join(&mut step()).unwrap();
+}
+
+/// `maxsize` 0, 100-byte capacity: an empty queue takes any item; then puts wait for room.
+fn queue_byte_capacity(q: &impl ByteQueue) {
+    let big = item(0, 0, 1000);
+    q.put(&big, true, &mut step()).unwrap();
+    assert!(matches!(
+        q.put(b"x", false, &mut step()),
+        Err(PutError::Full)
+    ));
+    thread::scope(|s| {
+        let putter = s.spawn(|| q.put(b"x", true, &mut step()));
+        assert_eq!(q.get(true, &mut step()).unwrap(), big);
+        putter.join().unwrap().unwrap();
+    });
+    assert_eq!(q.get(true, &mut step()).unwrap(), b"x");
+}
+
+/// 4 producers x 500 items (some spanning heap chunks), 2 consumers: each exactly once, and
+/// each producer's items in order.
+fn queue_mpmc(q: &impl ByteQueue) {
+    const PER: u32 = 500;
+    let got = std::sync::Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for p in 0..4u32 {
+            s.spawn(move || {
+                for i in 0..PER {
+                    let len = if i % 97 == 0 {
+                        70_000
+                    } else {
+                        8 + (i as usize % 300)
+                    };
+                    q.put(&item(p, i, len), true, &mut step()).unwrap();
+                }
+            });
+        }
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let mut all = got.lock().unwrap();
+                if all.len() == 4 * PER as usize {
+                    return;
+                }
+                drop(all);
+                match q.get(true, &mut short()) {
+                    Ok(v) => {
+                        let p = u32::from_le_bytes(v[..4].try_into().unwrap());
+                        let i = u32::from_le_bytes(v[4..8].try_into().unwrap());
+                        assert_eq!(
+                            v.len(),
+                            if i % 97 == 0 {
+                                70_000
+                            } else {
+                                8 + (i as usize % 300)
+                            }
+                        );
+                        all = got.lock().unwrap();
+                        all.push((p, i));
+                    }
+                    Err(GetError::Empty) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            });
+        }
+    });
+    let mut all = got.into_inner().unwrap();
+    all.sort_unstable();
+    let want: Vec<(u32, u32)> = (0..4).flat_map(|p| (0..PER).map(move |i| (p, i))).collect();
+    assert_eq!(all, want);
+    assert!(q.is_empty());
+}
+
+/// A putter that dies mid-frame, holding the lock, loses no other item and leaves the queue
+/// usable; the half-written item is never seen.
+fn queue_abandoned_put(q: &impl ByteQueue) {
+    q.put(b"first", true, &mut step()).unwrap();
+    q.put(b"second", true, &mut step()).unwrap();
+    let big = item(9, 9, 200_000);
+    thread::scope(|s| {
+        // The thread exits holding the lock: a dead owner, to the kernel.
+        s.spawn(|| q.abandon_put(&big, 150_000));
+    });
+    assert_eq!(q.len(), 2);
+    assert_eq!(q.get(true, &mut step()).unwrap(), b"first");
+    q.put(b"third", true, &mut step()).unwrap();
+    assert_eq!(q.get(true, &mut step()).unwrap(), b"second");
+    assert_eq!(q.get(true, &mut step()).unwrap(), b"third");
+    assert!(matches!(q.get(false, &mut step()), Err(GetError::Empty)));
+    for _ in 0..3 {
+        q.task_done().unwrap();
+    }
+    assert_eq!(q.task_done(), Err(TaskDoneError::TooMany));
+}
+
+#[test]
+fn queue_local() {
+    queue_fifo_and_limits(&LocalQueue::new(2, 1 << 20));
+    queue_byte_capacity(&LocalQueue::new(0, 100));
+    queue_mpmc(&LocalQueue::new(0, 1 << 20));
+    queue_abandoned_put(&LocalQueue::new(0, 1 << 20));
+}
+
+#[test]
+fn queue_shm() {
+    let a = arena();
+    let heap = a.heap().unwrap();
+    queue_fifo_and_limits(&ShmQueue::new(&a, 2, 1 << 20).unwrap());
+    queue_byte_capacity(&ShmQueue::new(&a, 0, 100).unwrap());
+    queue_mpmc(&ShmQueue::new(&a, 0, 1 << 20).unwrap());
+    let q = ShmQueue::new(&a, 0, 1 << 20).unwrap();
+    queue_abandoned_put(&q);
+    assert_eq!(q.recoveries(), 1);
+    drop(q);
+    // Every chunk went back to the heap with the last queue.
+    assert_eq!(a.live_slots(), 0);
+    assert_eq!(heap.chunks_in_use(), 0);
+}
+
+#[test]
+fn queue_shm_attach_shares_items() {
+    let a = arena();
+    let q = ShmQueue::new(&a, 0, 1 << 20).unwrap();
+    let q2 = ShmQueue::attach(&a, q.handle()).unwrap();
+    q.put(b"hello", true, &mut step()).unwrap();
+    assert_eq!(q2.len(), 1);
+    assert_eq!(q2.get(true, &mut step()).unwrap(), b"hello");
+    q2.task_done().unwrap();
+    assert_eq!(q.unfinished(), 0);
+}

@@ -5,7 +5,6 @@
 #![cfg(not(loom))]
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +13,15 @@ use gilfree_core::ipc::arena::{Arena, ARENA_FD_ENV};
 use gilfree_core::ipc::barrier::ShmBarrier;
 use gilfree_core::ipc::error::{Acquired, BarrierError};
 use gilfree_core::ipc::lock::{RawLock, ShmLock};
+use gilfree_core::ipc::queue::{ByteQueue, ShmQueue};
 use gilfree_core::ipc::semaphore::{Semaphore, ShmSemaphore};
 use gilfree_core::Wait;
 
 const ROLE_ENV: &str = "GILFREE_IPC_ROLE";
 const HANDLE_ENV: &str = "GILFREE_IPC_HANDLE";
 const STEP: Duration = Duration::from_secs(60);
+/// The killed putter's item: 256 MiB, so its copy into fresh heap pages takes a while.
+const BIG_ITEM: usize = 256 << 20;
 
 fn step() -> Wait<'static> {
     Wait::timeout(Some(STEP))
@@ -45,6 +47,17 @@ fn child_entry() {
             Box::new(sem)
         }
         "barrier" => Box::new(ShmBarrier::attach(&arena, handle).unwrap()),
+        "queue" => {
+            let q = ShmQueue::attach(&arena, handle).unwrap();
+            let mut out = std::io::stdout().lock();
+            out.write_all(b"ready\n").unwrap();
+            out.flush().unwrap();
+            drop(out);
+            // A put long enough to be killed in: the parent watches the queue's lock word.
+            let huge = vec![7u8; BIG_ITEM];
+            q.put(&huge, true, &mut step()).unwrap();
+            Box::new(q)
+        }
         other => panic!("unknown role {other}"),
     };
     // Straight to fd 1: the test harness captures `println!`, not direct writes.
@@ -60,17 +73,21 @@ fn child_entry() {
 
 /// Starts the child for `role`, waits for its "ready", and returns it.
 fn start_child(arena: &Arc<Arena>, role: &str, handle: u64) -> Child {
-    let fd = arena.fd().as_raw_fd();
-    gilfree_core::ipc::set_fd_flags(fd, rustix::io::FdFlags::empty()).unwrap();
+    let fds = arena.inherit_fds();
+    for &fd in &fds {
+        gilfree_core::ipc::set_fd_flags(fd, rustix::io::FdFlags::empty()).unwrap();
+    }
     let spawned = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
         .env(ROLE_ENV, role)
         .env(HANDLE_ENV, handle.to_string())
-        .env(ARENA_FD_ENV, fd.to_string())
+        .env(ARENA_FD_ENV, arena.env_value())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn();
-    gilfree_core::ipc::set_fd_flags(fd, rustix::io::FdFlags::CLOEXEC).unwrap();
+    for &fd in &fds {
+        gilfree_core::ipc::set_fd_flags(fd, rustix::io::FdFlags::CLOEXEC).unwrap();
+    }
     let mut child = spawned.unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     // Watchdog: a child that is not ready within STEP fails the test (and is killed).
@@ -156,4 +173,37 @@ fn reaped_barrier_party_breaks_the_barrier() {
         assert!(matches!(waiter.join().unwrap(), Err(BarrierError::Broken)));
     });
     assert!(barrier.body().broken());
+}
+
+#[test]
+fn putter_killed_mid_put_loses_nothing_else() {
+    let arena = Arena::create().unwrap();
+    let q = ShmQueue::new(&arena, 0, 1 << 30).unwrap();
+    q.put(b"before-1", true, &mut step()).unwrap();
+    q.put(b"before-2", true, &mut step()).unwrap();
+    let child = start_child(&arena, "queue", q.handle());
+    // Mid-put, deterministically: the child holds the queue's lock while it copies its item
+    // (nobody else takes it here), so kill it as soon as the lock word names an owner.
+    let deadline = std::time::Instant::now() + STEP;
+    while q.lock_owner() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never took the lock"
+        );
+        std::hint::spin_loop();
+    }
+    kill(child);
+    assert_eq!(q.get(true, &mut step()).unwrap(), b"before-1");
+    assert_eq!(q.get(true, &mut step()).unwrap(), b"before-2");
+    // The killed put either published its whole item (killed after step 5) or nothing; and
+    // unless it got all the way through its unlock, its death was cleaned up.
+    let published = q.len() == 1;
+    if published {
+        let big = q.get(true, &mut step()).unwrap();
+        assert!(big.len() == BIG_ITEM && big.iter().all(|&b| b == 7));
+    }
+    assert!(q.is_empty());
+    assert!(q.recoveries() == 1 || published);
+    q.put(b"after", true, &mut step()).unwrap();
+    assert_eq!(q.get(true, &mut step()).unwrap(), b"after");
 }

@@ -440,3 +440,19 @@ fn stress_random_crashes_exactly_once() {
         );
     }
 }
+
+#[test]
+fn no_pipelining_onto_a_busy_worker_while_another_is_free() {
+    let _dog = Watchdog::new("no_pipelining_onto_a_busy_worker_while_another_is_free");
+    let sink = Starts::new();
+    let (engine, pool) = pool(2, 0, &sink, PoolConfig::default());
+    // Both are queued before either slot has its worker; each must get a worker of its own.
+    pool.submit(task(1, "block:t1", 1)).unwrap();
+    pool.submit(task(2, "block:t2", 1)).unwrap();
+    sink.wait_for("t1");
+    sink.wait_for("t2");
+    let cancelled = pool.shutdown(true, true);
+    assert_eq!(cancelled.len(), 2);
+    assert_eq!(collect(&pool, 2).len(), 2);
+    finish(engine, pool);
+}

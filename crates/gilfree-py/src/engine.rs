@@ -1,7 +1,6 @@
 //! `Engine` and `Lease`: the parent's side of the worker processes.
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -66,9 +65,9 @@ impl PyEngine {
         let mut env = env;
         let inherit_fds = match &arena {
             Some(a) => {
-                let fd = a.fd().as_raw_fd();
-                env.push((ARENA_FD_ENV.into(), fd.to_string().into()));
-                vec![fd]
+                // The arena's memfd and its chunk heap's (queues), "<arena>,<heap>".
+                env.push((ARENA_FD_ENV.into(), a.env_value().into()));
+                a.inherit_fds()
             }
             None => vec![],
         };

@@ -125,3 +125,25 @@ pub fn barrier_error(e: BarrierError, pending: Option<PyErr>) -> PyErr {
         _ => BrokenBarrierError::new_err(()),
     }
 }
+
+/// A failed queue `put` (`Full` is not an error here: the glue returns `False` for it, and
+/// Python raises `queue.Full`).
+pub fn queue_put_error(e: gilfree_core::ipc::error::PutError, pending: Option<PyErr>) -> PyErr {
+    use gilfree_core::ipc::error::PutError;
+    match e {
+        PutError::TooLarge => pyo3::exceptions::PyMemoryError::new_err(e.to_string()),
+        PutError::Interrupted => acquire_error(AcquireError::Interrupted, pending),
+        PutError::Io(io) => acquire_error(AcquireError::Io(io), pending),
+        PutError::Full => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+/// A failed queue `get` (`Empty` is returned as `None`; Python raises `queue.Empty`).
+pub fn queue_get_error(e: gilfree_core::ipc::error::GetError, pending: Option<PyErr>) -> PyErr {
+    use gilfree_core::ipc::error::GetError;
+    match e {
+        GetError::Interrupted => acquire_error(AcquireError::Interrupted, pending),
+        GetError::Io(io) => acquire_error(AcquireError::Io(io), pending),
+        GetError::Empty => PyRuntimeError::new_err(e.to_string()),
+    }
+}

@@ -26,6 +26,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync::PyCondition>()?;
     m.add_class::<sync::PyBarrier>()?;
     m.add_class::<sync::PyCell>()?;
+    m.add_class::<sync::PyQueue>()?;
     m.add("RING_CAPACITY_DEFAULT", convert::RING_CAPACITY_DEFAULT)?;
     Ok(())
 }

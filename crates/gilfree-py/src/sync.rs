@@ -11,8 +11,10 @@ use gilfree_core::ipc::arena::{Arena, Handle};
 use gilfree_core::ipc::barrier::{Arrival, ShmBarrier, ShmCell};
 use gilfree_core::ipc::condition::ShmCondition;
 use gilfree_core::ipc::error::{AcquireError, Acquired};
+use gilfree_core::ipc::error::{GetError, PutError};
 use gilfree_core::ipc::event::{Event, ShmEvent};
 use gilfree_core::ipc::lock::{RawLock, ShmLock};
+use gilfree_core::ipc::queue::{ByteQueue, ShmQueue};
 use gilfree_core::ipc::semaphore::{Semaphore, ShmSemaphore};
 use gilfree_core::Wait;
 use pyo3::exceptions::PyValueError;
@@ -20,7 +22,8 @@ use pyo3::prelude::*;
 
 use crate::convert::{self, SignalCheck};
 use crate::errors::{
-    acquire_error, attach_error, barrier_error, cond_error, release_error, OwnerDiedError,
+    acquire_error, attach_error, barrier_error, cond_error, queue_get_error, queue_put_error,
+    release_error, OwnerDiedError,
 };
 
 /// The shared-primitive arena of this process tree.
@@ -489,5 +492,111 @@ impl PyCell {
     /// Replaces the stored bits.
     fn _store(&self, bits: u64) {
         self.inner.store(bits);
+    }
+}
+
+/// `Queue`'s byte-string core (pickling and `queue.Empty`/`Full` live in Python).
+#[pyclass(name = "Queue", module = "gilfree._engine", frozen, subclass)]
+pub struct PyQueue {
+    inner: ShmQueue,
+}
+
+#[pymethods]
+impl PyQueue {
+    #[new]
+    #[pyo3(signature = (arena, maxsize=0, maxbytes=64 << 20, handle=None))]
+    fn new(
+        arena: &PyArena,
+        maxsize: usize,
+        maxbytes: usize,
+        handle: Option<Handle>,
+    ) -> PyResult<Self> {
+        let inner = match handle {
+            Some(h) => ShmQueue::attach(&arena.inner, h),
+            None => ShmQueue::new(&arena.inner, maxsize, maxbytes),
+        };
+        Ok(PyQueue {
+            inner: inner.map_err(attach_error)?,
+        })
+    }
+
+    /// The handle that pickling sends.
+    #[getter]
+    fn handle(&self) -> Handle {
+        self.inner.handle()
+    }
+
+    /// Appends `item`; `False` if the queue stayed full (no blocking, or the timeout passed).
+    #[pyo3(signature = (item, block=true, timeout=None))]
+    fn _put(
+        &self,
+        py: Python<'_>,
+        item: &[u8],
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        match blocking(py, timeout, |w| self.inner.put(item, block, w)) {
+            (Ok(()), _) => Ok(true),
+            (Err(PutError::Full), _) => Ok(false),
+            (Err(e), pending) => Err(queue_put_error(e, pending)),
+        }
+    }
+
+    /// Takes the oldest item; `None` if the queue stayed empty.
+    #[pyo3(signature = (block=true, timeout=None))]
+    fn _get<'py>(
+        &self,
+        py: Python<'py>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Bound<'py, pyo3::types::PyBytes>>> {
+        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        match blocking(py, timeout, |w| self.inner.get(block, w)) {
+            (Ok(item), _) => Ok(Some(pyo3::types::PyBytes::new(py, &item))),
+            (Err(GetError::Empty), _) => Ok(None),
+            (Err(e), pending) => Err(queue_get_error(e, pending)),
+        }
+    }
+
+    /// `queue.Queue.task_done`.
+    fn task_done(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.task_done())
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// `queue.Queue.join`: waits until every item put has been marked done.
+    fn join(&self, py: Python<'_>) -> PyResult<()> {
+        match blocking(py, None, |w| self.inner.join(w)) {
+            (Ok(()), _) => Ok(()),
+            (Err(e), pending) => Err(acquire_error(e, pending)),
+        }
+    }
+
+    /// Items in the queue right now.
+    fn qsize(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// `maxsize` (0: no item limit).
+    #[getter]
+    fn maxsize(&self) -> usize {
+        self.inner.maxsize()
+    }
+
+    /// `task_done` calls still owed.
+    #[getter]
+    fn unfinished_tasks(&self) -> u64 {
+        self.inner.unfinished()
+    }
+
+    /// The TID of the thread holding the queue's lock, 0 if free (tests).
+    fn _lock_owner(&self) -> u32 {
+        self.inner.lock_owner()
+    }
+
+    /// How many times a dead holder's half-done work was cleaned up (tests, diagnostics).
+    fn _recoveries(&self) -> u32 {
+        self.inner.recoveries()
     }
 }

@@ -4,7 +4,9 @@
 //! The parent creates it ([`Arena::create`]); each worker inherits its fd at spawn (the
 //! engine clears `FD_CLOEXEC` on it just around the fork, see
 //! [`WorkerCommand::inherit_fds`](crate::pool::WorkerCommand::inherit_fds)) and maps it with
-//! [`Arena::open_inherited`], the fd number coming in [`ARENA_FD_ENV`]. A primitive travels
+//! [`Arena::open_inherited`], the fd number coming in [`ARENA_FD_ENV`]. Beside it lives the
+//! chunk [`Heap`] (its own lazily touched memfd, inherited the same way: the variable's value is
+//! `"<arena fd>,<heap fd>"`) that holds the items of [`super::queue`]s. A primitive travels
 //! between processes as a [`Handle`]: its slot index and the slot's generation, so that a
 //! handle to a slot that was freed (and maybe reused) since is refused as stale.
 //!
@@ -50,7 +52,8 @@
 //!    `refs += 1` (a free entry is claimed the first time; none left → `TableFull`).
 //! 3. Detach (a [`Slot`] dropped): under `meta`, both counts `-= 1`; an entry at zero is
 //!    released (its pid set to 0).
-//! 4. When `refs` reaches 0 (3 or 5): `kind = 0`, `generation += 1`, then push the slot.
+//! 4. When `refs` reaches 0 (3 or 5): a queue's heap chunks are freed, `kind = 0`,
+//!    `generation += 1`, then push the slot.
 //! 5. Reap `pid` (the engine calls [`Arena::reap`] for a worker process it knows is dead and
 //!    has not yet reaped, so its pid cannot have been reused): for every live slot with an
 //!    entry for `pid`, under `meta`: semaphores get that process's positive `held` back (never
@@ -75,6 +78,7 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use crate::ipc::error::AttachError;
+use crate::ipc::heap::Heap;
 use crate::ipc::mutex::RawMutex;
 use crate::shm::segment::Segment;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -112,6 +116,8 @@ pub enum Kind {
     Barrier = 5,
     /// A plain 8-byte cell (a `Value`'s storage).
     Cell = 6,
+    /// A `Queue` ([`super::queue`]): its chunks in the [`Heap`] are freed with the slot.
+    Queue = 7,
 }
 
 #[repr(C)]
@@ -161,6 +167,7 @@ pub type Handle = u64;
 pub struct Arena {
     seg: Segment,
     pid: u32,
+    heap: Option<Heap>,
 }
 
 impl Arena {
@@ -169,6 +176,7 @@ impl Arena {
         let arena = Arena {
             seg: Segment::create(ARENA_SIZE)?,
             pid: std::process::id(),
+            heap: Some(Heap::create()?),
         };
         for i in 1..SLOT_COUNT {
             // SAFETY: the segment is fresh and not shared yet: nobody else uses this mutex.
@@ -183,12 +191,23 @@ impl Arena {
         Ok(Arc::new(arena))
     }
 
-    /// Maps an arena another process created, from its memfd.
+    /// Maps an arena another process created, from its memfd (without its heap: queues are
+    /// unavailable, see [`Self::open_with_heap`]).
     pub fn open(fd: OwnedFd) -> io::Result<Arc<Arena>> {
+        Self::open_parts(fd, None)
+    }
+
+    /// Maps an arena and its chunk heap, from their memfds.
+    pub fn open_with_heap(fd: OwnedFd, heap: OwnedFd) -> io::Result<Arc<Arena>> {
+        Self::open_parts(fd, Some(heap))
+    }
+
+    fn open_parts(fd: OwnedFd, heap: Option<OwnedFd>) -> io::Result<Arc<Arena>> {
         let seg = Segment::open(fd)?;
         let arena = Arena {
             seg,
             pid: std::process::id(),
+            heap: heap.map(Heap::open).transpose()?,
         };
         if arena.seg.len() != ARENA_SIZE
             || arena.header().magic_version.load(Ordering::Acquire) != MAGIC_VERSION
@@ -204,6 +223,11 @@ impl Arena {
     /// Maps the arena whose fd this process inherited (the number comes from
     /// [`ARENA_FD_ENV`]), and makes that fd close-on-exec again.
     pub fn open_inherited(fd: RawFd) -> io::Result<Arc<Arena>> {
+        Self::open(Self::claim_inherited(fd)?)
+    }
+
+    /// Takes ownership of an inherited fd number (checked to be open), close-on-exec again.
+    fn claim_inherited(fd: RawFd) -> io::Result<OwnedFd> {
         // Refuse numbers that name no open file before claiming ownership.
         if fd < 0
             || rustix::io::fcntl_getfd(
@@ -222,7 +246,7 @@ impl Arena {
         // claims it (the caller takes it from the environment once).
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
-        Self::open(owned)
+        Ok(owned)
     }
 
     /// The arena this process inherited, if [`ARENA_FD_ENV`] names one (`None` when unset).
@@ -231,11 +255,42 @@ impl Arena {
         let Some(value) = std::env::var_os(ARENA_FD_ENV) else {
             return Ok(None);
         };
-        let fd = value
-            .to_str()
+        let bad = || io::Error::new(io::ErrorKind::InvalidInput, "bad GILFREE_ARENA_FD");
+        let value = value.to_str().ok_or_else(bad)?;
+        let mut parts = value.split(',');
+        let fd = parts
+            .next()
             .and_then(|v| v.parse::<RawFd>().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad GILFREE_ARENA_FD"))?;
-        Self::open_inherited(fd).map(Some)
+            .ok_or_else(bad)?;
+        let heap = match parts.next() {
+            Some(h) => Some(h.parse::<RawFd>().map_err(|_| bad())?),
+            None => None,
+        };
+        let fd = Self::claim_inherited(fd)?;
+        match heap {
+            Some(h) => Self::open_with_heap(fd, Self::claim_inherited(h)?),
+            None => Self::open(fd),
+        }
+        .map(Some)
+    }
+
+    /// The fds a worker must inherit to use this arena (the arena's, then the heap's).
+    pub fn inherit_fds(&self) -> Vec<RawFd> {
+        use std::os::fd::AsRawFd;
+        let mut fds = vec![self.seg.fd().as_raw_fd()];
+        fds.extend(self.heap.as_ref().map(|h| h.fd().as_raw_fd()));
+        fds
+    }
+
+    /// The value of [`ARENA_FD_ENV`] that tells a worker the numbers of [`Self::inherit_fds`].
+    pub fn env_value(&self) -> String {
+        let fds: Vec<String> = self.inherit_fds().iter().map(|f| f.to_string()).collect();
+        fds.join(",")
+    }
+
+    /// The chunk heap, if this process mapped one.
+    pub fn heap(&self) -> Option<&Heap> {
+        self.heap.as_ref()
     }
 
     /// The arena's memfd (to hand to a worker process).
@@ -375,7 +430,16 @@ impl Arena {
 
     /// Step 4: called with `meta` held and `refs == 0`.
     fn retire(&self, index: u32, meta: MetaGuard<'_>) {
-        let header = &self.slot(index).header;
+        let slot = self.slot(index);
+        let header = &slot.header;
+        if header.kind.load(Ordering::Relaxed) == Kind::Queue as u32 {
+            if let Some(heap) = &self.heap {
+                // SAFETY: a live queue slot's body holds an initialised `QueueBody`; with
+                // `refs == 0` no process can use it any more.
+                let body = unsafe { &*slot.body.get().cast::<super::queue::QueueBody>() };
+                body.free_chunks(heap);
+            }
+        }
         header.kind.store(0, Ordering::Release);
         header.generation.fetch_add(1, Ordering::Relaxed);
         drop(meta);

@@ -144,3 +144,67 @@ impl fmt::Display for CondWaitError {
 }
 
 impl std::error::Error for CondWaitError {}
+
+/// Why a queue `put` did not store the item.
+#[derive(Debug)]
+pub enum PutError {
+    /// The queue is full (`maxsize` items, or no room for the item's bytes) and the call
+    /// does not block, or its deadline passed (Python: `queue.Full`).
+    Full,
+    /// The item can never be stored: it is larger than the whole shared heap can hold.
+    TooLarge,
+    /// The wait's signal check asked to stop.
+    Interrupted,
+    /// A system call failed.
+    Io(io::Error),
+}
+
+/// Why a queue `get` returned no item.
+#[derive(Debug)]
+pub enum GetError {
+    /// The queue is empty and the call does not block, or its deadline passed (Python:
+    /// `queue.Empty`).
+    Empty,
+    /// The wait's signal check asked to stop.
+    Interrupted,
+    /// A system call failed.
+    Io(io::Error),
+}
+
+/// Why `task_done` was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TaskDoneError {
+    /// More `task_done` calls than items put (Python: `ValueError`).
+    TooMany,
+}
+
+impl fmt::Display for PutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full => f.write_str("the queue is full"),
+            Self::TooLarge => f.write_str("the item is larger than the shared heap can hold"),
+            Self::Interrupted => f.write_str("interrupted"),
+            Self::Io(e) => write!(f, "queue put failed: {e}"),
+        }
+    }
+}
+
+impl fmt::Display for GetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("the queue is empty"),
+            Self::Interrupted => f.write_str("interrupted"),
+            Self::Io(e) => write!(f, "queue get failed: {e}"),
+        }
+    }
+}
+
+impl fmt::Display for TaskDoneError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("task_done() called too many times")
+    }
+}
+
+impl std::error::Error for PutError {}
+impl std::error::Error for GetError {}
+impl std::error::Error for TaskDoneError {}

@@ -4,6 +4,8 @@
 //! - [`arena`]: the shared slots every process-shared primitive lives in, their refcounts,
 //!   the lock-free free list ([`free_list`]) and the reaping of a dead process's holdings.
 //! - [`mutex`]: glibc's robust process-shared mutex; [`lock`] builds `Lock`/`RLock` on it.
+//! - [`heap`]: a lazily touched memfd of fixed-size chunks, beside the arena, for variable-size
+//!   data; [`queue`] chains its chunks into a multi-producer, multi-consumer byte queue.
 //! - [`futex`]: the wait/wake seam of [`event`], [`semaphore`], [`condition`], [`barrier`].
 //!
 //! Each primitive is a trait (or a protocol type), a `Shm*` implementation in an arena slot
@@ -23,10 +25,14 @@ pub mod error;
 pub mod event;
 pub mod free_list;
 pub mod futex;
+#[cfg(not(loom))]
+pub mod heap;
 pub mod lock;
 #[cfg(not(loom))]
 pub mod mutex;
 pub mod notify;
+#[cfg(not(loom))]
+pub mod queue;
 pub mod semaphore;
 
 /// Sets the fd flags (`FD_CLOEXEC`) of `fd`, a number the caller keeps open for the duration

@@ -7,6 +7,10 @@
 //!    never hit a recycled pid, even after the process was reaped.
 //! 2. The process is reaped exactly once, under `child`'s mutex; later callers get the cached
 //!    [`ExitInfo`]. Reaping blocks only when the process is already dead or was sent SIGKILL.
+//! 3. The death hook ([`DeathWatch`]) runs exactly once per process, after it died and before
+//!    it is reaped (so its pid cannot name another process yet): from the output thread as soon
+//!    as the pidfd becomes readable, or from `reap`, whichever comes first. A second caller
+//!    blocks until the first call has returned, so `reap` never reaps during the hook.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -56,7 +60,41 @@ pub(crate) struct WorkerProcess {
     child: Mutex<Reap>,
     output: Arc<WorkerOutput>,
     killed: AtomicBool,
-    on_death: Option<DeathHook>,
+    death: Option<Arc<DeathWatch>>,
+}
+
+/// A worker's death hook and its own pidfd, shared by the process and the output thread,
+/// which polls the pidfd so that a death is seen at once, even while nobody reaps the process
+/// (invariant 3).
+pub(crate) struct DeathWatch {
+    pid: u32,
+    /// A duplicate of the process's pidfd (`None` if it could not be duplicated: then only
+    /// `reap` runs the hook, as a death is seen when the process is reaped).
+    pidfd: Option<OwnedFd>,
+    hook: DeathHook,
+    fired: Mutex<bool>,
+}
+
+impl DeathWatch {
+    /// The pidfd to poll: readable once the process has exited.
+    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Whether the hook has run (or is running).
+    pub(crate) fn fired(&self) -> bool {
+        *lock(&self.fired)
+    }
+
+    /// Runs the hook unless it already ran. Call only once the process is dead and unreaped.
+    /// Holds `fired` during the call, so a concurrent `fire` returns only after the hook did.
+    pub(crate) fn fire(&self) {
+        let mut fired = lock(&self.fired);
+        if !*fired {
+            *fired = true;
+            (self.hook.0)(self.pid);
+        }
+    }
 }
 
 impl WorkerProcess {
@@ -67,6 +105,15 @@ impl WorkerProcess {
         output: Arc<WorkerOutput>,
         on_death: Option<DeathHook>,
     ) -> WorkerProcess {
+        let pid = child.id();
+        let death = on_death.map(|hook| {
+            Arc::new(DeathWatch {
+                pid,
+                pidfd: pidfd.try_clone().ok(),
+                hook,
+                fired: Mutex::new(false),
+            })
+        });
         WorkerProcess {
             pid: child.id(),
             pidfd,
@@ -74,7 +121,7 @@ impl WorkerProcess {
             child: Mutex::new(Reap::Running(child)),
             output,
             killed: AtomicBool::new(false),
-            on_death,
+            death,
         }
     }
 
@@ -92,6 +139,11 @@ impl WorkerProcess {
 
     pub(crate) fn output(&self) -> &Arc<WorkerOutput> {
         &self.output
+    }
+
+    /// The death hook's watch, for the output thread to poll (invariant 3).
+    pub(crate) fn death_watch(&self) -> Option<&Arc<DeathWatch>> {
+        self.death.as_ref()
     }
 
     /// `kill` was called (by us, for any reason).
@@ -145,11 +197,12 @@ impl WorkerProcess {
         match &mut *child {
             Reap::Exited(info) => *info,
             Reap::Running(c) => {
-                if let Some(hook) = &self.on_death {
+                if let Some(watch) = &self.death {
                     // Tell the hook while the process is a zombie: dead, but its pid still
-                    // reserved, so the hook cannot mistake a new process for it.
+                    // reserved, so the hook cannot mistake a new process for it. A no-op if
+                    // the output thread already did (invariant 3).
                     self.wait_dead();
-                    (hook.0)(self.pid);
+                    watch.fire();
                 }
                 let info = match c.wait() {
                     Ok(status) => ExitInfo::from(status),

@@ -456,6 +456,9 @@ fn supervise(shared: &Arc<Shared>) {
                         let worker = Arc::new(worker);
                         st.all.insert(worker.pid(), Arc::clone(&worker));
                         shared.hub.register(Arc::clone(worker.output()));
+                        if let Some(watch) = worker.death_watch() {
+                            shared.hub.watch_death(Arc::clone(watch));
+                        }
                         let for_thread = Arc::clone(shared);
                         let kept = Arc::clone(&worker);
                         let started = std::thread::Builder::new()

@@ -168,6 +168,8 @@ struct SlotState {
     init: bool,
     /// `cancel` or `shutdown` killed its worker.
     killed: bool,
+    /// The slot thread has exited.
+    gone: bool,
 }
 
 struct State {
@@ -239,6 +241,19 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Whether `slot` may pipeline one more task: only what the slots with nothing in flight
+    /// (idle, or starting a worker) will not take. Pipelining onto a busy worker while another
+    /// waits idle would make a task wait behind a long one for no reason.
+    fn may_pipeline(&self, slot: usize) -> bool {
+        let free = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| i != slot && s.head.is_none() && !s.gone)
+            .count();
+        self.in_queue.len() > free
     }
 
     /// Nothing more to start: a slot with an empty pipeline exits.

@@ -54,7 +54,10 @@ impl Drop for Exit<'_> {
             }
             st.break_pool(shared, frame);
         }
-        st.slots[self.index] = Default::default();
+        st.slots[self.index] = super::SlotState {
+            gone: true,
+            ..Default::default()
+        };
         st.live_slots -= 1;
         shared.ready.notify_all();
     }
@@ -188,6 +191,7 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                     || st.slots[index].killed
                     || st.broken.is_some()
                     || flight.len() + batch.len() >= config.depth
+                    || !st.may_pipeline(index)
                 {
                     break;
                 }

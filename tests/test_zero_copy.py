@@ -1,0 +1,276 @@
+"""Large buffers through shared memory (``_oob``) and ``gilfree.SharedArray``."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+
+import pytest
+
+import gilfree
+from gilfree import _oob, _serialize
+
+np = pytest.importorskip("numpy")
+
+BIG = 1 << 20  # elements: 8 MB of float64, far above the threshold
+
+
+def identity(x):
+    return x
+
+
+def write_first(a, value):
+    a[0] = value
+    return int(a[1])
+
+
+def shares(a) -> bool:
+    """Whether ``a`` views a mapping of a shared segment (not private memory)."""
+    return _oob._find_region(memoryview(np.ascontiguousarray(a)).cast("B")) is not None
+
+
+def held_segments() -> set[tuple[int, int]]:
+    """(device, inode) of every gilfree memfd this process has open."""
+    seen = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:gilfree-array"):
+            st = os.stat(f"/proc/self/fd/{fd}")
+            seen.add((st.st_dev, st.st_ino))
+    return seen
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with gilfree.Pool(2) as p:
+        yield p
+
+
+# -- the format --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float64", "float32", "int8", "uint16", "int64", "complex128", "bool"]
+)
+def test_round_trip_dtypes_in_process(dtype):
+    a = (np.arange(BIG) % 7).astype(dtype)
+    blob = _serialize.dumps(a)
+    assert isinstance(blob, bytes) and len(blob) < 1000  # the bytes travel out-of-band
+    b = _serialize.loads(blob)
+    assert b.dtype == a.dtype and np.array_equal(a, b)
+    assert shares(b)
+
+
+def test_small_buffers_stay_inline():
+    a = np.arange(100)
+    blob = _serialize.dumps(a)
+    assert blob[:4] != _oob.MAGIC
+    assert np.array_equal(_serialize.loads(blob), a)
+
+
+def test_non_contiguous_falls_back_to_a_copy():
+    a = np.arange(4 * BIG, dtype=np.int32).reshape(2 * BIG, 2)[:, 1]
+    b = _serialize.loads(_serialize.dumps(a))
+    assert np.array_equal(a, b) and not shares(b)
+
+
+def test_fortran_order_and_empty():
+    a = np.asfortranarray(np.arange(BIG, dtype=np.float64).reshape(1024, -1))
+    b = _serialize.loads(_serialize.dumps(a))
+    assert np.array_equal(a, b) and b.flags.f_contiguous
+    e = np.zeros((0, 5))
+    assert _serialize.loads(_serialize.dumps(e)).shape == (0, 5)
+
+
+def test_bytearray_memoryview_and_bytes():
+    ba = bytearray(os.urandom(200_000))
+    assert _serialize.loads(_serialize.dumps(ba)) == ba
+    mv = memoryview(bytearray(os.urandom(300_000))).cast("i")
+    back = _serialize.loads(_serialize.dumps(mv))
+    assert isinstance(back, memoryview) and back.tolist() == mv.tolist()
+    by = os.urandom(200_000)
+    assert _serialize.loads(_serialize.dumps(by)) == by
+    assert _serialize.loads(_serialize.dumps(bytearray(b"small"))) == bytearray(b"small")
+
+
+# -- through Workers and Pools -------------------------------------------------------------------
+
+
+class Holder(gilfree.Worker):
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+
+    def run(self):
+        self.out = self.data * 2
+        self.small = b"x" * 10
+        return self.data.sum()
+
+
+@pytest.mark.timeout(60)
+def test_worker_arguments_attributes_and_results():
+    a = np.arange(BIG, dtype=np.float64)
+    w = Holder(a)
+    w.start()
+    assert w.join() == a.sum()
+    assert np.array_equal(w.out, a * 2) and shares(w.out)
+    assert np.array_equal(w.data, a)
+    w2 = gilfree.Worker(target=identity, args=(a,))
+    w2.start()
+    back = w2.join()
+    assert np.array_equal(back, a) and shares(back)
+
+
+@pytest.mark.timeout(60)
+def test_pool_submit_and_map(pool):
+    arrays = [np.full(BIG, i, dtype=np.int64) for i in range(4)]
+    for a in arrays:
+        r = pool.submit(identity, a).result()
+        assert np.array_equal(r, a) and shares(r)
+    results = list(pool.map(identity, arrays))
+    assert all(np.array_equal(r, a) for r, a in zip(results, arrays, strict=True))
+    small = [np.arange(10), bytearray(300_000), os.urandom(100_000)]
+    assert [type(x) for x in pool.map(identity, small)] == [np.ndarray, bytearray, bytes]
+
+
+@pytest.mark.timeout(60)
+def test_receiver_views_shared_memory_without_copy(pool):
+    # A task writes into the array it received; the result it returns is the same memory, so
+    # the parent sees the write through the returned array: nothing was copied on the way.
+    a = np.zeros(BIG, dtype=np.int64)
+    a[1] = 5
+
+    def write_and_return(x):
+        x[0] = 42
+        return x
+
+    r = pool.submit(write_and_return, a).result()
+    assert r[0] == 42 and r[1] == 5 and a[0] == 0  # the caller's own array is untouched
+    assert shares(r)
+
+
+@pytest.mark.timeout(120)
+def test_segments_are_recycled(pool):
+    a = np.ones(BIG)
+    for _ in range(3):
+        pool.submit(identity, a).result()
+    gc.collect()
+    before = _oob.stats()
+    for _ in range(50):
+        r = pool.submit(identity, a).result()
+        assert r[0] == 1.0
+    del r
+    gc.collect()
+    after = _oob.stats()
+    # Fifty 8 MB round trips reuse the same few segments (one in flight, one the last result
+    # viewed, one an idle worker still maps until its next task).
+    assert after["segments"] <= before["segments"] + 2
+    assert after["bytes"] < 50 * a.nbytes // 4
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_receiver_frees_what_it_held():
+    a = np.ones(5 * BIG // 2)  # 20 MB: a segment of its own
+
+    def hold_and_die(x):
+        assert x[0] == 1.0  # mapped and viewed, then the process dies holding the view
+        os.kill(os.getpid(), 9)
+
+    with gilfree.Pool(1) as p:
+        with pytest.raises(gilfree.WorkerCrashedError):
+            p.submit(hold_and_die, a).result()
+    _oob.reap()
+    (seg,) = [s for s in _oob._the_arena().segments if s.capacity >= a.nbytes]
+    # The kernel dropped the dead worker's lock with its mapping, and its load claimed the
+    # ticket: the segment is free for reuse.
+    assert seg.pins == 0
+    assert seg.try_lock()
+    seg.unlock()
+
+
+# -- SharedArray ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_shared_array_worker_writes_are_seen():
+    shared = gilfree.SharedArray((4, 5), "int32")
+    assert shared.shape == (4, 5) and shared.nbytes == 80
+    assert np.all(shared.array == 0)
+
+    def fill(s):
+        s.array[:] = np.arange(20).reshape(4, 5)
+        return s
+
+    w = gilfree.Worker(target=fill, args=(shared,))
+    w.start()
+    back = w.join()
+    assert np.array_equal(shared.array, np.arange(20).reshape(4, 5))
+    back.array[0, 0] = -1  # the returned handle is the same memory too
+    assert shared.array[0, 0] == -1
+
+
+@pytest.mark.timeout(60)
+def test_shared_array_through_pool_tasks(pool):
+    shared = gilfree.SharedArray.from_array(np.zeros(8, dtype=np.float64))
+    futures = [pool.submit(write_first_at, shared, i) for i in range(8)]
+    assert [f.result() for f in futures] == list(range(8))
+    assert np.array_equal(np.asarray(shared), np.arange(8, dtype=np.float64))
+
+
+def write_first_at(s, i):
+    s[i] = i
+    return i
+
+
+@pytest.mark.timeout(60)
+def test_shared_array_freed_with_the_last_handle(pool):
+    gc.collect()
+    baseline = held_segments()
+    shared = gilfree.SharedArray.zeros(1000)
+    assert len(held_segments() - baseline) == 1
+    assert pool.submit(write_first_at, shared, 3).result() == 3
+    view = shared.array
+    del shared
+    gc.collect()
+    assert len(held_segments() - baseline) == 1  # the view keeps it
+    assert view[3] == 3
+    del view
+    gc.collect()
+    assert held_segments() == baseline
+
+
+def test_shared_array_memoryview_and_plain_pickle():
+    shared = gilfree.SharedArray(3, "float64")
+    mv = shared.memoryview
+    mv[1] = 2.5
+    assert shared.array[1] == 2.5
+    copy = pickle.loads(pickle.dumps(shared, protocol=5))  # outside gilfree: a private copy
+    copy.array[1] = 0
+    assert shared.array[1] == 2.5
+    assert repr(shared).startswith("SharedArray(")
+
+
+@pytest.mark.timeout(60)
+def test_shared_array_without_numpy():
+    script = (
+        "import sys; sys.modules['numpy'] = None\n"
+        "import gilfree\n"
+        "s = gilfree.SharedArray(4, 'int64')\n"
+        "def f(x):\n"
+        "    x.memoryview[2] = 9\n"
+        "    return x.memoryview.tolist()\n"
+        "w = gilfree.Worker(target=f, args=(s,)); w.start()\n"
+        "assert w.join() == [0, 0, 9, 0]\n"
+        "assert s.memoryview.tolist() == [0, 0, 9, 0]\n"
+        "print('ok')\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
