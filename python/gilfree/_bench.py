@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gilfree
-from gilfree import _bench_arrays, _bench_primitives, _demo
+from gilfree import _bench_arrays, _bench_pool, _bench_primitives, _demo
 
 #: Goal for the median start→join latency of one warm gilfree Worker, in microseconds.
 GOAL_LATENCY_US = 40.0
@@ -570,14 +570,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--skip",
-        choices=["latency", "scaling", "primitives", "arrays"],
+        choices=["latency", "scaling", "primitives", "arrays", "pool"],
         action="append",
         default=[],
         help="skip a part",
     )
     parser.add_argument(
         "--only",
-        choices=["primitives", "arrays"],
+        choices=["primitives", "arrays", "pool"],
         help="run only this part, and replace its section of an existing RESULTS.md",
     )
     parser.set_defaults(func=main)
@@ -606,6 +606,9 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         print(_bench_arrays.write(rows, out, size_mb))
         print(f"written: {out / 'RESULTS.md'}")
         return 0
+    if getattr(args, "only", None) == "pool":
+        print("pool: gilfree.Pool beside multiprocessing, concurrent.futures and peers", flush=True)
+        return _bench_pool.run(out, args.quick)
     if getattr(args, "only", None) == "primitives":
         print("primitives: uncontended Lock and Queue round trips", flush=True)
         print(_bench_primitives.write(_bench_primitives.measure(args.quick), out))
@@ -649,6 +652,11 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     print()
     print(report)
     print(f"written: {out / 'RESULTS.md'}")
+    if "pool" not in args.skip:
+        print(
+            "5. pool: gilfree.Pool beside multiprocessing, concurrent.futures and peers", flush=True
+        )
+        _bench_pool.run(out, args.quick)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     return 1 if errors else 0

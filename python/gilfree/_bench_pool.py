@@ -356,7 +356,7 @@ def render(rows: list[Row]) -> str:
         out += [
             f"## {bench}",
             "",
-            "| library | value | unit | × gilfree | note |",
+            "| library | value | unit | ratio to gilfree | note |",
             "|---|---:|---|---:|---|",
         ]
         for r in group:
@@ -404,12 +404,3 @@ def run(out: Path, quick: bool) -> int:
     plot(rows, out / "pool.png")
     print(text)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(
-        run(
-            Path(sys.argv[1]) if len(sys.argv) > 1 else Path("benchmarks/results"),
-            "--quick" in sys.argv,
-        )
-    )

@@ -13,6 +13,7 @@ It never imports the user's main module (unlike multiprocessing's spawn), so a s
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import time
@@ -137,11 +138,21 @@ def _function(blob: bytes) -> Any:
     return fn
 
 
+def _dumps_here(obj: Any) -> bytes:
+    """Pickles a result in a worker: plain pickle first. Safe here without the parent's
+    ``__main__`` check, because whatever came from the parent's ``__main__`` was rebuilt by
+    value, and plain pickle refuses it (it is not the object its name finds here)."""
+    try:
+        return pickle.dumps(obj, _protocol.PROTOCOL)
+    except Exception:
+        return _serialize.dumps(obj)
+
+
 def pool_call(count: int, body: memoryview, endpoint: _engine.Endpoint) -> bool:
     """Runs a chunk of calls, one frame per item as it finishes, then the trailer."""
     started = time.perf_counter()
     send = endpoint.send
-    dumps = _serialize.dumps
+    dumps = _dumps_here
     try:
         fn_blob, mode, items = _serialize.loads(body)
         fn = _function(fn_blob)

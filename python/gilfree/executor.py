@@ -191,8 +191,9 @@ class _Results:
         self.stalled = False  # imap: cutting paused until the caller consumes more
         self.next_index = 0  # index of the next item to cut from source
         self.yielded = 0  # ordered: index of the next item to yield
-        self.slots: dict[int, tuple[bool, Any]] = {}
-        self.arrivals: collections.deque[tuple[bool, Any]] = collections.deque()
+        # Outcomes by the index of a run's first item (ordered) or in arrival order (unordered).
+        self.slots: dict[int, list[tuple[bool, Any]]] = {}
+        self.arrivals: collections.deque[list[tuple[bool, Any]]] = collections.deque()
         self.outstanding: dict[int, tuple[int, list[Any]]] = {}  # task id → (first index, items)
         self.source_done = False
         self.source_error: BaseException | None = None
@@ -294,24 +295,28 @@ class _Results:
             seconds = _protocol.TRAILER.unpack(frames[n])[0]
             per = seconds / n
             self.per_item = per if self.per_item is None else 0.5 * self.per_item + 0.5 * per
-        for i, outcome in enumerate(results):
-            self._put(first + i, outcome)
         done = len(results)
         if done < n:
-            self._put(first + done, (False, _end_error(end, info, self.timeout)))
+            results.append((False, _end_error(end, info, self.timeout)))
             rest = items[done + 1 :]
             if rest and end in (_CRASHED, _TIMED_OUT) and not self.closed:
                 self._submit(first + done + 1, rest)  # never started: runs once, elsewhere
             elif rest:
-                for j in range(len(rest)):
-                    self._put(first + done + 1 + j, (False, _end_error(end, info, self.timeout)))
+                results += [(False, _end_error(end, info, self.timeout))] * len(rest)
+        self._put_many(first, results)
 
     def _put(self, index: int, outcome: tuple[bool, Any]) -> None:
+        self._put_many(index, [outcome])
+
+    def _put_many(self, first: int, outcomes: list[tuple[bool, Any]]) -> None:
+        """Publishes the outcomes of items ``first, first + 1, ...`` (one lock, one wake-up)."""
+        if not outcomes:
+            return
         with self.cond:
             if self.ordered:
-                self.slots[index] = outcome
+                self.slots[first] = outcomes
             else:
-                self.arrivals.append(outcome)
+                self.arrivals.append(outcomes)
             self.cond.notify_all()
 
     # -- consuming (caller's thread) -------------------------------------------------------------
@@ -321,33 +326,32 @@ class _Results:
             while True:
                 with self.cond:
                     while True:
-                        outcome = self._take()
-                        if outcome is not None:
+                        batch = self._take()
+                        if batch is not None:
                             break
                         if self._finished():
                             if self.source_error is not None:
                                 raise self.source_error
                             return
                         self.cond.wait()
-                ok, value = outcome
-                if not ok:
-                    raise value
-                yield value
+                for ok, value in batch:
+                    if not ok:
+                        raise value
+                    yield value
                 if self.stalled:
                     self.fill()
         finally:
             self.close()
 
-    def _take(self) -> tuple[bool, Any] | None:
+    def _take(self) -> list[tuple[bool, Any]] | None:
+        """The next run of outcomes to yield (in input order if ordered), or ``None``."""
         if self.ordered:
-            outcome = self.slots.pop(self.yielded, None)
-            if outcome is not None:
-                self.yielded += 1
-            return outcome
-        if self.arrivals:
-            self.yielded += 1
-            return self.arrivals.popleft()
-        return None
+            batch = self.slots.pop(self.yielded, None)
+        else:
+            batch = self.arrivals.popleft() if self.arrivals else None
+        if batch is not None:
+            self.yielded += len(batch)
+        return batch
 
     def _finished(self) -> bool:
         return self.source_done and self.yielded >= self.next_index
