@@ -138,12 +138,24 @@ def _function(blob: bytes) -> Any:
     return fn
 
 
+class _HasBuffers(Exception):
+    pass
+
+
+def _refuse_buffers(_buffer: pickle.PickleBuffer) -> bool:
+    raise _HasBuffers
+
+
 def _dumps_here(obj: Any) -> bytes:
-    """Pickles a result in a worker: plain pickle first. Safe here without the parent's
-    ``__main__`` check, because whatever came from the parent's ``__main__`` was rebuilt by
-    value, and plain pickle refuses it (it is not the object its name finds here)."""
+    """Pickles a result in a worker, plain pickle first (C speed, per item of a chunk).
+
+    Safe here without the parent's ``__main__`` check: whatever came from the parent's
+    ``__main__`` was rebuilt by value, and plain pickle refuses it (it is not the object its
+    name finds here). Anything with out-of-band buffers takes ``_serialize.dumps``, which moves
+    large ones through shared memory.
+    """
     try:
-        return pickle.dumps(obj, _protocol.PROTOCOL)
+        return pickle.dumps(obj, _protocol.PROTOCOL, buffer_callback=_refuse_buffers)
     except Exception:
         return _serialize.dumps(obj)
 

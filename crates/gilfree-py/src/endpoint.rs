@@ -38,6 +38,16 @@ impl PyEndpoint {
     /// `flush=False` the parent is not woken if it sleeps (call `flush()` later).
     #[pyo3(signature = (data, flush=true))]
     fn send(&self, py: Python<'_>, data: &[u8], flush: bool) -> PyResult<bool> {
+        // A frame that fits goes in without releasing the GIL: for a chunk of tiny items,
+        // releasing and retaking it would cost more than the item itself.
+        if !flush {
+            match self.inner.try_send_deferred(data) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(SendError::Disconnected) => return Ok(false),
+                Err(e) => return Err(PyEngineError::Send(e, None).into()),
+            }
+        }
         let result = py.detach(|| {
             let mut wait = Wait::forever();
             if flush {

@@ -684,6 +684,13 @@ impl Lease {
     /// `Disconnected` means the worker died; its last output (a crash message on stderr) has
     /// then been delivered too, and [`Lease::exit_info`] says how it ended.
     pub fn recv(&self, wait: &mut Wait<'_>) -> Result<Vec<u8>, RecvError> {
+        self.recv_frame(wait, true)
+    }
+
+    /// [`recv`](Lease::recv), draining the worker's output first only if `drain`: a task
+    /// answered by many frames needs its output in order only before the last one, and the
+    /// drain is a system call per frame.
+    pub fn recv_frame(&self, wait: &mut Wait<'_>, drain: bool) -> Result<Vec<u8>, RecvError> {
         let worker = self.worker();
         let result = {
             let mut wait = wait.with_peer_reborrowed(worker.pidfd());
@@ -692,7 +699,9 @@ impl Lease {
         match &result {
             Ok(_) => {
                 self.mid_message.store(false, Ordering::Release);
-                worker.output().drain(self.sink(), true);
+                if drain {
+                    worker.output().drain(self.sink(), true);
+                }
             }
             Err(RecvError::Disconnected) => {
                 if worker.has_exited() {

@@ -103,6 +103,12 @@ impl Endpoint {
         self.channel.send_deferred(msg, &mut wait)
     }
 
+    /// [`send_deferred`](Endpoint::send_deferred) if the message fits in the ring right now,
+    /// never blocking; `Ok(false)` (nothing sent) otherwise.
+    pub fn try_send_deferred(&self, msg: &[u8]) -> Result<bool, SendError> {
+        self.channel.try_send_deferred(msg)
+    }
+
     /// Wakes the parent if deferred sends left it asleep. Cheap when none did.
     pub fn flush(&self) -> Result<(), SendError> {
         Ok(self.channel.flush()?)

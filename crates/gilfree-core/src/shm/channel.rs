@@ -425,6 +425,14 @@ impl Channel {
         ring.send_deferred(&mut producer, msg, bells, wait)
     }
 
+    /// A deferred send that never waits: `Ok(false)` (nothing written) if the message does
+    /// not fit in the ring's free space right now.
+    pub fn try_send_deferred(&self, msg: &[u8]) -> Result<bool, SendError> {
+        let ((ring, bells), _) = self.ends();
+        let mut producer = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        ring.try_send_deferred(&mut producer, msg, bells)
+    }
+
     /// Wakes the peer if it sleeps waiting for data that deferred sends published. Costs
     /// nothing (no fence, no system call) when no deferred send is unflushed.
     pub fn flush(&self) -> io::Result<()> {

@@ -535,6 +535,22 @@ impl<S: Storage> Ring<S> {
         self.send_frame(p, msg, &bells, wait, true)
     }
 
+    /// Like [`send_deferred`](Ring::send_deferred) if the whole frame fits in the free space
+    /// right now (then it never blocks, and the caller need not give up a lock such as the
+    /// GIL first); otherwise writes nothing and returns `Ok(false)`.
+    pub fn try_send_deferred<B: Doorbell>(
+        &self,
+        p: &mut Producer,
+        msg: &[u8],
+        bells: Bells<'_, B>,
+    ) -> Result<bool, SendError> {
+        if p.torn || self.free(p.tail)? < PREFIX + msg.len() {
+            return Ok(false);
+        }
+        self.send_frame(p, msg, &bells, &mut Wait::forever(), true)?;
+        Ok(true)
+    }
+
     /// Wakes the consumer if it sleeps and a deferred send has not done so. Cheap (no fence,
     /// no system call) when nothing is owed.
     pub fn flush<B: Doorbell>(&self, p: &mut Producer, data: &B) -> io::Result<()> {

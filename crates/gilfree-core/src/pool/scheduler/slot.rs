@@ -242,7 +242,8 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
             deadline,
             ..Wait::forever()
         };
-        match lease.recv(&mut wait) {
+        let last = head.frames.len() + 1 >= head.task.frames as usize;
+        match lease.recv_frame(&mut wait, last) {
             Ok(frame) => {
                 head.frames.push(frame);
                 if head.frames.len() < head.task.frames as usize {
