@@ -152,6 +152,7 @@ def record_then(path: str, x: int, crash_at: int) -> int:
 def connect_and_block(port: int) -> None:
     """Tells the test it is running (by connecting), then blocks until killed."""
     s = socket.create_connection(("127.0.0.1", port), timeout=WATCHDOG)
+    s.sendall(str(os.getpid()).encode() + b"\n")
     s.recv(1)  # the test never sends: blocks until the worker is killed
     threading.Event().wait()
 

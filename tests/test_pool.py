@@ -18,7 +18,7 @@ import gilfree
 from gilfree import _runtime
 
 import helpers
-from conftest import WATCHDOG, Rendezvous
+from conftest import WATCHDOG, Rendezvous, wait_gone
 
 
 @pytest.fixture
@@ -36,9 +36,15 @@ class Listener:
         self.port = self.server.getsockname()[1]
         self.conns: list[socket.socket] = []
 
-    def wait_running(self, n: int = 1) -> None:
+    def wait_running(self, n: int = 1) -> list[int]:
+        """Waits until ``n`` more tasks run; returns their worker pids."""
+        pids = []
         for _ in range(n):
-            self.conns.append(self.server.accept()[0])
+            conn = self.server.accept()[0]
+            conn.settimeout(WATCHDOG)
+            self.conns.append(conn)
+            pids.append(int(conn.makefile().readline()))
+        return pids
 
     def close(self) -> None:
         for c in self.conns:
@@ -158,14 +164,17 @@ def test_crash_mid_chunk_runs_nothing_twice(pool: gilfree.Pool, tmp_path: Path) 
     assert all(c == 1 for c in counts.values()), counts
 
 
-def test_task_timeout_kills_and_replaces_the_worker(pool: gilfree.Pool) -> None:
-    slow = pool.submit(helpers.block_forever, timeout=0.2)
+def test_task_timeout_kills_and_replaces_the_worker(pool: gilfree.Pool, listener: Listener) -> None:
+    slow = pool.submit(helpers.connect_and_block, listener.port, timeout=0.2)
+    (victim,) = listener.wait_running()
     fine = [pool.submit(helpers.square, i) for i in range(5)]
     with pytest.raises(TimeoutError):
         slow.result(timeout=WATCHDOG)
     assert [f.result(timeout=WATCHDOG) for f in fine] == [i * i for i in range(5)]
-    # The next task runs on a working (fresh) process.
-    assert pool.submit(helpers.square, 3).result(timeout=WATCHDOG) == 9
+    # The worker that ran it is gone, and the tasks after it run on live processes.
+    assert wait_gone([victim]) == []
+    pids = {pool.submit(helpers.getpid).result(timeout=WATCHDOG) for _ in range(20)}
+    assert victim not in pids
 
 
 def test_map_timeout_is_per_task(pool: gilfree.Pool) -> None:
@@ -213,12 +222,21 @@ def test_initializer_runs_in_each_worker() -> None:
 def test_failing_initializer_breaks_the_pool_without_respawn_loop() -> None:
     before = len(_runtime.worker_pids())
     p = gilfree.Pool(2, initializer=helpers.fail_init)
-    futs = [p.submit(helpers.square, i) for i in range(4)]
-    for f in futs:
+    errors = []
+    for i in range(4):
+        # Once the pool knows it is broken, submit itself raises (as the stdlib's does);
+        # before that, the future fails.
+        try:
+            fut = p.submit(helpers.square, i)
+        except gilfree.BrokenPoolError as exc:
+            errors.append(exc)
+            continue
         with pytest.raises(gilfree.BrokenPoolError) as info:
-            f.result(timeout=WATCHDOG)
-        assert isinstance(info.value, cf.BrokenExecutor)
-    assert isinstance(info.value.__cause__, OSError)
+            fut.result(timeout=WATCHDOG)
+        errors.append(info.value)
+    assert len(errors) == 4
+    assert all(isinstance(e, cf.BrokenExecutor) for e in errors)
+    assert all(isinstance(e.__cause__, OSError) for e in errors)
     with pytest.raises(gilfree.BrokenPoolError):
         p.submit(helpers.square, 1)
     p.shutdown()

@@ -161,3 +161,19 @@ def test_fork_child_leaves_the_parents_engine_alone() -> None:
     assert "child using gilfree exit 0" in res.stdout
     assert "parent still works 7" in res.stdout
     assert "panicked" not in res.stderr
+
+
+@pytest.mark.parametrize("example", ["counter_lock", "producer_consumer"])
+def test_examples_run_with_threading_and_with_gilfree(example: str) -> None:
+    outputs = []
+    for version in ("threading_version", "gilfree_version"):
+        res = subprocess.run(
+            [sys.executable, "main.py"],
+            cwd=ROOT / "examples" / example / version,
+            capture_output=True,
+            text=True,
+            timeout=WATCHDOG,
+        )
+        assert res.returncode == 0, res.stderr
+        outputs.append(res.stdout)
+    assert outputs[0] == outputs[1]

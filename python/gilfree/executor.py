@@ -49,6 +49,11 @@ def _unpicklable(what: str, obj: Any, exc: BaseException) -> TypeError:
     return TypeError(f"{what} cannot be pickled: {_serialize.describe_failure(obj, exc)}")
 
 
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be a non-negative number")
+
+
 def _decode_frame(frame: bytes) -> tuple[bool, Any]:
     """One item's outcome: ``(True, value)`` or ``(False, exception)``."""
     status, payload = _serialize.loads(frame)
@@ -444,17 +449,9 @@ class Pool(Executor):
             BrokenPoolError: if the initializer failed.
             TypeError: if ``fn`` or an argument cannot be pickled (the message names it).
         """
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be a non-negative number")
+        _check_timeout(timeout)
         with self._shutdown_lock:
-            if self._broken is not None:
-                raise BrokenPoolError(
-                    "the pool's initializer failed; no task can run"
-                ) from self._broken
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _runtime.exiting():
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            self._check_open()
             body = self._pickle_call(fn, args, kwargs)
             task_id = next(self._ids)
             future = _PoolFuture(self, task_id)
@@ -604,15 +601,9 @@ class Pool(Executor):
     ) -> _Results:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1")
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be a non-negative number")
+        _check_timeout(timeout)
         with self._shutdown_lock:
-            if self._broken is not None:
-                raise BrokenPoolError(
-                    "the pool's initializer failed; no task can run"
-                ) from self._broken
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_open()
             results = _Results(
                 self,
                 fn,
@@ -625,6 +616,17 @@ class Pool(Executor):
             )
             results.fill()
         return results
+
+    def _check_open(self) -> None:
+        """Raises if no task may be scheduled now. Call with ``_shutdown_lock`` held."""
+        if self._broken is not None:
+            raise BrokenPoolError(
+                "the pool's initializer failed; no task can run"
+            ) from self._broken
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _runtime.exiting():
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def _settle(self, cancelled: list[int]) -> None:
         """Marks cancelled what shutdown took out of the queue, before shutdown returns (the
@@ -704,7 +706,8 @@ def map(
         chunksize: Items per task; ``None`` sizes chunks automatically.
         timeout: Per-task time limit in seconds; a task that runs longer is killed and
             ``TimeoutError`` is raised.
-        progress: Show a tqdm progress bar (needs ``tqdm``: ``pip install gilfree[progress]``).
+        progress: Show a tqdm progress bar (in a terminal or a notebook), updated as results
+            arrive.
 
     Raises:
         Whatever the first failing item raised, when the results reach it.
@@ -712,10 +715,8 @@ def map(
     total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
     bar = None
     if progress:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError as exc:
-            raise ImportError("progress=True needs tqdm: pip install 'gilfree[progress]'") from exc
+        from tqdm.auto import tqdm
+
         bar = tqdm(total=total)
     pool = Pool(workers)
     try:

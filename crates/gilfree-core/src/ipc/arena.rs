@@ -74,6 +74,8 @@
 
 use std::cell::UnsafeCell;
 use std::io;
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -509,6 +511,79 @@ pub struct Slot {
     index: u32,
     generation: u32,
     entry: usize,
+}
+
+/// The type that every slot of one [`Kind`] holds in its body.
+///
+/// # Safety
+/// Implement it only for the one body type of `KIND`: every slot of that kind must be
+/// initialised as `Self` (through [`TypedSlot::new`] or [`TypedSlot::alloc`]), and `Self` must
+/// fit in [`BODY_SIZE`] bytes, need at most 64-byte alignment, and be safe to share between
+/// processes (atomics and process-shared mutexes only).
+pub unsafe trait SlotBody {
+    /// The kind of slot whose body is a `Self`.
+    const KIND: Kind;
+}
+
+/// A slot whose body is a `T`: the allocate / attach / body plumbing every shared-memory
+/// primitive needs, written once. Derefs to the untyped [`Slot`] (handle, permits, arena).
+pub struct TypedSlot<T: SlotBody> {
+    slot: Slot,
+    _body: PhantomData<fn() -> T>,
+}
+
+impl<T: SlotBody> TypedSlot<T> {
+    /// Allocates a slot of `T::KIND`; `init` must leave a valid `T` at the pointer it gets
+    /// (the slot's zeroed, 64-aligned body, which nobody else can see yet).
+    pub fn alloc(
+        arena: &Arc<Arena>,
+        init: impl FnOnce(*mut T) -> io::Result<()>,
+    ) -> Result<Self, AttachError> {
+        let slot = arena.alloc(T::KIND, |body| init(body.cast()))?;
+        Ok(TypedSlot {
+            slot,
+            _body: PhantomData,
+        })
+    }
+
+    /// Allocates a slot of `T::KIND` holding `value`.
+    pub fn new(arena: &Arc<Arena>, value: T) -> Result<Self, AttachError> {
+        Self::alloc(arena, |body| {
+            // SAFETY: `alloc` hands us the slot's unshared body, which `SlotBody` promises is
+            // large and aligned enough for a `T`.
+            unsafe { body.write(value) };
+            Ok(())
+        })
+    }
+
+    /// Attaches this process to the slot `handle` names, which must be of `T::KIND`.
+    pub fn attach(arena: &Arc<Arena>, handle: Handle) -> Result<Self, AttachError> {
+        Ok(TypedSlot {
+            slot: arena.attach(handle, T::KIND)?,
+            _body: PhantomData,
+        })
+    }
+
+    /// The `T` in the slot's body.
+    pub fn body(&self) -> &T {
+        // SAFETY: the slot is of `T::KIND` (checked by `attach`, set by `alloc`), and every
+        // slot of that kind was initialised as a `T` (`SlotBody`'s contract).
+        unsafe { self.slot.body() }
+    }
+}
+
+impl<T: SlotBody> std::fmt::Debug for TypedSlot<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.slot.fmt(f)
+    }
+}
+
+impl<T: SlotBody> Deref for TypedSlot<T> {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        &self.slot
+    }
 }
 
 impl Slot {

@@ -226,7 +226,13 @@ impl BarrierBody {
 /// The shared-memory barrier: a [`BarrierBody`] in an arena slot.
 #[derive(Debug)]
 pub struct ShmBarrier {
-    slot: super::arena::Slot,
+    slot: super::arena::TypedSlot<BarrierBody>,
+}
+
+// SAFETY: `ShmBarrier::new` initialises every Barrier slot as a `BarrierBody` (atomics and a
+// process-shared mutex, within a slot body).
+unsafe impl super::arena::SlotBody for BarrierBody {
+    const KIND: super::arena::Kind = super::arena::Kind::Barrier;
 }
 
 impl ShmBarrier {
@@ -235,9 +241,9 @@ impl ShmBarrier {
         arena: &std::sync::Arc<super::arena::Arena>,
         parties: u32,
     ) -> Result<ShmBarrier, super::error::AttachError> {
-        let slot = arena.alloc(super::arena::Kind::Barrier, |body| {
+        let slot = super::arena::TypedSlot::alloc(arena, |body| {
             // SAFETY: `alloc` hands us the slot's unshared, 64-aligned body.
-            unsafe { BarrierBody::init(body.cast(), parties) }
+            unsafe { BarrierBody::init(body, parties) }
         })?;
         Ok(ShmBarrier { slot })
     }
@@ -248,7 +254,7 @@ impl ShmBarrier {
         handle: super::arena::Handle,
     ) -> Result<ShmBarrier, super::error::AttachError> {
         Ok(ShmBarrier {
-            slot: arena.attach(handle, super::arena::Kind::Barrier)?,
+            slot: super::arena::TypedSlot::attach(arena, handle)?,
         })
     }
 
@@ -259,8 +265,7 @@ impl ShmBarrier {
 
     /// The barrier's words and operations.
     pub fn body(&self) -> &BarrierBody {
-        // SAFETY: a Barrier slot's body was initialised as a `BarrierBody` in `new`.
-        unsafe { self.slot.body() }
+        self.slot.body()
     }
 }
 
@@ -268,7 +273,12 @@ impl ShmBarrier {
 /// `RLock`). Loads and stores are atomic, so a reader never sees a torn value.
 #[derive(Debug)]
 pub struct ShmCell {
-    slot: super::arena::Slot,
+    slot: super::arena::TypedSlot<crate::sync::AtomicU64>,
+}
+
+// SAFETY: `ShmCell::new` initialises every Cell slot as an `AtomicU64`.
+unsafe impl super::arena::SlotBody for crate::sync::AtomicU64 {
+    const KIND: super::arena::Kind = super::arena::Kind::Cell;
 }
 
 impl ShmCell {
@@ -277,15 +287,9 @@ impl ShmCell {
         arena: &std::sync::Arc<super::arena::Arena>,
         bits: u64,
     ) -> Result<ShmCell, super::error::AttachError> {
-        let slot = arena.alloc(super::arena::Kind::Cell, |body| {
-            // SAFETY: `alloc` hands us the slot's unshared, 64-aligned body.
-            unsafe {
-                body.cast::<crate::sync::AtomicU64>()
-                    .write(crate::sync::AtomicU64::new(bits))
-            };
-            Ok(())
-        })?;
-        Ok(ShmCell { slot })
+        Ok(ShmCell {
+            slot: super::arena::TypedSlot::new(arena, crate::sync::AtomicU64::new(bits))?,
+        })
     }
 
     /// Attaches to the cell `handle` names.
@@ -294,7 +298,7 @@ impl ShmCell {
         handle: super::arena::Handle,
     ) -> Result<ShmCell, super::error::AttachError> {
         Ok(ShmCell {
-            slot: arena.attach(handle, super::arena::Kind::Cell)?,
+            slot: super::arena::TypedSlot::attach(arena, handle)?,
         })
     }
 
@@ -304,8 +308,7 @@ impl ShmCell {
     }
 
     fn word(&self) -> &crate::sync::AtomicU64 {
-        // SAFETY: a Cell slot's body was initialised as an `AtomicU64` in `new`.
-        unsafe { self.slot.body() }
+        self.slot.body()
     }
 
     /// The stored bits.

@@ -167,7 +167,14 @@ impl LocalCondition {
 #[cfg(not(loom))]
 #[derive(Debug)]
 pub struct ShmCondition {
-    slot: super::arena::Slot,
+    slot: super::arena::TypedSlot<CondWord>,
+}
+
+// SAFETY: `ShmCondition::new` initialises every Condition slot as a `CondWord`: atomics only,
+// far smaller than a slot body.
+#[cfg(not(loom))]
+unsafe impl super::arena::SlotBody for CondWord {
+    const KIND: super::arena::Kind = super::arena::Kind::Condition;
 }
 
 #[cfg(not(loom))]
@@ -176,12 +183,9 @@ impl ShmCondition {
     pub fn new(
         arena: &std::sync::Arc<super::arena::Arena>,
     ) -> Result<ShmCondition, super::error::AttachError> {
-        let slot = arena.alloc(super::arena::Kind::Condition, |body| {
-            // SAFETY: `alloc` hands us the slot's unshared, 64-aligned body.
-            unsafe { body.cast::<CondWord>().write(CondWord::new()) };
-            Ok(())
-        })?;
-        Ok(ShmCondition { slot })
+        Ok(ShmCondition {
+            slot: super::arena::TypedSlot::new(arena, CondWord::new())?,
+        })
     }
 
     /// Attaches to the condition `handle` names.
@@ -190,7 +194,7 @@ impl ShmCondition {
         handle: super::arena::Handle,
     ) -> Result<ShmCondition, super::error::AttachError> {
         Ok(ShmCondition {
-            slot: arena.attach(handle, super::arena::Kind::Condition)?,
+            slot: super::arena::TypedSlot::attach(arena, handle)?,
         })
     }
 
@@ -200,8 +204,7 @@ impl ShmCondition {
     }
 
     fn word(&self) -> &CondWord {
-        // SAFETY: a Condition slot's body was initialised as a `CondWord` in `new`.
-        unsafe { self.slot.body() }
+        self.slot.body()
     }
 
     /// See [`CondWord::wait`].

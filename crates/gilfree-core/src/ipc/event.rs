@@ -135,7 +135,14 @@ impl Event for LocalEvent {
 #[cfg(not(loom))]
 #[derive(Debug)]
 pub struct ShmEvent {
-    slot: super::arena::Slot,
+    slot: super::arena::TypedSlot<EventWord>,
+}
+
+// SAFETY: `ShmEvent::new` initialises every Event slot as an `EventWord`: atomics only, far
+// smaller than a slot body.
+#[cfg(not(loom))]
+unsafe impl super::arena::SlotBody for EventWord {
+    const KIND: super::arena::Kind = super::arena::Kind::Event;
 }
 
 #[cfg(not(loom))]
@@ -144,12 +151,9 @@ impl ShmEvent {
     pub fn new(
         arena: &std::sync::Arc<super::arena::Arena>,
     ) -> Result<ShmEvent, super::error::AttachError> {
-        let slot = arena.alloc(super::arena::Kind::Event, |body| {
-            // SAFETY: `alloc` hands us the slot's unshared, 64-aligned body.
-            unsafe { body.cast::<EventWord>().write(EventWord::new()) };
-            Ok(())
-        })?;
-        Ok(ShmEvent { slot })
+        Ok(ShmEvent {
+            slot: super::arena::TypedSlot::new(arena, EventWord::new())?,
+        })
     }
 
     /// Attaches to the event `handle` names.
@@ -158,7 +162,7 @@ impl ShmEvent {
         handle: super::arena::Handle,
     ) -> Result<ShmEvent, super::error::AttachError> {
         Ok(ShmEvent {
-            slot: arena.attach(handle, super::arena::Kind::Event)?,
+            slot: super::arena::TypedSlot::attach(arena, handle)?,
         })
     }
 
@@ -168,8 +172,7 @@ impl ShmEvent {
     }
 
     fn word(&self) -> &EventWord {
-        // SAFETY: an Event slot's body was initialised as an `EventWord` in `new`.
-        unsafe { self.slot.body() }
+        self.slot.body()
     }
 }
 

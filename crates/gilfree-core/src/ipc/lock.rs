@@ -209,8 +209,15 @@ pub struct LockBody {
 #[cfg(not(loom))]
 #[derive(Debug)]
 pub struct ShmLock {
-    slot: super::arena::Slot,
+    slot: super::arena::TypedSlot<LockBody>,
     recursive: bool,
+}
+
+// SAFETY: `ShmLock::new` initialises every Lock slot as a `LockBody` (a process-shared
+// robust mutex and two atomics, within a slot body).
+#[cfg(not(loom))]
+unsafe impl super::arena::SlotBody for LockBody {
+    const KIND: super::arena::Kind = super::arena::Kind::Lock;
 }
 
 #[cfg(not(loom))]
@@ -220,8 +227,7 @@ impl ShmLock {
         arena: &std::sync::Arc<super::arena::Arena>,
         recursive: bool,
     ) -> Result<ShmLock, super::error::AttachError> {
-        let slot = arena.alloc(super::arena::Kind::Lock, |body| {
-            let body = body.cast::<LockBody>();
+        let slot = super::arena::TypedSlot::alloc(arena, |body: *mut LockBody| {
             // SAFETY: `alloc` hands us the slot's unshared, zeroed, 64-aligned body, so no
             // thread uses the mutex at that address; the two counters are plain atomics.
             unsafe {
@@ -238,7 +244,7 @@ impl ShmLock {
         arena: &std::sync::Arc<super::arena::Arena>,
         handle: super::arena::Handle,
     ) -> Result<ShmLock, super::error::AttachError> {
-        let slot = arena.attach(handle, super::arena::Kind::Lock)?;
+        let slot = super::arena::TypedSlot::attach(arena, handle)?;
         let mut lock = ShmLock {
             slot,
             recursive: false,
@@ -258,8 +264,7 @@ impl ShmLock {
     }
 
     fn body(&self) -> &LockBody {
-        // SAFETY: a Lock slot's body was initialised as a `LockBody` in `new`.
-        unsafe { self.slot.body() }
+        self.slot.body()
     }
 
     fn set_count(&self, n: u32) {

@@ -663,11 +663,18 @@ fn free_chain(heap: &Heap, mut chunk: u32) {
     }
 }
 
+// SAFETY: `ShmQueue::new` initialises every Queue slot as a `QueueBody` (atomics, a
+// process-shared mutex and chunk indices, within a slot body).
+#[cfg(not(loom))]
+unsafe impl super::arena::SlotBody for QueueBody {
+    const KIND: super::arena::Kind = super::arena::Kind::Queue;
+}
+
 /// The shared-memory queue: a [`QueueBody`] in an arena slot, items in the arena's heap.
 #[cfg(not(loom))]
 #[derive(Debug)]
 pub struct ShmQueue {
-    slot: super::arena::Slot,
+    slot: super::arena::TypedSlot<QueueBody>,
 }
 
 #[cfg(not(loom))]
@@ -680,9 +687,9 @@ impl ShmQueue {
         maxbytes: usize,
     ) -> Result<ShmQueue, super::error::AttachError> {
         let heap = arena.heap().ok_or_else(no_heap)?;
-        let slot = arena.alloc(super::arena::Kind::Queue, |body| {
+        let slot = super::arena::TypedSlot::alloc(arena, |body| {
             // SAFETY: `alloc` hands us the slot's unshared, zeroed, 64-aligned body.
-            unsafe { QueueBody::init(body.cast(), heap, maxsize as u64, maxbytes as u64) }
+            unsafe { QueueBody::init(body, heap, maxsize as u64, maxbytes as u64) }
         })?;
         Ok(ShmQueue { slot })
     }
@@ -694,7 +701,7 @@ impl ShmQueue {
     ) -> Result<ShmQueue, super::error::AttachError> {
         arena.heap().ok_or_else(no_heap)?;
         Ok(ShmQueue {
-            slot: arena.attach(handle, super::arena::Kind::Queue)?,
+            slot: super::arena::TypedSlot::attach(arena, handle)?,
         })
     }
 
@@ -704,8 +711,7 @@ impl ShmQueue {
     }
 
     fn body(&self) -> &QueueBody {
-        // SAFETY: a Queue slot's body was initialised as a `QueueBody` in `new`.
-        unsafe { self.slot.body() }
+        self.slot.body()
     }
 
     fn heap(&self) -> &Heap {

@@ -223,7 +223,14 @@ impl Semaphore for LocalSemaphore {
 #[cfg(not(loom))]
 #[derive(Debug)]
 pub struct ShmSemaphore {
-    slot: super::arena::Slot,
+    slot: super::arena::TypedSlot<SemWord>,
+}
+
+// SAFETY: `ShmSemaphore::new` initialises every Semaphore slot as a `SemWord`: atomics only,
+// far smaller than a slot body.
+#[cfg(not(loom))]
+unsafe impl super::arena::SlotBody for SemWord {
+    const KIND: super::arena::Kind = super::arena::Kind::Semaphore;
 }
 
 #[cfg(not(loom))]
@@ -234,12 +241,9 @@ impl ShmSemaphore {
         value: u32,
         bounded: bool,
     ) -> Result<ShmSemaphore, super::error::AttachError> {
-        let slot = arena.alloc(super::arena::Kind::Semaphore, |body| {
-            // SAFETY: `alloc` hands us the slot's unshared, 64-aligned body.
-            unsafe { body.cast::<SemWord>().write(SemWord::new(value, bounded)) };
-            Ok(())
-        })?;
-        Ok(ShmSemaphore { slot })
+        Ok(ShmSemaphore {
+            slot: super::arena::TypedSlot::new(arena, SemWord::new(value, bounded))?,
+        })
     }
 
     /// Attaches to the semaphore `handle` names.
@@ -248,7 +252,7 @@ impl ShmSemaphore {
         handle: super::arena::Handle,
     ) -> Result<ShmSemaphore, super::error::AttachError> {
         Ok(ShmSemaphore {
-            slot: arena.attach(handle, super::arena::Kind::Semaphore)?,
+            slot: super::arena::TypedSlot::attach(arena, handle)?,
         })
     }
 
@@ -258,8 +262,7 @@ impl ShmSemaphore {
     }
 
     fn word(&self) -> &SemWord {
-        // SAFETY: a Semaphore slot's body was initialised as a `SemWord` in `new`.
-        unsafe { self.slot.body() }
+        self.slot.body()
     }
 }
 
