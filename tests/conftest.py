@@ -49,6 +49,32 @@ def run_script(
     )
 
 
+def interrupt_script(name: str, *args: str, ready: str) -> tuple[list[int], str, str, int]:
+    """Runs ``tests/scripts/<name>``, waits for its ``ready`` line, sends it SIGINT (Ctrl-C),
+    and returns the pids from a ``pid``/``pids`` line printed before it (if any), its stdout,
+    its stderr and its exit status. Watchdogged."""
+    import signal
+
+    with subprocess.Popen(
+        [sys.executable, str(SCRIPTS / name), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            pids: list[int] = []
+            while (line := proc.stdout.readline().strip()) != ready:
+                assert line, f"{name} ended before printing {ready!r}"
+                if line.split()[0] in ("pid", "pids"):
+                    pids = [int(p) for p in line.split()[1:]]
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=WATCHDOG)
+        finally:
+            proc.kill()
+    return pids, out, err, proc.returncode
+
+
 def wait_gone(pids: list[int], timeout: float = 20.0) -> list[int]:
     """Waits (event-driven, via psutil) until the processes exit; returns those still alive."""
     procs = []

@@ -3,7 +3,6 @@ parent, exit semantics, scripts without a main guard, the tutorial itself."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT, SCRIPTS, WATCHDOG, run_script, wait_gone
+from conftest import ROOT, SCRIPTS, WATCHDOG, interrupt_script, run_script, wait_gone
 
 
 def _pids_from(line: str) -> list[int]:
@@ -21,28 +20,14 @@ def _pids_from(line: str) -> list[int]:
 @pytest.mark.parametrize("mode", ["catch", "uncaught"])
 def test_ctrl_c_during_join_raises_keyboard_interrupt(mode: str) -> None:
     daemon = "daemon" if mode == "uncaught" else "nodaemon"
-    with subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "ctrl_c.py"), daemon, mode],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            pid_line = proc.stdout.readline()
-            assert pid_line.startswith("pid"), pid_line
-            worker = _pids_from(pid_line)
-            assert proc.stdout.readline().strip() == "joining"
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=WATCHDOG)
-        finally:
-            proc.kill()
+    worker, out, err, returncode = interrupt_script("ctrl_c.py", daemon, mode, ready="joining")
+    assert worker
     if mode == "catch":
         assert "interrupted" in out, err
-        assert proc.returncode == 0, err
+        assert returncode == 0, err
     else:
         assert "KeyboardInterrupt" in err
-        assert proc.returncode != 0
+        assert returncode != 0
     assert wait_gone(worker) == []
 
 
@@ -126,24 +111,10 @@ def test_tutorial_runs_unchanged_but_for_the_import() -> None:
 
 @pytest.mark.parametrize("mode", ["map", "imap", "result", "with"])
 def test_ctrl_c_while_waiting_on_a_pool(mode: str) -> None:
-    with subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "pool_ctrl_c.py"), mode],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            assert line.startswith("pids"), line
-            pids = _pids_from(line)
-            assert proc.stdout.readline().strip() == "waiting"
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=WATCHDOG)
-        finally:
-            proc.kill()
+    pids, out, err, returncode = interrupt_script("pool_ctrl_c.py", mode, ready="waiting")
+    assert pids
     assert "interrupted" in out, err
-    assert proc.returncode == 0, err
+    assert returncode == 0, err
     assert wait_gone(pids) == []
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -18,7 +16,7 @@ import sync_helpers
 import gilfree
 from gilfree import _runtime
 
-from conftest import SCRIPTS, WATCHDOG
+from conftest import WATCHDOG, interrupt_script
 
 
 @pytest.mark.parametrize("name", sorted(sync_helpers.SEQUENCES))
@@ -213,18 +211,6 @@ def test_untimed_semaphore_acquire_succeeds_when_an_unjoined_holder_is_killed() 
 
 @pytest.mark.parametrize("kind", ["lock", "event"])
 def test_ctrl_c_during_a_wait_raises_keyboard_interrupt(kind: str) -> None:
-    with subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "sync_ctrl_c.py"), kind],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "waiting"
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=WATCHDOG)
-        finally:
-            proc.kill()
+    _, out, err, returncode = interrupt_script("sync_ctrl_c.py", kind, ready="waiting")
     assert "interrupted" in out, err
-    assert proc.returncode == 0, err
+    assert returncode == 0, err

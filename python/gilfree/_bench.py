@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gilfree
-from gilfree import _bench_arrays, _bench_pool, _bench_primitives, _demo
+from gilfree import _bench_arrays, _bench_pool, _bench_primitives, _bench_report, _demo
 
 #: Goal for the median start→join latency of one warm gilfree Worker, in microseconds.
 GOAL_LATENCY_US = 40.0
@@ -640,13 +640,12 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         size_mb = 40 if args.quick else 400
         print(f"4. large arrays: a {size_mb} MB array through an identity task", flush=True)
         rows = _bench_arrays.measure(args.quick)
-        report = _bench_arrays.merge(report, _bench_arrays.section(rows, out, size_mb))
+        report = _bench_report.merge(report, _bench_arrays.section(rows, out, size_mb), "arrays")
     if "primitives" not in args.skip:
         print("3. primitives: uncontended Lock and Queue round trips", flush=True)
         prims = _bench_primitives.measure(args.quick)
-        report = _bench_primitives.merge(
-            report, _bench_primitives.render(prims, _bench_primitives.plot(prims, out))
-        )
+        section = _bench_primitives.render(prims, _bench_primitives.plot(prims, out))
+        report = _bench_report.merge(report, section, "primitives")
     (out / "RESULTS.md").write_text(report, encoding="utf-8")
     raw = {
         "machine": info,

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-START = "<!-- arrays:start -->"
-END = "<!-- arrays:end -->"
+from gilfree import _bench_report
+
+START, END = _bench_report.markers("arrays")
 #: Goal: effective GB/s of gilfree's identity round trip of a 400 MB array.
 GOAL_GBPS = 12.0
 #: Goal: gilfree's throughput over ProcessPoolExecutor's.
@@ -240,15 +241,6 @@ def plot(rows: Sequence[ArrayRow], out: Path) -> str | None:
     return "arrays.png"
 
 
-def merge(report: str, section: str) -> str:
-    """``report`` with its arrays section replaced by ``section`` (or ``section`` added)."""
-    if START in report and END in report:
-        head, rest = report.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        return head + section + ("\n" + tail if tail else "")
-    return report.rstrip("\n") + "\n\n" + section
-
-
 def section(rows: Sequence[ArrayRow], out: Path, size_mb: int) -> str:
     """Draws the plot into ``out`` and returns the section."""
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +250,5 @@ def section(rows: Sequence[ArrayRow], out: Path, size_mb: int) -> str:
 def write(rows: Sequence[ArrayRow], out: Path, size_mb: int) -> str:
     """Writes ``arrays.png`` and the section into ``out/RESULTS.md``; returns the section."""
     text = section(rows, out, size_mb)
-    results = out / "RESULTS.md"
-    old = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
-    results.write_text(merge(old, text), encoding="utf-8")
+    _bench_report.write(out, text, "arrays")
     return text

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-START = "<!-- primitives:start -->"
-END = "<!-- primitives:end -->"
+from gilfree import _bench_report
+
+START, END = _bench_report.markers("primitives")
 
 
 @dataclass
@@ -162,20 +163,9 @@ def plot(rows: Sequence[PrimitiveRow], out: Path) -> str | None:
     return "primitives.png"
 
 
-def merge(report: str, section: str) -> str:
-    """``report`` with its primitives section replaced by ``section`` (or ``section`` added)."""
-    if START in report and END in report:
-        head, rest = report.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        return head + section + ("\n" + tail if tail else "")
-    return report.rstrip("\n") + "\n\n" + section
-
-
 def write(rows: Sequence[PrimitiveRow], out: Path) -> str:
     """Writes ``primitives.png`` and the section into ``out/RESULTS.md``; returns the section."""
     out.mkdir(parents=True, exist_ok=True)
     section = render(rows, plot(rows, out))
-    results = out / "RESULTS.md"
-    old = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
-    results.write_text(merge(old, section), encoding="utf-8")
+    _bench_report.write(out, section, "primitives")
     return section

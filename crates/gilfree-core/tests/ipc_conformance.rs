@@ -416,3 +416,252 @@ fn queue_shm_attach_shares_items() {
     q2.task_done().unwrap();
     assert_eq!(q.unfinished(), 0);
 }
+
+// ---- Condition ---------------------------------------------------------------------------
+
+use gilfree_core::ipc::barrier::{Arrival, Barrier, LocalBarrier, ShmBarrier};
+use gilfree_core::ipc::condition::{Condition, LocalCondition, ShmCondition};
+use gilfree_core::ipc::error::{BarrierError, CondWaitError};
+use std::sync::mpsc;
+
+/// Spins (yielding) until `cond` holds; panics after [`STEP`] instead of hanging.
+fn spin_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + STEP;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        thread::yield_now();
+    }
+}
+
+/// Without the lock: `NotOwner`. With it: a timeout returns `false`, and the lock (at its
+/// old depth for an `RLock`) is held again. A notify with nobody waiting is lost.
+fn condition_basics(cond: &impl Condition, lock: &impl RawLock, recursive: bool) {
+    assert!(matches!(
+        cond.wait(lock, &mut short()),
+        Err(CondWaitError::NotOwner)
+    ));
+    assert_eq!(cond.waiters(), 0);
+    lock.acquire(&mut step()).unwrap();
+    if recursive {
+        lock.acquire(&mut step()).unwrap();
+    }
+    assert!(!cond.wait(lock, &mut short()).unwrap());
+    assert!(lock.is_owned());
+    assert_eq!(cond.waiters(), 0);
+    cond.notify(1);
+    cond.notify(u32::MAX);
+    assert!(!cond.wait(lock, &mut short()).unwrap());
+    if recursive {
+        lock.release().unwrap();
+        assert!(lock.is_owned());
+    }
+    lock.release().unwrap();
+    assert!(!lock.locked());
+    assert_eq!(lock.release(), Err(ReleaseError::Unlocked));
+}
+
+/// Three threads that wait on `cond` (step deadline) and send what `wait` returned.
+fn spawn_cond_waiters<'scope, 'env, C: Condition, L: RawLock>(
+    s: &'scope thread::Scope<'scope, 'env>,
+    cond: &'env C,
+    lock: &'env L,
+    tx: mpsc::Sender<bool>,
+) {
+    for _ in 0..3 {
+        let tx = tx.clone();
+        s.spawn(move || {
+            lock.acquire(&mut step()).unwrap();
+            let notified = cond.wait(lock, &mut step()).unwrap();
+            assert!(lock.is_owned());
+            lock.release().unwrap();
+            tx.send(notified).unwrap();
+        });
+    }
+}
+
+/// Three waiters: `notify(1)` wakes one (the other two stay counted as waiting), `notify(2)`
+/// the other two; then three more and `notify_all` (`notify(u32::MAX)`) wakes them all. Every
+/// woken `wait` returns `true` holding the lock.
+fn condition_notify_counts(cond: &impl Condition, lock: &impl RawLock) {
+    let notify = |n: u32| {
+        lock.acquire(&mut step()).unwrap();
+        cond.notify(n);
+        lock.release().unwrap();
+    };
+    let recv = |rx: &mpsc::Receiver<bool>| rx.recv_timeout(STEP).expect("a woken waiter");
+    thread::scope(|s| {
+        let (tx, rx) = mpsc::channel();
+        spawn_cond_waiters(s, cond, lock, tx);
+        spin_until("3 waiters", || cond.waiters() == 3);
+        notify(1);
+        assert!(recv(&rx));
+        assert_eq!(cond.waiters(), 2);
+        notify(2);
+        assert!(recv(&rx) && recv(&rx));
+        assert_eq!(cond.waiters(), 0);
+
+        let (tx, rx) = mpsc::channel();
+        spawn_cond_waiters(s, cond, lock, tx);
+        spin_until("3 waiters", || cond.waiters() == 3);
+        notify(u32::MAX);
+        for _ in 0..3 {
+            assert!(recv(&rx));
+        }
+        assert_eq!(cond.waiters(), 0);
+    });
+    assert!(!lock.locked());
+}
+
+#[test]
+fn condition_local() {
+    condition_basics(&LocalCondition::new(), &LocalLock::new(false), false);
+    condition_basics(&LocalCondition::new(), &LocalLock::new(true), true);
+    condition_notify_counts(&LocalCondition::new(), &LocalLock::new(false));
+    condition_notify_counts(&LocalCondition::new(), &LocalLock::new(true));
+}
+
+#[test]
+fn condition_shm() {
+    let a = arena();
+    let cond = || ShmCondition::new(&a).unwrap();
+    condition_basics(&cond(), &ShmLock::new(&a, false).unwrap(), false);
+    condition_basics(&cond(), &ShmLock::new(&a, true).unwrap(), true);
+    condition_notify_counts(&cond(), &ShmLock::new(&a, false).unwrap());
+    condition_notify_counts(&cond(), &ShmLock::new(&a, true).unwrap());
+}
+
+// ---- Barrier -----------------------------------------------------------------------------
+
+/// `parties` threads pass the barrier `rounds` times: each generation hands out the indices
+/// `0..parties` exactly once, one of them as the last arrival.
+fn barrier_meet(b: &impl Barrier, rounds: u32) {
+    let parties = b.parties();
+    let (tx, rx) = mpsc::channel();
+    thread::scope(|s| {
+        for _ in 0..parties {
+            let tx = tx.clone();
+            s.spawn(move || {
+                for round in 0..rounds {
+                    let arrival = b.wait(&mut step()).unwrap();
+                    if let Arrival::Last(_) = arrival {
+                        b.finish(true);
+                    }
+                    tx.send((round, arrival)).unwrap();
+                }
+            });
+        }
+    });
+    drop(tx);
+    let mut got: Vec<(u32, Arrival)> = rx.into_iter().collect();
+    got.sort_by_key(|&(r, a)| match a {
+        Arrival::Index(i) | Arrival::Last(i) => (r, i),
+    });
+    for round in 0..rounds {
+        let gen: Vec<Arrival> = got
+            .iter()
+            .filter(|&&(r, _)| r == round)
+            .map(|&(_, a)| a)
+            .collect();
+        let indices: Vec<u32> = gen
+            .iter()
+            .map(|&a| match a {
+                Arrival::Index(i) | Arrival::Last(i) => i,
+            })
+            .collect();
+        assert_eq!(indices, (0..parties).collect::<Vec<_>>(), "round {round}");
+        let lasts = gen.iter().filter(|a| matches!(a, Arrival::Last(_))).count();
+        assert_eq!(lasts, 1, "round {round}");
+    }
+    assert!(!b.broken());
+    assert_eq!(b.n_waiting(), 0);
+}
+
+/// One party: every wait is the last arrival, index 0.
+fn barrier_single(b: &impl Barrier) {
+    assert_eq!(b.parties(), 1);
+    for _ in 0..3 {
+        assert_eq!(b.wait(&mut short()).unwrap(), Arrival::Last(0));
+        b.finish(true);
+    }
+    assert!(!b.broken() && b.n_waiting() == 0);
+}
+
+/// `threading.Barrier` semantics for a 3-party barrier with `others` threads already waiting:
+/// `breaker` runs on this thread; every waiter ends with `Broken`.
+fn barrier_broken_by(b: &impl Barrier, others: u32, breaker: impl FnOnce()) {
+    thread::scope(|s| {
+        let waiters: Vec<_> = (0..others)
+            .map(|_| s.spawn(|| b.wait(&mut step())))
+            .collect();
+        spin_until("waiters arrived", || b.n_waiting() == others);
+        breaker();
+        for w in waiters {
+            assert!(matches!(w.join().unwrap(), Err(BarrierError::Broken)));
+        }
+    });
+}
+
+/// A timeout, `abort` and a failed action break the barrier for everyone (later arrivals
+/// too); `reset` repairs it, and a reset while parties wait breaks only that generation.
+fn barrier_break_and_reset(b: &impl Barrier) {
+    assert_eq!(b.parties(), 3);
+    // The waiter that times out breaks the barrier for all.
+    barrier_broken_by(b, 1, || {
+        assert!(matches!(b.wait(&mut short()), Err(BarrierError::Broken)));
+    });
+    assert!(b.broken());
+    assert!(matches!(b.wait(&mut step()), Err(BarrierError::Broken)));
+    assert_eq!(b.n_waiting(), 0);
+    b.reset();
+    assert!(!b.broken());
+    barrier_meet(b, 2);
+
+    // abort.
+    barrier_broken_by(b, 2, || b.abort());
+    assert!(b.broken());
+    assert!(matches!(b.wait(&mut step()), Err(BarrierError::Broken)));
+    b.reset();
+    assert!(!b.broken());
+    barrier_meet(b, 2);
+
+    // The last arrival's action fails.
+    barrier_broken_by(b, 2, || {
+        assert_eq!(b.wait(&mut step()).unwrap(), Arrival::Last(2));
+        b.finish(false);
+    });
+    assert!(b.broken());
+    b.reset();
+    barrier_meet(b, 1);
+
+    // reset while parties wait: they get Broken, the barrier is usable at once after.
+    barrier_broken_by(b, 2, || b.reset());
+    assert!(!b.broken());
+    barrier_meet(b, 2);
+    assert!(matches!(b.wait(&mut short()), Err(BarrierError::Broken)));
+    assert!(b.broken());
+}
+
+#[test]
+fn barrier_local() {
+    barrier_single(&LocalBarrier::new(1));
+    barrier_meet(&LocalBarrier::new(4), 5);
+    barrier_break_and_reset(&LocalBarrier::new(3));
+}
+
+#[test]
+fn barrier_shm() {
+    let a = arena();
+    barrier_single(&ShmBarrier::new(&a, 1).unwrap());
+    barrier_meet(&ShmBarrier::new(&a, 4).unwrap(), 5);
+    barrier_break_and_reset(&ShmBarrier::new(&a, 3).unwrap());
+    // An attached view is the same barrier.
+    let b = ShmBarrier::new(&a, 2).unwrap();
+    let b2 = ShmBarrier::attach(&a, b.handle()).unwrap();
+    thread::scope(|s| {
+        let other = s.spawn(|| b2.pass(&mut step()).unwrap());
+        let mine = b.pass(&mut step()).unwrap();
+        let mut both = [mine, other.join().unwrap()];
+        both.sort_unstable();
+        assert_eq!(both, [0, 1]);
+    });
+}

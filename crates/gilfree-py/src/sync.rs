@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gilfree_core::ipc::arena::{Arena, Handle};
 use gilfree_core::ipc::barrier::{Arrival, ShmBarrier, ShmCell};
-use gilfree_core::ipc::condition::ShmCondition;
+use gilfree_core::ipc::condition::{Condition, ShmCondition};
 use gilfree_core::ipc::error::{AcquireError, Acquired};
 use gilfree_core::ipc::error::{GetError, PutError};
 use gilfree_core::ipc::event::{Event, ShmEvent};

@@ -27,6 +27,9 @@
 //! `reset`: `count > 0` → `RESETTING` (waiters get `Broken`, the last to leave refills);
 //! else `FILLING`. `abort`: `BROKEN`. Both notify.
 //!
+//! [`LocalBarrier`] is the in-process twin: the same state machine under a std mutex and
+//! condvar; both implement [`Barrier`].
+//!
 //! # When a process dies
 //! A process that dies attached to the barrier breaks it ([`BarrierBody::break_barrier`], from
 //! the arena's reap): it may have been one of the parties, so waiting for it could last
@@ -52,6 +55,39 @@ pub enum Arrival {
     Index(u32),
     /// The last arrival, with this index: run the action, then call `finish`.
     Last(u32),
+}
+
+/// The operations of `threading.Barrier`, for both twins. The action runs in the caller,
+/// between [`Barrier::wait`] returning [`Arrival::Last`] and [`Barrier::finish`].
+pub trait Barrier: Sync {
+    /// Arrives and waits for the others (steps 1–4 of the module doc). A timeout or an
+    /// interrupt breaks the barrier for every party.
+    fn wait(&self, wait: &mut Wait<'_>) -> Result<Arrival, BarrierError>;
+    /// The last arrival's second half: release the others (`ok`) or break the barrier.
+    fn finish(&self, ok: bool);
+    /// `threading.Barrier.reset`: waiters get [`BarrierError::Broken`]; the barrier is then
+    /// usable again.
+    fn reset(&self);
+    /// `threading.Barrier.abort`: breaks the barrier.
+    fn abort(&self);
+    /// Threads waiting for the barrier to fill.
+    fn n_waiting(&self) -> u32;
+    /// The number of parties.
+    fn parties(&self) -> u32;
+    /// Whether the barrier is broken.
+    fn broken(&self) -> bool;
+
+    /// `wait` with no action: the last arrival calls `finish(true)` itself. Returns the
+    /// arrival index (`0..parties`).
+    fn pass(&self, wait: &mut Wait<'_>) -> Result<u32, BarrierError> {
+        match self.wait(wait)? {
+            Arrival::Index(i) => Ok(i),
+            Arrival::Last(i) => {
+                self.finish(true);
+                Ok(i)
+            }
+        }
+    }
 }
 
 /// The barrier's shared words and protocol (module doc).
@@ -266,6 +302,197 @@ impl ShmBarrier {
     /// The barrier's words and operations.
     pub fn body(&self) -> &BarrierBody {
         self.slot.body()
+    }
+}
+
+impl Barrier for ShmBarrier {
+    fn wait(&self, wait: &mut Wait<'_>) -> Result<Arrival, BarrierError> {
+        self.body().wait(wait)
+    }
+    fn finish(&self, ok: bool) {
+        self.body().finish(ok);
+    }
+    fn reset(&self) {
+        self.body().reset();
+    }
+    fn abort(&self) {
+        self.body().break_barrier();
+    }
+    fn n_waiting(&self) -> u32 {
+        self.body().n_waiting()
+    }
+    fn parties(&self) -> u32 {
+        self.body().parties()
+    }
+    fn broken(&self) -> bool {
+        self.body().broken()
+    }
+}
+
+/// The in-process twin: the same state machine ([`BarrierBody`]'s protocol) under a std
+/// mutex, with a condvar for the sleeps.
+pub struct LocalBarrier {
+    state: std::sync::Mutex<LocalBarrierState>,
+    cond: std::sync::Condvar,
+    parties: u32,
+}
+
+/// The words `BarrierBody` keeps beside its mutex.
+struct LocalBarrierState {
+    count: u32,
+    state: u32,
+}
+
+type LocalHeld<'a> = std::sync::MutexGuard<'a, LocalBarrierState>;
+
+impl LocalBarrier {
+    /// A barrier for `parties` threads.
+    pub fn new(parties: u32) -> LocalBarrier {
+        LocalBarrier {
+            state: std::sync::Mutex::new(LocalBarrierState {
+                count: 0,
+                state: FILLING,
+            }),
+            cond: std::sync::Condvar::new(),
+            parties,
+        }
+    }
+
+    fn lock(&self) -> LocalHeld<'_> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One sleep (may be spurious): the deadline and signal check are looked at when a slice
+    /// ends without a notify, as [`Futex::wait`] does.
+    fn sleep<'a>(
+        &'a self,
+        held: LocalHeld<'a>,
+        wait: &mut Wait<'_>,
+    ) -> (LocalHeld<'a>, Result<(), WaitError>) {
+        if wait.remaining() == Some(std::time::Duration::ZERO) {
+            return (held, Err(WaitError::Timeout));
+        }
+        let Some(slice) = crate::ipc::notify::next_slice(wait) else {
+            let held = self.cond.wait(held).unwrap_or_else(|e| e.into_inner());
+            return (held, Ok(()));
+        };
+        let (held, result) = self
+            .cond
+            .wait_timeout(held, slice)
+            .unwrap_or_else(|e| e.into_inner());
+        if !result.timed_out() {
+            return (held, Ok(()));
+        }
+        drop(held);
+        let r = if wait.interrupted() {
+            Err(WaitError::Interrupted)
+        } else if wait.remaining() == Some(std::time::Duration::ZERO) {
+            Err(WaitError::Timeout)
+        } else {
+            Ok(())
+        };
+        (self.lock(), r)
+    }
+
+    /// Breaks the barrier for a failed wait (under the mutex) and says why.
+    fn fail(&self, st: &mut LocalBarrierState, e: WaitError) -> BarrierError {
+        st.state = BROKEN;
+        self.cond.notify_all();
+        match e {
+            WaitError::Io(e) => BarrierError::Io(e),
+            WaitError::Timeout => BarrierError::Broken,
+            _ => BarrierError::Interrupted,
+        }
+    }
+
+    /// Step 4, under the mutex.
+    fn leave(&self, st: &mut LocalBarrierState) {
+        st.count -= 1;
+        if st.count == 0 && (st.state == DRAINING || st.state == RESETTING) {
+            st.state = FILLING;
+            self.cond.notify_all();
+        }
+    }
+}
+
+impl Barrier for LocalBarrier {
+    fn wait(&self, wait: &mut Wait<'_>) -> Result<Arrival, BarrierError> {
+        let mut held = self.lock();
+        loop {
+            match held.state {
+                DRAINING | RESETTING => {
+                    let (h, r) = self.sleep(held, wait);
+                    held = h;
+                    if let Err(e) = r {
+                        return Err(self.fail(&mut held, e));
+                    }
+                }
+                BROKEN => return Err(BarrierError::Broken),
+                _ => break,
+            }
+        }
+        let index = held.count;
+        held.count += 1;
+        if index + 1 == self.parties {
+            return Ok(Arrival::Last(index));
+        }
+        while held.state == FILLING {
+            let (h, r) = self.sleep(held, wait);
+            held = h;
+            if let Err(e) = r {
+                let err = self.fail(&mut held, e);
+                self.leave(&mut held);
+                return Err(err);
+            }
+        }
+        let state = held.state;
+        self.leave(&mut held);
+        if state == DRAINING || state == FILLING {
+            Ok(Arrival::Index(index))
+        } else {
+            Err(BarrierError::Broken)
+        }
+    }
+
+    fn finish(&self, ok: bool) {
+        let mut held = self.lock();
+        held.state = if ok { DRAINING } else { BROKEN };
+        self.cond.notify_all();
+        self.leave(&mut held);
+    }
+
+    fn reset(&self) {
+        let mut held = self.lock();
+        if held.count > 0 {
+            if held.state == FILLING || held.state == BROKEN {
+                held.state = RESETTING;
+            }
+        } else {
+            held.state = FILLING;
+        }
+        self.cond.notify_all();
+    }
+
+    fn abort(&self) {
+        self.lock().state = BROKEN;
+        self.cond.notify_all();
+    }
+
+    fn n_waiting(&self) -> u32 {
+        let held = self.lock();
+        if held.state == FILLING {
+            held.count
+        } else {
+            0
+        }
+    }
+
+    fn parties(&self) -> u32 {
+        self.parties
+    }
+
+    fn broken(&self) -> bool {
+        self.lock().state == BROKEN
     }
 }
 

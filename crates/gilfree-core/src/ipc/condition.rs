@@ -36,6 +36,20 @@ use crate::ipc::notify::WaitError;
 use crate::sync::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use crate::Wait;
 
+/// The operations of a `threading.Condition`'s wait word, for both twins. The lock is passed
+/// to every `wait` (it is a separate primitive, any [`RawLock`]); `notify_all` is
+/// `notify(u32::MAX)`.
+pub trait Condition: Sync {
+    /// Releases `lock` completely, waits for a notify or the deadline, takes `lock` again at
+    /// its old depth: `Ok(true)` if notified, `Ok(false)` on timeout. The lock is held again
+    /// whenever this returns, except for [`CondWaitError::NotOwner`].
+    fn wait(&self, lock: &impl RawLock, wait: &mut Wait<'_>) -> Result<bool, CondWaitError>;
+    /// Wakes at most `n` of the threads waiting now. The caller holds the lock.
+    fn notify(&self, n: u32);
+    /// Threads waiting right now (not yet notified or gone).
+    fn waiters(&self) -> u32;
+}
+
 /// The condition's shared words and protocol (module doc), over any [`Futex`].
 #[repr(C)]
 #[derive(Default)]
@@ -150,15 +164,17 @@ impl LocalCondition {
     pub fn new() -> LocalCondition {
         LocalCondition::default()
     }
+}
 
-    /// See [`CondWord::wait`].
-    pub fn wait(&self, lock: &impl RawLock, wait: &mut Wait<'_>) -> Result<bool, CondWaitError> {
+impl Condition for LocalCondition {
+    fn wait(&self, lock: &impl RawLock, wait: &mut Wait<'_>) -> Result<bool, CondWaitError> {
         self.word.wait(lock, &self.futex, wait)
     }
-
-    /// See [`CondWord::notify`].
-    pub fn notify(&self, n: u32) {
+    fn notify(&self, n: u32) {
         self.word.notify(n, &self.futex);
+    }
+    fn waiters(&self) -> u32 {
+        self.word.waiters()
     }
 }
 
@@ -206,19 +222,17 @@ impl ShmCondition {
     fn word(&self) -> &CondWord {
         self.slot.body()
     }
+}
 
-    /// See [`CondWord::wait`].
-    pub fn wait(&self, lock: &impl RawLock, wait: &mut Wait<'_>) -> Result<bool, CondWaitError> {
+#[cfg(not(loom))]
+impl Condition for ShmCondition {
+    fn wait(&self, lock: &impl RawLock, wait: &mut Wait<'_>) -> Result<bool, CondWaitError> {
         self.word().wait(lock, &super::futex::ShmFutex, wait)
     }
-
-    /// See [`CondWord::notify`].
-    pub fn notify(&self, n: u32) {
+    fn notify(&self, n: u32) {
         self.word().notify(n, &super::futex::ShmFutex);
     }
-
-    /// See [`CondWord::waiters`].
-    pub fn waiters(&self) -> u32 {
+    fn waiters(&self) -> u32 {
         self.word().waiters()
     }
 }
