@@ -89,9 +89,10 @@ lint-rust:  ## cargo fmt --check and clippy -D warnings
 	PYO3_PYTHON=$(abspath $(VPY)) cargo clippy --workspace --all-targets -- -D warnings
 
 .PHONY: lint-python
-lint-python: $(DEPS_STAMP)  ## ruff check and ruff format --check
+lint-python: $(BUILD_STAMP)  ## ruff check, ruff format --check, stubtest of the native module
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/ruff format --check
+	$(VPY) -m mypy.stubtest gilfree._engine --allowlist .stubtest-allowlist
 
 .PHONY: lint
 lint: lint-rust lint-python  ## every linter, Rust and Python

@@ -1,10 +1,27 @@
 """Stub for the native module gilfree._engine (crates/gilfree-py). Private API."""
 
 from collections.abc import Callable, Sequence
-from typing import Self
+from typing import Self, final
+
+__all__ = [
+    "RING_CAPACITY_DEFAULT",
+    "Arena",
+    "Barrier",
+    "Cell",
+    "Condition",
+    "Endpoint",
+    "Engine",
+    "Event",
+    "Lease",
+    "Lock",
+    "Queue",
+    "Semaphore",
+    "TaskPool",
+]
 
 RING_CAPACITY_DEFAULT: int
 
+@final
 class Engine:
     """The worker processes of this interpreter: a warm set, leased one at a time."""
 
@@ -25,6 +42,7 @@ class Engine:
     def pids(self) -> list[int]: ...
     def idle_count(self) -> int: ...
 
+@final
 class Lease:
     """Exclusive use of one worker process until release()."""
 
@@ -36,6 +54,7 @@ class Lease:
     def kill(self) -> None: ...
     def release(self) -> None: ...
 
+@final
 class Endpoint:
     """The worker process's end of its channel to the parent."""
 
@@ -45,6 +64,7 @@ class Endpoint:
     def send(self, data: bytes, flush: bool = True) -> bool: ...
     def flush(self) -> None: ...
 
+@final
 class TaskPool:
     """A FIFO queue of opaque tasks, run on `workers` worker processes of an Engine."""
 
@@ -66,6 +86,7 @@ class TaskPool:
     def pids(self) -> list[int]: ...
     def queued(self) -> int: ...
 
+@final
 class Arena:
     """The shared-primitive arena of this process tree (a memfd of fixed-size slots)."""
 
@@ -84,7 +105,7 @@ class Lock:
     def __new__(cls, arena: Arena, handle: int | None = None, recursive: bool = False) -> Self: ...
     @property
     def handle(self) -> int: ...
-    def acquire(self, blocking: bool = True, timeout: float = -1.0) -> bool: ...
+    def acquire(self, blocking: bool = True, timeout: float = ...) -> bool: ...
     def release(self) -> None: ...
     def locked(self) -> bool: ...
     def __enter__(self) -> bool: ...
