@@ -113,7 +113,9 @@ fn lock_owner_death_shm() {
     thread::scope(|s| {
         s.spawn(|| lock.acquire(&mut step()).unwrap());
     });
-    assert!(!lock.locked());
+    // The scope's join returns before the OS thread is gone; the kernel frees the mutex of
+    // the dead owner when it walks the thread's robust list at exit.
+    spin_until("the dead owner's mutex is freed", || !lock.locked());
     assert_eq!(lock.acquire(&mut step()).unwrap(), Acquired::OwnerDied);
     lock.release().unwrap();
     assert_eq!(lock.acquire(&mut step()).unwrap(), Acquired::Clean);
@@ -133,6 +135,17 @@ fn event_suite(ev: &impl Event) {
     assert!(ev.is_set() && ev.wait(&mut short()).unwrap());
     ev.clear();
     assert!(!ev.is_set());
+    // `set` wakes every sleeper, not one (a futex wake of "all" must reach them all).
+    thread::scope(|s| {
+        let waiters: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| ev.wait(&mut step()).unwrap()))
+            .collect();
+        ev.set();
+        for w in waiters {
+            assert!(w.join().unwrap());
+        }
+    });
+    ev.clear();
 }
 
 #[test]

@@ -66,6 +66,9 @@ impl Futex for ShmFutex {
     }
 
     fn wake(&self, word: &AtomicU32, n: u32) {
+        // The kernel reads the count as an `int`: `u32::MAX` would be -1 and wake just one
+        // sleeper, so "all" is clamped to `INT_MAX` (futex(2): "INT_MAX to wake all").
+        let n = n.min(i32::MAX as u32);
         // EFAULT/EINVAL cannot happen for a live, aligned word; nothing useful to do with them.
         let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), n);
     }
