@@ -18,8 +18,6 @@ import pickle
 import types
 from typing import Any
 
-import cloudpickle
-
 from gilfree import _oob
 
 PROTOCOL = 5
@@ -52,15 +50,28 @@ class _PlainPickler(pickle.Pickler):
 _BUFFER_TYPES = (bytearray, memoryview)
 
 
-class _CloudPickler(cloudpickle.Pickler):
-    """cloudpickle, with large ``bytearray`` and ``memoryview`` sent out-of-band too."""
+_cloud_pickler: type[pickle.Pickler] | None = None
 
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) in _BUFFER_TYPES:
-            reduced = _oob.reduce_buffer(obj)
-            if reduced is not NotImplemented:
-                return reduced
-        return super().reducer_override(obj)
+
+def _cloud_pickler_class() -> type[pickle.Pickler]:
+    """cloudpickle's pickler, with large ``bytearray`` and ``memoryview`` sent out-of-band too.
+
+    Imported on first use: cloudpickle costs ~15 ms to import, and a program whose functions
+    all import by name never needs it (a worker loading its pickles imports it by itself)."""
+    global _cloud_pickler
+    if _cloud_pickler is None:
+        import cloudpickle
+
+        class _CloudPickler(cloudpickle.Pickler):
+            def reducer_override(self, obj: Any) -> Any:
+                if type(obj) in _BUFFER_TYPES:
+                    reduced = _oob.reduce_buffer(obj)
+                    if reduced is not NotImplemented:
+                        return reduced
+                return super().reducer_override(obj)
+
+        _cloud_pickler = _CloudPickler
+    return _cloud_pickler
 
 
 def dumps(obj: Any) -> bytes:
@@ -79,7 +90,7 @@ def dumps(obj: Any) -> bytes:
     except (pickle.PicklingError, TypeError, AttributeError):
         buf = io.BytesIO()
         session = _oob.Session()
-        _CloudPickler(buf, protocol=PROTOCOL, buffer_callback=session.callback).dump(obj)
+        _cloud_pickler_class()(buf, protocol=PROTOCOL, buffer_callback=session.callback).dump(obj)
     if not session.buffers:
         return buf.getvalue()
     return session.finish(buf.getbuffer())

@@ -6,7 +6,7 @@ so it can cross a process boundary.
 
 from __future__ import annotations
 
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import BrokenExecutor
 
 __all__ = ["BrokenPoolError", "OwnerDiedError", "RemoteTraceback", "WorkerCrashedError"]
 
@@ -55,13 +55,14 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
-class BrokenPoolError(BrokenProcessPool):
+class BrokenPoolError(BrokenExecutor):
     """The Pool cannot run tasks: its ``initializer`` failed in a worker process.
 
-    A subclass of ``concurrent.futures.process.BrokenProcessPool`` (and so of
-    ``concurrent.futures.BrokenExecutor``), so code written for ``ProcessPoolExecutor``
-    catches it. The initializer's own exception is attached as ``__cause__``. (A worker that
-    dies does not break a gilfree Pool: only its task fails, with :class:`WorkerCrashedError`.)
+    A ``concurrent.futures.BrokenExecutor``, as ``ProcessPoolExecutor``'s ``BrokenProcessPool``
+    is (not a subclass of that one: importing it would pull ``multiprocessing`` into every
+    ``import gilfree``). The initializer's own exception is attached as ``__cause__``. (A worker
+    that dies does not break a gilfree Pool: only its task fails, with
+    :class:`WorkerCrashedError`.)
     """
 
 
