@@ -274,3 +274,20 @@ def test_shared_array_without_numpy():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_cancelled_task_frees_the_shared_memory_its_arguments_pinned() -> None:
+    big = np.arange(1 << 20, dtype=np.int64)  # 8 MB: goes through shared memory
+    with gilfree.Pool(1) as p:
+        started, gate = gilfree.Event(), gilfree.Event()
+        blocker = p.submit(lambda s, g: (s.set(), g.wait())[1], started, gate)
+        assert started.wait(60)
+        # Queued behind the blocker (and the one pipelined behind it): never loaded by a worker.
+        queued = [p.submit(len, big) for _ in range(3)]
+        before = _oob.stats()["pinned"]
+        assert before >= 1
+        assert queued[-1].cancel()
+        p.shutdown(wait=False, cancel_futures=True)
+        gate.set()
+        assert blocker.result(timeout=60) is True
+    assert _oob.stats()["pinned"] < before

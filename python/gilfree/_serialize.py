@@ -104,6 +104,11 @@ def loads(data: Any) -> Any:
     return pickle.loads(data)
 
 
+def pins_shared_memory(blob: bytes) -> bool:
+    """Whether ``blob`` (from :func:`dumps`) placed buffers in shared memory."""
+    return blob[:4] == _oob.MAGIC
+
+
 def discard(blob: bytes) -> None:
     """Tells the shared-memory arena that ``blob`` will never be sent or loaded (a cancelled
     task's arguments, say), so the memory it pins can be reused at once."""

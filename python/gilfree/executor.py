@@ -125,13 +125,16 @@ class _PoolFuture(Future):
 class _FutureHandler:
     """Resolves one ``submit``'s Future."""
 
-    __slots__ = ("future", "timeout")
+    __slots__ = ("blob", "future", "timeout")
 
-    def __init__(self, future: _PoolFuture, timeout: float | None) -> None:
+    def __init__(self, future: _PoolFuture, timeout: float | None, body: bytes) -> None:
         self.future = future
         self.timeout = timeout
+        self.blob = _pinning(body)
 
     def complete(self, frames: list[bytes], end: int, info: Any) -> None:
+        if self.blob is not None and end in (_CANCELLED, _BROKEN):
+            _serialize.discard(self.blob)  # never loaded: free the shared memory it pins
         future = self.future
         if future.done():  # cancelled while queued
             return
@@ -147,6 +150,12 @@ class _FutureHandler:
             future.set_result(value)
         else:
             future.set_exception(value)
+
+
+def _pinning(body: bytes) -> bytes | None:
+    """``body`` if it carries large buffers in shared memory (which stay pinned until a worker
+    loads them, or until ``_serialize.discard``), else ``None``."""
+    return body if _serialize.pins_shared_memory(body) else None
 
 
 def _force_cancel(future: Future) -> bool:
@@ -199,7 +208,8 @@ class _Results:
         # Outcomes by the index of a run's first item (ordered) or in arrival order (unordered).
         self.slots: dict[int, list[tuple[bool, Any]]] = {}
         self.arrivals: collections.deque[list[tuple[bool, Any]]] = collections.deque()
-        self.outstanding: dict[int, tuple[int, list[Any]]] = {}  # task id → (first index, items)
+        # task id → (first index, items, the pickled chunk if it pins shared memory)
+        self.outstanding: dict[int, tuple[int, list[Any], bytes | None]] = {}
         self.source_done = False
         self.source_error: BaseException | None = None
         self.closed = False
@@ -255,7 +265,7 @@ class _Results:
             return
         pool = self.pool
         task_id = next(pool._ids)
-        self.outstanding[task_id] = (first, items)
+        self.outstanding[task_id] = (first, items, _pinning(body))
         pool._handlers[task_id] = self
         msg = _protocol.encode_task(_protocol.POOL_CALL, len(items), body)
         try:
@@ -293,7 +303,9 @@ class _Results:
         self.fill()
 
     def _complete(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
-        first, items = self.outstanding.pop(task_id)
+        first, items, blob = self.outstanding.pop(task_id)
+        if blob is not None and end in (_CANCELLED, _BROKEN):
+            _serialize.discard(blob)  # never loaded: free the shared memory it pins
         n = len(items)
         results = [_decode_frame(f) for f in frames[:n]]
         if end == _DONE and len(frames) == n + 1:
@@ -455,7 +467,7 @@ class Pool(Executor):
             body = self._pickle_call(fn, args, kwargs)
             task_id = next(self._ids)
             future = _PoolFuture(self, task_id)
-            self._handlers[task_id] = _FutureHandler(future, timeout)
+            self._handlers[task_id] = _FutureHandler(future, timeout, body)
             msg = _protocol.encode_task(_protocol.POOL_CALL, 1, body)
             try:
                 self._tp.submit(task_id, msg, 2, timeout)
