@@ -113,6 +113,10 @@ class Worker:
         self._args = args
         self._kwargs = {} if kwargs is None else kwargs
         self._gilfree = _State(name, bool(daemon))
+        # Start the engine (and its warm processes, in the background) now, so they are ready,
+        # or nearly, by the time this Worker starts.
+        if not _runtime.exiting():
+            _runtime.engine()
 
     # -- what runs in the worker -------------------------------------------------------------
 
