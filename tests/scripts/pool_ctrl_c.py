@@ -17,8 +17,9 @@ mode = sys.argv[1]
 pool = gilfree.Pool(2)
 list(pool.map(lambda _: os.getpid(), range(20)))
 print("pids", " ".join(str(p) for p in _runtime.worker_pids()), flush=True)
-print("waiting", flush=True)
 try:
+    # Inside the try: the SIGINT may arrive as soon as this line is out.
+    print("waiting", flush=True)
     if mode == "map":
         list(pool.map(block, range(10)))
     elif mode == "imap":
