@@ -114,6 +114,8 @@ def test_ctrl_c_while_waiting_on_a_pool(mode: str) -> None:
     pids, out, err, returncode = interrupt_script("pool_ctrl_c.py", mode, ready="waiting")
     assert pids
     assert "interrupted" in out, err
+    if mode == "result":  # the task was stopped at once, not only at exit
+        assert "task stopped True" in out, out
     assert returncode == 0, err
     assert wait_gone(pids) == []
 

@@ -121,6 +121,15 @@ class _PoolFuture(Future):
                 self.set_running_or_notify_cancel()
             return False
 
+    def result(self, timeout: float | None = None) -> Any:
+        """As ``Future.result``; Ctrl-C while waiting also stops the task (kills its worker
+        process if it runs), since nobody is left to want its result."""
+        try:
+            return super().result(timeout)
+        except KeyboardInterrupt:
+            self._gilfree_pool.cancel(self)
+            raise
+
 
 class _FutureHandler:
     """Resolves one ``submit``'s Future."""

@@ -18,17 +18,25 @@ pool = gilfree.Pool(2)
 list(pool.map(lambda _: os.getpid(), range(20)))
 print("pids", " ".join(str(p) for p in _runtime.worker_pids()), flush=True)
 try:
-    # Inside the try: the SIGINT may arrive as soon as this line is out.
-    print("waiting", flush=True)
+    # Each mode says "waiting" inside the try, just before it blocks: the SIGINT may arrive as
+    # soon as the line is out.
     if mode == "map":
+        print("waiting", flush=True)
         list(pool.map(block, range(10)))
     elif mode == "imap":
+        print("waiting", flush=True)
         list(pool.imap(block, range(10)))
     elif mode == "result":
-        pool.submit(block).result()
+        fut = pool.submit(block)
+        try:
+            print("waiting", flush=True)
+            fut.result()
+        finally:
+            print("task stopped", fut.cancelled(), flush=True)
     elif mode == "with":
         with pool:
             pool.submit(block)
+            print("waiting", flush=True)
             pool.submit(block).result()
 except KeyboardInterrupt:
     print("interrupted", flush=True)
