@@ -9,7 +9,12 @@ kind = sys.argv[1]
 if kind == "lock":
     lock = gilfree.Lock()
     held = threading.Event()
-    threading.Thread(target=lambda: (lock.acquire(), held.set()), daemon=True).start()
+    forever = threading.Event()
+    # The holder must stay alive: a thread that exits holding a robust mutex makes the next
+    # acquire succeed at once (with OwnerDiedError), and there would be nothing to interrupt.
+    threading.Thread(
+        target=lambda: (lock.acquire(), held.set(), forever.wait()), daemon=True
+    ).start()
     held.wait()
     wait = lock.acquire
 else:
