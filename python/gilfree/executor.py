@@ -39,6 +39,9 @@ _NOT_FOUND, _WAS_QUEUED, _RUNNING, _KILLED = range(4)
 # Automatic chunking aims for chunks that run about this long: long enough that the per-chunk
 # cost (~100 µs round trip) vanishes, short enough to balance load and show progress.
 _TARGET_CHUNK_SECONDS = 0.02
+# Chunks in flight per worker (the look-ahead of imap): more when chunks are small.
+_WINDOW = 3
+_SMALL_CHUNK_WINDOW = 12
 # A known-length input is cut into at least this many chunks per worker, for load balance.
 _MIN_CHUNKS_PER_WORKER = 4
 
@@ -224,7 +227,6 @@ class _Results:
         self.closed = False
         self.per_item: float | None = None  # measured seconds per item, smoothed
         self.chunk = 1
-        self.window = max(2, pool._max_workers * 3)
 
     # -- cutting and submitting chunks (call's thread, then collector thread) --------------
 
@@ -240,12 +242,21 @@ class _Results:
             size = max(1, min(size, balance))
         return size
 
+    def _window(self) -> int:
+        """How many chunks may be in flight. Small chunks need many: refills come from the
+        collector thread, whose wake-up (tens of µs on this kind of machine) must not leave the
+        workers idle; big chunks need few (each keeps a worker busy for a while)."""
+        size = self.fixed_chunk if self.fixed_chunk is not None else self.chunk
+        return self.pool._max_workers * (_SMALL_CHUNK_WINDOW if size <= 16 else _WINDOW)
+
     def fill(self) -> None:
         """Cuts and submits chunks until the window is full or the source is exhausted."""
         with self.lock:
             self.stalled = False
-            while not self.source_done and not self.closed and len(self.outstanding) < self.window:
-                if not self.eager and self.next_index - self.yielded >= self.window * self.chunk:
+            while (
+                not self.source_done and not self.closed and len(self.outstanding) < self._window()
+            ):
+                if not self.eager and self.next_index - self.yielded >= self._window() * self.chunk:
                     self.stalled = True
                     return
                 size = self._next_size()
@@ -537,7 +548,7 @@ class Pool(Executor):
         """A lazy ``map`` of one-argument ``fn``: consumes ``iterable`` with bounded look-ahead.
 
         An endless generator works, and memory stays flat: no more than a few chunks per worker
-        are cut ahead of what the caller has consumed.
+        (a dozen when chunks are tiny) are cut ahead of what the caller has consumed.
 
         Args:
             fn: The function, called as ``fn(item)``.
