@@ -209,7 +209,7 @@ def test_untimed_semaphore_acquire_succeeds_when_an_unjoined_holder_is_killed() 
         w.join(WATCHDOG)
 
 
-@pytest.mark.parametrize("kind", ["lock", "event"])
+@pytest.mark.parametrize("kind", ["lock", "event", "queue"])
 def test_ctrl_c_during_a_wait_raises_keyboard_interrupt(kind: str) -> None:
     _, out, err, returncode = interrupt_script("sync_ctrl_c.py", kind, ready="waiting")
     assert "interrupted" in out, err

@@ -1,4 +1,4 @@
-"""Ctrl-C while the main thread waits on a gilfree Lock or Event: KeyboardInterrupt."""
+"""Ctrl-C while the main thread waits on a gilfree Lock, Event or Queue: KeyboardInterrupt."""
 
 import sys
 import threading
@@ -17,6 +17,8 @@ if kind == "lock":
     ).start()
     held.wait()
     wait = lock.acquire
+elif kind == "queue":
+    wait = gilfree.Queue().get
 else:
     event = gilfree.Event()
     wait = event.wait
