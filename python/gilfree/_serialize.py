@@ -98,7 +98,7 @@ def dumps(obj: Any) -> bytes:
 
 def loads(data: Any) -> Any:
     """Unpickles what :func:`dumps` made (``bytes``, or a ``memoryview`` of them)."""
-    if data[:4] == _oob.MAGIC:
+    if pins_shared_memory(data):
         return _oob.loads(data)
     _oob.reap()
     return pickle.loads(data)
@@ -113,6 +113,20 @@ def discard(blob: bytes) -> None:
     """Tells the shared-memory arena that ``blob`` will never be sent or loaded (a cancelled
     task's arguments, say), so the memory it pins can be reused at once."""
     _oob.discard(blob)
+
+
+def find_unpicklable(args: Any = (), kwargs: Any = None) -> tuple[str, Any, BaseException] | None:
+    """The first argument of a call that cannot be pickled, as ``(label, object, error)``
+    with a label such as ``"argument 1"`` or ``"keyword argument 'key'"``; ``None`` if every
+    one can. For naming the culprit once pickling the whole call has failed."""
+    labelled = [(f"argument {i}", a) for i, a in enumerate(args)]
+    labelled += [(f"keyword argument {k!r}", a) for k, a in (kwargs or {}).items()]
+    for label, arg in labelled:
+        try:
+            dumps(arg)
+        except Exception as exc:
+            return label, arg, exc
+    return None
 
 
 def describe_failure(obj: Any, exc: BaseException) -> str:

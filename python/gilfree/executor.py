@@ -253,10 +253,11 @@ class _Results:
         """Cuts and submits chunks until the window is full or the source is exhausted."""
         with self.lock:
             self.stalled = False
-            while (
-                not self.source_done and not self.closed and len(self.outstanding) < self._window()
-            ):
-                if not self.eager and self.next_index - self.yielded >= self._window() * self.chunk:
+            while not self.source_done and not self.closed:
+                window = self._window()
+                if len(self.outstanding) >= window:
+                    break
+                if not self.eager and self.next_index - self.yielded >= window * self.chunk:
                     self.stalled = True
                     return
                 size = self._next_size()
@@ -608,17 +609,11 @@ class Pool(Executor):
             return _serialize.dumps((fn_blob, _protocol.CALL_ARGS_KWARGS, [(args, kwargs)]))
         except Exception:
             pass
-        for i, arg in enumerate(args):
-            try:
-                _serialize.dumps(arg)
-            except Exception as exc:
-                raise _unpicklable(f"argument {i}", arg, exc) from exc
-        for key, arg in kwargs.items():
-            try:
-                _serialize.dumps(arg)
-            except Exception as exc:
-                raise _unpicklable(f"keyword argument {key!r}", arg, exc) from exc
-        raise TypeError("the call's arguments cannot be pickled")
+        found = _serialize.find_unpicklable(args, kwargs)
+        if found is None:
+            raise TypeError("the call's arguments cannot be pickled")
+        label, arg, exc = found
+        raise _unpicklable(label, arg, exc) from exc
 
     def _start(
         self,

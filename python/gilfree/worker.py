@@ -323,16 +323,14 @@ class Worker:
         if key == "_target":
             what = "target"
         elif key in ("_args", "_kwargs"):
-            items = enumerate(value) if key == "_args" else value.items()
-            for k, item in items:
-                try:
-                    _serialize.dumps(item)
-                except Exception as item_exc:
-                    kind = "argument" if key == "_args" else "keyword argument"
-                    return (
-                        f"cannot start {self.name}: {kind} {k!r} cannot be pickled: "
-                        + _serialize.describe_failure(item, item_exc)
-                    )
+            args, kwargs = (value, None) if key == "_args" else ((), value)
+            found = _serialize.find_unpicklable(args, kwargs)
+            if found is not None:
+                label, item, item_exc = found
+                return (
+                    f"cannot start {self.name}: {label} cannot be pickled: "
+                    + _serialize.describe_failure(item, item_exc)
+                )
             what = "arguments" if key == "_args" else "keyword arguments"
         return (
             f"cannot start {self.name}: {what} cannot be pickled: "

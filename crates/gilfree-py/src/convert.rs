@@ -3,6 +3,7 @@
 use std::ops::ControlFlow;
 use std::time::Duration;
 
+use gilfree_core::Wait;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -21,6 +22,23 @@ pub fn timeout(secs: Option<f64>) -> PyResult<Option<Duration>> {
             Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX),
         )),
     }
+}
+
+/// Runs a blocking core call with the GIL released and Ctrl-C honoured: `f` gets a [`Wait`]
+/// with `timeout` and the signal check. Returns what `f` returned and the error (a
+/// `KeyboardInterrupt`, say) the signal check raised, if any.
+pub fn blocking<T: Send>(
+    py: Python<'_>,
+    timeout: Option<Duration>,
+    f: impl FnOnce(&mut Wait<'_>) -> T + Send,
+) -> (T, Option<PyErr>) {
+    let mut signals = SignalCheck::new();
+    let result = py.detach(|| {
+        let mut check = || signals.check();
+        let mut wait = Wait::timeout(timeout).with_signal_check(&mut check);
+        f(&mut wait)
+    });
+    (result, signals.pending.take())
 }
 
 /// Runs `PyErr_CheckSignals` for a wait that has the GIL released: keeps the first error

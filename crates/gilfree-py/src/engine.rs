@@ -8,12 +8,12 @@ use std::time::Duration;
 use gilfree_core::ipc::arena::ARENA_FD_ENV;
 use gilfree_core::output::{OutputSink, Stream};
 use gilfree_core::pool::{DeathHook, Engine, EngineConfig, Lease, WorkerCommand};
-use gilfree_core::{RecvError, Wait};
+use gilfree_core::RecvError;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::convert::{self, SignalCheck};
+use crate::convert::{self, blocking};
 use crate::errors::PyEngineError;
 use crate::sync::PyArena;
 
@@ -94,13 +94,8 @@ impl PyEngine {
 
     /// An idle worker process, or a new one if all are busy. Interruptible.
     fn acquire(&self, py: Python<'_>) -> PyResult<PyLease> {
-        let mut signals = SignalCheck::new();
-        let result = py.detach(|| {
-            let mut check = || signals.check();
-            let mut wait = Wait::forever().with_signal_check(&mut check);
-            self.inner.acquire(&mut wait)
-        });
-        let lease = result.map_err(|e| PyEngineError::Spawn(e, signals.pending.take()))?;
+        let (result, pending) = blocking(py, None, |wait| self.inner.acquire(wait));
+        let lease = result.map_err(|e| PyEngineError::Spawn(e, pending))?;
         Ok(PyLease {
             pid: lease.pid(),
             inner: RwLock::new(Some(lease)),
@@ -155,18 +150,13 @@ impl PyLease {
 
     /// Sends one message to the worker. Raises `WorkerCrashedError` if it is dead.
     fn send(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        let mut signals = SignalCheck::new();
-        let result = py.detach(|| {
-            self.with(|lease| {
-                let mut check = || signals.check();
-                let mut wait = Wait::forever().with_signal_check(&mut check);
-                lease.send(data, &mut wait)
-            })
-        })?;
+        let (result, pending) =
+            blocking(py, None, |wait| self.with(|lease| lease.send(data, wait)));
+        let result = result?;
         match result {
             Ok(()) => Ok(()),
             Err(gilfree_core::SendError::Disconnected) => Err(self.crashed(py)),
-            Err(e) => Err(PyEngineError::Send(e, signals.pending.take()).into()),
+            Err(e) => Err(PyEngineError::Send(e, pending).into()),
         }
     }
 
@@ -179,19 +169,13 @@ impl PyLease {
         timeout: Option<f64>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let timeout = convert::timeout(timeout)?;
-        let mut signals = SignalCheck::new();
-        let result = py.detach(|| {
-            self.with(|lease| {
-                let mut check = || signals.check();
-                let mut wait = Wait::timeout(timeout).with_signal_check(&mut check);
-                lease.recv(&mut wait)
-            })
-        })?;
+        let (result, pending) = blocking(py, timeout, |wait| self.with(|lease| lease.recv(wait)));
+        let result = result?;
         match result {
             Ok(msg) => Ok(Some(PyBytes::new(py, &msg))),
             Err(RecvError::Timeout) => Ok(None),
             Err(RecvError::Disconnected) => Err(self.crashed(py)),
-            Err(e) => Err(PyEngineError::Recv(e, signals.pending.take()).into()),
+            Err(e) => Err(PyEngineError::Recv(e, pending).into()),
         }
     }
 

@@ -1,12 +1,12 @@
 //! `TaskPool`: the task scheduler under `gilfree.Pool`.
 
 use gilfree_core::pool::{CancelOutcome, Completion, End, PoolConfig, Task, TaskPool};
-use gilfree_core::{RecvError, Wait};
+use gilfree_core::RecvError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::IntoPyObjectExt;
 
-use crate::convert::{self, SignalCheck};
+use crate::convert::{self, blocking};
 use crate::engine::PyEngine;
 use crate::errors::PyEngineError;
 
@@ -97,12 +97,7 @@ impl PyTaskPool {
         timeout: Option<f64>,
     ) -> PyResult<Option<Vec<PyCompletion<'py>>>> {
         let timeout = convert::timeout(timeout)?;
-        let mut signals = SignalCheck::new();
-        let result = py.detach(|| {
-            let mut check = || signals.check();
-            let mut wait = Wait::timeout(timeout).with_signal_check(&mut check);
-            self.inner.completions(&mut wait)
-        });
+        let (result, pending) = blocking(py, timeout, |wait| self.inner.completions(wait));
         match result {
             Ok(batch) => batch
                 .into_iter()
@@ -111,7 +106,7 @@ impl PyTaskPool {
                 .map(Some),
             Err(RecvError::Timeout) => Ok(Some(Vec::new())),
             Err(RecvError::Disconnected) => Ok(None),
-            Err(e) => Err(PyEngineError::Recv(e, signals.pending.take()).into()),
+            Err(e) => Err(PyEngineError::Recv(e, pending).into()),
         }
     }
 
@@ -124,13 +119,8 @@ impl PyTaskPool {
     #[pyo3(signature = (timeout=None))]
     fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let timeout = convert::timeout(timeout)?;
-        let mut signals = SignalCheck::new();
-        let joined = py.detach(|| {
-            let mut check = || signals.check();
-            let mut wait = Wait::timeout(timeout).with_signal_check(&mut check);
-            self.inner.join(&mut wait)
-        });
-        match signals.pending.take() {
+        let (joined, pending) = blocking(py, timeout, |wait| self.inner.join(wait));
+        match pending {
             Some(e) => Err(e),
             None => Ok(joined),
         }

@@ -16,11 +16,10 @@ use gilfree_core::ipc::event::{Event, ShmEvent};
 use gilfree_core::ipc::lock::{RawLock, ShmLock};
 use gilfree_core::ipc::queue::{ByteQueue, ShmQueue};
 use gilfree_core::ipc::semaphore::{Semaphore, ShmSemaphore};
-use gilfree_core::Wait;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::convert::{self, SignalCheck};
+use crate::convert::{self, blocking};
 use crate::errors::{
     acquire_error, attach_error, barrier_error, cond_error, queue_get_error, queue_put_error,
     release_error, OwnerDiedError,
@@ -82,25 +81,6 @@ fn lock_timeout(blocking: bool, timeout: f64) -> PyResult<Option<Option<Duration
         return Err(PyValueError::new_err("timeout value must be positive"));
     }
     Ok(Some(convert::timeout(Some(timeout))?))
-}
-
-/// Runs a blocking core wait with the GIL released and Ctrl-C honoured.
-fn blocking<T, E>(
-    py: Python<'_>,
-    timeout: Option<Duration>,
-    f: impl FnOnce(&mut Wait<'_>) -> Result<T, E> + Send,
-) -> (Result<T, E>, Option<PyErr>)
-where
-    T: Send,
-    E: Send,
-{
-    let mut signals = SignalCheck::new();
-    let result = py.detach(|| {
-        let mut check = || signals.check();
-        let mut wait = Wait::timeout(timeout).with_signal_check(&mut check);
-        f(&mut wait)
-    });
-    (result, signals.pending.take())
 }
 
 fn owner_died(py: Python<'_>, got: Acquired) -> PyResult<()> {
@@ -313,7 +293,7 @@ impl PySemaphore {
             return Ok(false);
         }
         let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
-        match self::blocking(py, timeout, |w| self.inner.acquire(w)) {
+        match convert::blocking(py, timeout, |w| self.inner.acquire(w)) {
             (Ok(got), _) => Ok(got),
             (Err(e), pending) => Err(acquire_error(e, pending)),
         }

@@ -327,19 +327,29 @@ impl<'h> Cursor<'h> {
         pos(self.chunk, self.off)
     }
 
+    /// At the end of a chunk, moves to the next one in the chain (the one left behind goes to
+    /// `passed`); `false` if the chain ends there.
+    fn step_if_at_end(&mut self, passed: &mut Vec<u32>) -> bool {
+        if self.off < CHUNK_SIZE {
+            return true;
+        }
+        let next = self.heap.next(self.chunk).load(SeqCst);
+        if next == 0 {
+            return false;
+        }
+        passed.push(self.chunk);
+        self.chunk = next;
+        self.off = 0;
+        true
+    }
+
     /// Copies `out.len()` bytes out, following `next` links; each chunk left behind goes to
     /// `passed`. `false` if the chain ends first (a broken invariant, or recovery's recount).
     fn read(&mut self, out: &mut [u8], passed: &mut Vec<u32>) -> bool {
         let mut done = 0;
         while done < out.len() {
-            if self.off == CHUNK_SIZE {
-                let next = self.heap.next(self.chunk).load(SeqCst);
-                if next == 0 {
-                    return false;
-                }
-                passed.push(self.chunk);
-                self.chunk = next;
-                self.off = 0;
+            if !self.step_if_at_end(passed) {
+                return false;
             }
             let n = (CHUNK_SIZE - self.off).min(out.len() - done);
             // SAFETY: the chunk is in the queue's chain, which the caller's lock gives it
@@ -358,14 +368,8 @@ impl<'h> Cursor<'h> {
     /// Skips `n` bytes (recovery's recount); `false` if the chain ends first.
     fn skip(&mut self, mut n: u64, passed: &mut Vec<u32>) -> bool {
         while n > 0 {
-            if self.off == CHUNK_SIZE {
-                let next = self.heap.next(self.chunk).load(SeqCst);
-                if next == 0 {
-                    return false;
-                }
-                passed.push(self.chunk);
-                self.chunk = next;
-                self.off = 0;
+            if !self.step_if_at_end(passed) {
+                return false;
             }
             let step = ((CHUNK_SIZE - self.off) as u64).min(n);
             self.off += step as usize;
