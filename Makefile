@@ -16,6 +16,9 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 # Extra arguments for `make bench`, e.g. `make bench BENCH_ARGS=--quick`.
 BENCH_ARGS ?=
+# `make soak`: tasks per chaos run, and the seeds to run.
+SOAK_TASKS ?= 20000
+SOAK_SEEDS ?= 11,12,13
 
 DEPS_STAMP := $(VENV)/.deps.stamp
 BUILD_STAMP := $(VENV)/.build.stamp
@@ -82,6 +85,11 @@ test: install  ## run every test: Rust (gilfree-core, without Python), then pyte
 loom:  ## model-check the lock word, event counter and ring indices under loom
 	RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
 		cargo test -p gilfree-core --release loom_
+
+.PHONY: soak
+soak: install  ## long chaos runs: many tasks, random SIGKILLs (SOAK_TASKS, SOAK_SEEDS)
+	GILFREE_CHAOS_TASKS=$(SOAK_TASKS) GILFREE_CHAOS_SEEDS=$(SOAK_SEEDS) GILFREE_CHAOS_WATCHDOG=3000 \
+		$(VPY) -m pytest tests/test_chaos.py -v
 
 .PHONY: lint-rust
 lint-rust:  ## cargo fmt --check and clippy -D warnings

@@ -31,6 +31,9 @@ TRAILER = struct.Struct("<d")
 # Task kinds.
 RUN_WORKER = 1
 POOL_INIT = 2
+# The first byte of a failure frame the engine itself made (a worker process could not be
+# started): the rest is a UTF-8 message (``ENGINE_FAILURE`` in pool/scheduler/mod.rs).
+ENGINE_FAILURE = b"\xff"
 POOL_CALL = 3
 
 # Reply statuses (RUN_WORKER replies and POOL_CALL item frames).

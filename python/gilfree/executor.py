@@ -97,7 +97,10 @@ def _end_error(end: int, info: Any, timeout: float | None) -> BaseException:
 
 
 def _decode_init_failure(frame: bytes) -> BaseException:
-    """The initializer's exception, from the frame a worker sent (see ``_protocol``)."""
+    """The initializer's exception, from the frame a worker sent (see ``_protocol``), or the
+    engine's own failure (a worker process could not be started), whose frame is a message."""
+    if frame[:1] == _protocol.ENGINE_FAILURE:
+        return RuntimeError(frame[1:].decode("utf-8", "replace"))
     exc_blob, tb_text = _serialize.loads(frame[1:])
     exc = _serialize.loads(exc_blob)
     exc.__cause__ = RemoteTraceback(tb_text)

@@ -6,6 +6,7 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use super::{failure_frame, End, Shared, State, Task};
+use crate::error::SpawnError;
 use crate::pool::supervisor::Lease;
 use crate::wait::Wait;
 
@@ -88,6 +89,13 @@ pub(super) fn run(shared: &Arc<Shared>, index: usize) {
 fn start_worker(shared: &Shared, index: usize) -> Option<Arc<Lease>> {
     let lease = match shared.engine.acquire(&mut Wait::forever()) {
         Ok(lease) => Arc::new(lease),
+        // Killed from outside before it was ready (SIGKILL: the OOM killer, a user, a chaos
+        // test): nothing is wrong with the pool, so start another. A worker that fails its
+        // start by itself (an exit code, a crash signal) would fail again: that breaks the pool.
+        Err(SpawnError::Handshake {
+            signal: Some(libc::SIGKILL | libc::SIGTERM),
+            ..
+        }) => return None,
         Err(e) => {
             let msg = format!("could not start a worker process: {e}");
             shared.lock().break_pool(shared, failure_frame(&msg));
