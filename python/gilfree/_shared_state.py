@@ -1,0 +1,194 @@
+"""Finds the shared state a Worker changed in its worker process, so the parent can say so.
+
+A thread shares its module's globals with the main thread; a Worker runs on copies (its
+function's globals are pickled with it, or re-imported in the worker process). A threading
+program that collects results in a module-level list therefore gets a silently wrong answer.
+This module makes it loud, cheaply:
+
+1. before ``run()``, :func:`watch` looks at the functions that will run (the target, or every
+   method a Worker subclass defines, and the functions those name, a few levels deep, skipping
+   the standard library) and records, for each global and closure variable their code names:
+   a shallow copy of each ``list``/``dict``/``set``/``bytearray`` value, and the value itself
+   for each global the code assigns (``global x; x = ...``) and each closure cell;
+2. after ``run()``, :meth:`Watch.changes` compares: an element replaced, added or removed (by
+   identity, so no ``__eq__`` runs), or a variable rebound;
+3. only the names that changed travel back with the reply; ``Worker.join()`` warns with
+   :class:`gilfree.SharedStateWarning`.
+
+What it does not see: changes nested deeper than the container's own elements
+(``results[0].append(x)``), and state reached only through attributes (``module.x = 1``).
+The cost is a dictionary lookup per name the code uses, plus a copy of each container it
+names (O(n) in its length).
+"""
+
+from __future__ import annotations
+
+import dis
+import operator
+import sys
+import types
+import weakref
+from typing import Any
+
+from gilfree._serialize import code_names
+
+_CONTAINERS = (list, dict, set, bytearray)
+_MISSING = object()
+_DEPTH = 3
+_SKIP_MODULES = frozenset(sys.stdlib_module_names) | {"gilfree", "cloudpickle", "numpy"}
+
+# Names each code object (and the code nested in it) assigns with ``global``.
+_stored: weakref.WeakKeyDictionary[types.CodeType, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _global_stores(code: types.CodeType) -> frozenset[str]:
+    names = _stored.get(code)
+    if names is None:
+        found = {
+            ins.argval
+            for ins in dis.get_instructions(code)
+            if ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL")
+        }
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                found |= _global_stores(const)
+        names = _stored[code] = frozenset(found)
+    return names
+
+
+def _differs(before: Any, now: Any) -> bool:
+    if isinstance(now, bytearray):
+        return before != now
+    if len(before) != len(now):
+        return True
+    if isinstance(now, list):
+        return not all(map(operator.is_, before, now))
+    if isinstance(now, dict):
+        get = now.get
+        return any(get(k, _MISSING) is not v for k, v in before.items())
+    return before != now  # a set: elements are hashable, equality is by hash and ==
+
+
+def _unwrap(fn: Any) -> list[types.FunctionType]:
+    """The plain functions behind a callable (a partial, a bound method, a callable object)."""
+    for _ in range(4):
+        if isinstance(fn, types.FunctionType):
+            return [fn]
+        if isinstance(fn, types.MethodType):
+            fn = fn.__func__
+        elif hasattr(fn, "func") and hasattr(fn, "keywords"):  # functools.partial
+            fn = fn.func
+        elif fn is not None and not isinstance(fn, type):
+            call = getattr(type(fn), "__call__", None)  # noqa: B004
+            return _unwrap(call) if isinstance(call, types.FunctionType) else []
+        else:
+            return []
+    return []
+
+
+class Watch:
+    """What :func:`watch` recorded before ``run()``."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        # (where, name, holder, before, copy or None, watch rebinding)
+        self.entries: list[tuple[str, str, Any, Any, Any, bool]] = []
+
+    def changes(self) -> list[tuple[str, str, str, str]]:
+        """``(what changed, scope, where, name)``: what is ``"list"``, ``"dict"``, ``"set"``,
+        ``"bytearray"`` (its content changed) or ``"rebound"``; scope is ``"global"`` (where
+        is the module) or ``"closure"`` (where is the function that captured it)."""
+        found: list[tuple[str, str, str, str]] = []
+        for where, name, holder, before, copied, rebind in self.entries:
+            if isinstance(holder, dict):
+                now = holder.get(name, _MISSING)
+                kind = "global"
+            else:
+                try:
+                    now = holder.cell_contents
+                except ValueError:
+                    now = _MISSING
+                kind = "closure"
+            if now is not before:
+                if rebind:
+                    found.append(("rebound", kind, where, name))
+            elif copied is not None and _differs(copied, now):
+                found.append((type(now).__name__, kind, where, name))
+        return found
+
+
+def _methods(cls: type, stop: type) -> list[types.FunctionType]:
+    found = []
+    for klass in cls.__mro__:
+        if klass is stop or klass is object:
+            break
+        for value in vars(klass).values():
+            if isinstance(value, staticmethod | classmethod):
+                value = value.__func__
+            elif isinstance(value, property):
+                value = value.fget
+            if isinstance(value, types.FunctionType):
+                found.append(value)
+    return found
+
+
+def watch(worker: Any, base: type) -> Watch:
+    """Records the state ``worker.run()`` could change without the parent seeing it.
+
+    A diagnostic: if looking fails (an object whose ``copy`` raises, say), nothing is
+    watched and the Worker runs as it would have."""
+    try:
+        return _watch(worker, base)
+    except Exception:
+        return Watch()
+
+
+def _watch(worker: Any, base: type) -> Watch:
+    w = Watch()
+    roots = _unwrap(worker.__dict__.get("_target"))
+    if type(worker).run is not base.run:
+        roots += _methods(type(worker), base)
+    seen_fns: set[int] = set()
+    seen_vars: set[tuple[int, str]] = set()
+    todo = [(fn, 0) for fn in roots]
+    while todo:
+        fn, depth = todo.pop()
+        if id(fn) in seen_fns:
+            continue
+        seen_fns.add(id(fn))
+        code = fn.__code__
+        module = fn.__module__ or "?"
+        g = fn.__globals__
+        stores = _global_stores(code)
+        for name in code_names(code):
+            value = g.get(name, _MISSING)
+            rebind = name in stores
+            if (value is _MISSING and not rebind) or name.startswith("__"):
+                continue
+            key = (id(g), name)
+            if key in seen_vars:
+                continue
+            seen_vars.add(key)
+            if type(value) in _CONTAINERS:
+                w.entries.append((module, name, g, value, value.copy(), rebind))
+            elif rebind:
+                w.entries.append((module, name, g, value, None, True))
+            elif isinstance(value, types.FunctionType) and depth < _DEPTH:
+                home = (value.__module__ or "").partition(".")[0]
+                if home not in _SKIP_MODULES:
+                    todo.append((value, depth + 1))
+        for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
+            key = (id(cell), name)
+            if key in seen_vars or name.startswith("__"):
+                continue
+            seen_vars.add(key)
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                value = _MISSING
+            copied = value.copy() if type(value) in _CONTAINERS else None
+            w.entries.append((fn.__qualname__, name, cell, value, copied, True))
+            if isinstance(value, types.FunctionType) and depth < _DEPTH:
+                todo.append((value, depth + 1))
+    return w
