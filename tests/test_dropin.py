@@ -15,12 +15,12 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import dropin_helpers as dh
 import pytest
 
 import gilfree
 from gilfree import _threading_api, worker
 
-import dropin_helpers as dh
 from conftest import WATCHDOG
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -285,7 +285,9 @@ def test_thread_only_class_attribute_fails_at_start() -> None:
         def run(self) -> None:
             pass
 
-    with pytest.raises(TypeError, match=r"class attribute 'lock' is a threading\.Lock.*gilfree\.Lock"):
+    with pytest.raises(
+        TypeError, match=r"class attribute 'lock' is a threading\.Lock.*gilfree\.Lock"
+    ):
         Holder().start()
 
 

@@ -13,9 +13,9 @@ are here too, loaded on first use (see ``_threading_api``). They are not in ``__
 
 from __future__ import annotations
 
-from gilfree._queue import Queue
 from typing import Any
 
+from gilfree._queue import Queue
 from gilfree.exceptions import (
     BrokenPoolError,
     OwnerDiedError,

@@ -257,9 +257,7 @@ def find_thread_only(obj: Any, label: str, depth: int = 4) -> tuple[str, str] | 
 # The names a code object (and the code nested in it: lambdas, comprehensions, inner
 # functions) looks up, by code object; computed once per code object.
 # Weak, so a worker process that runs many dynamically made functions does not keep them all.
-_code_names: weakref.WeakKeyDictionary[types.CodeType, frozenset[str]] = (
-    weakref.WeakKeyDictionary()
-)
+_code_names: weakref.WeakKeyDictionary[types.CodeType, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
 def code_names(code: types.CodeType) -> frozenset[str]:

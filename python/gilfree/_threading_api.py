@@ -239,4 +239,3 @@ class local(threading.local):
         args, kwargs = _init_args.get(self, ((), {}))
         if type(self).__init__ is not object.__init__:
             type(self).__init__(self, *args, **kwargs)
-

@@ -329,7 +329,7 @@ class Worker:
         found = _find_thread_only(key, value)
         if found is not None:
             where, hint = found
-            return f"cannot start {self.name}: {where} is a {hint}"
+            return f"cannot start {self.name}: {where} is a {hint} (pickling failed: {exc})"
         what = f"attribute {key!r}"
         if key == "_target":
             what = "target"
@@ -484,7 +484,9 @@ def _class_bytes(cls: type, name: str) -> bytes:
         except Exception as exc:
             found = _serialize.find_thread_only(cls, f"class {cls.__qualname__}")
             if found is not None:
-                raise TypeError(f"cannot start {name}: {found[0]} is a {found[1]}") from exc
+                raise TypeError(
+                    f"cannot start {name}: {found[0]} is a {found[1]} (pickling failed: {exc})"
+                ) from exc
             raise TypeError(
                 f"cannot start {name}: its class {cls.__qualname__} cannot be pickled: {exc}"
             ) from exc

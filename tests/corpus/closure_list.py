@@ -1,5 +1,6 @@
 # expect: warned
 """A target that closes over a list of the function that starts the threads."""
+
 import threading
 
 

@@ -1,5 +1,6 @@
 # expect: same
 """A Condition handshake, a Semaphore and a Barrier, results kept on self."""
+
 import threading
 
 cond = threading.Condition()

@@ -1,5 +1,6 @@
 # expect: warned
 """A global counter incremented under a Lock."""
+
 import threading
 
 lock = threading.Lock()

@@ -1,5 +1,6 @@
 # expect: same
 """Threads wait for one Event before they start, and report through self."""
+
 import threading
 
 go = threading.Event()

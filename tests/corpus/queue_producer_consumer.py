@@ -1,5 +1,6 @@
 # expect: refused
 """A producer and a consumer connected by a queue.Queue."""
+
 import queue
 import threading
 

@@ -1,5 +1,6 @@
 # expect: same
 """The tutorial's pattern: subclass Thread, keep the result on self."""
+
 import threading
 
 

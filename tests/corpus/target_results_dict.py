@@ -1,5 +1,6 @@
 # expect: warned
 """target= functions write into a module-level dict, keyed by thread name."""
+
 import threading
 
 found = {}

@@ -1,5 +1,6 @@
 # expect: warned
 """target= functions write into a module-level list, one slot each."""
+
 import threading
 
 results = [None] * 4

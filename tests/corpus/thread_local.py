@@ -1,5 +1,6 @@
 # expect: same
 """threading.local: each thread sees only what it set itself."""
+
 import threading
 
 data = threading.local()

@@ -1,5 +1,6 @@
 # expect: same
 """Each thread records its own name and whether it is the main thread."""
+
 import threading
 
 

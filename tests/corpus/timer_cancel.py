@@ -1,5 +1,6 @@
 # expect: same
 """A Timer that fires, and one cancelled before it fires."""
+
 import threading
 
 fired = threading.Event()
