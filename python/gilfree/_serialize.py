@@ -18,7 +18,6 @@ import io
 import pickle
 import sys
 import types
-import weakref
 from typing import Any
 
 from gilfree import _oob
@@ -254,19 +253,11 @@ def find_thread_only(obj: Any, label: str, depth: int = 4) -> tuple[str, str] | 
     return walk(obj, label, depth)
 
 
-# The names a code object (and the code nested in it: lambdas, comprehensions, inner
-# functions) looks up, by code object; computed once per code object.
-# Weak, so a worker process that runs many dynamically made functions does not keep them all.
-_code_names: weakref.WeakKeyDictionary[types.CodeType, frozenset[str]] = weakref.WeakKeyDictionary()
-
-
-def code_names(code: types.CodeType) -> frozenset[str]:
-    """Every name in ``co_names`` of ``code`` and of the code objects nested in it."""
-    names = _code_names.get(code)
-    if names is None:
-        found = set(code.co_names)
-        for const in code.co_consts:
-            if isinstance(const, types.CodeType):
-                found |= code_names(const)
-        names = _code_names[code] = frozenset(found)
-    return names
+def code_names(code: types.CodeType) -> set[str]:
+    """Every name in ``co_names`` of ``code`` and of the code objects nested in it (lambdas,
+    comprehensions, inner functions)."""
+    found = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found |= code_names(const)
+    return found

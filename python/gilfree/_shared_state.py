@@ -37,28 +37,45 @@ _MISSING = object()
 _DEPTH = 3
 _SKIP_MODULES = frozenset(sys.stdlib_module_names) | {"gilfree", "cloudpickle", "numpy"}
 
-# Names each code object (and the code nested in it) assigns with ``global``.
-_stored: weakref.WeakKeyDictionary[types.CodeType, frozenset[str]] = weakref.WeakKeyDictionary()
+# For each code object, by id: a weak reference to it (to tell a reused id), the names it and
+# the code nested in it use (less dunders), and those it assigns with ``global``. Keyed by id because hashing
+# a code object hashes its bytecode; an entry goes when its code object does.
+_analysed: dict[int, tuple[weakref.ref[types.CodeType], frozenset[str], frozenset[str]]] = {}
 
 
-def _global_stores(code: types.CodeType) -> frozenset[str]:
-    names = _stored.get(code)
-    if names is None:
-        found = {
-            ins.argval
-            for ins in dis.get_instructions(code)
-            if ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL")
-        }
-        for const in code.co_consts:
-            if isinstance(const, types.CodeType):
-                found |= _global_stores(const)
-        names = _stored[code] = frozenset(found)
-    return names
+def _analyse(code: types.CodeType) -> tuple[frozenset[str], frozenset[str]]:
+    key = id(code)
+    entry = _analysed.get(key)
+    if entry is not None and entry[0]() is code:
+        return entry[1], entry[2]
+    names = frozenset(n for n in code_names(code) if not n.startswith("__"))
+    stores = frozenset(_global_stores(code))
+    ref = weakref.ref(code, lambda _, key=key: _analysed.pop(key, None))  # type: ignore[misc]
+    _analysed[key] = (ref, names, stores)
+    return names, stores
+
+
+def _global_stores(code: types.CodeType) -> set[str]:
+    found = {
+        ins.argval
+        for ins in dis.get_instructions(code)
+        if ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL")
+    }
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found |= _global_stores(const)
+    return found
 
 
 def _differs(before: Any, now: Any) -> bool:
-    if isinstance(now, bytearray):
-        return before != now
+    """Whether a container's content changed. ``==`` on lists and dicts compares elements by
+    identity first, so an unchanged container costs no ``__eq__`` call; an element replaced by
+    an equal one counts as unchanged. If ``==`` raises (a numpy array among the elements),
+    elements are compared by identity alone."""
+    try:
+        return bool(before != now)
+    except Exception:
+        pass
     if len(before) != len(now):
         return True
     if isinstance(now, list):
@@ -66,7 +83,7 @@ def _differs(before: Any, now: Any) -> bool:
     if isinstance(now, dict):
         get = now.get
         return any(get(k, _MISSING) is not v for k, v in before.items())
-    return before != now  # a set: elements are hashable, equality is by hash and ==
+    return True
 
 
 def _unwrap(fn: Any) -> list[types.FunctionType]:
@@ -160,11 +177,11 @@ def _watch(worker: Any, base: type) -> Watch:
         code = fn.__code__
         module = fn.__module__ or "?"
         g = fn.__globals__
-        stores = _global_stores(code)
-        for name in code_names(code):
+        names, stores = _analyse(code)
+        for name in names:
             value = g.get(name, _MISSING)
             rebind = name in stores
-            if (value is _MISSING and not rebind) or name.startswith("__"):
+            if value is _MISSING and not rebind:
                 continue
             key = (id(g), name)
             if key in seen_vars:
@@ -178,7 +195,10 @@ def _watch(worker: Any, base: type) -> Watch:
                 home = (value.__module__ or "").partition(".")[0]
                 if home not in _SKIP_MODULES:
                     todo.append((value, depth + 1))
-        for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
+        closure = fn.__closure__
+        if not closure:
+            continue
+        for name, cell in zip(code.co_freevars, closure, strict=True):
             key = (id(cell), name)
             if key in seen_vars or name.startswith("__"):
                 continue

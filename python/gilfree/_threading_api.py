@@ -76,17 +76,18 @@ def _enter_task(worker: Worker) -> str:
     _task = worker
     _task_thread = threading.get_ident()
     main = threading.main_thread()
-    old = main.name
-    main.name = worker.name
-    for loc in list(_locals):
-        loc._gilfree_reset()
+    old = main._name  # the attribute behind Thread.name, set directly: this is per task
+    main._name = worker.name
+    if len(_locals):  # iterating a WeakSet costs microseconds; most programs have no local
+        for loc in list(_locals):
+            loc._gilfree_reset()
     return old
 
 
 def _exit_task(old_name: str) -> None:
     global _task
     _task = None
-    threading.main_thread().name = old_name
+    threading.main_thread()._name = old_name
 
 
 def current_thread() -> Any:
