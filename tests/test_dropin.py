@@ -460,3 +460,23 @@ def test_corpus_program_same_answer_or_loud(program: Path, tmp_path: Path) -> No
         # Never a different answer in silence.
         assert ours.stdout == plain.stdout, (ours.stdout, plain.stdout, ours.stderr)
     assert outcome == expect.group(1), (ours.stdout, ours.stderr)
+
+
+# -- 5. docs/shared-state.md --------------------------------------------------------------------
+
+DOC_BLOCKS = re.findall(
+    r"```python\n(.*?)```", (CORPUS.parent.parent / "docs" / "shared-state.md").read_text(), re.S
+)
+
+
+@pytest.mark.parametrize("code", DOC_BLOCKS, ids=[f"block{i}" for i in range(len(DOC_BLOCKS))])
+def test_shared_state_doc_examples_print_what_they_say(code: str, tmp_path: Path) -> None:
+    """Each example prints what its last ``print(...)  # <answer>`` comment says, and only the
+    one that shows the mistake warns."""
+    expected = re.findall(r"^print\(.*\)  # (\[[^\]]*\]|\d+)", code, re.M)
+    assert len(expected) == 1, "each example ends in one print with its answer as a comment"
+    res = _run(code, tmp_path / "example.py")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == expected[0]
+    warns = "SharedStateWarning" in res.stderr
+    assert warns == ("import gilfree as threading" in code), res.stderr

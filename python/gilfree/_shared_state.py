@@ -9,7 +9,9 @@ This module makes it loud, cheaply:
    method a Worker subclass defines, and the functions those name, a few levels deep, skipping
    the standard library) and records, for each global and closure variable their code names:
    a shallow copy of each ``list``/``dict``/``set``/``bytearray`` value, and the value itself
-   for each global the code assigns (``global x; x = ...``) and each closure cell;
+   for each global the code assigns (``global x; x = ...``) and each closure cell. Which
+   variables to look at (the plan) is worked out once per imported function or Worker class;
+   a function that travelled by value is looked at afresh each time;
 2. after ``run()``, :meth:`Watch.changes` compares: an element replaced, added or removed (by
    identity, so no ``__eq__`` runs), or a variable rebound;
 3. only the names that changed travel back with the reply; ``Worker.join()`` warns with
@@ -150,22 +152,67 @@ def _methods(cls: type, stop: type) -> list[types.FunctionType]:
     return found
 
 
+# A plan: the variables to look at for one root (a target, or a Worker subclass), as
+# ``(where, name, holder, rebind)``, holder being a globals dict or a closure cell. Worked out
+# once per root whose globals are a module's own (an imported function, a Worker subclass:
+# both live as long as the process), by id. A function that travelled by value comes with
+# fresh globals each time: its plan is worked out each time, and never kept (it would keep
+# those globals, and whatever data they hold, alive).
+_Plan = tuple[tuple[str, str, Any, bool], ...]
+_plans: dict[int, tuple[Any, _Plan]] = {}
+_PLANS_MAX = 256
+_NOTHING = Watch()
+
+
 def watch(worker: Any, base: type) -> Watch:
     """Records the state ``worker.run()`` could change without the parent seeing it.
 
     A diagnostic: if looking fails (an object whose ``copy`` raises, say), nothing is
     watched and the Worker runs as it would have."""
     try:
-        return _watch(worker, base)
+        target = worker.__dict__.get("_target")
+        cls = type(worker)
+        plan: _Plan = _plan(target, lambda: _unwrap(target)) if target is not None else ()
+        if cls.run is not base.run:
+            plan += _plan(cls, lambda: _methods(cls, base))
+        if not plan:
+            return _NOTHING
+        w = Watch()
+        for where, name, holder, rebind in plan:
+            if type(holder) is dict:
+                value = holder.get(name, _MISSING)
+            else:
+                try:
+                    value = holder.cell_contents
+                except ValueError:
+                    value = _MISSING
+            if type(value) in _CONTAINERS:
+                w.entries.append((where, name, holder, value, value.copy(), rebind))
+            elif rebind:
+                w.entries.append((where, name, holder, value, None, True))
+        return w
     except Exception:
         return Watch()
 
 
-def _watch(worker: Any, base: type) -> Watch:
-    w = Watch()
-    roots = _unwrap(worker.__dict__.get("_target"))
-    if type(worker).run is not base.run:
-        roots += _methods(type(worker), base)
+def _plan(root: Any, roots: Any) -> _Plan:
+    key = id(root)
+    entry = _plans.get(key)
+    if entry is not None and entry[0] is root:
+        return entry[1]
+    plan = _make_plan(roots())
+    if isinstance(root, type) or (
+        isinstance(root, types.FunctionType)
+        and getattr(sys.modules.get(root.__module__), "__dict__", None) is root.__globals__
+    ):
+        if len(_plans) >= _PLANS_MAX:
+            del _plans[next(iter(_plans))]
+        _plans[key] = (root, plan)  # keeps root alive, so its id is not reused
+    return plan
+
+
+def _make_plan(roots: list[types.FunctionType]) -> _Plan:
+    plan: list[tuple[str, str, Any, bool]] = []
     seen_fns: set[int] = set()
     seen_vars: set[tuple[int, str]] = set()
     todo = [(fn, 0) for fn in roots]
@@ -181,16 +228,11 @@ def _watch(worker: Any, base: type) -> Watch:
         for name in names:
             value = g.get(name, _MISSING)
             rebind = name in stores
-            if value is _MISSING and not rebind:
+            if (value is _MISSING and not rebind) or (id(g), name) in seen_vars:
                 continue
-            key = (id(g), name)
-            if key in seen_vars:
-                continue
-            seen_vars.add(key)
-            if type(value) in _CONTAINERS:
-                w.entries.append((module, name, g, value, value.copy(), rebind))
-            elif rebind:
-                w.entries.append((module, name, g, value, None, True))
+            seen_vars.add((id(g), name))
+            if rebind or type(value) in _CONTAINERS:
+                plan.append((module, name, g, rebind))
             elif isinstance(value, types.FunctionType) and depth < _DEPTH:
                 home = (value.__module__ or "").partition(".")[0]
                 if home not in _SKIP_MODULES:
@@ -199,16 +241,14 @@ def _watch(worker: Any, base: type) -> Watch:
         if not closure:
             continue
         for name, cell in zip(code.co_freevars, closure, strict=True):
-            key = (id(cell), name)
-            if key in seen_vars or name.startswith("__"):
+            if name.startswith("__") or (id(cell), name) in seen_vars:
                 continue
-            seen_vars.add(key)
+            seen_vars.add((id(cell), name))
+            plan.append((fn.__qualname__, name, cell, True))
             try:
                 value = cell.cell_contents
             except ValueError:
-                value = _MISSING
-            copied = value.copy() if type(value) in _CONTAINERS else None
-            w.entries.append((fn.__qualname__, name, cell, value, copied, True))
+                continue
             if isinstance(value, types.FunctionType) and depth < _DEPTH:
                 todo.append((value, depth + 1))
-    return w
+    return tuple(plan)

@@ -64,7 +64,9 @@ getprofile = threading.getprofile
 _task: Worker | None = None
 _task_thread = 0
 # Every gilfree.local of this process (reset between Worker tasks), and its __init__ arguments.
-_locals: weakref.WeakSet[Any] = weakref.WeakSet()
+# (A list of weak references, not a WeakSet: testing a list for emptiness costs nothing, and
+# this is checked before every Worker.)
+_locals: list[weakref.ref[Any]] = []
 _init_args: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
@@ -78,8 +80,10 @@ def _enter_task(worker: Worker) -> str:
     main = threading.main_thread()
     old = main._name  # the attribute behind Thread.name, set directly: this is per task
     main._name = worker.name
-    if len(_locals):  # iterating a WeakSet costs microseconds; most programs have no local
-        for loc in list(_locals):
+    if _locals:
+        alive = [loc for loc in (ref() for ref in _locals) if loc is not None]
+        _locals[:] = [weakref.ref(loc) for loc in alive]
+        for loc in alive:
             loc._gilfree_reset()
     return old
 
@@ -228,7 +232,7 @@ class local(threading.local):
             raise TypeError("Initialization arguments are not supported")
         self = super().__new__(cls, *args, **kwargs)
         _init_args[self] = (args, kwargs)
-        _locals.add(self)
+        _locals.append(weakref.ref(self))
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
