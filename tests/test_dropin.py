@@ -120,7 +120,7 @@ def test_main_thread_name_is_restored_after_a_task() -> None:
 
     main = threading.main_thread()
     before = main.name
-    saved = _threading_api._enter_task(Fake())  # type: ignore[arg-type]
+    saved = _threading_api._enter_task(Fake(), Fake.name)  # type: ignore[arg-type]
     try:
         assert main.name == "fake-worker"
         assert gilfree.current_thread().name == "fake-worker"
@@ -176,7 +176,7 @@ def test_local_reset_between_workers_in_one_process() -> None:
     class Fake:
         name = "next"
 
-    saved = _threading_api._enter_task(Fake())  # type: ignore[arg-type]
+    saved = _threading_api._enter_task(Fake(), Fake.name)  # type: ignore[arg-type]
     try:
         assert getattr(dh.LOCAL, "value", None) is None
     finally:

@@ -119,6 +119,8 @@ class Watch:
         ``"bytearray"`` (its content changed) or ``"rebound"``; scope is ``"global"`` (where
         is the module) or ``"closure"`` (where is the function that captured it)."""
         found: list[tuple[str, str, str, str]] = []
+        if not self.entries:
+            return found
         for where, name, holder, before, copied, rebind in self.entries:
             if isinstance(holder, dict):
                 now = holder.get(name, _MISSING)
@@ -172,9 +174,9 @@ def watch(worker: Any, base: type) -> Watch:
     try:
         target = worker.__dict__.get("_target")
         cls = type(worker)
-        plan: _Plan = _plan(target, lambda: _unwrap(target)) if target is not None else ()
+        plan: _Plan = _plan(target, base) if target is not None else ()
         if cls.run is not base.run:
-            plan += _plan(cls, lambda: _methods(cls, base))
+            plan += _plan(cls, base)
         if not plan:
             return _NOTHING
         w = Watch()
@@ -195,19 +197,19 @@ def watch(worker: Any, base: type) -> Watch:
         return Watch()
 
 
-def _plan(root: Any, roots: Any) -> _Plan:
-    key = id(root)
-    entry = _plans.get(key)
+def _plan(root: Any, base: type) -> _Plan:
+    """The plan for a target, or for a Worker subclass (``root``, a class)."""
+    entry = _plans.get(id(root))
     if entry is not None and entry[0] is root:
         return entry[1]
-    plan = _make_plan(roots())
+    plan = _make_plan(_methods(root, base) if isinstance(root, type) else _unwrap(root))
     if isinstance(root, type) or (
         isinstance(root, types.FunctionType)
         and getattr(sys.modules.get(root.__module__), "__dict__", None) is root.__globals__
     ):
         if len(_plans) >= _PLANS_MAX:
             del _plans[next(iter(_plans))]
-        _plans[key] = (root, plan)  # keeps root alive, so its id is not reused
+        _plans[id(root)] = (root, plan)  # keeps root alive, so its id is not reused
     return plan
 
 

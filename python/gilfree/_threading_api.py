@@ -59,6 +59,9 @@ getprofile = threading.getprofile
 
 # -- identity inside a worker process -----------------------------------------------------------
 
+_get_ident = threading.get_ident
+_main_thread = threading.main_thread
+
 # The Worker whose run() this process is running (in the worker process only), and the
 # ident of the thread that runs it.
 _task: Worker | None = None
@@ -70,16 +73,17 @@ _locals: list[weakref.ref[Any]] = []
 _init_args: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
-def _enter_task(worker: Worker) -> str:
-    """Called by the worker process before ``run()``: the Worker becomes the current thread.
+def _enter_task(worker: Worker, name: str) -> str:
+    """Called by the worker process before ``run()``: the Worker (named ``name``) becomes the
+    current thread.
 
     Returns the main thread's name, for :func:`_exit_task` to restore."""
     global _task, _task_thread
     _task = worker
-    _task_thread = threading.get_ident()
-    main = threading.main_thread()
+    _task_thread = _get_ident()
+    main = _main_thread()
     old = main._name  # the attribute behind Thread.name, set directly: this is per task
-    main._name = worker.name
+    main._name = name
     if _locals:
         alive = [loc for loc in (ref() for ref in _locals) if loc is not None]
         _locals[:] = [weakref.ref(loc) for loc in alive]
@@ -91,7 +95,7 @@ def _enter_task(worker: Worker) -> str:
 def _exit_task(old_name: str) -> None:
     global _task
     _task = None
-    threading.main_thread()._name = old_name
+    _main_thread()._name = old_name
 
 
 def current_thread() -> Any:

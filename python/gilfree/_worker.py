@@ -68,7 +68,7 @@ def run_worker(meta: tuple[str, bool], body: memoryview) -> bytes:
     obj.__dict__["_gilfree"] = st
 
     watch = _shared_state.watch(obj, Worker)
-    main_name = _threading_api._enter_task(obj)
+    main_name = _threading_api._enter_task(obj, name)
     try:
         value = obj.run()
     except SystemExit:  # threading ignores SystemExit in run(); so do we
