@@ -4,12 +4,25 @@ Write workers as you would threads: subclass :class:`gilfree.Worker` (instead of
 ``threading.Thread``), override ``run()``, then ``start()`` and ``join()``. Each Worker runs in
 its own worker process, started and supervised by a Rust engine, so CPU-bound pure-Python work
 runs on every core.
+
+``import gilfree as threading`` runs a threading program unchanged: ``Thread`` (the Worker),
+``Timer``, ``local``, ``current_thread``, ``enumerate`` and the rest of ``threading``'s names
+are here too, loaded on first use (see ``_threading_api``). They are not in ``__all__``, so
+``from gilfree import *`` does not shadow the builtin ``enumerate``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from gilfree._queue import Queue
-from gilfree.exceptions import BrokenPoolError, OwnerDiedError, RemoteTraceback, WorkerCrashedError
+from gilfree.exceptions import (
+    BrokenPoolError,
+    OwnerDiedError,
+    RemoteTraceback,
+    SharedStateWarning,
+    WorkerCrashedError,
+)
 from gilfree.executor import Pool, map
 from gilfree.shared_array import SharedArray
 from gilfree.sync import (
@@ -40,9 +53,49 @@ __all__ = [
     "RemoteTraceback",
     "Semaphore",
     "SharedArray",
+    "SharedStateWarning",
     "Value",
     "Worker",
     "WorkerCrashedError",
     "__version__",
     "map",
 ]
+
+# threading's names, served by _threading_api on first use (it is small, but import time counts).
+_THREADING_NAMES = frozenset(
+    {
+        "TIMEOUT_MAX",
+        "BrokenBarrierError",
+        "ExceptHookArgs",
+        "Thread",
+        "ThreadError",
+        "Timer",
+        "active_count",
+        "current_thread",
+        "enumerate",
+        "excepthook",
+        "get_ident",
+        "get_native_id",
+        "getprofile",
+        "gettrace",
+        "local",
+        "main_thread",
+        "setprofile",
+        "settrace",
+        "stack_size",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _THREADING_NAMES:
+        from gilfree import _threading_api
+
+        value = getattr(_threading_api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gilfree' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _THREADING_NAMES)

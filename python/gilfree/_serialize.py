@@ -13,8 +13,10 @@ stream never does), and ``loads`` accepts both.
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
+import sys
 import types
 from typing import Any
 
@@ -135,3 +137,127 @@ def describe_failure(obj: Any, exc: BaseException) -> str:
     if len(text) > 80:
         text = text[:77] + "..."
     return f"{text} ({type(obj).__name__}): {type(exc).__name__}: {exc}"
+
+
+# -- objects that work between the threads of one process only ---------------------------------
+#
+# They cannot be pickled (each holds an OS lock), so a Worker that carries one already fails at
+# ``start()``; these helpers are only called then, to name the object and its gilfree
+# equivalent instead of printing pickle's "cannot pickle '_thread.lock' object". The happy path
+# pays nothing.
+
+
+def _thread_only_types() -> list[tuple[type, str, str]]:
+    """``(type, what it is, the gilfree equivalent)``, most derived classes first."""
+    import threading
+
+    found: list[tuple[type, str, str]] = [
+        (threading.BoundedSemaphore, "threading.BoundedSemaphore", "gilfree.BoundedSemaphore"),
+        (threading.Semaphore, "threading.Semaphore", "gilfree.Semaphore"),
+        (threading.Condition, "threading.Condition", "gilfree.Condition"),
+        (threading.Event, "threading.Event", "gilfree.Event"),
+        (threading.Barrier, "threading.Barrier", "gilfree.Barrier"),
+        (type(threading.Lock()), "threading.Lock", "gilfree.Lock"),
+        (type(threading.RLock()), "threading.RLock", "gilfree.RLock"),
+        (threading.Thread, "threading.Thread", "a gilfree.Worker, or pass what it computes"),
+        (threading.local, "threading.local", "gilfree.local (created inside run())"),
+    ]
+    py_rlock = getattr(threading, "_PyRLock", None)
+    if isinstance(py_rlock, type):
+        found.append((py_rlock, "threading.RLock", "gilfree.RLock"))
+    queue = sys.modules.get("queue")
+    if queue is not None:
+        found.append((queue.Queue, "queue.Queue", "gilfree.Queue"))
+        found.append((queue.SimpleQueue, "queue.SimpleQueue", "gilfree.Queue"))
+    return found
+
+
+def thread_only_hint(obj: Any) -> str | None:
+    """If ``obj`` only works between threads of one process: ``"<what>, which ...; use
+    <equivalent>"``; else ``None``."""
+    if type(obj).__module__.startswith("gilfree"):
+        return None  # gilfree.local and the like: they pickle
+    for cls, what, instead in _thread_only_types():
+        if isinstance(obj, cls):
+            kind = type(obj).__qualname__
+            if type(obj) is not cls and kind not in what:
+                what = f"{type(obj).__module__}.{kind} (a {what})"
+            return f"{what}, which works between the threads of one process only; use {instead}"
+    return None
+
+
+def find_thread_only(obj: Any, label: str, depth: int = 4) -> tuple[str, str] | None:
+    """Searches ``obj`` (containers, instance attributes, a function's closure and the
+    globals its code names) for an object that works between threads only.
+
+    Returns ``(where, hint)``, ``where`` being a path such as ``"argument 0[2]"`` or
+    ``"target's global 'lock'"``; ``None`` if there is none.
+    """
+    types_ = _thread_only_types()
+    seen: set[int] = set()
+
+    def hint(o: Any) -> str | None:
+        for cls, _, _ in types_:
+            if isinstance(o, cls) and not type(o).__module__.startswith("gilfree"):
+                return thread_only_hint(o)
+        return None
+
+    def walk(o: Any, where: str, left: int) -> tuple[str, str] | None:
+        if id(o) in seen or isinstance(o, str | bytes | int | float | type(None)):
+            return None
+        seen.add(id(o))
+        found = hint(o)
+        if found is not None:
+            return where, found
+        if left == 0:
+            return None
+        children: list[tuple[Any, str]] = []
+        if isinstance(o, list | tuple):
+            children = [(v, f"{where}[{i}]") for i, v in enumerate(o)]
+        elif isinstance(o, set | frozenset):
+            children = [(v, f"{where} (an element)") for v in o]
+        elif isinstance(o, dict):
+            children = [(v, f"{where}[{k!r}]") for k, v in o.items()]
+        elif isinstance(o, functools.partial):
+            children = [(o.func, where), (o.args, f"{where} (partial args)")]
+            children.append((o.keywords, f"{where} (partial keywords)"))
+        elif isinstance(o, types.MethodType):
+            children = [(o.__self__, f"{where} (its self)"), (o.__func__, where)]
+        elif isinstance(o, types.FunctionType):
+            code = o.__code__
+            for name, cell in zip(code.co_freevars, o.__closure__ or (), strict=False):
+                try:
+                    children.append((cell.cell_contents, f"{where}'s closure variable {name!r}"))
+                except ValueError:  # an empty cell
+                    pass
+            names = code_names(code)
+            children += [
+                (o.__globals__[n], f"{where}'s global {n!r}") for n in names if n in o.__globals__
+            ]
+        elif isinstance(o, type):
+            children = [
+                (v, f"{where}'s class attribute {k!r}")
+                for k, v in vars(o).items()
+                if not k.startswith("__")
+            ]
+        else:
+            attrs = getattr(o, "__dict__", None)
+            if isinstance(attrs, dict):
+                children = [(v, f"{where}.{k}") for k, v in attrs.items()]
+        for child, child_where in children:
+            found_child = walk(child, child_where, left - 1)
+            if found_child is not None:
+                return found_child
+        return None
+
+    return walk(obj, label, depth)
+
+
+def code_names(code: types.CodeType) -> set[str]:
+    """Every name in ``co_names`` of ``code`` and of the code objects nested in it (lambdas,
+    comprehensions, inner functions)."""
+    found = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found |= code_names(const)
+    return found

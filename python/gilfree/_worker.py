@@ -20,8 +20,8 @@ import time
 import traceback
 from typing import Any
 
-from gilfree import _engine, _protocol, _runtime, _serialize
-from gilfree.worker import _CALL_ATTRS, Worker, _State
+from gilfree import _engine, _protocol, _runtime, _serialize, _shared_state, _threading_api
+from gilfree.worker import _CALL_ATTRS, SHARED_STATE_KEY, Worker, _State
 
 
 def _adopt(path: list[str], cwd: str) -> None:
@@ -67,6 +67,8 @@ def run_worker(meta: tuple[str, bool], body: memoryview) -> bytes:
     st.pid = os.getpid()
     obj.__dict__["_gilfree"] = st
 
+    watch = _shared_state.watch(obj, Worker)
+    main_name = _threading_api._enter_task(obj, name)
     try:
         value = obj.run()
     except SystemExit:  # threading ignores SystemExit in run(); so do we
@@ -92,6 +94,10 @@ def run_worker(meta: tuple[str, bool], body: memoryview) -> bytes:
         if state.get(key) != blob:
             changed[key] = blob
     deleted = [key for key in state if key not in obj.__dict__ and key not in _CALL_ATTRS]
+    _threading_api._exit_task(main_name)
+    shared = watch.changes()
+    if shared:
+        changed[SHARED_STATE_KEY] = _serialize.dumps(shared)
     return _protocol.encode_reply(status, payload, changed, deleted, skipped)
 
 

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
 
-__all__ = ["BrokenPoolError", "OwnerDiedError", "RemoteTraceback", "WorkerCrashedError"]
+__all__ = [
+    "BrokenPoolError",
+    "OwnerDiedError",
+    "RemoteTraceback",
+    "SharedStateWarning",
+    "WorkerCrashedError",
+]
 
 
 class WorkerCrashedError(RuntimeError):
@@ -74,4 +80,17 @@ class OwnerDiedError(RuntimeWarning):
     half-updated. This mirrors ``EOWNERDEAD`` of robust pthread mutexes, which gilfree's locks
     are built on. Turn it into an exception with ``warnings.simplefilter("error",
     gilfree.OwnerDiedError)``, or catch it with ``warnings.catch_warnings``.
+    """
+
+
+class SharedStateWarning(UserWarning):
+    """A Worker changed state that threads would share but a worker process only copies.
+
+    Issued by ``Worker.join()`` when ``run()`` changed a module-level or closure-captured
+    ``list``, ``dict``, ``set`` or ``bytearray``, or reassigned a global (``global counter;
+    counter += 1``) or a closure variable: the change happened in the worker process, and this
+    process's variable is unchanged. The message names the variable and the fix: return the
+    value from ``run()`` (``join()`` returns it), keep it on ``self`` (copied back at
+    ``join()``), or use a shared object (``gilfree.Value``, ``gilfree.Queue``,
+    ``gilfree.SharedArray``). Issued once per variable per process. See docs/shared-state.md.
     """

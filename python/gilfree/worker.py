@@ -28,7 +28,7 @@ import weakref
 from typing import Any
 
 from gilfree import _protocol, _runtime, _serialize
-from gilfree.exceptions import RemoteTraceback, WorkerCrashedError
+from gilfree.exceptions import RemoteTraceback, SharedStateWarning, WorkerCrashedError
 
 __all__ = ["Worker"]
 
@@ -41,6 +41,13 @@ _live: set[Worker] = set()
 
 # Attributes that describe the call rather than the Worker's own state: never copied back.
 _CALL_ATTRS = ("_target", "_args", "_kwargs")
+
+# The key, among the reply's changed attributes, that carries the shared state ``run()``
+# changed in the worker (see ``_shared_state``); no attribute name starts with a NUL.
+SHARED_STATE_KEY = "\x00gilfree.shared_state"
+
+# The variables a SharedStateWarning was issued for, as ``(where, name)``: once each.
+_warned: set[tuple[str, str]] = set()
 
 
 class _State:
@@ -319,6 +326,10 @@ class Worker:
         return _serialize.dumps((_class_bytes(type(self), self.name), state))
 
     def _unpicklable_message(self, key: str, value: Any, exc: BaseException) -> str:
+        found = _find_thread_only(key, value)
+        if found is not None:
+            where, hint = found
+            return f"cannot start {self.name}: {where} is a {hint} (pickling failed: {exc})"
         what = f"attribute {key!r}"
         if key == "_target":
             what = "target"
@@ -368,6 +379,9 @@ class Worker:
 
     def _apply_reply(self, msg: bytes) -> tuple[bool, Any]:
         status, value, changed, deleted, skipped = _protocol.decode_reply(msg)
+        shared = changed.pop(SHARED_STATE_KEY, None)
+        if shared is not None:
+            self._warn_shared_state(_serialize.loads(shared))
         for key, blob in changed.items():
             try:
                 self.__dict__[key] = _serialize.loads(blob)
@@ -396,6 +410,32 @@ class Worker:
             f"{self.name}: run() returned a value that cannot be pickled: {value}"
         )
 
+    def _warn_shared_state(self, found: list[tuple[str, str, str, str]]) -> None:
+        for kind, scope, where, name in found:
+            if (where, name) in _warned:
+                continue
+            _warned.add((where, name))
+            if kind == "rebound" and scope == "global":
+                what = f"reassigned the global {name!r} of {where}"
+                fix = "use a gilfree.Value for a number"
+            elif kind == "rebound":
+                what = f"reassigned {name!r}, a variable that {where} closes over,"
+                fix = "use a gilfree.Value for a number"
+            elif scope == "global":
+                what = f"changed the module-level {kind} {name!r} of {where}"
+                fix = "use a gilfree.Queue to send items back"
+            else:
+                what = f"changed the {kind} {name!r} that {where} closes over"
+                fix = "use a gilfree.Queue to send items back"
+            warnings.warn(
+                f"{self.name}: run() {what} in its worker process; the change stayed there, "
+                f"and {name!r} here is unchanged. Return the value from run() (join() returns "
+                f"it), keep it on self (attributes are copied back at join()), or {fix}. "
+                "See docs/shared-state.md.",
+                SharedStateWarning,
+                stacklevel=4,
+            )
+
     def _finish(self, outcome: tuple[bool, Any]) -> None:
         st = self._state()
         st.outcome = outcome
@@ -418,12 +458,35 @@ class Worker:
 _class_blobs: weakref.WeakKeyDictionary[type, bytes] = weakref.WeakKeyDictionary()
 
 
+def _find_thread_only(key: str, value: Any) -> tuple[str, str] | None:
+    """The thread-only object (``queue.Queue``, ``threading.Lock``...) in one attribute of a
+    Worker that could not be pickled, as ``(where, hint)``; ``None`` if there is none."""
+    if key == "_target":
+        return _serialize.find_thread_only(value, "target")
+    if key == "_args" and isinstance(value, list | tuple):
+        items = [(f"argument {i}", v) for i, v in enumerate(value)]
+    elif key == "_kwargs" and isinstance(value, dict):
+        items = [(f"keyword argument {k!r}", v) for k, v in value.items()]
+    else:
+        items = [(f"attribute {key!r}", value)]
+    for label, item in items:
+        found = _serialize.find_thread_only(item, label)
+        if found is not None:
+            return found
+    return None
+
+
 def _class_bytes(cls: type, name: str) -> bytes:
     blob = _class_blobs.get(cls)
     if blob is None:
         try:
             blob = _serialize.dumps(cls)
         except Exception as exc:
+            found = _serialize.find_thread_only(cls, f"class {cls.__qualname__}")
+            if found is not None:
+                raise TypeError(
+                    f"cannot start {name}: {found[0]} is a {found[1]} (pickling failed: {exc})"
+                ) from exc
             raise TypeError(
                 f"cannot start {name}: its class {cls.__qualname__} cannot be pickled: {exc}"
             ) from exc
