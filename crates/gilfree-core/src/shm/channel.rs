@@ -280,7 +280,10 @@ impl Channel {
             Role::Parent => (&rings[0], &rings[1]),
             Role::Child => (&rings[1], &rings[0]),
         };
-        let (tx, rx) = (Mutex::new(out.producer()), Mutex::new(inc.consumer()));
+        // Fresh `Ring` values, so both ends are still there to take.
+        let taken = || bad("ring end already taken");
+        let tx = Mutex::new(out.producer().ok_or_else(taken)?);
+        let rx = Mutex::new(inc.consumer().ok_or_else(taken)?);
         Ok(Channel {
             tx,
             rx,

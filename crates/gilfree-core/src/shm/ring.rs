@@ -113,7 +113,7 @@ use std::mem;
 
 use crate::error::{RecvError, SendError};
 use crate::ipc::notify::{Notifier, WaitError};
-use crate::sync::{fence, spin_loop, yield_now, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, spin_loop, yield_now, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::Wait;
 
 pub mod local;
@@ -389,14 +389,23 @@ impl Partial {
 }
 
 /// A ring over some [`Storage`]: the protocol of the module doc.
+///
+/// Each `Ring` value hands out its [`Producer`] and its [`Consumer`] at most once, so one
+/// process cannot end up with two producers (or two consumers) racing on the same index.
 pub struct Ring<S> {
     storage: S,
+    producer_taken: AtomicBool,
+    consumer_taken: AtomicBool,
 }
 
 impl<S: Storage> Ring<S> {
     /// Wraps storage whose header is initialised (by [`RingHeader::new`]).
     pub fn new(storage: S) -> Ring<S> {
-        Ring { storage }
+        Ring {
+            storage,
+            producer_taken: AtomicBool::new(false),
+            consumer_taken: AtomicBool::new(false),
+        }
     }
 
     fn header(&self) -> &RingHeader {
@@ -412,25 +421,33 @@ impl<S: Storage> Ring<S> {
         self.cap()
     }
 
-    /// The state the (single) producer must pass to every [`send`](Ring::send).
-    pub fn producer(&self) -> Producer {
+    /// The state the (single) producer must pass to every [`send`](Ring::send): `Some` the
+    /// first time, `None` ever after (a second producer would race the first on `tail`).
+    pub fn producer(&self) -> Option<Producer> {
+        if self.producer_taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
         let tail = self.header().producer.tail.load(Ordering::Acquire);
-        Producer {
+        Some(Producer {
             tail,
             torn: false,
             unflushed: false,
             spin: Spin::new(),
-        }
+        })
     }
 
-    /// The state the (single) consumer must pass to every [`recv`](Ring::recv).
-    pub fn consumer(&self) -> Consumer {
+    /// The state the (single) consumer must pass to every [`recv`](Ring::recv): `Some` the
+    /// first time, `None` ever after (a second consumer would race the first on `head`).
+    pub fn consumer(&self) -> Option<Consumer> {
+        if self.consumer_taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
         let head = self.header().consumer.head.load(Ordering::Acquire);
-        Consumer {
+        Some(Consumer {
             head,
             partial: Partial::start(),
             spin: Spin::new(),
-        }
+        })
     }
 
     /// Bytes the producer may write now, given its `tail`.
