@@ -282,3 +282,109 @@ fn each_end_is_handed_out_once() {
     pair.send(&mut p, b"once");
     assert_eq!(pair.recv(&mut c), b"once");
 }
+
+/// Most bytes the consumer may have reserved for the message it is assembling, after `fed`
+/// bytes arrived on a ring of `capacity`: what arrived, times two (growth by doubling), or one
+/// ring's worth, whichever is more. A length prefix alone must not buy more than that.
+fn reserve_bound(capacity: usize, fed: usize) -> usize {
+    capacity.max(2 * fed)
+}
+
+fn reserved(c: &Consumer) -> usize {
+    match &c.partial {
+        Partial::Prefix { .. } => 0,
+        Partial::Body { msg, .. } => msg.capacity(),
+    }
+}
+
+/// Feeds `bytes` to the consumer as a producer that ignores the framing would (raw writes and
+/// `tail` publishes, in pieces as space allows), then closes the producer's end. Every receive
+/// must return a message, wait for more, or refuse the stream with `InvalidData`/`OutOfMemory`;
+/// never panic, and never reserve more than [`reserve_bound`].
+fn feed_raw(capacity: usize, bytes: &[u8]) {
+    let pair = Pair::new(capacity);
+    let mut c = pair.ring.consumer().unwrap();
+    let header = pair.ring.header();
+    let (mut tail, mut fed) = (0u64, 0usize);
+    loop {
+        let n = pair.ring.free(tail).unwrap().min(bytes.len() - fed);
+        pair.ring.put(tail, &bytes[fed..fed + n]);
+        tail += n as u64;
+        fed += n;
+        header.producer.tail.store(tail, Ordering::Release);
+        if fed == bytes.len() {
+            header.producer.producer_closed.store(1, Ordering::Release);
+        }
+        let result = pair.try_recv(&mut c);
+        assert!(
+            reserved(&c) <= reserve_bound(capacity, fed),
+            "{} bytes reserved after {fed} bytes fed",
+            reserved(&c)
+        );
+        match result {
+            Ok(msg) => assert!(msg.len() <= fed),
+            Err(RecvError::Timeout) => assert!(fed < bytes.len() || pair.ring.has_unread()),
+            Err(RecvError::Disconnected) => {
+                assert_eq!(fed, bytes.len());
+                return;
+            }
+            Err(RecvError::Io(e)) => {
+                let kind = e.kind();
+                assert!(
+                    matches!(
+                        kind,
+                        io::ErrorKind::InvalidData | io::ErrorKind::OutOfMemory
+                    ),
+                    "{e}"
+                );
+                return;
+            }
+            Err(RecvError::Interrupted) => panic!("nobody interrupts this wait"),
+        }
+    }
+}
+
+#[test]
+fn a_hostile_length_prefix_reserves_only_what_arrives() {
+    for len in [1u64 << 30, 1 << 40, u64::MAX, isize::MAX as u64, 100_000] {
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&pattern(len, 1000));
+        feed_raw(64, &bytes);
+    }
+}
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::feed_raw;
+
+    /// Bytes that often start like a frame: a length prefix (any `u64`, or a plausible one),
+    /// then anything.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let raw = proptest::collection::vec(any::<u8>(), 0..600);
+        let prefixed = (
+            prop_oneof![any::<u64>(), 0u64..2000],
+            proptest::collection::vec(any::<u8>(), 0..600),
+        )
+            .prop_map(|(len, rest)| {
+                let mut v = len.to_le_bytes().to_vec();
+                v.extend(rest);
+                v
+            });
+        prop_oneof![raw, prefixed]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes in the ring never panic the frame decoder, and a length prefix
+        /// never makes it reserve memory that the bytes have not paid for.
+        #[test]
+        fn arbitrary_bytes_never_panic_or_over_reserve(
+            capacity in 1usize..300,
+            bytes in stream(),
+        ) {
+            feed_raw(capacity, &bytes);
+        }
+    }
+}
