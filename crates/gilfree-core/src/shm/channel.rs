@@ -23,7 +23,8 @@
 //!    happen on one thread, so no other engine child inherits the window; a process spawned
 //!    concurrently by unrelated code (say Python's `subprocess`) could, which is harmless to
 //!    the channel (it only keeps the memory alive longer).
-//! 3. The child decodes the variable and calls [`Channel::open_inherited`], which takes
+//! 3. The child calls [`Channel::from_env`], which decodes the variable and calls
+//!    [`Channel::open_inherited`] (`unsafe`: it turns numbers into owned fds), which takes
 //!    ownership of the fds, makes them close-on-exec again (so the worker's own children do
 //!    not inherit them) and checks the segment's magic, version and sizes.
 //!
@@ -334,11 +335,41 @@ impl Channel {
         Ok(())
     }
 
+    /// Opens the child's end from the fds named in the environment variable `var`, which the
+    /// parent set to [`ChannelFds::encode`] of [`Channel::child_fds`] for this process alone
+    /// (module doc, step 3). A missing or malformed variable is `InvalidInput`.
+    ///
+    /// This is the one place where the engine turns fd numbers from its environment into
+    /// owned fds (through [`Channel::open_inherited`]); the worker calls it once, at start-up.
+    pub fn from_env(var: &str) -> io::Result<Channel> {
+        let fds = std::env::var(var)
+            .ok()
+            .and_then(|v| ChannelFds::decode(&v))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("not started as a gilfree worker: {var} is missing or malformed"),
+                )
+            })?;
+        // SAFETY: the parent wrote `var` for this process when it spawned it (module doc, step
+        // 2), naming fds it made inheritable for this child alone, so nothing else in this
+        // process was handed them. `open_inherited` still refuses numbers already claimed in
+        // this process, closed numbers, and fds of the wrong kind, so a stale or forged
+        // variable fails instead of taking over an fd that something else owns.
+        unsafe { Self::open_inherited(fds) }
+    }
+
     /// Opens the child's end from fds inherited from the parent (see the module doc), taking
     /// ownership of them. Succeeds at most once per process for a given fd number: a second
-    /// call naming any of the same fds fails with `AlreadyExists`, so a stale `ChannelFds`
-    /// can never take over fds that belong to something else.
-    pub fn open_inherited(fds: ChannelFds) -> io::Result<Channel> {
+    /// call naming any of the same fds fails with `AlreadyExists`. Numbers that name no open
+    /// fd, or an fd of the wrong kind, are refused with `InvalidInput`/`InvalidData`.
+    ///
+    /// # Safety
+    /// Each number in `fds` must name an fd this process inherited for this channel, which
+    /// no other object in the process owns or will close: from here on the returned
+    /// `Channel` owns and closes them. The checks above catch mistakes (a stale or repeated
+    /// `ChannelFds`), not a number that some other owner in the process is using.
+    pub unsafe fn open_inherited(fds: ChannelFds) -> io::Result<Channel> {
         let all = fds.all();
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
         if all.iter().any(|&fd| fd < 0) {
@@ -359,8 +390,8 @@ impl Channel {
         }
         for fd in all {
             // SAFETY: the caller hands us fds inherited from the parent (this function's
-            // contract), which no other object of this process owns: `CLAIMED` above makes us
-            // the only taker. The borrow lasts for this one call only.
+            // `# Safety` contract), which no other object of this process owns: `CLAIMED` above
+            // makes us the only taker. The borrow lasts for this one call only.
             let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
             fcntl_getfd(borrowed)
                 .map_err(|_| invalid("ChannelFds names an fd that is not open"))?;
@@ -651,22 +682,33 @@ mod tests {
 
     #[test]
     fn open_inherited_refuses_bad_fds() {
-        let e = Channel::open_inherited(ChannelFds {
+        let closed = ChannelFds {
             memfd: 100_000,
             events: [100_001, 100_002, 100_003, 100_004],
-        });
+        };
+        // SAFETY: these numbers are far above anything this test process has open, so nothing
+        // else owns them; the call is expected to refuse them before taking any.
+        let e = unsafe { Channel::open_inherited(closed) };
         assert_eq!(e.unwrap_err().kind(), io::ErrorKind::InvalidInput);
         // Once claimed, the same numbers are refused for good.
-        let e = Channel::open_inherited(ChannelFds {
-            memfd: 100_000,
-            events: [100_001, 100_002, 100_003, 100_004],
-        });
+        // SAFETY: as above.
+        let e = unsafe { Channel::open_inherited(closed) };
         assert_eq!(e.unwrap_err().kind(), io::ErrorKind::AlreadyExists);
-        let e = Channel::open_inherited(ChannelFds {
-            memfd: 5,
-            events: [5, 6, 7, 8],
-        });
+        // SAFETY: a repeated number is refused before any fd is looked at.
+        let e = unsafe {
+            Channel::open_inherited(ChannelFds {
+                memfd: 5,
+                events: [5, 6, 7, 8],
+            })
+        };
         assert_eq!(e.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn from_env_refuses_a_missing_or_malformed_variable() {
+        let e = Channel::from_env("GILFREE_TEST_NO_SUCH_VARIABLE").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("GILFREE_TEST_NO_SUCH_VARIABLE"), "{e}");
     }
 
     #[test]
