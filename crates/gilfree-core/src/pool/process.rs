@@ -12,8 +12,8 @@
 //!    as the pidfd becomes readable, or from `reap`, whichever comes first. A second caller
 //!    blocks until the first call has returned, so `reap` never reaps during the hook.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::any::Any;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::panic::AssertUnwindSafe;
 use std::process::{Child, ExitStatus};

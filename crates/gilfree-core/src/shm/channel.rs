@@ -708,7 +708,10 @@ mod tests {
     fn from_env_refuses_a_missing_or_malformed_variable() {
         let e = Channel::from_env("GILFREE_TEST_NO_SUCH_VARIABLE").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-        assert!(e.to_string().contains("GILFREE_TEST_NO_SUCH_VARIABLE"), "{e}");
+        assert!(
+            e.to_string().contains("GILFREE_TEST_NO_SUCH_VARIABLE"),
+            "{e}"
+        );
     }
 
     #[test]
