@@ -134,10 +134,14 @@ pub(crate) fn spawn(
             return Err(e);
         }
     };
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        unreachable!("stdout and stderr were set to piped");
+    // Both were set to `Stdio::piped()`, so both are there; an error (not a panic) if not.
+    let pipes = match (child.stdout.take(), child.stderr.take()) {
+        (Some(stdout), Some(stderr)) => WorkerOutput::new(child.id(), stdout.into(), stderr.into()),
+        _ => Err(std::io::Error::other(
+            "the worker's output pipes are missing",
+        )),
     };
-    let output = match WorkerOutput::new(child.id(), stdout.into(), stderr.into()) {
+    let output = match pipes {
         Ok(o) => Arc::new(o),
         Err(e) => {
             let _ = child.kill();
