@@ -23,7 +23,7 @@ def test_a_timeout_too_long_for_a_deadline_waits_without_one() -> None:
         lease.release()
 
 
-@pytest.mark.parametrize("ring_capacity", [2**62, 2**64 - 1])
+@pytest.mark.parametrize("ring_capacity", [2**40, 2**62, 2**64 - 1])
 def test_an_impossible_ring_capacity_is_an_error(ring_capacity: int) -> None:
     engine = _engine.Engine(
         sys.executable,

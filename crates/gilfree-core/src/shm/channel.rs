@@ -70,6 +70,11 @@ const RING_HEADERS: [usize; 2] = {
 };
 const HEADERS_END: usize = RING_HEADERS[1] + size_of::<RingHeader>();
 
+/// The largest ring capacity [`Channel::create`] accepts (1 GiB per direction). Messages of any
+/// size stream through a ring of any capacity, so a larger ring buys nothing, while creating
+/// one touches every page of it (see [`Segment::create`]).
+pub const MAX_RING_CAPACITY: usize = 1 << 30;
+
 /// Fd numbers a child needs to open its end of a [`Channel`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelFds {
@@ -192,10 +197,14 @@ static CLAIMED: GlobalMutex<Vec<RawFd>> = GlobalMutex::new(Vec::new());
 
 impl Channel {
     /// Creates the parent's end: a segment with two rings of at least `ring_capacity` bytes
-    /// each (rounded up to whole pages), and four eventfds, all close-on-exec.
+    /// each (rounded up to whole pages), and four eventfds, all close-on-exec. A capacity above
+    /// [`MAX_RING_CAPACITY`] is refused with `InvalidInput`.
     pub fn create(ring_capacity: usize) -> io::Result<Channel> {
         let page = rustix::param::page_size();
         let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "ring capacity too large");
+        if ring_capacity > MAX_RING_CAPACITY {
+            return Err(too_big());
+        }
         let cap = ring_capacity
             .max(1)
             .checked_next_multiple_of(page)
@@ -559,6 +568,14 @@ mod tests {
             "7,8,-9,10,11",
         ] {
             assert_eq!(ChannelFds::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_ring_is_refused_before_any_memory_is_touched() {
+        for cap in [MAX_RING_CAPACITY + 1, 1 << 40, usize::MAX] {
+            let e = Channel::create(cap).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{cap}");
         }
     }
 
