@@ -20,7 +20,30 @@
 //!   and leases ([`pool::supervisor`]), and the worker-side end ([`pool::worker_main`]).
 //! - [`output`]: forwards each worker's stdout and stderr to a sink, line by line.
 //! - [`error`]: one error enum per operation.
+//!
+//! # Platform
+//! Linux with glibc only, on a 64-bit target, and refused at compile time elsewhere: the engine
+//! is built on Linux facilities (`memfd` with seals, `eventfd`, `pidfd`, `futex`, the
+//! parent-death signal) and lays glibc's process-shared robust `pthread_mutex_t` out in
+//! shared memory ([`ipc::mutex`]), relying on its size and on its lock word coming first.
 #![warn(missing_docs)]
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+compile_error!(
+    "gilfree-core supports only Linux with glibc (target_os = \"linux\", target_env = \"gnu\"): \
+     it uses memfd, eventfd, pidfd and glibc's robust process-shared pthread mutexes"
+);
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("gilfree-core supports only 64-bit targets (shared-memory layouts assume it)");
+
+// The shared-memory layout of `ipc::mutex` is glibc's 64-bit `pthread_mutex_t` (x86_64 and
+// aarch64: 40 bytes); a libc whose mutex differs must not compile into a silent mismatch.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const _: () = assert!(
+    std::mem::size_of::<libc::pthread_mutex_t>() == 40,
+    "ipc::mutex assumes glibc's 40-byte pthread_mutex_t"
+);
 
 pub mod error;
 pub mod ipc;

@@ -516,4 +516,41 @@ mod tests {
         let got: Vec<u8> = lock(&sink.0).iter().flat_map(|(_, b)| b.clone()).collect();
         assert_eq!(got, b"x\ny\n");
     }
+
+    #[test]
+    fn hub_survives_a_panicking_death_hook() {
+        use crate::pool::process::DeathWatch;
+        use crate::pool::DeathHook;
+        use rustix::process::{pidfd_open, Pid, PidfdFlags};
+
+        let sink = Arc::new(Collect::default());
+        let hub = OutputHub::start(sink.clone()).unwrap();
+        let (out, w1, w2) = pipes();
+        let out = Arc::new(out);
+        out.release_held(&*sink);
+        hub.register(Arc::clone(&out));
+        // A child that exits at once: its pidfd turns readable and the hub runs the hook.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+        let pidfd = pidfd_open(pid, PidfdFlags::empty()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let hook = DeathHook(Arc::new(move |pid| {
+            let _ = lock(&tx).send(pid);
+            panic!("a buggy death hook");
+        }));
+        let watch = DeathWatch::new(child.id(), Some(pidfd), hook);
+        hub.watch_death(Arc::clone(&watch));
+        let fired = rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(fired.unwrap(), child.id());
+        // The hook's panic must not end the output thread: what is written now still arrives
+        // (a dead thread would never deliver it, and workers would block on full pipes).
+        rustix::io::write(&w1, b"after\n").unwrap();
+        drop((w1, w2));
+        hub.stop(true);
+        child.wait().unwrap();
+        assert!(watch.fired());
+        let got: Vec<u8> = lock(&sink.0).iter().flat_map(|(_, b)| b.clone()).collect();
+        assert_eq!(got, b"after\n");
+    }
 }

@@ -44,10 +44,11 @@ impl<'a> Wait<'a> {
         }
     }
 
-    /// Waits until `timeout` has passed (`None`: forever).
+    /// Waits until `timeout` has passed (`None`: forever). A timeout so long that its
+    /// deadline cannot be represented as an [`Instant`] means no deadline.
     pub fn timeout(timeout: Option<Duration>) -> Self {
         Wait {
-            deadline: timeout.map(|t| Instant::now() + t),
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
             ..Self::forever()
         }
     }

@@ -43,14 +43,14 @@ fn transfer(capacity: usize, msgs: &'static [&'static [u8]]) {
         let pair = Pair::new(capacity);
         let tx = pair.clone();
         let producer = thread::spawn(move || {
-            let mut p = tx.ring.producer();
+            let mut p = tx.ring.producer().unwrap();
             for m in msgs {
                 tx.ring
                     .send(&mut p, m, tx.bells(), &mut Wait::forever())
                     .unwrap();
             }
         });
-        let mut c = pair.ring.consumer();
+        let mut c = pair.ring.consumer().unwrap();
         for m in msgs {
             let got = pair
                 .ring
@@ -97,13 +97,13 @@ fn loom_close_after_send() {
         let pair = Pair::new(16);
         let tx = pair.clone();
         let producer = thread::spawn(move || {
-            let mut p = tx.ring.producer();
+            let mut p = tx.ring.producer().unwrap();
             tx.ring
                 .send(&mut p, b"end", tx.bells(), &mut Wait::forever())
                 .unwrap();
             tx.ring.close_producer(&tx.data);
         });
-        let mut c = pair.ring.consumer();
+        let mut c = pair.ring.consumer().unwrap();
         let got = pair
             .ring
             .recv(&mut c, pair.bells(), &mut Wait::forever())
@@ -122,7 +122,7 @@ fn loom_consumer_close_releases_a_blocked_sender() {
         let pair = Pair::new(8);
         let rx = pair.clone();
         let consumer = thread::spawn(move || rx.ring.close_consumer(&rx.space));
-        let mut p = pair.ring.producer();
+        let mut p = pair.ring.producer().unwrap();
         // 8 + 4 bytes cannot fit in 8: the send must wait, unless it sees the close first.
         let r = pair
             .ring
@@ -140,13 +140,13 @@ fn loom_dead_producer_message_survives() {
         let pair = Pair::new(16);
         let tx = pair.clone();
         let producer = thread::spawn(move || {
-            let mut p = tx.ring.producer();
+            let mut p = tx.ring.producer().unwrap();
             tx.ring
                 .send(&mut p, b"ok", tx.bells(), &mut Wait::forever())
                 .unwrap();
             tx.data.hang_up();
         });
-        let mut c = pair.ring.consumer();
+        let mut c = pair.ring.consumer().unwrap();
         let got = pair
             .ring
             .recv(&mut c, pair.bells(), &mut Wait::forever())
@@ -166,7 +166,7 @@ fn loom_deferred_then_flush() {
         let pair = Pair::new(32);
         let tx = pair.clone();
         let producer = thread::spawn(move || {
-            let mut p = tx.ring.producer();
+            let mut p = tx.ring.producer().unwrap();
             for m in [&b"a"[..], b"b"] {
                 tx.ring
                     .send_deferred(&mut p, m, tx.bells(), &mut Wait::forever())
@@ -174,7 +174,7 @@ fn loom_deferred_then_flush() {
             }
             tx.ring.flush(&mut p, &tx.data).unwrap();
         });
-        let mut c = pair.ring.consumer();
+        let mut c = pair.ring.consumer().unwrap();
         for m in [&b"a"[..], b"b"] {
             let got = pair
                 .ring
@@ -195,13 +195,13 @@ fn loom_deferred_sender_waiting_for_space() {
         let pair = Pair::new(8);
         let tx = pair.clone();
         let producer = thread::spawn(move || {
-            let mut p = tx.ring.producer();
+            let mut p = tx.ring.producer().unwrap();
             tx.ring
                 .send_deferred(&mut p, b"xyz", tx.bells(), &mut Wait::forever())
                 .unwrap();
             tx.ring.flush(&mut p, &tx.data).unwrap();
         });
-        let mut c = pair.ring.consumer();
+        let mut c = pair.ring.consumer().unwrap();
         let got = pair
             .ring
             .recv(&mut c, pair.bells(), &mut Wait::forever())
@@ -218,7 +218,7 @@ fn loom_plain_send_flushes_deferred() {
         let pair = Pair::new(32);
         let tx = pair.clone();
         let producer = thread::spawn(move || {
-            let mut p = tx.ring.producer();
+            let mut p = tx.ring.producer().unwrap();
             tx.ring
                 .send_deferred(&mut p, b"a", tx.bells(), &mut Wait::forever())
                 .unwrap();
@@ -226,7 +226,7 @@ fn loom_plain_send_flushes_deferred() {
                 .send(&mut p, b"b", tx.bells(), &mut Wait::forever())
                 .unwrap();
         });
-        let mut c = pair.ring.consumer();
+        let mut c = pair.ring.consumer().unwrap();
         for m in [&b"a"[..], b"b"] {
             let got = pair
                 .ring

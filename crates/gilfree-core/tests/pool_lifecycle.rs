@@ -334,3 +334,32 @@ fn idle_processes_beyond_warm_retire() {
     assert!(!is_our_child(gone));
     engine.shutdown();
 }
+
+#[test]
+fn inherited_fds_reach_the_worker_at_their_numbers() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::sync::Arc;
+
+    use gilfree_core::pool::Inheritable;
+    use rustix::fs::{memfd_create, MemfdFlags};
+    use rustix::io::{fcntl_getfd, FdFlags};
+
+    let _dog = Watchdog::new("inherited_fds_reach_the_worker_at_their_numbers");
+    let name = format!("gilfree-inherit-test-{}", std::process::id());
+    let fd: Arc<OwnedFd> = Arc::new(memfd_create(name.as_str(), MemfdFlags::CLOEXEC).unwrap());
+    let num = fd.as_raw_fd();
+    let mut cfg = config(0);
+    cfg.command.inherit_fds = vec![Arc::clone(&fd) as Arc<dyn Inheritable>];
+    let engine = Engine::start(cfg, Collect::new()).unwrap();
+    let lease = engine.acquire(&mut step()).unwrap();
+    // The worker has the same open file at the same number (nobody in the test worker claims
+    // it, so it is still there after the handshake)...
+    let ours = std::fs::read_link(format!("/proc/self/fd/{num}")).unwrap();
+    let theirs = std::fs::read_link(format!("/proc/{}/fd/{num}", lease.pid())).unwrap();
+    assert_eq!(theirs, ours);
+    assert!(ours.to_string_lossy().contains(&name), "{ours:?}");
+    // ...and here the fd is close-on-exec again, so no other child inherits it.
+    assert!(fcntl_getfd(&*fd).unwrap().contains(FdFlags::CLOEXEC));
+    lease.release();
+    engine.shutdown();
+}

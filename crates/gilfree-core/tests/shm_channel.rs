@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use gilfree_core::shm::channel::{Channel, ChannelFds};
+use gilfree_core::shm::channel::Channel;
 use gilfree_core::{RecvError, Wait};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{getppid, pidfd_open, Pid, PidfdFlags};
@@ -58,8 +58,7 @@ fn child_end(role: &str) -> Option<(Channel, OwnedFd)> {
     if std::env::var(ROLE).ok()? != role {
         return None;
     }
-    let fds = ChannelFds::decode(&std::env::var(FDS).unwrap()).unwrap();
-    let ch = Channel::open_inherited(fds).unwrap();
+    let ch = Channel::from_env(FDS).unwrap();
     let parent = pidfd_open(getppid().unwrap(), PidfdFlags::empty()).unwrap();
     Some((ch, parent))
 }

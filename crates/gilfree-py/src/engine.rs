@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gilfree_core::ipc::arena::ARENA_FD_ENV;
 use gilfree_core::output::{OutputSink, Stream};
-use gilfree_core::pool::{DeathHook, Engine, EngineConfig, Lease, WorkerCommand};
+use gilfree_core::pool::{DeathHook, Engine, EngineConfig, Inheritable, Lease, WorkerCommand};
 use gilfree_core::RecvError;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -67,7 +67,7 @@ impl PyEngine {
             Some(a) => {
                 // The arena's memfd and its chunk heap's (queues), "<arena>,<heap>".
                 env.push((ARENA_FD_ENV.into(), a.env_value().into()));
-                a.inherit_fds()
+                vec![Arc::clone(a) as Arc<dyn Inheritable>]
             }
             None => vec![],
         };

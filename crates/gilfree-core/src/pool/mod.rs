@@ -16,6 +16,6 @@ pub mod worker_main;
 
 pub use process::ExitInfo;
 pub use scheduler::{CancelOutcome, Completion, End, PoolConfig, SubmitError, Task, TaskPool};
-pub use spawn::{WorkerCommand, CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
+pub use spawn::{Inheritable, WorkerCommand, CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
 pub use supervisor::{DeathHook, Engine, EngineConfig, Lease};
 pub use worker_main::Endpoint;

@@ -12,8 +12,10 @@
 //!    as the pidfd becomes readable, or from `reap`, whichever comes first. A second caller
 //!    blocks until the first call has returned, so `reap` never reaps during the hook.
 
+use std::any::Any;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
+use std::panic::AssertUnwindSafe;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -52,6 +54,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The text of a caught panic's payload (`panic!` with a message gives a `&str` or `String`).
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "(not a string)"
+    }
+}
+
 /// A spawned worker process (before or after its handshake).
 pub(crate) struct WorkerProcess {
     pid: u32,
@@ -76,6 +89,17 @@ pub(crate) struct DeathWatch {
 }
 
 impl DeathWatch {
+    /// A watch that runs `hook` for process `pid` once; `pidfd` (if any) is polled by the
+    /// output thread.
+    pub(crate) fn new(pid: u32, pidfd: Option<OwnedFd>, hook: DeathHook) -> Arc<DeathWatch> {
+        Arc::new(DeathWatch {
+            pid,
+            pidfd,
+            hook,
+            fired: Mutex::new(false),
+        })
+    }
+
     /// The pidfd to poll: readable once the process has exited.
     pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
         self.pidfd.as_ref().map(AsFd::as_fd)
@@ -88,11 +112,21 @@ impl DeathWatch {
 
     /// Runs the hook unless it already ran. Call only once the process is dead and unreaped.
     /// Holds `fired` during the call, so a concurrent `fire` returns only after the hook did.
+    ///
+    /// A panic in the hook is caught and reported on stderr, never propagated: `fire` runs on
+    /// the output thread (which must keep draining every worker's pipes, or workers block on
+    /// full pipes) and inside `reap` on threads that serve Python calls.
     pub(crate) fn fire(&self) {
         let mut fired = lock(&self.fired);
         if !*fired {
             *fired = true;
-            (self.hook.0)(self.pid);
+            let hook = &self.hook.0;
+            let pid = self.pid;
+            // The hook's own state is its business; ours (`fired`) is already consistent.
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| hook(pid))) {
+                let what = panic_message(&*panic);
+                eprintln!("gilfree: the death hook for worker {pid} panicked: {what}");
+            }
         }
     }
 }
@@ -106,14 +140,7 @@ impl WorkerProcess {
         on_death: Option<DeathHook>,
     ) -> WorkerProcess {
         let pid = child.id();
-        let death = on_death.map(|hook| {
-            Arc::new(DeathWatch {
-                pid,
-                pidfd: pidfd.try_clone().ok(),
-                hook,
-                fired: Mutex::new(false),
-            })
-        });
+        let death = on_death.map(|hook| DeathWatch::new(pid, pidfd.try_clone().ok(), hook));
         WorkerProcess {
             pid: child.id(),
             pidfd,
@@ -245,5 +272,25 @@ impl Drop for WorkerProcess {
             self.kill();
         }
         let _ = self.reap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fire_survives_a_panicking_hook_and_runs_it_once() {
+        let calls = Arc::new(Mutex::new(0u32));
+        let counted = Arc::clone(&calls);
+        let hook = DeathHook(Arc::new(move |_| {
+            *lock(&counted) += 1;
+            panic!("a buggy death hook");
+        }));
+        let watch = DeathWatch::new(1234, None, hook);
+        watch.fire();
+        watch.fire();
+        assert!(watch.fired());
+        assert_eq!(*lock(&calls), 1);
     }
 }

@@ -16,12 +16,14 @@
 //!    and reap it and fail the same way.
 
 use std::ffi::OsString;
-use std::os::fd::RawFd;
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::io::{fcntl_setfd, FdFlags};
 use rustix::process::{getpid, pidfd_open, Pid, PidfdFlags};
 
 use super::process::WorkerProcess;
@@ -59,10 +61,34 @@ pub struct WorkerCommand {
     pub cwd: Option<PathBuf>,
     /// The capacity in bytes of each of the channel's two rings.
     pub ring_capacity: usize,
-    /// Extra fds the worker inherits (for instance the shared-primitive arena's memfd, see
-    /// [`crate::ipc::arena`]), at the same numbers. They are made inheritable only around
-    /// the fork, like the channel's; the caller tells the worker their numbers (in `env`).
-    pub inherit_fds: Vec<RawFd>,
+    /// Owners of extra fds the worker inherits (for instance the shared-primitive
+    /// [`Arena`](crate::ipc::arena::Arena)), at the same numbers. They are made inheritable
+    /// only around the fork, like the channel's; the caller tells the worker their numbers
+    /// (in `env`). Holding the owners keeps the fds open for as long as workers may be spawned.
+    pub inherit_fds: Vec<Arc<dyn Inheritable>>,
+}
+
+/// Something that owns fds a worker must inherit, at their numbers in this process.
+pub trait Inheritable: Send + Sync + fmt::Debug {
+    /// The fds, borrowed from `self`.
+    fn fds_to_inherit(&self) -> Vec<BorrowedFd<'_>>;
+}
+
+impl Inheritable for OwnedFd {
+    fn fds_to_inherit(&self) -> Vec<BorrowedFd<'_>> {
+        vec![self.as_fd()]
+    }
+}
+
+/// The arena's memfd, then its chunk heap's (the order of
+/// [`Arena::env_value`](crate::ipc::arena::Arena::env_value)).
+#[cfg(not(loom))]
+impl Inheritable for crate::ipc::arena::Arena {
+    fn fds_to_inherit(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = vec![self.fd()];
+        fds.extend(self.heap().map(|h| h.fd()));
+        fds
+    }
 }
 
 /// Steps 1–3: starts the process, without waiting for its handshake.
@@ -108,10 +134,14 @@ pub(crate) fn spawn(
             return Err(e);
         }
     };
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        unreachable!("stdout and stderr were set to piped");
+    // Both were set to `Stdio::piped()`, so both are there; an error (not a panic) if not.
+    let pipes = match (child.stdout.take(), child.stderr.take()) {
+        (Some(stdout), Some(stderr)) => WorkerOutput::new(child.id(), stdout.into(), stderr.into()),
+        _ => Err(std::io::Error::other(
+            "the worker's output pipes are missing",
+        )),
     };
-    let output = match WorkerOutput::new(child.id(), stdout.into(), stderr.into()) {
+    let output = match pipes {
         Ok(o) => Arc::new(o),
         Err(e) => {
             let _ = child.kill();
@@ -128,15 +158,15 @@ pub(crate) fn spawn(
     ))
 }
 
-/// Clears (or sets again) `FD_CLOEXEC` on each of `fds`.
-fn set_inheritable(fds: &[RawFd], inheritable: bool) -> Result<(), SpawnError> {
-    for &fd in fds {
-        let flags = if inheritable {
-            rustix::io::FdFlags::empty()
-        } else {
-            rustix::io::FdFlags::CLOEXEC
-        };
-        crate::ipc::set_fd_flags(fd, flags)?;
+/// Clears (or sets again) `FD_CLOEXEC` on each fd of `owners`.
+fn set_inheritable(owners: &[Arc<dyn Inheritable>], inheritable: bool) -> Result<(), SpawnError> {
+    let flags = if inheritable {
+        FdFlags::empty()
+    } else {
+        FdFlags::CLOEXEC
+    };
+    for fd in owners.iter().flat_map(|o| o.fds_to_inherit()) {
+        fcntl_setfd(fd, flags)?;
     }
     Ok(())
 }

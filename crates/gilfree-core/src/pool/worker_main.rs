@@ -7,7 +7,7 @@
 //! 3. `pidfd_open` the parent and check `getppid()` again (the parent could have died between
 //!    2 and 3 and its pid been reused); the pidfd is the peer of every wait, so a blocked
 //!    `recv`/`send` ends with `Disconnected` when the parent dies.
-//! 4. Open the inherited [`Channel`] from [`CHANNEL_FDS_ENV`], and remove both variables from
+//! 4. Open the inherited [`Channel`] from [`CHANNEL_FDS_ENV`] ([`Channel::from_env`]), and remove both variables from
 //!    the environment so the worker's own subprocesses don't inherit them.
 //! 5. Send [`READY_MESSAGE`].
 
@@ -19,7 +19,7 @@ use rustix::process::{getppid, pidfd_open, set_parent_process_death_signal, Pid,
 
 use super::spawn::{CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
 use crate::error::{RecvError, SendError, SpawnError};
-use crate::shm::channel::{Channel, ChannelFds};
+use crate::shm::channel::Channel;
 use crate::wait::Wait;
 
 /// Exit code of a worker that found its parent already gone at start-up.
@@ -61,11 +61,7 @@ impl Endpoint {
         if getppid() != Some(parent) {
             std::process::exit(ORPHAN_EXIT_CODE);
         }
-        let fds = std::env::var(CHANNEL_FDS_ENV)
-            .ok()
-            .and_then(|s| ChannelFds::decode(&s))
-            .ok_or_else(|| bad_env(CHANNEL_FDS_ENV))?;
-        let channel = Channel::open_inherited(fds)?;
+        let channel = Channel::from_env(CHANNEL_FDS_ENV)?;
         std::env::remove_var(CHANNEL_FDS_ENV);
         std::env::remove_var(PARENT_PID_ENV);
         let endpoint = Endpoint {

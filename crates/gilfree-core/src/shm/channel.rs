@@ -23,7 +23,8 @@
 //!    happen on one thread, so no other engine child inherits the window; a process spawned
 //!    concurrently by unrelated code (say Python's `subprocess`) could, which is harmless to
 //!    the channel (it only keeps the memory alive longer).
-//! 3. The child decodes the variable and calls [`Channel::open_inherited`], which takes
+//! 3. The child calls [`Channel::from_env`], which decodes the variable and calls
+//!    [`Channel::open_inherited`] (`unsafe`: it turns numbers into owned fds), which takes
 //!    ownership of the fds, makes them close-on-exec again (so the worker's own children do
 //!    not inherit them) and checks the segment's magic, version and sizes.
 //!
@@ -68,6 +69,11 @@ const RING_HEADERS: [usize; 2] = {
     [first, first + size_of::<RingHeader>()]
 };
 const HEADERS_END: usize = RING_HEADERS[1] + size_of::<RingHeader>();
+
+/// The largest ring capacity [`Channel::create`] accepts (1 GiB per direction). Messages of any
+/// size stream through a ring of any capacity, so a larger ring buys nothing, while creating
+/// one touches every page of it (see [`Segment::create`]).
+pub const MAX_RING_CAPACITY: usize = 1 << 30;
 
 /// Fd numbers a child needs to open its end of a [`Channel`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,10 +197,14 @@ static CLAIMED: GlobalMutex<Vec<RawFd>> = GlobalMutex::new(Vec::new());
 
 impl Channel {
     /// Creates the parent's end: a segment with two rings of at least `ring_capacity` bytes
-    /// each (rounded up to whole pages), and four eventfds, all close-on-exec.
+    /// each (rounded up to whole pages), and four eventfds, all close-on-exec. A capacity above
+    /// [`MAX_RING_CAPACITY`] is refused with `InvalidInput`.
     pub fn create(ring_capacity: usize) -> io::Result<Channel> {
         let page = rustix::param::page_size();
         let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "ring capacity too large");
+        if ring_capacity > MAX_RING_CAPACITY {
+            return Err(too_big());
+        }
         let cap = ring_capacity
             .max(1)
             .checked_next_multiple_of(page)
@@ -280,7 +290,10 @@ impl Channel {
             Role::Parent => (&rings[0], &rings[1]),
             Role::Child => (&rings[1], &rings[0]),
         };
-        let (tx, rx) = (Mutex::new(out.producer()), Mutex::new(inc.consumer()));
+        // Fresh `Ring` values, so both ends are still there to take.
+        let taken = || bad("ring end already taken");
+        let tx = Mutex::new(out.producer().ok_or_else(taken)?);
+        let rx = Mutex::new(inc.consumer().ok_or_else(taken)?);
         Ok(Channel {
             tx,
             rx,
@@ -331,11 +344,41 @@ impl Channel {
         Ok(())
     }
 
+    /// Opens the child's end from the fds named in the environment variable `var`, which the
+    /// parent set to [`ChannelFds::encode`] of [`Channel::child_fds`] for this process alone
+    /// (module doc, step 3). A missing or malformed variable is `InvalidInput`.
+    ///
+    /// This is the one place where the engine turns fd numbers from its environment into
+    /// owned fds (through [`Channel::open_inherited`]); the worker calls it once, at start-up.
+    pub fn from_env(var: &str) -> io::Result<Channel> {
+        let fds = std::env::var(var)
+            .ok()
+            .and_then(|v| ChannelFds::decode(&v))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("not started as a gilfree worker: {var} is missing or malformed"),
+                )
+            })?;
+        // SAFETY: the parent wrote `var` for this process when it spawned it (module doc, step
+        // 2), naming fds it made inheritable for this child alone, so nothing else in this
+        // process was handed them. `open_inherited` still refuses numbers already claimed in
+        // this process, closed numbers, and fds of the wrong kind, so a stale or forged
+        // variable fails instead of taking over an fd that something else owns.
+        unsafe { Self::open_inherited(fds) }
+    }
+
     /// Opens the child's end from fds inherited from the parent (see the module doc), taking
     /// ownership of them. Succeeds at most once per process for a given fd number: a second
-    /// call naming any of the same fds fails with `AlreadyExists`, so a stale `ChannelFds`
-    /// can never take over fds that belong to something else.
-    pub fn open_inherited(fds: ChannelFds) -> io::Result<Channel> {
+    /// call naming any of the same fds fails with `AlreadyExists`. Numbers that name no open
+    /// fd, or an fd of the wrong kind, are refused with `InvalidInput`/`InvalidData`.
+    ///
+    /// # Safety
+    /// Each number in `fds` must name an fd this process inherited for this channel, which
+    /// no other object in the process owns or will close: from here on the returned
+    /// `Channel` owns and closes them. The checks above catch mistakes (a stale or repeated
+    /// `ChannelFds`), not a number that some other owner in the process is using.
+    pub unsafe fn open_inherited(fds: ChannelFds) -> io::Result<Channel> {
         let all = fds.all();
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
         if all.iter().any(|&fd| fd < 0) {
@@ -356,8 +399,8 @@ impl Channel {
         }
         for fd in all {
             // SAFETY: the caller hands us fds inherited from the parent (this function's
-            // contract), which no other object of this process owns: `CLAIMED` above makes us
-            // the only taker. The borrow lasts for this one call only.
+            // `# Safety` contract), which no other object of this process owns: `CLAIMED` above
+            // makes us the only taker. The borrow lasts for this one call only.
             let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
             fcntl_getfd(borrowed)
                 .map_err(|_| invalid("ChannelFds names an fd that is not open"))?;
@@ -529,6 +572,14 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_ring_is_refused_before_any_memory_is_touched() {
+        for cap in [MAX_RING_CAPACITY + 1, 1 << 40, usize::MAX] {
+            let e = Channel::create(cap).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{cap}");
+        }
+    }
+
+    #[test]
     fn layout_is_rounded_to_pages() {
         let (p, _c) = Channel::pair(1).unwrap();
         let page = rustix::param::page_size();
@@ -648,22 +699,36 @@ mod tests {
 
     #[test]
     fn open_inherited_refuses_bad_fds() {
-        let e = Channel::open_inherited(ChannelFds {
+        let closed = ChannelFds {
             memfd: 100_000,
             events: [100_001, 100_002, 100_003, 100_004],
-        });
+        };
+        // SAFETY: these numbers are far above anything this test process has open, so nothing
+        // else owns them; the call is expected to refuse them before taking any.
+        let e = unsafe { Channel::open_inherited(closed) };
         assert_eq!(e.unwrap_err().kind(), io::ErrorKind::InvalidInput);
         // Once claimed, the same numbers are refused for good.
-        let e = Channel::open_inherited(ChannelFds {
-            memfd: 100_000,
-            events: [100_001, 100_002, 100_003, 100_004],
-        });
+        // SAFETY: as above.
+        let e = unsafe { Channel::open_inherited(closed) };
         assert_eq!(e.unwrap_err().kind(), io::ErrorKind::AlreadyExists);
-        let e = Channel::open_inherited(ChannelFds {
-            memfd: 5,
-            events: [5, 6, 7, 8],
-        });
+        // SAFETY: a repeated number is refused before any fd is looked at.
+        let e = unsafe {
+            Channel::open_inherited(ChannelFds {
+                memfd: 5,
+                events: [5, 6, 7, 8],
+            })
+        };
         assert_eq!(e.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn from_env_refuses_a_missing_variable() {
+        let e = Channel::from_env("GILFREE_TEST_NO_SUCH_VARIABLE").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            e.to_string().contains("GILFREE_TEST_NO_SUCH_VARIABLE"),
+            "{e}"
+        );
     }
 
     #[test]

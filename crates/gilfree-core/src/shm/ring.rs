@@ -1,11 +1,16 @@
 //! A single-producer / single-consumer byte ring that carries framed messages of any size.
 //!
+//! # Framing
 //! A message is framed as its length (`u64`, little endian) followed by its bytes, written into
 //! a circular byte buffer as one continuous stream: the frame wraps around the end of the
 //! buffer like any other bytes. A message larger than the ring is streamed: the producer copies
 //! in whatever fits, publishes it, and waits for space while the consumer copies the bytes out
 //! into the message's `Vec` and frees them. A 1 GiB message therefore goes through a 64 KiB
-//! ring in 64 KiB pieces, never needing 1 GiB of shared memory. This is the classic
+//! ring in 64 KiB pieces, never needing 1 GiB of shared memory. The receiver does not trust
+//! the length prefix with its memory either: it reserves at most one ring's worth up front and
+//! grows the message's buffer (doubling, capped at the announced length) as bytes arrive, so a
+//! hostile or corrupt prefix costs at most twice the bytes actually sent (a prefix above
+//! `isize::MAX` is refused with `InvalidData`). This is the classic
 //! Lamport SPSC queue (one writer per index, monotonic indices), over bytes instead of slots,
 //! with an eventcount-style sleep flag for blocking.
 //!
@@ -113,7 +118,7 @@ use std::mem;
 
 use crate::error::{RecvError, SendError};
 use crate::ipc::notify::{Notifier, WaitError};
-use crate::sync::{fence, spin_loop, yield_now, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, spin_loop, yield_now, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::Wait;
 
 pub mod local;
@@ -389,14 +394,23 @@ impl Partial {
 }
 
 /// A ring over some [`Storage`]: the protocol of the module doc.
+///
+/// Each `Ring` value hands out its [`Producer`] and its [`Consumer`] at most once, so one
+/// process cannot end up with two producers (or two consumers) racing on the same index.
 pub struct Ring<S> {
     storage: S,
+    producer_taken: AtomicBool,
+    consumer_taken: AtomicBool,
 }
 
 impl<S: Storage> Ring<S> {
     /// Wraps storage whose header is initialised (by [`RingHeader::new`]).
     pub fn new(storage: S) -> Ring<S> {
-        Ring { storage }
+        Ring {
+            storage,
+            producer_taken: AtomicBool::new(false),
+            consumer_taken: AtomicBool::new(false),
+        }
     }
 
     fn header(&self) -> &RingHeader {
@@ -412,25 +426,33 @@ impl<S: Storage> Ring<S> {
         self.cap()
     }
 
-    /// The state the (single) producer must pass to every [`send`](Ring::send).
-    pub fn producer(&self) -> Producer {
+    /// The state the (single) producer must pass to every [`send`](Ring::send): `Some` the
+    /// first time, `None` ever after (a second producer would race the first on `tail`).
+    pub fn producer(&self) -> Option<Producer> {
+        if self.producer_taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
         let tail = self.header().producer.tail.load(Ordering::Acquire);
-        Producer {
+        Some(Producer {
             tail,
             torn: false,
             unflushed: false,
             spin: Spin::new(),
-        }
+        })
     }
 
-    /// The state the (single) consumer must pass to every [`recv`](Ring::recv).
-    pub fn consumer(&self) -> Consumer {
+    /// The state the (single) consumer must pass to every [`recv`](Ring::recv): `Some` the
+    /// first time, `None` ever after (a second consumer would race the first on `head`).
+    pub fn consumer(&self) -> Option<Consumer> {
+        if self.consumer_taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
         let head = self.header().consumer.head.load(Ordering::Acquire);
-        Consumer {
+        Some(Consumer {
             head,
             partial: Partial::start(),
             spin: Spin::new(),
-        }
+        })
     }
 
     /// Bytes the producer may write now, given its `tail`.
@@ -721,17 +743,23 @@ impl<S: Storage> Ring<S> {
                         .ok()
                         .filter(|&l| l <= isize::MAX as usize)
                         .ok_or_else(|| invalid("message length prefix out of range"))?;
+                    // The prefix is the peer's word, not a promise: reserve at most one ring's
+                    // worth now and grow as bytes arrive ("Framing" in the module doc).
                     let mut msg = Vec::new();
-                    msg.try_reserve_exact(len).map_err(|_| {
-                        io::Error::new(io::ErrorKind::OutOfMemory, "no memory for a message")
-                    })?;
+                    reserve(&mut msg, len.min(self.cap()))?;
                     c.partial = Partial::Body { msg, len };
                 }
                 Partial::Body { msg, len } => {
                     let n = (*len - msg.len()).min(avail);
                     let have = msg.len();
-                    // SAFETY: `n <= avail` bytes are published; `msg` has capacity `len`
-                    // (reserved above) and `have + n <= len`, so the spare capacity holds them.
+                    if msg.capacity() - have < n {
+                        // Double, capped at the announced length: amortised O(len) copying,
+                        // and never more than twice what has arrived.
+                        let want = (have + n).max(msg.capacity().saturating_mul(2)).min(*len);
+                        reserve(msg, want)?;
+                    }
+                    // SAFETY: `n <= avail` bytes are published; `msg` has spare capacity for
+                    // `n` more bytes (ensured just above), so `have + n <= capacity`.
                     unsafe { self.get(c.head, msg.as_mut_ptr().add(have), n) };
                     // SAFETY: the `n` bytes after `have` were just initialised by `get`.
                     unsafe { msg.set_len(have + n) };
@@ -768,6 +796,12 @@ impl<S: Storage> Ring<S> {
             .store(1, Ordering::Release);
         let _ = space.ring();
     }
+}
+
+/// Grows `msg`'s capacity to at least `total` bytes, reporting failure instead of aborting.
+fn reserve(msg: &mut Vec<u8>, total: usize) -> io::Result<()> {
+    msg.try_reserve_exact(total.saturating_sub(msg.len()))
+        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "no memory for a message"))
 }
 
 fn invalid(what: &str) -> io::Error {

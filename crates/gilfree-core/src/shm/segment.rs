@@ -7,7 +7,10 @@
 //!
 //! # Invariants
 //! - `ptr..ptr + len` is one `MAP_SHARED`, read-write mapping of the whole file, alive until
-//!   `Drop`. Its size never changes (nobody truncates a live segment).
+//!   `Drop`. Its size never changes: [`Segment::create`] seals the memfd with `F_SEAL_SHRINK`
+//!   and `F_SEAL_GROW` (and `F_SEAL_SEAL`, so the seals cannot be changed), so no process
+//!   holding the fd, however buggy or hostile, can truncate it and turn our accesses into
+//!   `SIGBUS`; [`Segment::open`] refuses a memfd without those seals.
 //! - [`Segment::create`] touches every page before returning, because the first write to a
 //!   fresh shared page costs roughly ten times a copy of it on our machines; doing it here keeps
 //!   that cost out of the first message. [`Segment::open`] asks the kernel to pre-fault its
@@ -17,8 +20,13 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::{self, NonNull};
 
-use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
+use rustix::fs::{
+    fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags,
+};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+
+/// The seals every segment carries: its size is fixed for good.
+const SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
 
 /// A `memfd`-backed `MAP_SHARED` mapping.
 #[derive(Debug)]
@@ -45,8 +53,9 @@ impl Segment {
                 "empty shared segment",
             ));
         }
-        let fd = memfd_create("gilfree", MemfdFlags::CLOEXEC)?;
+        let fd = memfd_create("gilfree", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         ftruncate(&fd, len as u64)?;
+        fcntl_add_seals(&fd, SEALS | SealFlags::SEAL)?;
         let seg = Self::map(fd, len, MapFlags::SHARED)?;
         let page = rustix::param::page_size();
         let base = seg.ptr.as_ptr();
@@ -61,7 +70,17 @@ impl Segment {
 
     /// Maps the whole of an existing memfd (for instance one inherited from the parent),
     /// taking ownership of `fd`.
+    ///
+    /// Refuses (`InvalidData`) a file whose size is not sealed (see the module invariants):
+    /// whoever else holds it could otherwise shrink it under our mapping.
     pub fn open(fd: OwnedFd) -> io::Result<Segment> {
+        let sealed = fcntl_get_seals(&fd).is_ok_and(|seals| seals.contains(SEALS));
+        if !sealed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared segment is not sealed against resizing",
+            ));
+        }
         let size = fstat(&fd)?.st_size;
         let len = usize::try_from(size)
             .ok()
@@ -134,6 +153,28 @@ mod tests {
             a.as_ptr().add(4097).write(42);
             assert_eq!(b.as_ptr().add(4097).read(), 42);
         }
+    }
+
+    #[test]
+    fn a_peer_cannot_resize_a_segment() {
+        let seg = Segment::create(2 * 4096).unwrap();
+        // Any holder of the fd (a worker, say) is refused: shrinking would turn the other
+        // side's accesses past the new end into SIGBUS.
+        let peer = rustix::io::dup(seg.fd()).unwrap();
+        assert_eq!(ftruncate(&peer, 4096), Err(rustix::io::Errno::PERM));
+        assert_eq!(ftruncate(&peer, 0), Err(rustix::io::Errno::PERM));
+        assert_eq!(ftruncate(&peer, 4 * 4096), Err(rustix::io::Errno::PERM));
+        assert_eq!(fstat(&peer).unwrap().st_size, 2 * 4096);
+    }
+
+    #[test]
+    fn open_refuses_an_unsealed_memfd() {
+        let fd = memfd_create("unsealed", MemfdFlags::CLOEXEC).unwrap();
+        ftruncate(&fd, 4096).unwrap();
+        assert_eq!(
+            Segment::open(fd).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub(crate) fn pattern(seed: u64, len: usize) -> Vec<u8> {
 #[test]
 fn framing_keeps_boundaries() {
     let pair = Pair::new(256);
-    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    let (mut p, mut c) = (pair.ring.producer().unwrap(), pair.ring.consumer().unwrap());
     pair.send(&mut p, b"hello");
     pair.send(&mut p, b"");
     pair.send(&mut p, b"world!");
@@ -81,7 +81,7 @@ fn framing_keeps_boundaries() {
 fn wraps_around_an_odd_capacity() {
     // 8 + len never divides 13, so frames start at every offset and straddle the end.
     let pair = Pair::new(13);
-    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    let (mut p, mut c) = (pair.ring.producer().unwrap(), pair.ring.consumer().unwrap());
     for i in 0..500u64 {
         let msg = pattern(i, (i % 6) as usize);
         pair.send(&mut p, &msg);
@@ -92,7 +92,7 @@ fn wraps_around_an_odd_capacity() {
 #[test]
 fn zero_length_messages() {
     let pair = Pair::new(16);
-    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    let (mut p, mut c) = (pair.ring.producer().unwrap(), pair.ring.consumer().unwrap());
     for _ in 0..10 {
         pair.send(&mut p, b"");
         pair.send(&mut p, b"");
@@ -104,7 +104,7 @@ fn zero_length_messages() {
 /// Sends `sizes` from one thread while another receives and checks them.
 fn stream(capacity: usize, sizes: &[usize]) {
     let pair = Pair::new(capacity);
-    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    let (mut p, mut c) = (pair.ring.producer().unwrap(), pair.ring.consumer().unwrap());
     std::thread::scope(|s| {
         s.spawn(|| {
             for (i, &n) in sizes.iter().enumerate() {
@@ -150,7 +150,7 @@ fn a_64_mib_message_through_a_64_kib_ring() {
 #[test]
 fn recv_resumes_after_timeout() {
     let pair = Pair::new(64);
-    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    let (mut p, mut c) = (pair.ring.producer().unwrap(), pair.ring.consumer().unwrap());
     let msg = pattern(7, 100);
     let prefix = (msg.len() as u64).to_le_bytes();
     let mut w = watchdog();
@@ -177,7 +177,7 @@ fn recv_resumes_after_timeout() {
 #[test]
 fn send_timeout_mid_message_tears_the_producer() {
     let pair = Pair::new(32);
-    let mut p = pair.ring.producer();
+    let mut p = pair.ring.producer().unwrap();
     let mut w = Wait::timeout(Some(Duration::ZERO));
     // Nothing written yet: a timeout leaves the producer usable.
     pair.send(&mut p, &[1; 24]);
@@ -186,7 +186,7 @@ fn send_timeout_mid_message_tears_the_producer() {
         Err(SendError::Timeout)
     ));
     assert!(!p.torn);
-    let mut c = pair.ring.consumer();
+    let mut c = pair.ring.consumer().unwrap();
     assert_eq!(pair.recv(&mut c), [1; 24]);
     assert!(matches!(
         pair.ring.send(&mut p, &[2; 100], pair.bells(), &mut w),
@@ -202,7 +202,7 @@ fn send_timeout_mid_message_tears_the_producer() {
 #[test]
 fn dead_producer_leaves_whole_messages_readable() {
     let pair = Pair::new(64);
-    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    let (mut p, mut c) = (pair.ring.producer().unwrap(), pair.ring.consumer().unwrap());
     pair.send(&mut p, b"last words");
     let msg = pattern(1, 100);
     let prefix = (msg.len() as u64).to_le_bytes();
@@ -227,7 +227,7 @@ fn dead_producer_leaves_whole_messages_readable() {
 #[test]
 fn dead_consumer_ends_a_blocked_send() {
     let pair = Pair::new(16);
-    let mut p = pair.ring.producer();
+    let mut p = pair.ring.producer().unwrap();
     std::thread::scope(|s| {
         s.spawn(|| pair.space.hang_up());
         let r = pair
@@ -240,7 +240,7 @@ fn dead_consumer_ends_a_blocked_send() {
 #[test]
 fn closing_either_end_disconnects() {
     let pair = Pair::new(64);
-    let (mut p, mut c) = (pair.ring.producer(), pair.ring.consumer());
+    let (mut p, mut c) = (pair.ring.producer().unwrap(), pair.ring.consumer().unwrap());
     pair.send(&mut p, b"bye");
     pair.ring.close_producer(&pair.data);
     assert_eq!(pair.recv(&mut c), b"bye");
@@ -250,7 +250,7 @@ fn closing_either_end_disconnects() {
     ));
 
     let pair = Pair::new(64);
-    let mut p = pair.ring.producer();
+    let mut p = pair.ring.producer().unwrap();
     std::thread::scope(|s| {
         s.spawn(|| pair.ring.close_consumer(&pair.space));
         // Blocks once the ring is full, until the close wakes it.
@@ -269,4 +269,122 @@ fn header_validation() {
     assert!(h.validate(8192).is_err());
     h.ident.magic_version.store(0, Ordering::Relaxed);
     assert!(h.validate(4096).is_err());
+}
+
+#[test]
+fn each_end_is_handed_out_once() {
+    let pair = Pair::new(64);
+    let mut p = pair.ring.producer().expect("the first producer");
+    assert!(pair.ring.producer().is_none(), "a second producer");
+    let mut c = pair.ring.consumer().expect("the first consumer");
+    assert!(pair.ring.consumer().is_none(), "a second consumer");
+    // The ends handed out still work.
+    pair.send(&mut p, b"once");
+    assert_eq!(pair.recv(&mut c), b"once");
+}
+
+/// Most bytes the consumer may have reserved for the message it is assembling, after `fed`
+/// bytes arrived on a ring of `capacity`: what arrived, times two (growth by doubling), or one
+/// ring's worth, whichever is more. A length prefix alone must not buy more than that.
+fn reserve_bound(capacity: usize, fed: usize) -> usize {
+    capacity.max(2 * fed)
+}
+
+fn reserved(c: &Consumer) -> usize {
+    match &c.partial {
+        Partial::Prefix { .. } => 0,
+        Partial::Body { msg, .. } => msg.capacity(),
+    }
+}
+
+/// Feeds `bytes` to the consumer as a producer that ignores the framing would (raw writes and
+/// `tail` publishes, in pieces as space allows), then closes the producer's end. Every receive
+/// must return a message, wait for more, or refuse the stream with `InvalidData`/`OutOfMemory`;
+/// never panic, and never reserve more than [`reserve_bound`].
+fn feed_raw(capacity: usize, bytes: &[u8]) {
+    let pair = Pair::new(capacity);
+    let mut c = pair.ring.consumer().unwrap();
+    let header = pair.ring.header();
+    let (mut tail, mut fed) = (0u64, 0usize);
+    loop {
+        let n = pair.ring.free(tail).unwrap().min(bytes.len() - fed);
+        pair.ring.put(tail, &bytes[fed..fed + n]);
+        tail += n as u64;
+        fed += n;
+        header.producer.tail.store(tail, Ordering::Release);
+        if fed == bytes.len() {
+            header.producer.producer_closed.store(1, Ordering::Release);
+        }
+        let result = pair.try_recv(&mut c);
+        assert!(
+            reserved(&c) <= reserve_bound(capacity, fed),
+            "{} bytes reserved after {fed} bytes fed",
+            reserved(&c)
+        );
+        match result {
+            Ok(msg) => assert!(msg.len() <= fed),
+            Err(RecvError::Timeout) => assert!(fed < bytes.len() || pair.ring.has_unread()),
+            Err(RecvError::Disconnected) => {
+                assert_eq!(fed, bytes.len());
+                return;
+            }
+            Err(RecvError::Io(e)) => {
+                let kind = e.kind();
+                assert!(
+                    matches!(
+                        kind,
+                        io::ErrorKind::InvalidData | io::ErrorKind::OutOfMemory
+                    ),
+                    "{e}"
+                );
+                return;
+            }
+            Err(RecvError::Interrupted) => panic!("nobody interrupts this wait"),
+        }
+    }
+}
+
+#[test]
+fn a_hostile_length_prefix_reserves_only_what_arrives() {
+    for len in [1u64 << 30, 1 << 40, u64::MAX, isize::MAX as u64, 100_000] {
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&pattern(len, 1000));
+        feed_raw(64, &bytes);
+    }
+}
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::feed_raw;
+
+    /// Bytes that often start like a frame: a length prefix (any `u64`, or a plausible one),
+    /// then anything.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let raw = proptest::collection::vec(any::<u8>(), 0..600);
+        let prefixed = (
+            prop_oneof![any::<u64>(), 0u64..2000],
+            proptest::collection::vec(any::<u8>(), 0..600),
+        )
+            .prop_map(|(len, rest)| {
+                let mut v = len.to_le_bytes().to_vec();
+                v.extend(rest);
+                v
+            });
+        prop_oneof![raw, prefixed]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes in the ring never panic the frame decoder, and a length prefix
+        /// never makes it reserve memory that the bytes have not paid for.
+        #[test]
+        fn arbitrary_bytes_never_panic_or_over_reserve(
+            capacity in 1usize..300,
+            bytes in stream(),
+        ) {
+            feed_raw(capacity, &bytes);
+        }
+    }
 }
