@@ -33,6 +33,7 @@ pub mod mutex;
 pub mod notify;
 #[cfg(not(loom))]
 pub mod queue;
+pub mod refcount;
 pub mod semaphore;
 
 /// Sets the fd flags (`FD_CLOEXEC`) of `fd`, a number the caller keeps open for the duration
