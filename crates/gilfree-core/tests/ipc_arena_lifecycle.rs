@@ -148,7 +148,7 @@ fn a_kill_at_any_step_leaks_at_worst() {
         let (pid, killed) = run_child(&arena, step, h);
         assert!(killed, "the child never reached {step:?}");
         arena.reap(pid); // what the engine's death hook does
-        // The slot we hold is still ours: attachable, not recycled.
+                         // The slot we hold is still ours: attachable, not recycled.
         let again = arena
             .attach(h, Kind::Cell)
             .unwrap_or_else(|e| panic!("our slot was freed after a kill at {step:?}: {e}"));
@@ -169,7 +169,10 @@ fn a_clean_attach_and_detach_leaves_nothing() {
     assert_eq!(arena.live_slots(), 1);
     drop(ours);
     assert_eq!(arena.live_slots(), 0);
-    assert!(matches!(arena.attach(h, Kind::Cell), Err(AttachError::Stale)));
+    assert!(matches!(
+        arena.attach(h, Kind::Cell),
+        Err(AttachError::Stale)
+    ));
 }
 
 #[test]
@@ -223,11 +226,18 @@ fn a_slot_whose_lock_is_held_is_not_recycled_until_its_owner_dies() {
     let h = held_rx.recv_timeout(WATCHDOG).unwrap();
     assert_eq!(arena.live_slots(), 0);
     assert_eq!(arena.retired_held_slots(), 1);
-    assert!(matches!(arena.attach(h, Kind::Lock), Err(AttachError::Stale)));
+    assert!(matches!(
+        arena.attach(h, Kind::Lock),
+        Err(AttachError::Stale)
+    ));
     // While the owner lives, no allocation gets that slot, even with the free list drained.
     let mut taken = Vec::new();
     while let Ok(s) = arena.alloc(Kind::Cell, |_| Ok(())) {
-        assert_ne!(index(s.handle()), index(h), "recycled a slot whose mutex is held");
+        assert_ne!(
+            index(s.handle()),
+            index(h),
+            "recycled a slot whose mutex is held"
+        );
         taken.push(s);
     }
     assert_eq!(arena.reclaim_retired(), 0);
@@ -237,6 +247,9 @@ fn a_slot_whose_lock_is_held_is_not_recycled_until_its_owner_dies() {
     let fresh = ShmLock::new(&arena, false).unwrap();
     assert_eq!(index(fresh.handle()), index(h));
     assert_eq!(arena.retired_held_slots(), 0);
-    assert!(fresh.try_acquire().unwrap().is_some(), "a fresh, unlocked mutex");
+    assert!(
+        fresh.try_acquire().unwrap().is_some(),
+        "a fresh, unlocked mutex"
+    );
     fresh.release().unwrap();
 }

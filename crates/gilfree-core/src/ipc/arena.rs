@@ -18,20 +18,36 @@
 //! | offset | field        | type              | meaning                                     |
 //! |--------|--------------|-------------------|---------------------------------------------|
 //! | 0      | `next_free`  | `u32`             | free-list link: next free index, 0 = end     |
-//! | 4      | `generation` | `u32`             | bumped each time the slot is freed           |
-//! | 8      | `kind`       | `u32`             | [`Kind`] while live, 0 while free            |
+//! | 4      | `generation` | `u32`             | bumped each time the slot is retired         |
+//! | 8      | `kind`       | `u32`             | [`Kind`] live, 0 free, `u32::MAX` retired held |
 //! | 12     | `refs`       | `u32`             | attached handles, all processes together     |
-//! | 16     | `meta`       | `pthread_mutex_t` | robust mutex guarding `kind`, `refs`, table |
+//! | 16     | `meta`       | `pthread_mutex_t` | robust mutex guarding everything but `held`  |
+//! | 56     | `overflow`   | `u32`             | first overflow chunk of the table, 0 = none  |
 //! | 64     | body         | 256 bytes         | the primitive's own words ([`BODY_SIZE`])    |
-//! | 320    | table        | `[Entry; 58]`     | per process: `pid`, `refs`, `held`           |
+//! | 320    | table        | `[Entry; 58]`     | per process: `pid`, `refs`, `held`; pid 0 free |
+//!
+//! The process table has no fixed length: when its [`TABLE_LEN`] inline entries are taken, a
+//! chunk of the [`Heap`] is linked in front of the `overflow` chain (`next: u32` at 0, then
+//! [`OVERFLOW_LEN`] = 5456 entries from offset 64), so one primitive may be attached by as
+//! many processes as the heap has room for (each chunk of 64 KiB adds 5456). An arena mapped
+//! without its heap ([`Arena::open`]) cannot grow a table: the 59th process gets
+//! [`AttachError::TableFull`].
 //!
 //! # Who writes what
 //! - `next_free`: the process pushing the slot on the free list (it owns the slot then).
-//! - `generation`, `kind`, `refs`, the table: under `meta`, by any process attaching,
-//!   detaching or reaping; `kind` is set last on allocation and cleared first on free.
+//! - `generation`, `kind`, `refs`, `overflow` and the table's `pid`/`refs`: under `meta`, by
+//!   any process allocating, attaching, detaching, reaping or reclaiming; `kind` is set last
+//!   on allocation and cleared first on retirement, so the unlocked `kind` check in `reap`
+//!   only ever skips slots that are not live.
 //! - A table entry's `held` (semaphore permits taken minus released, wrapping `i32`): by its
 //!   own process, with atomic adds; by the reaper once that process is dead.
-//! - The body: by the primitive's protocol (its module's doc).
+//! - The body: by the primitive's protocol (its module's doc); zeroed and initialised by the
+//!   allocating process before `kind` makes the slot visible.
+//!
+//! Entries are keyed by the pid of the process that runs the operation, read at each call:
+//! a `fork()` child attaches under its own pid. A [`Slot`] remembers the pid that attached it
+//! and detaches only in that process, so the copy a fork child inherits (its parent's
+//! reference) is never detached by the child: the child owns nothing its parent held.
 //!
 //! # Free list (lock-free, any process)
 //! `free_head` is a Treiber stack head: the index of the first free slot in the low 32 bits
@@ -44,30 +60,68 @@
 //!
 //! The loom model `loom_arena_free_list` checks it ([`super::free_list`]).
 //!
-//! # Lifecycle of a slot (refcounts)
-//! 1. Allocate: pop a slot, initialise its body, then under `meta`: `kind = K`, `refs = 1`, a
-//!    table entry `(own pid, refs 1)`.
+//! # State machine of `kind`
+//! ```text
+//!   free (0, on the free list) --pop--> popped (0, private) --alloc--> live (K)
+//!   live --last reference gone, body mutex unowned--> free (generation + 1, pushed)
+//!   live --last reference gone, body mutex owned--> retired-held (u32::MAX, generation + 1)
+//!   retired-held --owner thread gone (lock word TID 0): reclaim_retired--> free (pushed)
+//! ```
+//!
+//! # Lifecycle of a slot (refcounts; the count steps are [`super::refcount`]'s)
+//! Invariant: `refs >= Σ table[*].refs` at every step, so a dead process's entry never
+//! subtracts more than it added. Each `(Step)` names a point where tests kill a process.
+//! 1. Allocate: pop a slot `(AllocPopped)`, zero and initialise its body, then under `meta`:
+//!    claim an entry for our pid `(AllocEntry)`, entry `refs = 1`, `refs = 1`
+//!    `(AllocCounted)`, and last `kind = K`.
 //! 2. Attach (unpickling a handle in any process): under `meta`, check `generation` and `kind`
-//!    against the handle (else [`AttachError::Stale`]), then `refs += 1` and this pid's entry
-//!    `refs += 1` (a free entry is claimed the first time; none left → `TableFull`).
-//! 3. Detach (a [`Slot`] dropped): under `meta`, both counts `-= 1`; an entry at zero is
-//!    released (its pid set to 0).
-//! 4. When `refs` reaches 0 (3 or 5): a queue's heap chunks are freed, `kind = 0`,
-//!    `generation += 1`, then push the slot.
+//!    against the handle (else [`AttachError::Stale`]); claim this pid's entry (its own if it
+//!    has one, else a free one, else a new overflow chunk); `refs += 1` `(AttachCounted)`;
+//!    then the entry's `refs += 1`.
+//! 3. Detach (a [`Slot`] dropped in the process that attached it): under `meta`, the entry's
+//!    `refs -= 1`, the entry released at zero (pid 0) `(DetachEntry)`; then `refs -= 1`.
+//! 4. Retire, when `refs` reaches 0 (3 or 5), under `meta`: release every entry and give
+//!    the overflow chunks back. If the body starts with a robust mutex (`Lock`, `Barrier`,
+//!    `Queue`) that a thread still owns (a `Lock` acquired and then dropped), that mutex is on
+//!    the owner thread's robust list, which links through the mutex's own words: the slot is
+//!    *retired held* (`kind = u32::MAX`, `generation += 1`, not pushed), because re-initialising
+//!    it for a new primitive would corrupt that list. Otherwise: a queue's heap chunks are
+//!    freed, `kind = 0` `(RetireCleared)`, `generation += 1`, unlock `(RetireUnlocked)`, push.
 //! 5. Reap `pid` (the engine calls [`Arena::reap`] for a worker process it knows is dead and
 //!    has not yet reaped, so its pid cannot have been reused): for every live slot with an
 //!    entry for `pid`, under `meta`: semaphores get that process's positive `held` back (never
 //!    above their initial value) and wake their waiters; barriers are broken (waiters get
-//!    `Broken`); then `refs -= entry.refs`, the entry is released, and step 4 applies.
+//!    `Broken`); then the entry is read and released `(ReapEntry)`, `refs -= entry.refs`
+//!    (a `refs` below it would break the invariant: the slot is leaked, never freed), and
+//!    step 4 applies at zero. Finally [`Arena::reclaim_retired`] runs.
+//! 6. Reclaim ([`Arena::reclaim_retired`]; [`Arena::alloc`] runs it when the free list is
+//!    empty, [`Arena::reap`] after every reap): a retired-held slot whose mutex's lock word
+//!    has no owner TID any more is pushed on the free list. Nobody else can reach the slot,
+//!    so the only way its owner lets go is by dying, when the kernel walks the dead thread's
+//!    robust list, marks the mutex `FUTEX_OWNER_DIED` and clears the TID; after that no
+//!    robust list references the mutex, and the next allocation re-initialises it. An owner
+//!    that never exits keeps the slot (a leak of one slot, by choice).
 //!
 //! # When a process dies
+//! A process may be SIGKILLed between any two steps above; what it leaves is at worst a
+//! leak, never a slot freed while another process uses it (`ipc_arena_lifecycle` kills a
+//! child at every step; `loom_arena_counts` models the counts):
+//! - Between pop and `kind = K` (`AllocPopped`, `AllocEntry`, `AllocCounted`): the slot is
+//!   off the free list with `kind = 0`: leaked.
+//! - `AttachCounted`: `refs` counts one attachment no entry will ever give back: leaked.
+//! - `DetachEntry`: as above, one count too many: leaked.
+//! - `RetireCleared`, `RetireUnlocked`: the slot is neither live nor on the free list: leaked.
+//! - `ReapEntry` (the reaper itself dies): the entry is gone, `refs` too high: leaked.
+//! - Inside any `meta` critical section, the next locker gets `EOWNERDEAD`, makes the mutex
+//!   consistent and goes on from whichever step boundary the dead process reached.
 //! - Holding a `Lock`/`RLock`: the kernel marks the robust mutex (see [`super::mutex`]).
 //! - Holding semaphore permits, or attached to a barrier: step 5, when the engine reaps it.
 //!   A process that is not an engine worker (the parent itself, or a process the user forked)
 //!   is never reaped: its references leak until the arena goes away, which is harmless.
-//! - Inside a `meta` critical section (a few instructions): the next locker gets
-//!   `EOWNERDEAD`, makes the mutex consistent and goes on; a count may then be off by one,
-//!   which leaks a slot at worst.
+//!
+//! A fork child's inherited objects borrow the parent's references (the child holds none of
+//! its own): they stay valid while the parent keeps them, as with threads; pickling them in
+//! the child (or receiving them again) attaches the child under its own pid.
 //!
 //! The arena lives as long as any process maps it: memfd memory is freed by the kernel when
 //! the last mapping and fd are gone, and nothing is ever created in `/dev/shm`.
@@ -452,10 +506,12 @@ impl Arena {
         {
             return Err(AttachError::Stale);
         }
-        let entry = self
-            .claim_entry(slot, pid)
-            .ok_or(AttachError::TableFull)?;
-        let _ = refcount::attach(&slot.header.refs, &self.entry(index, entry).refs, crash_point);
+        let entry = self.claim_entry(slot, pid).ok_or(AttachError::TableFull)?;
+        let _ = refcount::attach(
+            &slot.header.refs,
+            &self.entry(index, entry).refs,
+            crash_point,
+        );
         Ok(Slot {
             arena: Arc::clone(self),
             index,
@@ -608,7 +664,10 @@ impl Arena {
 
     /// The overflow chunk `chunk` of some slot's table.
     fn overflow(&self, chunk: u32) -> &Overflow {
-        let heap = self.heap.as_ref().expect("overflow chunks exist only with a heap");
+        let heap = self
+            .heap
+            .as_ref()
+            .expect("overflow chunks exist only with a heap");
         // SAFETY: `chunk` is linked into a slot's overflow chain (the caller got it from
         // there), so it is a data chunk that stays allocated while the slot has attachers;
         // `Overflow` is made of atomics and padding and fits in a chunk (const assertion).
@@ -622,7 +681,10 @@ impl Arena {
     /// Every entry of `slot`'s table, overflow chunks included. Under `meta`.
     fn entries<'a>(&'a self, slot: &'a SlotLayout) -> impl Iterator<Item = (EntryAt, &'a Entry)> {
         let inline = slot.table.iter().enumerate().map(|(i, e)| {
-            let at = EntryAt { chunk: 0, at: i as u32 };
+            let at = EntryAt {
+                chunk: 0,
+                at: i as u32,
+            };
             (at, e)
         });
         let mut chunk = slot.header.overflow.load(Ordering::Relaxed);
@@ -635,10 +697,17 @@ impl Arena {
             Some(c)
         });
         let spilled = chunks.flat_map(move |c| {
-            self.overflow(c).table.iter().enumerate().map(move |(i, e)| {
-                let at = EntryAt { chunk: c, at: i as u32 };
-                (at, e)
-            })
+            self.overflow(c)
+                .table
+                .iter()
+                .enumerate()
+                .map(move |(i, e)| {
+                    let at = EntryAt {
+                        chunk: c,
+                        at: i as u32,
+                    };
+                    (at, e)
+                })
         });
         inline.chain(spilled)
     }

@@ -72,11 +72,7 @@ impl Step {
 pub struct Died;
 
 /// Protocol step 1. `die(step)` returns `true` when the process dies there.
-pub fn attach(
-    refs: &AtomicU32,
-    entry: &AtomicU32,
-    die: impl Fn(Step) -> bool,
-) -> Result<(), Died> {
+pub fn attach(refs: &AtomicU32, entry: &AtomicU32, die: impl Fn(Step) -> bool) -> Result<(), Died> {
     refs.fetch_add(1, Ordering::Relaxed);
     if die(Step::AttachCounted) {
         return Err(Died);
