@@ -14,6 +14,8 @@ import select
 import signal
 import threading
 
+import pytest
+
 import gilfree
 from gilfree import _runtime
 
@@ -173,3 +175,27 @@ def test_a_dropped_held_lock_is_not_recycled_while_its_owner_lives() -> None:
         finish.set()
         t.join(WATCHDOG)
     assert not t.is_alive()
+
+
+def fork_a_grandchild_that_takes_a_permit_then_die(sem: gilfree.Semaphore) -> None:
+    """Runs in a Worker: a fork child takes a permit through the inherited object and exits
+    without releasing it; then this worker dies and the engine reaps it."""
+    pid = _fork(lambda: _must(sem.acquire(blocking=False)))
+    assert os.waitstatus_to_exitcode(_wait(pid)) == 0
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _must(ok: bool) -> None:
+    assert ok
+
+
+def test_a_fork_childs_permits_are_not_counted_as_its_parents() -> None:
+    sem = gilfree.Semaphore(2)
+    w = gilfree.Worker(target=fork_a_grandchild_that_takes_a_permit_then_die, args=(sem,))
+    w.start()
+    with pytest.raises(gilfree.WorkerCrashedError):
+        w.join(WATCHDOG)
+    # The worker held no permit of its own: reaping it gives nothing back. The grandchild's
+    # permit is gone with it (a process the engine does not own is never reaped).
+    assert sem.acquire(blocking=False)
+    assert not sem.acquire(blocking=False)

@@ -283,10 +283,33 @@ pub struct Arena {
     heap: Option<Heap>,
 }
 
-/// The calling process's pid, read at each call: a `fork()` child must not act under its
-/// parent's pid.
+/// This process's pid, cached: 0 until first read, reset in every `fork()` child.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn forget_pid_in_child() {
+    // Runs in the child right after `fork()`: an atomic store is async-signal-safe.
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// The calling process's pid (a relaxed load once cached): a `fork()` child never acts
+/// under its parent's pid, since glibc runs the `pthread_atfork` child handler registered
+/// here before `fork()` returns in the child.
 fn current_pid() -> u32 {
-    std::process::id()
+    let pid = PID.load(Ordering::Relaxed);
+    if pid != 0 {
+        return pid;
+    }
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: the handler is a plain `extern "C" fn` with no captured state that only
+        // does an atomic store, which is allowed in a fork child; registration itself has
+        // no other precondition.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
+        assert_eq!(rc, 0, "pthread_atfork failed");
+    });
+    let pid = std::process::id();
+    PID.store(pid, Ordering::Relaxed);
+    pid
 }
 
 impl Arena {
@@ -910,7 +933,14 @@ impl Slot {
     }
 
     /// This process's net count of semaphore permits taken through the slot (wrapping `i32`).
+    /// In a `fork()` child using its parent's `Slot`, a counter that nothing reads: the
+    /// parent's entry must not count the child's permits, and the child, never an engine
+    /// worker, is never reaped.
     pub fn held(&self) -> &AtomicU32 {
+        static UNTRACKED: AtomicU32 = AtomicU32::new(0);
+        if self.pid != current_pid() {
+            return &UNTRACKED;
+        }
         &self.arena.entry(self.index, self.entry).held
     }
 }
