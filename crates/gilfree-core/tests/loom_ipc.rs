@@ -108,3 +108,93 @@ fn loom_semaphore_release_wakes_waiter() {
         assert_eq!(sem.value(), 0);
     });
 }
+
+/// One arena slot's counts ([`refcount`]): the parent holds a reference throughout and
+/// attaches and detaches once more; a child attaches and detaches while it may die at any
+/// step; once the child is gone (dead or done) the engine reaps it, concurrently with the
+/// parent, and the reaper itself may die mid-reap. The slot is never retired while the parent
+/// holds it, and retired exactly once at the end when nobody died.
+#[test]
+fn loom_arena_counts() {
+    use gilfree_core::ipc::refcount::{self, Step};
+    use loom::sync::Mutex;
+
+    struct Slot {
+        meta: Mutex<()>,
+        refs: AtomicU32,
+        parent: AtomicU32,
+        child: AtomicU32,
+        retired: AtomicU32,
+    }
+    impl Slot {
+        fn retire(&self) {
+            assert_eq!(
+                self.parent.load(loom::sync::atomic::Ordering::Relaxed),
+                0,
+                "retired while the parent holds it"
+            );
+            self.retired
+                .fetch_add(1, loom::sync::atomic::Ordering::Relaxed);
+        }
+        fn attach(&self, entry: &AtomicU32, die: Option<Step>) -> bool {
+            let _m = self.meta.lock().unwrap();
+            refcount::attach(&self.refs, entry, |s| Some(s) == die).is_ok()
+        }
+        fn detach(&self, entry: &AtomicU32, die: Option<Step>) -> bool {
+            let _m = self.meta.lock().unwrap();
+            match refcount::detach(&self.refs, entry, || {}, |s| Some(s) == die) {
+                Ok(true) => self.retire(),
+                Ok(false) => {}
+                Err(_) => return false,
+            }
+            true
+        }
+        fn reap(&self, entry: &AtomicU32, die: Option<Step>) {
+            let _m = self.meta.lock().unwrap();
+            let release = || entry.store(0, loom::sync::atomic::Ordering::Relaxed);
+            if refcount::reap(&self.refs, entry, release, |s| Some(s) == die) == Ok(true) {
+                self.retire();
+            }
+        }
+    }
+
+    let deaths = [
+        None,
+        Some(Step::AttachCounted),
+        Some(Step::DetachEntry),
+        Some(Step::ReapEntry),
+    ];
+    for death in deaths {
+        loom::model(move || {
+            let slot = Arc::new(Slot {
+                meta: Mutex::new(()),
+                refs: AtomicU32::new(1),
+                parent: AtomicU32::new(1),
+                child: AtomicU32::new(0),
+                retired: AtomicU32::new(0),
+            });
+            let p = slot.clone();
+            let parent = thread::spawn(move || {
+                assert!(p.attach(&p.parent, None));
+                assert!(p.detach(&p.parent, None));
+            });
+            let c = slot.clone();
+            let child = thread::spawn(move || {
+                if c.attach(&c.child, death) {
+                    c.detach(&c.child, death);
+                }
+            });
+            child.join().unwrap();
+            slot.reap(&slot.child, death);
+            parent.join().unwrap();
+            assert_eq!(slot.retired.load(loom::sync::atomic::Ordering::Relaxed), 0);
+            // The parent's last reference.
+            assert!(slot.detach(&slot.parent, None));
+            let retired = slot.retired.load(loom::sync::atomic::Ordering::Relaxed);
+            assert!(retired <= 1);
+            if death.is_none() {
+                assert_eq!(retired, 1, "nobody died: the slot is freed");
+            }
+        });
+    }
+}

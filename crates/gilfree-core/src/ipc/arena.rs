@@ -18,20 +18,36 @@
 //! | offset | field        | type              | meaning                                     |
 //! |--------|--------------|-------------------|---------------------------------------------|
 //! | 0      | `next_free`  | `u32`             | free-list link: next free index, 0 = end     |
-//! | 4      | `generation` | `u32`             | bumped each time the slot is freed           |
-//! | 8      | `kind`       | `u32`             | [`Kind`] while live, 0 while free            |
+//! | 4      | `generation` | `u32`             | bumped each time the slot is retired         |
+//! | 8      | `kind`       | `u32`             | [`Kind`] live, 0 free, `u32::MAX` retired held |
 //! | 12     | `refs`       | `u32`             | attached handles, all processes together     |
-//! | 16     | `meta`       | `pthread_mutex_t` | robust mutex guarding `kind`, `refs`, table |
+//! | 16     | `meta`       | `pthread_mutex_t` | robust mutex guarding everything but `held`  |
+//! | 56     | `overflow`   | `u32`             | first overflow chunk of the table, 0 = none  |
 //! | 64     | body         | 256 bytes         | the primitive's own words ([`BODY_SIZE`])    |
-//! | 320    | table        | `[Entry; 58]`     | per process: `pid`, `refs`, `held`           |
+//! | 320    | table        | `[Entry; 58]`     | per process: `pid`, `refs`, `held`; pid 0 free |
+//!
+//! The process table has no fixed length: when its [`TABLE_LEN`] inline entries are taken, a
+//! chunk of the [`Heap`] is linked in front of the `overflow` chain (`next: u32` at 0, then
+//! [`OVERFLOW_LEN`] = 5456 entries from offset 64), so one primitive may be attached by as
+//! many processes as the heap has room for (each chunk of 64 KiB adds 5456). An arena mapped
+//! without its heap ([`Arena::open`]) cannot grow a table: the 59th process gets
+//! [`AttachError::TableFull`].
 //!
 //! # Who writes what
 //! - `next_free`: the process pushing the slot on the free list (it owns the slot then).
-//! - `generation`, `kind`, `refs`, the table: under `meta`, by any process attaching,
-//!   detaching or reaping; `kind` is set last on allocation and cleared first on free.
+//! - `generation`, `kind`, `refs`, `overflow` and the table's `pid`/`refs`: under `meta`, by
+//!   any process allocating, attaching, detaching, reaping or reclaiming; `kind` is set last
+//!   on allocation and cleared first on retirement, so the unlocked `kind` check in `reap`
+//!   only ever skips slots that are not live.
 //! - A table entry's `held` (semaphore permits taken minus released, wrapping `i32`): by its
 //!   own process, with atomic adds; by the reaper once that process is dead.
-//! - The body: by the primitive's protocol (its module's doc).
+//! - The body: by the primitive's protocol (its module's doc); zeroed and initialised by the
+//!   allocating process before `kind` makes the slot visible.
+//!
+//! Entries are keyed by the pid of the process that runs the operation, read at each call:
+//! a `fork()` child attaches under its own pid. A [`Slot`] remembers the pid that attached it
+//! and detaches only in that process, so the copy a fork child inherits (its parent's
+//! reference) is never detached by the child: the child owns nothing its parent held.
 //!
 //! # Free list (lock-free, any process)
 //! `free_head` is a Treiber stack head: the index of the first free slot in the low 32 bits
@@ -44,30 +60,68 @@
 //!
 //! The loom model `loom_arena_free_list` checks it ([`super::free_list`]).
 //!
-//! # Lifecycle of a slot (refcounts)
-//! 1. Allocate: pop a slot, initialise its body, then under `meta`: `kind = K`, `refs = 1`, a
-//!    table entry `(own pid, refs 1)`.
+//! # State machine of `kind`
+//! ```text
+//!   free (0, on the free list) --pop--> popped (0, private) --alloc--> live (K)
+//!   live --last reference gone, body mutex unowned--> free (generation + 1, pushed)
+//!   live --last reference gone, body mutex owned--> retired-held (u32::MAX, generation + 1)
+//!   retired-held --owner thread gone (lock word TID 0): reclaim_retired--> free (pushed)
+//! ```
+//!
+//! # Lifecycle of a slot (refcounts; the count steps are [`super::refcount`]'s)
+//! Invariant: `refs >= Σ table[*].refs` at every step, so a dead process's entry never
+//! subtracts more than it added. Each `(Step)` names a point where tests kill a process.
+//! 1. Allocate: pop a slot `(AllocPopped)`, zero and initialise its body, then under `meta`:
+//!    claim an entry for our pid `(AllocEntry)`, entry `refs = 1`, `refs = 1`
+//!    `(AllocCounted)`, and last `kind = K`.
 //! 2. Attach (unpickling a handle in any process): under `meta`, check `generation` and `kind`
-//!    against the handle (else [`AttachError::Stale`]), then `refs += 1` and this pid's entry
-//!    `refs += 1` (a free entry is claimed the first time; none left → `TableFull`).
-//! 3. Detach (a [`Slot`] dropped): under `meta`, both counts `-= 1`; an entry at zero is
-//!    released (its pid set to 0).
-//! 4. When `refs` reaches 0 (3 or 5): a queue's heap chunks are freed, `kind = 0`,
-//!    `generation += 1`, then push the slot.
+//!    against the handle (else [`AttachError::Stale`]); claim this pid's entry (its own if it
+//!    has one, else a free one, else a new overflow chunk); `refs += 1` `(AttachCounted)`;
+//!    then the entry's `refs += 1`.
+//! 3. Detach (a [`Slot`] dropped in the process that attached it): under `meta`, the entry's
+//!    `refs -= 1`, the entry released at zero (pid 0) `(DetachEntry)`; then `refs -= 1`.
+//! 4. Retire, when `refs` reaches 0 (3 or 5), under `meta`: release every entry and give
+//!    the overflow chunks back. If the body starts with a robust mutex (`Lock`, `Barrier`,
+//!    `Queue`) that a thread still owns (a `Lock` acquired and then dropped), that mutex is on
+//!    the owner thread's robust list, which links through the mutex's own words: the slot is
+//!    *retired held* (`kind = u32::MAX`, `generation += 1`, not pushed), because re-initialising
+//!    it for a new primitive would corrupt that list. Otherwise: a queue's heap chunks are
+//!    freed, `kind = 0` `(RetireCleared)`, `generation += 1`, unlock `(RetireUnlocked)`, push.
 //! 5. Reap `pid` (the engine calls [`Arena::reap`] for a worker process it knows is dead and
 //!    has not yet reaped, so its pid cannot have been reused): for every live slot with an
 //!    entry for `pid`, under `meta`: semaphores get that process's positive `held` back (never
 //!    above their initial value) and wake their waiters; barriers are broken (waiters get
-//!    `Broken`); then `refs -= entry.refs`, the entry is released, and step 4 applies.
+//!    `Broken`); then the entry is read and released `(ReapEntry)`, `refs -= entry.refs`
+//!    (a `refs` below it would break the invariant: the slot is leaked, never freed), and
+//!    step 4 applies at zero. Finally [`Arena::reclaim_retired`] runs.
+//! 6. Reclaim ([`Arena::reclaim_retired`]; [`Arena::alloc`] runs it when the free list is
+//!    empty, [`Arena::reap`] after every reap): a retired-held slot whose mutex's lock word
+//!    has no owner TID any more is pushed on the free list. Nobody else can reach the slot,
+//!    so the only way its owner lets go is by dying, when the kernel walks the dead thread's
+//!    robust list, marks the mutex `FUTEX_OWNER_DIED` and clears the TID; after that no
+//!    robust list references the mutex, and the next allocation re-initialises it. An owner
+//!    that never exits keeps the slot (a leak of one slot, by choice).
 //!
 //! # When a process dies
+//! A process may be SIGKILLed between any two steps above; what it leaves is at worst a
+//! leak, never a slot freed while another process uses it (`ipc_arena_lifecycle` kills a
+//! child at every step; `loom_arena_counts` models the counts):
+//! - Between pop and `kind = K` (`AllocPopped`, `AllocEntry`, `AllocCounted`): the slot is
+//!   off the free list with `kind = 0`: leaked.
+//! - `AttachCounted`: `refs` counts one attachment no entry will ever give back: leaked.
+//! - `DetachEntry`: as above, one count too many: leaked.
+//! - `RetireCleared`, `RetireUnlocked`: the slot is neither live nor on the free list: leaked.
+//! - `ReapEntry` (the reaper itself dies): the entry is gone, `refs` too high: leaked.
+//! - Inside any `meta` critical section, the next locker gets `EOWNERDEAD`, makes the mutex
+//!   consistent and goes on from whichever step boundary the dead process reached.
 //! - Holding a `Lock`/`RLock`: the kernel marks the robust mutex (see [`super::mutex`]).
 //! - Holding semaphore permits, or attached to a barrier: step 5, when the engine reaps it.
 //!   A process that is not an engine worker (the parent itself, or a process the user forked)
 //!   is never reaped: its references leak until the arena goes away, which is harmless.
-//! - Inside a `meta` critical section (a few instructions): the next locker gets
-//!   `EOWNERDEAD`, makes the mutex consistent and goes on; a count may then be off by one,
-//!   which leaks a slot at worst.
+//!
+//! A fork child's inherited objects borrow the parent's references (the child holds none of
+//! its own): they stay valid while the parent keeps them, as with threads; pickling them in
+//! the child (or receiving them again) attaches the child under its own pid.
 //!
 //! The arena lives as long as any process maps it: memfd memory is freed by the kernel when
 //! the last mapping and fd are gone, and nothing is ever created in `/dev/shm`.
@@ -80,8 +134,9 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use crate::ipc::error::AttachError;
-use crate::ipc::heap::Heap;
+use crate::ipc::heap::{Heap, CHUNK_SIZE};
 use crate::ipc::mutex::RawMutex;
+use crate::ipc::refcount::{self, Step};
 use crate::shm::segment::Segment;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -97,10 +152,38 @@ pub const SLOT_SIZE: usize = 1024;
 pub const SLOT_COUNT: u32 = (ARENA_SIZE / SLOT_SIZE) as u32;
 /// Bytes of a slot available to the primitive's own words.
 pub const BODY_SIZE: usize = 256;
-/// How many processes may hold one primitive at once.
-pub const TABLE_LEN: usize = (SLOT_SIZE - 64 - BODY_SIZE) / 12;
+/// Process entries inside a slot; more attached processes spill into overflow chunks.
+pub const TABLE_LEN: usize = (SLOT_SIZE - 64 - BODY_SIZE) / ENTRY_SIZE;
+/// Process entries in one overflow chunk of the [`Heap`] (after its 64-byte header).
+pub const OVERFLOW_LEN: usize = (CHUNK_SIZE - 64) / ENTRY_SIZE;
+const ENTRY_SIZE: usize = std::mem::size_of::<Entry>();
 
-const MAGIC_VERSION: u64 = (u32::from_be_bytes(*b"GFAR") as u64) << 32 | 1;
+/// `kind` of a slot retired while a thread still owned its robust mutex: not on the free
+/// list until that owner is gone ([`Arena::reclaim_retired`]).
+const KIND_RETIRED_HELD: u32 = u32::MAX;
+
+const MAGIC_VERSION: u64 = (u32::from_be_bytes(*b"GFAR") as u64) << 32 | 2;
+
+/// Test hook: the [`Step`] at which this process SIGKILLs itself (0: none).
+static CRASH_AT: AtomicU32 = AtomicU32::new(0);
+
+/// Test hook (crash tests only): makes this process SIGKILL itself when it reaches `step` of
+/// a slot's lifecycle, so a test can check what a process dying exactly there leaves behind.
+#[doc(hidden)]
+pub fn crash_at(step: Option<Step>) {
+    CRASH_AT.store(step.map_or(0, |s| s as u32), Ordering::Relaxed);
+}
+
+/// Dies here if a test asked for it ([`crash_at`]); otherwise a single relaxed load.
+fn crash_point(step: Step) -> bool {
+    if CRASH_AT.load(Ordering::Relaxed) == step as u32 {
+        // SAFETY: `kill` and `getpid` take plain integers and touch no memory of ours.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        // SIGKILL cannot be caught: the process is gone before `kill` returns.
+        unreachable!("SIGKILL returned");
+    }
+    false
+}
 
 /// What a slot holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +205,14 @@ pub enum Kind {
     Queue = 7,
 }
 
+impl Kind {
+    /// Whether the body starts with a robust [`RawMutex`] (`LockBody`, `BarrierBody` and
+    /// `QueueBody` are `#[repr(C)]` with the mutex as their first field).
+    fn has_mutex(kind: u32) -> bool {
+        kind == Kind::Lock as u32 || kind == Kind::Barrier as u32 || kind == Kind::Queue as u32
+    }
+}
+
 #[repr(C)]
 struct Entry {
     pid: AtomicU32,
@@ -136,6 +227,8 @@ struct SlotHeader {
     kind: AtomicU32,
     refs: AtomicU32,
     meta: RawMutex,
+    /// First overflow chunk of the process table (a [`Heap`] chunk), 0 = none.
+    overflow: AtomicU32,
 }
 
 #[repr(C)]
@@ -143,6 +236,14 @@ struct SlotLayout {
     header: SlotHeader,
     body: UnsafeCell<[u8; BODY_SIZE]>,
     table: [Entry; TABLE_LEN],
+}
+
+/// An overflow chunk of a slot's process table.
+#[repr(C)]
+struct Overflow {
+    next: AtomicU32,
+    _pad: [u8; 60],
+    table: [Entry; OVERFLOW_LEN],
 }
 
 #[repr(C)]
@@ -159,7 +260,18 @@ const _: () = {
     assert!(size_of::<SlotLayout>() <= SLOT_SIZE);
     assert!(align_of::<SlotLayout>() <= 64);
     assert!(size_of::<ArenaHeader>() <= SLOT_SIZE);
+    assert!(offset_of!(Overflow, table) == 64);
+    assert!(size_of::<Overflow>() <= CHUNK_SIZE);
+    assert!(ENTRY_SIZE == 12);
 };
+
+/// Where a process's entry lives: `chunk == 0` is the slot's own table, else that overflow
+/// chunk's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EntryAt {
+    chunk: u32,
+    at: u32,
+}
 
 /// A primitive's handle: `generation << 32 | index`. Plain data, safe to send anywhere.
 pub type Handle = u64;
@@ -168,8 +280,36 @@ pub type Handle = u64;
 #[derive(Debug)]
 pub struct Arena {
     seg: Segment,
-    pid: u32,
     heap: Option<Heap>,
+}
+
+/// This process's pid, cached: 0 until first read, reset in every `fork()` child.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn forget_pid_in_child() {
+    // Runs in the child right after `fork()`: an atomic store is async-signal-safe.
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// The calling process's pid (a relaxed load once cached): a `fork()` child never acts
+/// under its parent's pid, since glibc runs the `pthread_atfork` child handler registered
+/// here before `fork()` returns in the child.
+fn current_pid() -> u32 {
+    let pid = PID.load(Ordering::Relaxed);
+    if pid != 0 {
+        return pid;
+    }
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: the handler is a plain `extern "C" fn` with no captured state that only
+        // does an atomic store, which is allowed in a fork child; registration itself has
+        // no other precondition.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
+        assert_eq!(rc, 0, "pthread_atfork failed");
+    });
+    let pid = std::process::id();
+    PID.store(pid, Ordering::Relaxed);
+    pid
 }
 
 impl Arena {
@@ -177,7 +317,6 @@ impl Arena {
     pub fn create() -> io::Result<Arc<Arena>> {
         let arena = Arena {
             seg: Segment::create(ARENA_SIZE)?,
-            pid: std::process::id(),
             heap: Some(Heap::create()?),
         };
         for i in 1..SLOT_COUNT {
@@ -208,7 +347,6 @@ impl Arena {
         let seg = Segment::open(fd)?;
         let arena = Arena {
             seg,
-            pid: std::process::id(),
             heap: heap.map(Heap::open).transpose()?,
         };
         if arena.seg.len() != ARENA_SIZE
@@ -326,8 +464,14 @@ impl Arena {
         kind: Kind,
         init: impl FnOnce(*mut u8) -> io::Result<()>,
     ) -> Result<Slot, AttachError> {
-        let index = free_list::pop(&self.header().free_head, |j| &self.slot(j).header.next_free)
-            .ok_or(AttachError::Full)?;
+        let pid = current_pid();
+        let index = match self.pop_free() {
+            Some(i) => i,
+            // Slots retired while their mutex was held may be free by now.
+            None if self.reclaim_retired() > 0 => self.pop_free().ok_or(AttachError::Full)?,
+            None => return Err(AttachError::Full),
+        };
+        crash_point(Step::AllocPopped);
         // SAFETY: we popped the slot, so no other process uses it (it is free and its old
         // handles are stale): we may write its body.
         let body = unsafe { (*self.slot_ptr(index)).body.get().cast::<u8>() };
@@ -338,23 +482,44 @@ impl Arena {
             return Err(e.into());
         }
         let slot = self.slot(index);
-        let _meta = MetaGuard::lock(&slot.header.meta);
-        let entry = claim_entry(slot, self.pid).ok_or(AttachError::TableFull)?;
-        slot.table[entry].refs.store(1, Ordering::Relaxed);
+        let meta = MetaGuard::lock(&slot.header.meta);
+        let Some(entry) = self.claim_entry(slot, pid) else {
+            drop(meta);
+            self.push_free(index);
+            return Err(AttachError::TableFull);
+        };
+        crash_point(Step::AllocEntry);
+        self.entry(index, entry).refs.store(1, Ordering::Relaxed);
         slot.header.refs.store(1, Ordering::Relaxed);
+        crash_point(Step::AllocCounted);
+        // Last: until `kind` is set, reap and attach ignore the slot.
         slot.header.kind.store(kind as u32, Ordering::Release);
         Ok(Slot {
             arena: Arc::clone(self),
             index,
             generation: slot.header.generation.load(Ordering::Relaxed),
             entry,
+            pid,
         })
     }
 
     /// Attaches this process to the primitive `handle` names, which must be of `kind`.
     pub fn attach(self: &Arc<Self>, handle: Handle, kind: Kind) -> Result<Slot, AttachError> {
+        self.attach_as(handle, kind, current_pid())
+    }
+
+    /// [`Self::attach`] on behalf of process `pid`: for tests that need many distinct
+    /// attachers without as many processes. The returned `Slot` detaches as `pid` only in the
+    /// process that called this.
+    #[doc(hidden)]
+    pub fn attach_as(
+        self: &Arc<Self>,
+        handle: Handle,
+        kind: Kind,
+        pid: u32,
+    ) -> Result<Slot, AttachError> {
         let (index, generation) = (handle as u32, (handle >> 32) as u32);
-        if index == 0 || index >= SLOT_COUNT {
+        if index == 0 || index >= SLOT_COUNT || pid == 0 {
             return Err(AttachError::Stale);
         }
         let slot = self.slot(index);
@@ -364,14 +529,18 @@ impl Arena {
         {
             return Err(AttachError::Stale);
         }
-        let entry = claim_entry(slot, self.pid).ok_or(AttachError::TableFull)?;
-        slot.table[entry].refs.fetch_add(1, Ordering::Relaxed);
-        slot.header.refs.fetch_add(1, Ordering::Relaxed);
+        let entry = self.claim_entry(slot, pid).ok_or(AttachError::TableFull)?;
+        let _ = refcount::attach(
+            &slot.header.refs,
+            &self.entry(index, entry).refs,
+            crash_point,
+        );
         Ok(Slot {
             arena: Arc::clone(self),
             index,
             generation,
             entry,
+            pid: current_pid(),
         })
     }
 
@@ -383,19 +552,19 @@ impl Arena {
         }
         for index in 1..SLOT_COUNT {
             let slot = self.slot(index);
-            if slot.header.kind.load(Ordering::Acquire) == 0 {
+            let kind = slot.header.kind.load(Ordering::Acquire);
+            if kind == 0 || kind == KIND_RETIRED_HELD {
                 continue;
             }
             let meta = MetaGuard::lock(&slot.header.meta);
             let kind = slot.header.kind.load(Ordering::Relaxed);
-            let Some(e) = slot
-                .table
-                .iter()
-                .position(|e| e.pid.load(Ordering::Relaxed) == pid)
-            else {
+            if kind == 0 || kind == KIND_RETIRED_HELD {
+                continue;
+            }
+            let Some(at) = self.find_entry(slot, pid) else {
                 continue;
             };
-            let entry = &slot.table[e];
+            let entry = self.entry(index, at);
             let body = slot.body.get().cast::<u8>().cast_const();
             if kind == Kind::Semaphore as u32 {
                 let held = entry.held.load(Ordering::Acquire) as i32;
@@ -407,34 +576,80 @@ impl Arena {
                 let barrier = unsafe { &*body.cast::<super::barrier::BarrierBody>() };
                 barrier.break_barrier();
             }
-            let refs = entry.refs.load(Ordering::Relaxed);
-            entry.refs.store(0, Ordering::Relaxed);
-            entry.held.store(0, Ordering::Relaxed);
-            entry.pid.store(0, Ordering::Relaxed);
-            let left = slot
-                .header
-                .refs
-                .load(Ordering::Relaxed)
-                .saturating_sub(refs);
-            slot.header.refs.store(left, Ordering::Relaxed);
-            if left == 0 {
+            let release = || release_entry(entry);
+            if refcount::reap(&slot.header.refs, &entry.refs, release, crash_point) == Ok(true) {
                 self.retire(index, meta);
             }
         }
+        // The dead process's threads no longer own any mutex: its retired slots are free.
+        self.reclaim_retired();
     }
 
-    /// How many slots are live (allocated and not yet freed). For tests and diagnostics.
+    /// How many slots are live (allocated and not yet freed or retired). For tests and
+    /// diagnostics.
     pub fn live_slots(&self) -> usize {
         (1..SLOT_COUNT)
-            .filter(|&i| self.slot(i).header.kind.load(Ordering::Acquire) != 0)
+            .filter(|&i| {
+                let k = self.slot(i).header.kind.load(Ordering::Acquire);
+                k != 0 && k != KIND_RETIRED_HELD
+            })
             .count()
+    }
+
+    /// How many slots wait, retired, for the owner of their mutex to let go of it (module doc,
+    /// step 4). For tests and diagnostics.
+    pub fn retired_held_slots(&self) -> usize {
+        (1..SLOT_COUNT)
+            .filter(|&i| self.slot(i).header.kind.load(Ordering::Acquire) == KIND_RETIRED_HELD)
+            .count()
+    }
+
+    /// Puts back on the free list every slot retired with a held mutex whose owner thread has
+    /// since let go of it (only by dying: nobody else can reach the slot). Returns how many.
+    /// [`Self::alloc`] calls it when the free list is empty, [`Self::reap`] after each reap.
+    pub fn reclaim_retired(&self) -> usize {
+        let mut freed = 0;
+        for index in 1..SLOT_COUNT {
+            let slot = self.slot(index);
+            if slot.header.kind.load(Ordering::Acquire) != KIND_RETIRED_HELD {
+                continue;
+            }
+            let meta = MetaGuard::lock(&slot.header.meta);
+            if slot.header.kind.load(Ordering::Relaxed) != KIND_RETIRED_HELD
+                || self.body_mutex(index).owner() != 0
+            {
+                continue;
+            }
+            slot.header.kind.store(0, Ordering::Release);
+            drop(meta);
+            self.push_free(index);
+            freed += 1;
+        }
+        freed
+    }
+
+    /// The robust mutex at the start of a slot's body (for kinds where [`Kind::has_mutex`]).
+    fn body_mutex(&self, index: u32) -> &RawMutex {
+        // SAFETY: the caller checked the kind: the body starts with an initialised RawMutex
+        // (see `Kind::has_mutex`), which is shared by design; the body is 64-aligned.
+        unsafe { &*self.slot(index).body.get().cast::<RawMutex>() }
     }
 
     /// Step 4: called with `meta` held and `refs == 0`.
     fn retire(&self, index: u32, meta: MetaGuard<'_>) {
         let slot = self.slot(index);
         let header = &slot.header;
-        if header.kind.load(Ordering::Relaxed) == Kind::Queue as u32 {
+        let kind = header.kind.load(Ordering::Relaxed);
+        self.clear_table(slot);
+        // A mutex still owned by a live thread is on that thread's robust list, which links
+        // through the mutex's own words: re-initialising it for a new primitive would corrupt
+        // the list. Keep the slot out of use until the owner lets go (by dying).
+        if Kind::has_mutex(kind) && self.body_mutex(index).owner() != 0 {
+            header.kind.store(KIND_RETIRED_HELD, Ordering::Release);
+            header.generation.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if kind == Kind::Queue as u32 {
             if let Some(heap) = &self.heap {
                 // SAFETY: a live queue slot's body holds an initialised `QueueBody`; with
                 // `refs == 0` no process can use it any more.
@@ -443,9 +658,15 @@ impl Arena {
             }
         }
         header.kind.store(0, Ordering::Release);
+        crash_point(Step::RetireCleared);
         header.generation.fetch_add(1, Ordering::Relaxed);
         drop(meta);
+        crash_point(Step::RetireUnlocked);
         self.push_free(index);
+    }
+
+    fn pop_free(&self) -> Option<u32> {
+        free_list::pop(&self.header().free_head, |j| &self.slot(j).header.next_free)
     }
 
     fn push_free(&self, index: u32) {
@@ -454,36 +675,135 @@ impl Arena {
         });
     }
 
-    fn detach(&self, index: u32, entry: usize) {
+    fn detach(&self, index: u32, at: EntryAt) {
         let slot = self.slot(index);
         let meta = MetaGuard::lock(&slot.header.meta);
-        let e = &slot.table[entry];
-        if e.refs.fetch_sub(1, Ordering::Relaxed) == 1 {
-            e.held.store(0, Ordering::Relaxed);
-            e.pid.store(0, Ordering::Relaxed);
-        }
-        if slot.header.refs.fetch_sub(1, Ordering::Relaxed) == 1 {
+        let e = self.entry(index, at);
+        let zero = refcount::detach(&slot.header.refs, &e.refs, || release_entry(e), crash_point);
+        if zero == Ok(true) {
             self.retire(index, meta);
+        }
+    }
+
+    /// The overflow chunk `chunk` of some slot's table.
+    fn overflow(&self, chunk: u32) -> &Overflow {
+        let heap = self
+            .heap
+            .as_ref()
+            .expect("overflow chunks exist only with a heap");
+        // SAFETY: `chunk` is linked into a slot's overflow chain (the caller got it from
+        // there), so it is a data chunk that stays allocated while the slot has attachers;
+        // `Overflow` is made of atomics and padding and fits in a chunk (const assertion).
+        unsafe { &*heap.chunk(chunk).cast::<Overflow>() }
+    }
+
+    fn entry(&self, index: u32, at: EntryAt) -> &Entry {
+        self.entry_of(self.slot(index), at)
+    }
+
+    /// Every entry of `slot`'s table, overflow chunks included. Under `meta`.
+    fn entries<'a>(&'a self, slot: &'a SlotLayout) -> impl Iterator<Item = (EntryAt, &'a Entry)> {
+        let inline = slot.table.iter().enumerate().map(|(i, e)| {
+            let at = EntryAt {
+                chunk: 0,
+                at: i as u32,
+            };
+            (at, e)
+        });
+        let mut chunk = slot.header.overflow.load(Ordering::Relaxed);
+        let chunks = std::iter::from_fn(move || {
+            if chunk == 0 {
+                return None;
+            }
+            let c = chunk;
+            chunk = self.overflow(c).next.load(Ordering::Relaxed);
+            Some(c)
+        });
+        let spilled = chunks.flat_map(move |c| {
+            self.overflow(c)
+                .table
+                .iter()
+                .enumerate()
+                .map(move |(i, e)| {
+                    let at = EntryAt {
+                        chunk: c,
+                        at: i as u32,
+                    };
+                    (at, e)
+                })
+        });
+        inline.chain(spilled)
+    }
+
+    fn find_entry(&self, slot: &SlotLayout, pid: u32) -> Option<EntryAt> {
+        self.entries(slot)
+            .find(|(_, e)| e.pid.load(Ordering::Relaxed) == pid)
+            .map(|(at, _)| at)
+    }
+
+    /// The table entry of `pid` in `slot`, claiming a free one (growing the table by an
+    /// overflow chunk if needed) if it has none; `None` only when the heap is full or absent.
+    /// Under `meta`.
+    fn claim_entry(&self, slot: &SlotLayout, pid: u32) -> Option<EntryAt> {
+        let mut free = None;
+        for (at, e) in self.entries(slot) {
+            match e.pid.load(Ordering::Relaxed) {
+                p if p == pid => return Some(at),
+                0 if free.is_none() => free = Some(at),
+                _ => {}
+            }
+        }
+        let at = match free {
+            Some(at) => at,
+            None => {
+                let heap = self.heap.as_ref()?;
+                let chunk = heap.alloc()?;
+                // SAFETY: we just allocated the chunk: nobody else can see it until we link
+                // it below, so we may zero it (all-zero is a valid `Overflow`: free entries).
+                unsafe { std::ptr::write_bytes(heap.chunk(chunk), 0, CHUNK_SIZE) };
+                let head = &slot.header.overflow;
+                self.overflow(chunk)
+                    .next
+                    .store(head.load(Ordering::Relaxed), Ordering::Relaxed);
+                head.store(chunk, Ordering::Relaxed);
+                EntryAt { chunk, at: 0 }
+            }
+        };
+        let e = self.entry_of(slot, at);
+        e.refs.store(0, Ordering::Relaxed);
+        e.held.store(0, Ordering::Relaxed);
+        e.pid.store(pid, Ordering::Relaxed);
+        Some(at)
+    }
+
+    fn entry_of<'a>(&'a self, slot: &'a SlotLayout, at: EntryAt) -> &'a Entry {
+        if at.chunk == 0 {
+            &slot.table[at.at as usize]
+        } else {
+            &self.overflow(at.chunk).table[at.at as usize]
+        }
+    }
+
+    /// Releases every entry and gives the overflow chunks back. Under `meta`, `refs == 0`.
+    fn clear_table(&self, slot: &SlotLayout) {
+        for e in &slot.table {
+            release_entry(e);
+        }
+        let mut chunk = slot.header.overflow.swap(0, Ordering::Relaxed);
+        while chunk != 0 {
+            let next = self.overflow(chunk).next.load(Ordering::Relaxed);
+            if let Some(heap) = &self.heap {
+                heap.free(chunk);
+            }
+            chunk = next;
         }
     }
 }
 
-/// The table entry of `pid` in `slot`, claiming a free one if it has none. Under `meta`.
-fn claim_entry(slot: &SlotLayout, pid: u32) -> Option<usize> {
-    let table = &slot.table;
-    if let Some(i) = table
-        .iter()
-        .position(|e| e.pid.load(Ordering::Relaxed) == pid)
-    {
-        return Some(i);
-    }
-    let i = table
-        .iter()
-        .position(|e| e.pid.load(Ordering::Relaxed) == 0)?;
-    table[i].refs.store(0, Ordering::Relaxed);
-    table[i].held.store(0, Ordering::Relaxed);
-    table[i].pid.store(pid, Ordering::Relaxed);
-    Some(i)
+fn release_entry(e: &Entry) {
+    e.refs.store(0, Ordering::Relaxed);
+    e.held.store(0, Ordering::Relaxed);
+    e.pid.store(0, Ordering::Relaxed);
 }
 
 /// Holds a slot's `meta` mutex.
@@ -510,7 +830,10 @@ pub struct Slot {
     arena: Arc<Arena>,
     index: u32,
     generation: u32,
-    entry: usize,
+    entry: EntryAt,
+    /// The process that attached: a `fork()` child's copy of the `Slot` is its parent's
+    /// reference, which the child must not detach.
+    pid: u32,
 }
 
 /// The type that every slot of one [`Kind`] holds in its body.
@@ -610,14 +933,23 @@ impl Slot {
     }
 
     /// This process's net count of semaphore permits taken through the slot (wrapping `i32`).
+    /// In a `fork()` child using its parent's `Slot`, a counter that nothing reads: the
+    /// parent's entry must not count the child's permits, and the child, never an engine
+    /// worker, is never reaped.
     pub fn held(&self) -> &AtomicU32 {
-        &self.arena.slot(self.index).table[self.entry].held
+        static UNTRACKED: AtomicU32 = AtomicU32::new(0);
+        if self.pid != current_pid() {
+            return &UNTRACKED;
+        }
+        &self.arena.entry(self.index, self.entry).held
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.arena.detach(self.index, self.entry);
+        if self.pid == current_pid() {
+            self.arena.detach(self.index, self.entry);
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The chunk heap: one large, lazily touched memfd of fixed-size chunks that process-shared
-//! containers (today [`super::queue`]) chain together to hold variable-size data.
+//! containers (today [`super::queue`]) chain together to hold variable-size data, and that
+//! the [`Arena`](super::arena::Arena) links into a slot's process table once its inline
+//! entries are taken (overflow chunks).
 //!
 //! It travels with the [`Arena`](super::arena::Arena): created beside it in the parent,
 //! inherited by every worker (its fd number follows the arena's in
@@ -22,7 +24,10 @@
 //! # Who writes what
 //! - `free_head`, `bump`: any process, lock-free (below).
 //! - `next[i]` and chunk `i`'s bytes: whoever owns chunk `i` — the process that allocated it,
-//!   until it links it into a container, then whoever holds that container's lock.
+//!   until it links it into a container, then whoever holds that container's lock. An
+//!   overflow chunk of a slot's process table is written under that slot's `meta` mutex
+//!   (its own link word is its first `u32`; the heap's `next[i]` is unused for it), and each
+//!   entry's `held` word by the entry's process, atomically.
 //!
 //! # Protocol
 //! 1. Alloc: pop the free list ([`super::free_list`], the arena's Treiber stack with an ABA
@@ -33,7 +38,9 @@
 //! # When a process dies
 //! Chunks are linked into their container (under its robust mutex) as soon as they are
 //! allocated, so the container's recovery frees them (see [`super::queue`]). A process killed
-//! between a pop and the link leaks one chunk of address space; nothing is corrupted.
+//! between a pop and the link leaks one chunk of address space; nothing is corrupted. The
+//! same holds for a table overflow chunk: it is zeroed while private and linked under the
+//! slot's `meta`; the slot's retirement gives it back.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

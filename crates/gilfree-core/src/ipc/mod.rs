@@ -1,8 +1,9 @@
 //! Cross-process primitives that live in shared memory or kernel objects.
 //!
 //! - [`notify`]: an eventfd wake-up used by the rings.
-//! - [`arena`]: the shared slots every process-shared primitive lives in, their refcounts,
-//!   the lock-free free list ([`free_list`]) and the reaping of a dead process's holdings.
+//! - [`arena`]: the shared slots every process-shared primitive lives in, their refcounts
+//!   (whose step order [`refcount`] fixes, so that a killed process leaks at worst), the
+//!   lock-free free list ([`free_list`]) and the reaping of a dead process's holdings.
 //! - [`mutex`]: glibc's robust process-shared mutex; [`lock`] builds `Lock`/`RLock` on it.
 //! - [`heap`]: a lazily touched memfd of fixed-size chunks, beside the arena, for variable-size
 //!   data; [`queue`] chains its chunks into a multi-producer, multi-consumer byte queue.
@@ -33,6 +34,7 @@ pub mod mutex;
 pub mod notify;
 #[cfg(not(loom))]
 pub mod queue;
+pub mod refcount;
 pub mod semaphore;
 
 /// Sets the fd flags (`FD_CLOEXEC`) of `fd`, a number the caller keeps open for the duration
