@@ -10,6 +10,8 @@ started is gone.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,25 +87,27 @@ class Ended:
     shutdown_status: str
 
 
-def run_notebook(
-    name: str, home: Path, cwd: Path, *, cell_timeout: int = CELL_TIMEOUT
-) -> tuple[Any, Ended]:
-    """Executes ``tests/notebooks/<name>`` in a fresh kernel, shuts the kernel down gracefully
-    and returns the executed notebook and how the kernel process ended. A cell that raises or
-    runs past ``cell_timeout`` raises here (after the kernel is shut down)."""
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+def read_notebook(name: str) -> Any:
+    return nbformat.read(NOTEBOOKS / name, as_version=4)
+
+
+def run_notebook(nb: Any, home: Path, cwd: Path, **client_options: Any) -> Ended:
+    """Executes ``nb`` in a fresh kernel (its outputs are filled in, in place), shuts the
+    kernel down gracefully and returns how the kernel process ended. A cell that raises or
+    runs past its timeout raises here, after the kernel is shut down."""
     km = AsyncKernelManager(
         kernel_name=KERNEL_NAME,
         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(write_kernelspec(home))]),
         shutdown_wait_time=SHUTDOWN_WAIT,
     )
+    options: dict[str, Any] = {"timeout": CELL_TIMEOUT, **client_options}
     client = nbclient.NotebookClient(
         nb,
         km=km,
-        timeout=cell_timeout,
         startup_timeout=STARTUP_TIMEOUT,
         kernel_name=KERNEL_NAME,
         resources={"metadata": {"path": str(cwd)}},
+        **options,
     )
     process = None
     try:
@@ -117,7 +121,7 @@ def run_notebook(
         if km.has_kernel:
             run_sync(km.shutdown_kernel)(now=False)
     assert process is not None
-    return nb, Ended(process.returncode, km._shutdown_status.value)
+    return Ended(process.returncode, km._shutdown_status.value)
 
 
 def cell(nb: Any, tag: str) -> Any:
@@ -152,7 +156,8 @@ def workers_notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worke
     """workers.ipynb, run once for the tests that check its parts."""
     tmp = tmp_path_factory.mktemp("workers-notebook")
     with jupyter_home(tmp) as home:
-        nb, ended = run_notebook("workers.ipynb", home, tmp)
+        nb = read_notebook("workers.ipynb")
+        ended = run_notebook(nb, home, tmp)
         (line,) = stream(cell(nb, "report"), "stdout").splitlines()
         report = json.loads(line)
         started = [report["kernel_pid"], *report["descendants"]]
@@ -243,3 +248,46 @@ def widgets_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("ipywidgets") is not None
+
+
+def start_report(nb: Any) -> dict[str, Any]:
+    (line,) = stream(cell(nb, "start"), "stdout").splitlines()
+    report: dict[str, Any] = json.loads(line)
+    assert report["worker_pid"] in report["descendants"]
+    return report
+
+
+def test_a_hung_cell_times_out_and_leaves_no_process(tmp_path: Path) -> None:
+    # The watchdog: a cell that never ends fails the run (nbclient's timeout) instead of hanging
+    # it, and shutting the kernel down then still stops the worker the cell was waiting for.
+    nb = read_notebook("hang.ipynb")
+    with jupyter_home(tmp_path) as home, pytest.raises(nbclient.exceptions.CellTimeoutError):
+        run_notebook(
+            nb,
+            home,
+            tmp_path,
+            # Only the cell that never ends gets a short timeout; its length changes nothing
+            # but how long the test takes.
+            timeout_func=lambda c: 3 if "hang" in c.metadata.get("tags", []) else CELL_TIMEOUT,
+        )
+    report = start_report(nb)
+    assert wait_gone([report["kernel_pid"], *report["descendants"]]) == []
+
+
+def test_workers_die_with_a_killed_kernel(tmp_path: Path) -> None:
+    # A kernel that dies without running any exit hook (SIGKILL, as the OOM killer would) takes
+    # its workers with it, including one busy in a cell's Worker.
+    nb = read_notebook("hang.ipynb")
+    killed: list[int] = []
+
+    def kill_kernel_after_start(cell: Any, cell_index: int, execute_reply: Any) -> None:
+        if "start" in cell.metadata.get("tags", []):
+            pid = start_report(nb)["kernel_pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    with jupyter_home(tmp_path) as home, pytest.raises(nbclient.exceptions.DeadKernelError):
+        run_notebook(nb, home, tmp_path, on_cell_executed=kill_kernel_after_start)
+    assert killed, "the kernel ran the start cell"
+    report = start_report(nb)
+    assert wait_gone([report["kernel_pid"], *report["descendants"]]) == []
