@@ -195,13 +195,13 @@ def test_map_with_progress_bar_in_a_kernel(workers_notebook: Workers) -> None:
     # bar is a widget, shown as display_data. Either way the bar is in the map cell's output.
     c = cell(nb, "map-progress")
     if widgets_installed():
-        views = [
-            o
+        (view,) = [
+            o.data["application/vnd.jupyter.widget-view+json"]["model_id"]
             for o in c.outputs
             if o.output_type == "display_data"
             and "application/vnd.jupyter.widget-view+json" in o.data
         ]
-        assert views, c.outputs
+        assert progress_widget(nb, view) == {"value": 40, "max": 40, "bar_style": "success"}
     else:
         err = stream(c, "stderr")
         assert "IProgress not found" in err
@@ -242,6 +242,18 @@ def test_kernel_exits_by_itself_on_shutdown(workers_notebook: Workers) -> None:
     # returned), rather than being sent SIGTERM or SIGKILL by the kernel manager.
     ended = workers_notebook.ended
     assert (ended.shutdown_status, ended.returncode) == ("ShutdownRequest", 0)
+
+
+def progress_widget(nb: Any, box_id: str) -> dict[str, Any]:
+    """The final state of the bar in tqdm's widget (a box of text, bar, text), as nbclient
+    stored it in the notebook's metadata."""
+    models = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    (bar,) = [
+        models[child.removeprefix("IPY_MODEL_")]["state"]
+        for child in models[box_id]["state"]["children"]
+        if models[child.removeprefix("IPY_MODEL_")]["model_name"] == "FloatProgressModel"
+    ]
+    return {key: bar[key] for key in ("value", "max", "bar_style")}
 
 
 def widgets_installed() -> bool:
@@ -289,5 +301,30 @@ def test_workers_die_with_a_killed_kernel(tmp_path: Path) -> None:
     with jupyter_home(tmp_path) as home, pytest.raises(nbclient.exceptions.DeadKernelError):
         run_notebook(nb, home, tmp_path, on_cell_executed=kill_kernel_after_start)
     assert killed, "the kernel ran the start cell"
+    report = start_report(nb)
+    assert wait_gone([report["kernel_pid"], *report["descendants"]]) == []
+
+
+def test_interrupting_a_wait_on_a_worker_keeps_the_kernel_usable(tmp_path: Path) -> None:
+    # The notebook's "interrupt the kernel" button (SIGINT to the kernel) while a cell waits in
+    # Worker.join(): the cell raises KeyboardInterrupt, the worker can still be terminated (its
+    # join() then raises WorkerCrashedError, as documented), and the next cells use gilfree as
+    # usual.
+    nb = read_notebook("hang.ipynb")
+    with jupyter_home(tmp_path) as home:
+        run_notebook(
+            nb,
+            home,
+            tmp_path,
+            interrupt_on_timeout=True,
+            # The timeout is when the button is pressed; its length changes nothing but how
+            # long the test takes.
+            timeout_func=lambda c: 3 if "hang" in c.metadata.get("tags", []) else CELL_TIMEOUT,
+        )
+    assert [o.ename for o in cell(nb, "hang").outputs if o.output_type == "error"] == [
+        "KeyboardInterrupt"
+    ]
+    (line,) = stream(cell(nb, "after"), "stdout").splitlines()
+    assert json.loads(line) == {"signal": signal.SIGKILL, "alive": False, "answer": [42]}
     report = start_report(nb)
     assert wait_gone([report["kernel_pid"], *report["descendants"]]) == []
