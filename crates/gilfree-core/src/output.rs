@@ -269,6 +269,9 @@ impl WorkerOutput {
 ///    last `Arc` goes).
 /// 4. [`Self::stop`] sets the stop flag and writes the eventfd; the thread then drains every
 ///    worker once more, flushing partial lines, and exits.
+/// What the output thread calls after it saw workers die (see [`OutputHub::after_deaths`]).
+pub(crate) type AfterDeaths = Arc<dyn Fn() + Send + Sync>;
+
 pub(crate) struct OutputHub {
     shared: Arc<HubShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -279,6 +282,9 @@ struct HubShared {
     workers: Mutex<HashMap<u32, Arc<WorkerOutput>>>,
     /// Death watches whose hook has not run yet (invariant 5).
     deaths: Mutex<Vec<Arc<DeathWatch>>>,
+    /// Called once after each round of deaths this thread saw, once their hooks returned (so
+    /// nobody waits on a hook meanwhile): the engine reaps idle workers that died there.
+    after_deaths: Mutex<Option<AfterDeaths>>,
     wake: OwnedFd,
     stop: AtomicBool,
 }
@@ -291,6 +297,7 @@ impl OutputHub {
             sink,
             workers: Mutex::new(HashMap::new()),
             deaths: Mutex::new(Vec::new()),
+            after_deaths: Mutex::new(None),
             wake,
             stop: AtomicBool::new(false),
         });
@@ -321,6 +328,11 @@ impl OutputHub {
             lock(&self.shared.deaths).push(watch);
             self.shared.wake();
         }
+    }
+
+    /// Sets what the output thread calls after it saw deaths and ran their hooks.
+    pub(crate) fn after_deaths(&self, callback: AfterDeaths) {
+        *lock(&self.shared.after_deaths) = Some(callback);
     }
 
     /// Stops the thread; with `join`, waits until it has delivered its last lines.
@@ -411,10 +423,20 @@ impl HubShared {
                 .map(|(_, slot)| *slot)
                 .collect();
             drop(fds);
+            let any_dead = !dead.is_empty();
             for w in dead {
                 // The process has exited and is not reaped before the hook returns (a reap
                 // runs `fire` first, which waits for this call).
                 w.fire();
+            }
+            if any_dead {
+                let after = lock(&self.after_deaths).clone();
+                if let Some(after) = after {
+                    // Like the hooks: a panic here must not end the output thread.
+                    if std::panic::catch_unwind(AssertUnwindSafe(|| after())).is_err() {
+                        eprintln!("gilfree: the engine's after-death callback panicked");
+                    }
+                }
             }
             for (wi, stream) in ready {
                 let w = &workers[wi];

@@ -363,3 +363,37 @@ fn inherited_fds_reach_the_worker_at_their_numbers() {
     lease.release();
     engine.shutdown();
 }
+
+/// Waits (bounded by the test's watchdog) until `done()` holds, checking every millisecond.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn an_idle_worker_killed_from_outside_is_reaped_and_replaced() {
+    // A Jupyter kernel SIGTERMs its process group on shutdown and waits for the processes to
+    // go: an idle worker left a zombie made it wait forever.
+    let _dog = Watchdog::new("an_idle_worker_killed_from_outside_is_reaped_and_replaced");
+    let engine = Engine::start(config(1), Collect::new()).unwrap();
+    let lease = engine.acquire(&mut step()).unwrap();
+    let pid = lease.pid();
+    lease.release();
+    assert_eq!(engine.idle_count(), 1);
+    let target = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(target, rustix::process::Signal::TERM).unwrap();
+    // Nobody acquires: only the engine itself can reap it.
+    eventually("the killed idle worker is reaped", || !is_our_child(pid));
+    assert!(!engine.pids().contains(&pid));
+    eventually("the warm worker is replaced", || engine.idle_count() == 1);
+    let lease = engine.acquire(&mut step()).unwrap();
+    assert_ne!(lease.pid(), pid);
+    lease.release();
+    engine.shutdown();
+}

@@ -105,6 +105,8 @@ struct State {
     /// A warm-up failed its handshake: don't refill in the background (which would crash-loop)
     /// until some worker starts successfully.
     warm_broken: bool,
+    /// The output thread saw a worker die: the supervisor looks for dead idle workers to reap.
+    deaths_seen: bool,
 }
 
 impl State {
@@ -218,6 +220,17 @@ impl Engine {
             supervisor: Condvar::new(),
             shutting_down: Mutex::new(()),
         });
+        // An idle worker that dies (killed from outside: a user, the OOM killer, a Jupyter
+        // kernel's SIGTERM to its process group) is reaped at once, not left a zombie until
+        // someone next looks at the idle set. The output thread sees the death (its pidfd) and
+        // tells the supervisor. A weak reference: the output thread must not keep us alive.
+        let weak = Arc::downgrade(&shared);
+        shared.hub.after_deaths(Arc::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                lock(&shared.state).deaths_seen = true;
+                shared.supervisor.notify_all();
+            }
+        }));
         let for_thread = Arc::clone(&shared);
         let supervisor = std::thread::Builder::new()
             .name("gilfree-supervisor".into())
@@ -418,8 +431,33 @@ impl Drop for EngineHandle {
 fn supervise(shared: &Arc<Shared>) {
     let warm = shared.config.warm;
     let idle_timeout = shared.config.idle_timeout;
+    // Every worker gets a death watch, hook or not, so that the output thread sees it die.
+    let on_death = Some(
+        shared
+            .config
+            .on_death
+            .clone()
+            .unwrap_or_else(|| DeathHook(Arc::new(|_| {}))),
+    );
     let mut st = lock(&shared.state);
     while !st.shut_down {
+        // 0. Reap idle workers that died (leased ones are their lease holder's to reap).
+        if std::mem::take(&mut st.deaths_seen) {
+            let mut dead = Vec::new();
+            st.idle.retain(|idle| {
+                let alive = !idle.worker.has_exited();
+                if !alive {
+                    dead.push(Arc::clone(&idle.worker));
+                }
+                alive
+            });
+            if !dead.is_empty() {
+                drop(st);
+                shared.discard(dead);
+                st = lock(&shared.state);
+                continue;
+            }
+        }
         // 1. Fork what is asked for: requests first (a caller is waiting), then the refill.
         let mut targets: Vec<Target> = st.requests.drain(..).map(Target::Request).collect();
         let refill = if st.warm_broken {
@@ -434,12 +472,7 @@ fn supervise(shared: &Arc<Shared>) {
             drop(st);
             let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> = targets
                 .into_iter()
-                .map(|t| {
-                    (
-                        t,
-                        spawn::spawn(&shared.config.command, &shared.config.on_death),
-                    )
-                })
+                .map(|t| (t, spawn::spawn(&shared.config.command, &on_death)))
                 .collect();
             st = lock(&shared.state);
             let mut doomed = Vec::new();
