@@ -224,7 +224,9 @@ def test_cancel_of_a_queued_future_wakes_wait_and_as_completed(
         assert queued[-1].cancelled() and queued[-1].done() and not queued[-1].running()
         assert calls.futures == [queued[-1]], "the callback fired on cancel"
         # A waiter must see the cancel at once, not at its timeout.
-        done, not_done = cf.wait([blocker, queued[-1]], timeout=WATCHDOG, return_when="FIRST_COMPLETED")
+        done, not_done = cf.wait(
+            [blocker, queued[-1]], timeout=WATCHDOG, return_when="FIRST_COMPLETED"
+        )
         assert done == {queued[-1]} and not_done == {blocker}
         assert next(cf.as_completed([queued[-1]], timeout=WATCHDOG)) is queued[-1]
         # Again, and through the pool: no error, the same answer, no second callback.

@@ -480,8 +480,12 @@ fn a_kill_as_the_next_task_begins_never_runs_it_twice() {
             ..PoolConfig::default()
         };
         let (engine, pool) = pool(1, 1, &sink, tweak);
-        pool.submit(task(1, &format!("gate-unflushed:{}:a", gate.path.display()), 1))
-            .unwrap();
+        pool.submit(task(
+            1,
+            &format!("gate-unflushed:{}:a", gate.path.display()),
+            1,
+        ))
+        .unwrap();
         pool.submit(task(2, &format!("block-first:{}:b", once.display()), 1))
             .unwrap();
         init_gate.open();
@@ -552,8 +556,12 @@ fn starts_are_reported_once_per_head_before_completions() {
         report_start: true,
         ..t
     };
-    pool.submit(reported(task(1, &format!("gate:{}:t1", gate.path.display()), 1)))
-        .unwrap();
+    pool.submit(reported(task(
+        1,
+        &format!("gate:{}:t1", gate.path.display()),
+        1,
+    )))
+    .unwrap();
     pool.submit(reported(echo(2, 1))).unwrap();
     pool.submit(echo(3, 1)).unwrap();
     init_gate.open();
@@ -568,12 +576,19 @@ fn starts_are_reported_once_per_head_before_completions() {
     while done.len() < 3 {
         let batch = pool.events(&mut step()).unwrap();
         for id in &batch.started {
-            assert!(!done.contains(id), "task {id} reported started after it finished");
+            assert!(
+                !done.contains(id),
+                "task {id} reported started after it finished"
+            );
         }
         started.extend(batch.started);
         done.extend(batch.done.into_iter().map(|c| c.id));
     }
-    assert_eq!(started, vec![2], "task 2 (pipelined) once; task 3 did not ask");
+    assert_eq!(
+        started,
+        vec![2],
+        "task 2 (pipelined) once; task 3 did not ask"
+    );
     assert_eq!(done, vec![1, 2, 3]);
     finish(engine, pool);
 }
