@@ -122,7 +122,8 @@ class _PoolFuture(Future):
       cancelled, and ``wait``/``as_completed`` see it at once.
     - RUNNING from when the pool hands the task to a worker process with nothing ahead of it
       (the worker runs it next): ``running()`` is true and ``cancel()`` returns ``False``,
-      as in the stdlib.
+      as in the stdlib. The Future's own state moves when ``running()`` or ``cancel()`` asks,
+      or when a later completion brings the start report, whichever is first.
     - Done: a result, an exception, or cancelled. :meth:`Pool.cancel` stops a task in any
       state; a task stopped while RUNNING cannot be marked cancelled (the stdlib allows no
       RUNNING → CANCELLED move), so its Future finishes with a ``CancelledError`` as its
@@ -159,6 +160,16 @@ class _PoolFuture(Future):
         except InvalidStateError:  # it finished first
             return self.cancelled()
         return True
+
+    def running(self) -> bool:
+        """Whether the task runs in a worker now. The pool reports starts along with later
+        completions (no wake-up per start), so a Future still PENDING asks the scheduler."""
+        if super().running():
+            return True
+        if self.done() or not self._gilfree_pool._tp.is_running(self._gilfree_id):
+            return False
+        self._gilfree_notify()
+        return super().running()
 
     def cancel(self) -> bool:
         """Cancels the task if it has not started; ``False`` once it runs or is done."""

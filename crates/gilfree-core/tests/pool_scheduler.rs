@@ -565,11 +565,10 @@ fn starts_are_reported_once_per_head_before_completions() {
     pool.submit(reported(echo(2, 1))).unwrap();
     pool.submit(echo(3, 1)).unwrap();
     init_gate.open();
-    // Task 1 went to an idle worker: its start is reported while it runs.
-    let first = pool.events(&mut step()).unwrap();
-    assert_eq!(first.started, vec![1]);
-    assert!(first.done.is_empty());
     sink.wait_for("t1");
+    // Task 1 went to an idle worker and runs; task 2 waits behind it; task 3 is queued.
+    assert!(pool.is_running(1));
+    assert!(!pool.is_running(2) && !pool.is_running(3));
     gate.open();
     let mut started = Vec::new();
     let mut done = Vec::new();
@@ -586,9 +585,10 @@ fn starts_are_reported_once_per_head_before_completions() {
     }
     assert_eq!(
         started,
-        vec![2],
-        "task 2 (pipelined) once; task 3 did not ask"
+        vec![1, 2],
+        "once each, in order; task 3 did not ask"
     );
     assert_eq!(done, vec![1, 2, 3]);
+    assert!(!pool.is_running(1), "finished");
     finish(engine, pool);
 }

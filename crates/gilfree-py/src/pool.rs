@@ -62,7 +62,7 @@ impl PyTaskPool {
     }
 
     /// Queues a task: `payload` is sent as one message, answered by a start mark and `frames`
-    /// messages. With `report_start`, `completions` reports when it starts.
+    /// messages. With `report_start`, `completions` reports its start (with a later batch).
     #[pyo3(signature = (id, payload, frames, timeout, report_start=false))]
     fn submit(
         &self,
@@ -134,6 +134,11 @@ impl PyTaskPool {
             Some(e) => Err(e),
             None => Ok(joined),
         }
+    }
+
+    /// Whether the task is the head of a worker's pipeline now (running, or next to run).
+    fn is_running(&self, py: Python<'_>, id: u64) -> bool {
+        py.detach(|| self.inner.is_running(id))
     }
 
     /// Pids of the workers the pool holds now.

@@ -31,7 +31,9 @@
 //!    is received before the pipeline is settled.
 //! 7. A task with `report_start` has its id pushed to `started` when it becomes a slot's head
 //!    (its worker runs it next, with nothing ahead of it), before its completion is pushed; a
-//!    task that goes back to the queue and becomes head again is reported again.
+//!    task that goes back to the queue and becomes head again is reported again. A start alone
+//!    wakes nobody: it rides with the next completion ([`TaskPool::is_running`] answers a
+//!    caller that cannot wait for that).
 
 mod slot;
 
@@ -215,12 +217,11 @@ impl State {
         shared.ready.notify_all();
     }
 
-    /// Notes that `task` became a slot's head (invariant 7). A start that rides with a
-    /// completion costs no extra wake-up: `notify_all` wakes a waiter only once.
-    fn note_start(&mut self, shared: &Shared, id: u64, report: bool) {
+    /// Notes that `task` became a slot's head (invariant 7), without waking anyone: the
+    /// start rides with the next completion, so the tiny-task path pays no wake-up for it.
+    fn note_start(&mut self, id: u64, report: bool) {
         if report {
             self.started.push(id);
-            shared.ready.notify_all();
         }
     }
 
@@ -486,6 +487,15 @@ impl TaskPool {
         CancelOutcome::Killed
     }
 
+    /// Whether the task is the head of a worker's pipeline now (its worker runs it, or runs it
+    /// next with nothing ahead of it), and not cancelled. Never blocks.
+    pub fn is_running(&self, id: u64) -> bool {
+        let st = self.shared.lock();
+        st.flights
+            .get(&id)
+            .is_some_and(|f| !f.cancelled && st.slots[f.slot].head == Some(id))
+    }
+
     /// Waits until at least one completion is ready and returns all that are (a batch); start
     /// reports are dropped (use [`events`](Self::events) for them).
     /// `Timeout` and `Interrupted` as `wait` says; `Disconnected` once the pool is shut down
@@ -499,8 +509,9 @@ impl TaskPool {
         }
     }
 
-    /// Waits until a task has started (with [`Task::report_start`]) or finished, and returns
-    /// every start and completion so far as one [`Batch`]. Errors as for
+    /// Returns every start (of tasks with [`Task::report_start`]) and completion so far as one
+    /// [`Batch`]: at once if any is pending, else once a task finishes (a start alone does not
+    /// wake this wait; see invariant 7). Errors as for
     /// [`completions`](Self::completions); starts still unreturned are dropped with
     /// `Disconnected`, since their completions have all been returned.
     pub fn events(&self, wait: &mut Wait<'_>) -> Result<Batch, RecvError> {

@@ -183,7 +183,7 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                         Some(task) => {
                             // Dispatch to an idle worker: it runs this task next.
                             st.slots[index].head = Some(task.id);
-                            st.note_start(shared, task.id, task.report_start);
+                            st.note_start(task.id, task.report_start);
                             batch.push(task);
                         }
                         None => st = wait(shared, st),
@@ -276,7 +276,7 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                 st.slots[index].head = next;
                 if let Some(r) = flight.front() {
                     let report = r.task.report_start && !st.is_cancelled(r.task.id);
-                    st.note_start(shared, r.task.id, report);
+                    st.note_start(r.task.id, report);
                 }
                 // Step 6: a task cancelled while it waited must not run: kill before (or as)
                 // it starts, as `cancel` would have had it been running.
