@@ -268,6 +268,36 @@ def test_cancel_of_a_running_future_is_refused_and_pool_cancel_stops_it(
         assert pool.submit(helpers.square, 6).result(timeout=WATCHDOG) == 36
 
 
+def test_a_task_pipelined_behind_a_running_one(tmp_path: Path) -> None:
+    """Handed to a worker behind the running task: PENDING, not cancellable by
+    Future.cancel (only a kill could stop it), stopped by Pool.cancel without harming the
+    task ahead."""
+    init_gate, gate = Gate(), Gate()
+    pool = gilfree.Pool(
+        1, initializer=gate_first_time, initargs=(init_gate.port, str(tmp_path / "init"))
+    )
+    try:
+        ahead = pool.submit(helpers.rendezvous_wait, gate.port)
+        behind = pool.submit(helpers.square, 5)
+        init_gate.wait_running()
+        init_gate.release()  # the slot's first fill takes both
+        gate.wait_running()
+        assert ahead.running()
+        assert pool._tp.queued() == 0, "both are in the worker's pipeline"
+        assert not behind.running() and not behind.done()
+        assert not behind.cancel()
+        assert not behind.running() and not behind.cancelled()
+        assert pool.cancel(behind)
+        assert behind.cancelled()
+        gate.release()
+        assert ahead.result(timeout=WATCHDOG) > 0, "the task ahead is unharmed"
+        assert pool.submit(helpers.square, 6).result(timeout=WATCHDOG) == 36
+    finally:
+        pool.terminate()
+        init_gate.close()
+        gate.close()
+
+
 def test_pool_cancel_of_a_queued_future_cancels_it(gate: Gate, no_critical_log: None) -> None:
     with gilfree.Pool(1) as pool:
         pool.submit(helpers.rendezvous_wait, gate.port)

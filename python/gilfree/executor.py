@@ -119,7 +119,10 @@ class _PoolFuture(Future):
     """The Future of a :meth:`Pool.submit` task, with the ``concurrent.futures`` states.
 
     - PENDING while the task is queued. ``cancel()`` takes it out of the queue: the Future is
-      cancelled, and ``wait``/``as_completed`` see it at once.
+      cancelled, and ``wait``/``as_completed`` see it at once. A task already handed to a
+      worker to run after its current one (the pool pipelines tiny tasks) is still PENDING,
+      but ``cancel()`` refuses it, since only a kill could stop it now; :meth:`Pool.cancel`
+      does that.
     - RUNNING from when the pool hands the task to a worker process with nothing ahead of it
       (the worker runs it next): ``running()`` is true and ``cancel()`` returns ``False``,
       as in the stdlib. The Future's own state moves when ``running()`` or ``cancel()`` asks,
@@ -183,9 +186,11 @@ class _PoolFuture(Future):
             # Marked running by an earlier start, then put back in the queue: the pool's
             # cancelled completion resolves it (see the class docstring).
             return False
-        if outcome == _RUNNING:
-            # In a worker already; its start report may still be on its way.
+        if outcome == _RUNNING and self._gilfree_pool._tp.is_running(self._gilfree_id):
+            # Running already; its start report may still be on its way.
             self._gilfree_notify()
+        # Else it waits in a worker's pipeline, behind the running task: already handed to
+        # that worker, it can no longer be taken back without killing the worker.
         return self.cancelled()
 
     def result(self, timeout: float | None = None) -> Any:
@@ -649,7 +654,10 @@ class Pool(Executor):
         if future.done():
             return future.cancelled()
         if self._tp.cancel(future._gilfree_id, True) in (_WAS_QUEUED, _KILLED):
-            return future._gilfree_stop()
+            # Stopped by this call; the collector may resolve the Future first, from the
+            # scheduler's Cancelled completion, in the same way.
+            future._gilfree_stop()
+            return True
         return False
 
     def terminate(self) -> None:
