@@ -150,13 +150,15 @@ fn scheduler_task(endpoint: &Endpoint, msg: &[u8]) -> bool {
             return true;
         }
         ["block-first", path, tag] => {
-            begin(tag);
-            // The first run (the one that creates PATH) blocks; a re-run answers at once.
+            // The first run (the one that creates PATH) blocks; a re-run answers at once. The
+            // file is made before the start line, so a kill after that line finds it made.
+            frame(b"");
             let first = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(path)
                 .is_ok();
+            say(&format!("start:{tag}"));
             if first {
                 loop {
                     std::thread::park();
