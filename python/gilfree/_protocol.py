@@ -10,10 +10,11 @@ Replies:
   skipped)``; see :func:`encode_reply`.
 - ``POOL_INIT`` (a Pool's initializer): one frame, ``b"\\x00"`` for success or ``b"\\x01"``
   followed by the pickled ``(exception, traceback text)``. The engine reads only the first byte.
-- ``POOL_CALL`` (a chunk of calls): one frame per item as soon as that item finishes (so a
-  crash mid-chunk loses no finished result), each a pickled ``(status, payload)``; then a
-  trailer frame, the chunk's run time in seconds as a little-endian double, which feeds the
-  adaptive chunk sizing.
+- ``POOL_CALL`` (a chunk of calls): first the start mark (an empty message, sent before the
+  task is unpickled; the engine's scheduler consumes it and never re-runs a task once it
+  arrived); then one frame per item as soon as that item finishes (so a crash mid-chunk loses
+  no finished result), each a pickled ``(status, payload)``; then a trailer frame, the chunk's
+  run time in seconds as a little-endian double, which feeds the adaptive chunk sizing.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 PROTOCOL = 5
 _LEN = struct.Struct("<I")
 TRAILER = struct.Struct("<d")
+# The first message a worker sends for a POOL_CALL task: "I have begun it".
+START_MARK = b""
 
 # Task kinds.
 RUN_WORKER = 1

@@ -167,9 +167,14 @@ def _dumps_here(obj: Any) -> bytes:
 
 
 def pool_call(count: int, body: memoryview, endpoint: _engine.Endpoint) -> bool:
-    """Runs a chunk of calls, one frame per item as it finishes, then the trailer."""
+    """Runs a chunk of calls: the start mark, one frame per item as it finishes, then the
+    trailer (see ``_protocol``)."""
     started = time.perf_counter()
     send = endpoint.send
+    # Before anything of the task runs (unpickling included): from now on the scheduler
+    # counts it as begun, and never re-runs it. Deferred: no wake-up of the parent.
+    if not send(_protocol.START_MARK, False):
+        return False
     dumps = _dumps_here
     try:
         fn_blob, mode, items = _serialize.loads(body)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import collections
 import itertools
+import pickle
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Executor, Future
-from concurrent.futures._base import PENDING as _PENDING
+from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from typing import Any
 
 from gilfree import _engine, _protocol, _runtime, _serialize
@@ -58,15 +58,26 @@ def _check_timeout(timeout: float | None) -> None:
 
 
 def _decode_frame(frame: bytes) -> tuple[bool, Any]:
-    """One item's outcome: ``(True, value)`` or ``(False, exception)``."""
-    status, payload = _serialize.loads(frame)
-    if status == _protocol.OK:
-        return True, payload
-    if status == _protocol.RAISED:
-        exc_blob, tb_text = payload
-        exc = _serialize.loads(exc_blob)
-        exc.__cause__ = RemoteTraceback(tb_text)
-        return False, exc
+    """One item's outcome: ``(True, value)`` or ``(False, exception)``.
+
+    Unpickling runs code of the result's own (a ``__reduce__``); whatever it raises, even
+    ``SystemExit``, fails this item only, as a ``pickle.UnpicklingError`` caused by it.
+    """
+    try:
+        status, payload = _serialize.loads(frame)
+        if status == _protocol.OK:
+            return True, payload
+        if status == _protocol.RAISED:
+            exc_blob, tb_text = payload
+            exc = _serialize.loads(exc_blob)
+            exc.__cause__ = RemoteTraceback(tb_text)
+            return False, exc
+    except BaseException as exc:
+        err = pickle.UnpicklingError(
+            f"the task's outcome could not be unpickled in this process: {exc!r}"
+        )
+        err.__cause__ = exc
+        return False, err
     return False, TypeError(f"the task's result cannot be pickled: {payload}")
 
 
@@ -108,24 +119,82 @@ def _decode_init_failure(frame: bytes) -> BaseException:
 
 
 class _PoolFuture(Future):
-    """A Future whose ``cancel()`` also takes a queued task out of the scheduler."""
+    """The Future of a :meth:`Pool.submit` task, with the ``concurrent.futures`` states.
+
+    - PENDING while the task is queued. ``cancel()`` takes it out of the queue: the Future is
+      cancelled, and ``wait``/``as_completed`` see it at once. A task already handed to a
+      worker to run after its current one (the pool pipelines tiny tasks) is still PENDING,
+      but ``cancel()`` refuses it, since only a kill could stop it now; :meth:`Pool.cancel`
+      does that.
+    - RUNNING from when the pool hands the task to a worker process with nothing ahead of it
+      (the worker runs it next): ``running()`` is true and ``cancel()`` returns ``False``,
+      as in the stdlib. The Future's own state moves when ``running()`` or ``cancel()`` asks,
+      or when a later completion brings the start report, whichever is first.
+    - Done: a result, an exception, or cancelled. :meth:`Pool.cancel` stops a task in any
+      state; a task stopped while RUNNING cannot be marked cancelled (the stdlib allows no
+      RUNNING → CANCELLED move), so its Future finishes with a ``CancelledError`` as its
+      exception: ``result()`` raises it, ``cancelled()`` stays ``False``.
+
+    Only the public ``Future`` API is used; ``set_running_or_notify_cancel`` is called exactly
+    once per Future (when it starts, or when it is cancelled), so every waiter wakes.
+    """
 
     def __init__(self, pool: Pool, task_id: int) -> None:
         super().__init__()
         self._gilfree_pool = pool
         self._gilfree_id = task_id
+        self._gilfree_lock = threading.Lock()
+        self._gilfree_notified = False
+
+    def _gilfree_notify(self) -> None:
+        """``set_running_or_notify_cancel``, once: PENDING → RUNNING, or a cancel's waiters
+        notified."""
+        with self._gilfree_lock:
+            if self._gilfree_notified:
+                return
+            self._gilfree_notified = True
+        self.set_running_or_notify_cancel()
+
+    def _gilfree_stop(self) -> bool:
+        """Resolves a Future whose task the pool stopped: cancelled if it was PENDING, else
+        ``CancelledError`` as its exception. ``False`` if it had finished already."""
+        if Future.cancel(self):
+            self._gilfree_notify()
+            return True
+        try:
+            self.set_exception(CancelledError("the task was stopped while it ran"))
+        except InvalidStateError:  # it finished first
+            return self.cancelled()
+        return True
+
+    def running(self) -> bool:
+        """Whether the task runs in a worker now. The pool reports starts along with later
+        completions (no wake-up per start), so a Future still PENDING asks the scheduler."""
+        if super().running():
+            return True
+        if self.done() or not self._gilfree_pool._tp.is_running(self._gilfree_id):
+            return False
+        self._gilfree_notify()
+        return super().running()
 
     def cancel(self) -> bool:
-        with self._condition:
-            if self.done():
-                return self.cancelled()
-            outcome = self._gilfree_pool._tp.cancel(self._gilfree_id, False)
-            if outcome == _WAS_QUEUED:
-                return super().cancel()
-            if outcome == _RUNNING:
-                # Running tasks cannot be cancelled (as in the stdlib); Pool.cancel() kills them.
-                self.set_running_or_notify_cancel()
+        """Cancels the task if it has not started; ``False`` once it runs or is done."""
+        if self.running() or self.done():
+            return self.cancelled()
+        outcome = self._gilfree_pool._tp.cancel(self._gilfree_id, False)
+        if outcome == _WAS_QUEUED:
+            if Future.cancel(self):
+                self._gilfree_notify()
+                return True
+            # Marked running by an earlier start, then put back in the queue: the pool's
+            # cancelled completion resolves it (see the class docstring).
             return False
+        if outcome == _RUNNING and self._gilfree_pool._tp.is_running(self._gilfree_id):
+            # Running already; its start report may still be on its way.
+            self._gilfree_notify()
+        # Else it waits in a worker's pipeline, behind the running task: already handed to
+        # that worker, it can no longer be taken back without killing the worker.
+        return self.cancelled()
 
     def result(self, timeout: float | None = None) -> Any:
         """As ``Future.result``; Ctrl-C while waiting also stops the task (kills its worker
@@ -147,40 +216,36 @@ class _FutureHandler:
         self.timeout = timeout
         self.blob = _pinning(body)
 
+    def start(self) -> None:
+        self.future._gilfree_notify()
+
     def complete(self, frames: list[bytes], end: int, info: Any) -> None:
         if self.blob is not None and end in (_CANCELLED, _BROKEN):
             _serialize.discard(self.blob)  # never loaded: free the shared memory it pins
         future = self.future
-        if future.done():  # cancelled while queued
-            return
         if end == _CANCELLED:
-            _force_cancel(future)
+            future._gilfree_stop()
+            return
+        if future.done():  # cancelled while queued
             return
         # The item's frame arrives as soon as it finishes: if the worker died after that, the
         # result still stands.
         ok, value = (
             _decode_frame(frames[0]) if frames else (False, _end_error(end, info, self.timeout))
         )
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        try:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        except InvalidStateError:  # stopped by Pool.cancel meanwhile
+            pass
 
 
 def _pinning(body: bytes) -> bytes | None:
     """``body`` if it carries large buffers in shared memory (which stay pinned until a worker
     loads them, or until ``_serialize.discard``), else ``None``."""
     return body if _serialize.pins_shared_memory(body) else None
-
-
-def _force_cancel(future: Future) -> bool:
-    """Cancels a future whose task the pool stopped, even if it was marked running."""
-    with future._condition:
-        if future.done():
-            return future.cancelled()
-        # A Future marked RUNNING refuses cancel(); here the task really was stopped.
-        future._state = _PENDING
-        return Future.cancel(future)
 
 
 class _Results:
@@ -363,6 +428,8 @@ class _Results:
     # -- consuming (caller's thread) -------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Any]:
+        # No local names a result: what was yielded is the caller's alone to keep or drop.
+        pending: collections.deque[tuple[bool, Any]] = collections.deque()
         try:
             while True:
                 with self.cond:
@@ -375,10 +442,10 @@ class _Results:
                                 raise self.source_error
                             return
                         self.cond.wait()
-                for ok, value in batch:
-                    if not ok:
-                        raise value
-                    yield value
+                pending.extend(batch)
+                del batch
+                while pending:
+                    yield _unwrap(pending.popleft())
                 if self.stalled:
                     self.fill()
         finally:
@@ -404,6 +471,13 @@ class _Results:
         self.closed = True
         for task_id in list(self.outstanding):
             self.pool._tp.cancel(task_id, True)
+
+
+def _unwrap(outcome: tuple[bool, Any]) -> Any:
+    ok, value = outcome
+    if not ok:
+        raise value
+    return value
 
 
 class Pool(Executor):
@@ -494,7 +568,7 @@ class Pool(Executor):
             self._handlers[task_id] = _FutureHandler(future, timeout, body)
             msg = _protocol.encode_task(_protocol.POOL_CALL, 1, body)
             try:
-                self._tp.submit(task_id, msg, 2, timeout)
+                self._tp.submit(task_id, msg, 2, timeout, True)
             except BaseException:
                 del self._handlers[task_id]
                 raise
@@ -566,16 +640,28 @@ class Pool(Executor):
         return iter(self._start(fn, source, length, ordered, chunksize, timeout, eager=False))
 
     def cancel(self, future: Future) -> bool:
-        """Cancels a task even if it is running: a running task's worker process is killed
-        (and replaced). Returns ``True`` if the task was stopped before it finished."""
+        """Stops a task even if it is running: a running task's worker process is killed (and
+        replaced; the other tasks carry on).
+
+        A task stopped before it started is cancelled (``future.cancelled()``). One stopped
+        while it ran cannot be (``concurrent.futures`` allows no RUNNING → CANCELLED move): its
+        Future finishes with ``CancelledError`` as its exception, so ``result()`` raises
+        ``CancelledError`` and ``done()`` is true, but ``cancelled()`` is ``False``.
+
+        Returns:
+            ``True`` if the task was stopped before it finished; ``False`` if it had finished
+            (or was being completed) already. Calling it again never raises.
+        """
         if not isinstance(future, _PoolFuture) or future._gilfree_pool is not self:
             raise ValueError("this future does not belong to this pool")
-        with future._condition:
-            if future.done():
-                return future.cancelled()
-            if self._tp.cancel(future._gilfree_id, True) in (_WAS_QUEUED, _KILLED):
-                return _force_cancel(future)
-            return False
+        if future.done():
+            return future.cancelled()
+        if self._tp.cancel(future._gilfree_id, True) in (_WAS_QUEUED, _KILLED):
+            # Stopped by this call; the collector may resolve the Future first, from the
+            # scheduler's Cancelled completion, in the same way.
+            future._gilfree_stop()
+            return True
+        return False
 
     def terminate(self) -> None:
         """Stops everything now: cancels queued tasks, kills running ones, releases the pool."""
@@ -680,7 +766,12 @@ def _collect(pool_ref: weakref.ref[Pool], tp: _engine.TaskPool, handlers: dict[i
         batch = tp.completions(None)
         if batch is None:
             return
-        for task_id, frames, end, info in batch:
+        started, done = batch
+        for task_id in started:  # before completions: a task starts before it ends
+            handler = handlers.get(task_id)
+            if isinstance(handler, _FutureHandler):
+                handler.start()
+        for task_id, frames, end, info in done:
             handler = handlers.pop(task_id, None)
             if handler is None:
                 continue

@@ -30,6 +30,7 @@ fn task(id: u64, payload: &str, frames: u32) -> Task {
         payload: payload.as_bytes().to_vec(),
         frames,
         timeout: None,
+        report_start: false,
     }
 }
 
@@ -454,5 +455,140 @@ fn no_pipelining_onto_a_busy_worker_while_another_is_free() {
     let cancelled = pool.shutdown(true, true);
     assert_eq!(cancelled.len(), 2);
     assert_eq!(collect(&pool, 2).len(), 2);
+    finish(engine, pool);
+}
+
+#[test]
+fn a_kill_as_the_next_task_begins_never_runs_it_twice() {
+    let _dog = Watchdog::new("a_kill_as_the_next_task_begins_never_runs_it_twice");
+    // Task 1's last frame waits unflushed in the ring while its worker goes on to task 2, so
+    // the kill that cancels task 1 (still the head, as far as the slot knows) lands while task
+    // 2 runs. The slot may have read the frame before it went to sleep (then task 1 is done
+    // and the race is missed): try again, a few times.
+    let mut raced = 0;
+    for attempt in 0..5 {
+        let sink = Starts::new();
+        let init_gate = Gate::new(&format!("race-init-{attempt}"));
+        let gate = Gate::new(&format!("race-task-{attempt}"));
+        let once = std::env::temp_dir().join(format!(
+            "gilfree-test-{}-race-once-{attempt}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&once);
+        let tweak = PoolConfig {
+            init: Some(format!("init-gate:{}", init_gate.path.display()).into_bytes()),
+            ..PoolConfig::default()
+        };
+        let (engine, pool) = pool(1, 1, &sink, tweak);
+        pool.submit(task(
+            1,
+            &format!("gate-unflushed:{}:a", gate.path.display()),
+            1,
+        ))
+        .unwrap();
+        pool.submit(task(2, &format!("block-first:{}:b", once.display()), 1))
+            .unwrap();
+        init_gate.open();
+        sink.wait_for("a");
+        gate.open();
+        sink.wait_for("b");
+        let outcome = pool.cancel(1, true);
+        if outcome == CancelOutcome::Killed {
+            raced += 1;
+            let got = collect(&pool, 2);
+            assert_eq!(got[&1].end, End::Cancelled);
+            assert!(
+                matches!(got[&2].end, End::Crashed { .. }),
+                "task 2 began before the kill: it fails, it is not re-run ({:?})",
+                got[&2]
+            );
+        } else {
+            assert_eq!(outcome, CancelOutcome::NotFound, "task 1 finished first");
+            assert_eq!(pool.cancel(2, true), CancelOutcome::Killed);
+            collect(&pool, 2);
+        }
+        finish(engine, pool);
+        let _ = std::fs::remove_file(&once);
+        assert_eq!(sink.count("b"), 1, "task 2 ran once");
+        if raced > 0 {
+            break;
+        }
+    }
+    assert!(raced > 0, "the kill never landed while task 1 was the head");
+}
+
+#[test]
+fn kill_before_the_next_task_begins_requeues_it() {
+    let _dog = Watchdog::new("kill_before_the_next_task_begins_requeues_it");
+    let sink = Starts::new();
+    let init_gate = Gate::new("requeue-init");
+    let tweak = PoolConfig {
+        init: Some(format!("init-gate:{}", init_gate.path.display()).into_bytes()),
+        ..PoolConfig::default()
+    };
+    let (engine, pool) = pool(1, 1, &sink, tweak);
+    pool.submit(task(1, "block:a", 1)).unwrap();
+    pool.submit(echo(2, 2)).unwrap();
+    init_gate.open();
+    sink.wait_for("a");
+    // Task 2 waits in the worker's ring, unread: the kill cannot have let it begin.
+    assert_eq!(pool.cancel(1, true), CancelOutcome::Killed);
+    let got = collect(&pool, 2);
+    assert_eq!(got[&1].end, End::Cancelled);
+    assert_eq!(got[&2].end, End::Done, "re-queued and run on a new worker");
+    assert_eq!(got[&2].frames, frames_of(2, 2));
+    finish(engine, pool);
+    assert_eq!(sink.count("t2"), 1);
+}
+
+#[test]
+fn starts_are_reported_once_per_head_before_completions() {
+    let _dog = Watchdog::new("starts_are_reported_once_per_head_before_completions");
+    let sink = Starts::new();
+    let init_gate = Gate::new("starts-init");
+    let gate = Gate::new("starts-task");
+    let tweak = PoolConfig {
+        init: Some(format!("init-gate:{}", init_gate.path.display()).into_bytes()),
+        ..PoolConfig::default()
+    };
+    let (engine, pool) = pool(1, 1, &sink, tweak);
+    let reported = |t: Task| Task {
+        report_start: true,
+        ..t
+    };
+    pool.submit(reported(task(
+        1,
+        &format!("gate:{}:t1", gate.path.display()),
+        1,
+    )))
+    .unwrap();
+    pool.submit(reported(echo(2, 1))).unwrap();
+    pool.submit(echo(3, 1)).unwrap();
+    init_gate.open();
+    sink.wait_for("t1");
+    // Task 1 went to an idle worker and runs; task 2 waits behind it; task 3 is queued.
+    assert!(pool.is_running(1));
+    assert!(!pool.is_running(2) && !pool.is_running(3));
+    gate.open();
+    let mut started = Vec::new();
+    let mut done = Vec::new();
+    while done.len() < 3 {
+        let batch = pool.events(&mut step()).unwrap();
+        for id in &batch.started {
+            assert!(
+                !done.contains(id),
+                "task {id} reported started after it finished"
+            );
+        }
+        started.extend(batch.started);
+        done.extend(batch.done.into_iter().map(|c| c.id));
+    }
+    assert_eq!(
+        started,
+        vec![1, 2],
+        "once each, in order; task 3 did not ask"
+    );
+    assert_eq!(done, vec![1, 2, 3]);
+    assert!(!pool.is_running(1), "finished");
     finish(engine, pool);
 }

@@ -19,6 +19,9 @@ pub struct PyTaskPool {
 /// One completion as Python sees it: `(id, frames, end, info)`.
 type PyCompletion<'py> = (u64, Vec<Bound<'py, PyBytes>>, u8, Py<PyAny>);
 
+/// One batch as Python sees it: `(started ids, completions)`.
+type PyBatch<'py> = (Vec<u64>, Vec<PyCompletion<'py>>);
+
 fn completion(py: Python<'_>, c: Completion) -> PyResult<PyCompletion<'_>> {
     let frames = c.frames.iter().map(|f| PyBytes::new(py, f)).collect();
     let (end, info) = match c.end {
@@ -58,8 +61,9 @@ impl PyTaskPool {
         }
     }
 
-    /// Queues a task: `payload` is sent as one message, answered by `frames` messages.
-    #[pyo3(signature = (id, payload, frames, timeout))]
+    /// Queues a task: `payload` is sent as one message, answered by a start mark and `frames`
+    /// messages. With `report_start`, `completions` reports its start (with a later batch).
+    #[pyo3(signature = (id, payload, frames, timeout, report_start=false))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -67,6 +71,7 @@ impl PyTaskPool {
         payload: Vec<u8>,
         frames: u32,
         timeout: Option<f64>,
+        report_start: bool,
     ) -> PyResult<()> {
         let timeout = convert::timeout(timeout)?;
         let task = Task {
@@ -74,6 +79,7 @@ impl PyTaskPool {
             payload,
             frames,
             timeout,
+            report_start,
         };
         py.detach(|| self.inner.submit(task))
             .map_err(|e| PyEngineError::Submit(e).into())
@@ -89,22 +95,26 @@ impl PyTaskPool {
         }
     }
 
-    /// The next batch of completions: `[]` on timeout, `None` once shut down and drained.
+    /// The next batch: `(started ids, completions)`, the starts to apply first; empty lists on
+    /// timeout, `None` once shut down and drained.
     #[pyo3(signature = (timeout=None))]
     fn completions<'py>(
         &self,
         py: Python<'py>,
         timeout: Option<f64>,
-    ) -> PyResult<Option<Vec<PyCompletion<'py>>>> {
+    ) -> PyResult<Option<PyBatch<'py>>> {
         let timeout = convert::timeout(timeout)?;
-        let (result, pending) = blocking(py, timeout, |wait| self.inner.completions(wait));
+        let (result, pending) = blocking(py, timeout, |wait| self.inner.events(wait));
         match result {
-            Ok(batch) => batch
-                .into_iter()
-                .map(|c| completion(py, c))
-                .collect::<PyResult<_>>()
-                .map(Some),
-            Err(RecvError::Timeout) => Ok(Some(Vec::new())),
+            Ok(batch) => {
+                let done = batch
+                    .done
+                    .into_iter()
+                    .map(|c| completion(py, c))
+                    .collect::<PyResult<_>>()?;
+                Ok(Some((batch.started, done)))
+            }
+            Err(RecvError::Timeout) => Ok(Some((Vec::new(), Vec::new()))),
             Err(RecvError::Disconnected) => Ok(None),
             Err(e) => Err(PyEngineError::Recv(e, pending).into()),
         }
@@ -124,6 +134,11 @@ impl PyTaskPool {
             Some(e) => Err(e),
             None => Ok(joined),
         }
+    }
+
+    /// Whether the task is the head of a worker's pipeline now (running, or next to run).
+    fn is_running(&self, py: Python<'_>, id: u64) -> bool {
+        py.detach(|| self.inner.is_running(id))
     }
 
     /// Pids of the workers the pool holds now.

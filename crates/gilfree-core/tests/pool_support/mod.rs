@@ -82,14 +82,17 @@ pub fn child_main() {
     }
 }
 
-/// The scheduler's test protocol (tests/pool_scheduler.rs): a task prints `start:TAG` on
-/// stdout (after [`MARK`]) when it begins, then answers with frames, which it sends deferred (flushing at the
+/// The scheduler's test protocol (tests/pool_scheduler.rs): a task sends its start mark (an
+/// empty message), prints `start:TAG` on stdout (after [`MARK`]), then answers with frames, which it sends deferred (flushing at the
 /// end of the task, as the Python worker does). `false`: not a scheduler message.
 ///
 /// - `echo:N:TAG` → N frames `TAG:0` … `TAG:N-1`;
 /// - `crash-after:K:TAG` → K frames (never flushed), then abort;
 /// - `block:TAG` → never answers;
+/// - `block-first:PATH:TAG` → never answers if it is the first to create the file PATH, else
+///   one frame `TAG:0`;
 /// - `gate:PATH:TAG` → reads the FIFO at PATH to its end, then one frame `TAG:0`;
+/// - `gate-unflushed:PATH:TAG` → as `gate`, but the frame is never flushed (no wake-up);
 /// - `pid:TAG` → one frame, the worker's pid;
 /// - `init-ok`, `init-fail`, `init-gate:PATH` → print `init`; answer `[0]`, `[1]bad`, or `[0]`
 ///   after reading the FIFO at PATH (only in the first worker to get it).
@@ -108,33 +111,63 @@ fn scheduler_task(endpoint: &Endpoint, msg: &[u8]) -> bool {
             .send_deferred(data, &mut Wait::forever())
             .expect("frame");
     };
+    // A task begins with its start mark (an empty message, deferred), then says so.
+    let begin = |tag: &str| {
+        frame(b"");
+        say(&format!("start:{tag}"));
+    };
     match parts.as_slice() {
         ["echo", n, tag] => {
-            say(&format!("start:{tag}"));
+            begin(tag);
             for i in 0..n.parse::<u32>().expect("count") {
                 frame(format!("{tag}:{i}").as_bytes());
             }
         }
         ["crash-after", k, tag] => {
-            say(&format!("start:{tag}"));
+            begin(tag);
             for i in 0..k.parse::<u32>().expect("count") {
                 frame(format!("{tag}:{i}").as_bytes());
             }
             std::process::abort();
         }
         ["block", tag] => {
-            say(&format!("start:{tag}"));
+            begin(tag);
             loop {
                 std::thread::park();
             }
         }
         ["gate", path, tag] => {
-            say(&format!("start:{tag}"));
+            begin(tag);
             std::fs::read(path).expect("gate");
             frame(format!("{tag}:0").as_bytes());
         }
-        ["pid", tag] => {
+        ["gate-unflushed", path, tag] => {
+            begin(tag);
+            std::fs::read(path).expect("gate");
+            frame(format!("{tag}:0").as_bytes());
+            // No flush: the frame waits in the ring, unseen by a parent asleep in its receive,
+            // while this worker goes on to its next task.
+            return true;
+        }
+        ["block-first", path, tag] => {
+            // The first run (the one that creates PATH) blocks; a re-run answers at once. The
+            // file is made before the start line, so a kill after that line finds it made.
+            frame(b"");
+            let first = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .is_ok();
             say(&format!("start:{tag}"));
+            if first {
+                loop {
+                    std::thread::park();
+                }
+            }
+            frame(format!("{tag}:0").as_bytes());
+        }
+        ["pid", tag] => {
+            begin(tag);
             frame(std::process::id().to_string().as_bytes());
         }
         ["init-ok"] => {

@@ -24,6 +24,16 @@
 //! 5. A slot's `head` is the task its worker is running (the first in its pipeline), changed
 //!    only under the lock; `cancel(kill_running)` kills the worker only when the cancelled task
 //!    is the head, otherwise the slot kills it when the task becomes head.
+//! 6. At most once: a task taken out of a dead worker's pipeline goes back to the queue only
+//!    if the worker never began it (its send was cut off, or no start mark arrived from it
+//!    before a kill of ours). Every task behind the head never began: the worker begins a task
+//!    only after its last frame for the one ahead, and every whole message a dead worker sent
+//!    is received before the pipeline is settled.
+//! 7. A task with `report_start` has its id pushed to `started` when it becomes a slot's head
+//!    (its worker runs it next, with nothing ahead of it), before its completion is pushed; a
+//!    task that goes back to the queue and becomes head again is reported again. A start alone
+//!    wakes nobody: it rides with the next completion ([`TaskPool::is_running`] answers a
+//!    caller that cannot wait for that).
 
 mod slot;
 
@@ -82,6 +92,8 @@ pub struct Task {
     pub frames: u32,
     /// How long the task may run, counted from when the worker starts it (`None`: forever).
     pub timeout: Option<Duration>,
+    /// Report when it becomes the head of a worker's pipeline (see [`Batch::started`]).
+    pub report_start: bool,
 }
 
 /// How a task ended.
@@ -118,6 +130,17 @@ pub struct Completion {
     pub frames: Vec<Vec<u8>>,
     /// How it ended.
     pub end: End,
+}
+
+/// What [`TaskPool::events`] returns: tasks that started, then tasks that finished.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Ids of tasks with [`Task::report_start`] that became the head of a worker's pipeline
+    /// (the worker runs them next), in order. A task's start comes before its completion,
+    /// in this batch or an earlier one; a task re-queued after a kill may start again.
+    pub started: Vec<u64>,
+    /// Finished tasks, one [`Completion`] each.
+    pub done: Vec<Completion>,
 }
 
 /// Why [`TaskPool::submit`] refused a task.
@@ -180,6 +203,8 @@ struct State {
     flights: HashMap<u64, Flight>,
     slots: Vec<SlotState>,
     ready: Vec<Completion>,
+    /// Tasks with `report_start` that became a head, not yet returned (invariant 7).
+    started: Vec<u64>,
     undelivered: usize,
     shut_down: bool,
     broken: Option<Vec<u8>>,
@@ -190,6 +215,14 @@ impl State {
     fn complete(&mut self, shared: &Shared, id: u64, frames: Vec<Vec<u8>>, end: End) {
         self.ready.push(Completion { id, frames, end });
         shared.ready.notify_all();
+    }
+
+    /// Notes that `task` became a slot's head (invariant 7), without waking anyone: the
+    /// start rides with the next completion, so the tiny-task path pays no wake-up for it.
+    fn note_start(&mut self, id: u64, report: bool) {
+        if report {
+            self.started.push(id);
+        }
     }
 
     /// Completes a task taken out of a pipeline, unless it was cancelled (invariant 2).
@@ -340,7 +373,7 @@ impl Shared {
 /// use gilfree_core::Wait;
 ///
 /// let pool = TaskPool::start(engine, PoolConfig { workers: 2, ..PoolConfig::default() });
-/// pool.submit(Task { id: 1, payload: b"work".to_vec(), frames: 1, timeout: None })?;
+/// pool.submit(Task { id: 1, payload: b"work".to_vec(), frames: 1, timeout: None, report_start: false })?;
 /// let batch = pool.completions(&mut Wait::forever())?;
 /// assert_eq!(batch[0].end, End::Done);
 /// pool.shutdown(false, false);
@@ -371,6 +404,7 @@ impl TaskPool {
                 flights: HashMap::new(),
                 slots: (0..workers).map(|_| SlotState::default()).collect(),
                 ready: Vec::new(),
+                started: Vec::new(),
                 undelivered: 0,
                 shut_down: false,
                 broken: None,
@@ -453,18 +487,43 @@ impl TaskPool {
         CancelOutcome::Killed
     }
 
-    /// Waits until at least one completion is ready and returns all that are (a batch).
+    /// Whether the task is the head of a worker's pipeline now (its worker runs it, or runs it
+    /// next with nothing ahead of it), and not cancelled. Never blocks.
+    pub fn is_running(&self, id: u64) -> bool {
+        let st = self.shared.lock();
+        st.flights
+            .get(&id)
+            .is_some_and(|f| !f.cancelled && st.slots[f.slot].head == Some(id))
+    }
+
+    /// Waits until at least one completion is ready and returns all that are (a batch); start
+    /// reports are dropped (use [`events`](Self::events) for them).
     /// `Timeout` and `Interrupted` as `wait` says; `Disconnected` once the pool is shut down
     /// and every submitted task's completion has been returned.
     pub fn completions(&self, wait: &mut Wait<'_>) -> Result<Vec<Completion>, RecvError> {
+        loop {
+            let batch = self.events(wait)?;
+            if !batch.done.is_empty() {
+                return Ok(batch.done);
+            }
+        }
+    }
+
+    /// Returns every start (of tasks with [`Task::report_start`]) and completion so far as one
+    /// [`Batch`]: at once if any is pending, else once a task finishes (a start alone does not
+    /// wake this wait; see invariant 7). Errors as for
+    /// [`completions`](Self::completions); starts still unreturned are dropped with
+    /// `Disconnected`, since their completions have all been returned.
+    pub fn events(&self, wait: &mut Wait<'_>) -> Result<Batch, RecvError> {
         let shared = &self.shared;
         let mut last_check = Instant::now();
         let mut st = shared.lock();
         loop {
-            if !st.ready.is_empty() {
-                let batch = std::mem::take(&mut st.ready);
-                st.undelivered -= batch.len();
-                return Ok(batch);
+            if !st.ready.is_empty() || !st.started.is_empty() {
+                let done = std::mem::take(&mut st.ready);
+                st.undelivered -= done.len();
+                let started = std::mem::take(&mut st.started);
+                return Ok(Batch { started, done });
             }
             if st.shut_down && st.undelivered == 0 {
                 return Err(RecvError::Disconnected);

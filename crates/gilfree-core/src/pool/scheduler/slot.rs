@@ -21,6 +21,8 @@ struct Running {
     started: Option<Instant>,
     /// The whole message reached the ring (a send cut off by the worker's death did not).
     delivered: bool,
+    /// The worker's start mark for it arrived: it may have run (invariant 6).
+    begun: bool,
 }
 
 /// What to do with a lease once `serve` returns.
@@ -187,7 +189,9 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                     }
                     match st.pop(index) {
                         Some(task) => {
+                            // Dispatch to an idle worker: it runs this task next.
                             st.slots[index].head = Some(task.id);
+                            st.note_start(task.id, task.report_start);
                             batch.push(task);
                         }
                         None => st = wait(shared, st),
@@ -230,6 +234,7 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                 frames: Vec::new(),
                 started: first.then(Instant::now),
                 delivered,
+                begun: false,
             });
         }
         if send_failed {
@@ -250,8 +255,17 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
             deadline,
             ..Wait::forever()
         };
-        let last = head.frames.len() + 1 >= head.task.frames as usize;
-        match lease.recv_frame(&mut wait, last) {
+        // The worker's first message for a task is its start mark; then come the frames. The
+        // mark is taken here, not as a turn of the loop: it must not give step 3 a chance to
+        // pipeline that a frame would not (a task queued behind a running one waits for it).
+        let received = loop {
+            let last = head.begun && head.frames.len() + 1 >= head.task.frames as usize;
+            match lease.recv_frame(&mut wait, last) {
+                Ok(_mark) if !head.begun => head.begun = true,
+                other => break other,
+            }
+        };
+        match received {
             Ok(frame) => {
                 head.frames.push(frame);
                 if head.frames.len() < head.task.frames as usize {
@@ -268,6 +282,10 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                 st.land(shared, done.task.id, done.frames, End::Done);
                 let next = flight.front().map(|r| r.task.id);
                 st.slots[index].head = next;
+                if let Some(r) = flight.front() {
+                    let report = r.task.report_start && !st.is_cancelled(r.task.id);
+                    st.note_start(r.task.id, report);
+                }
                 // Step 6: a task cancelled while it waited must not run: kill before (or as)
                 // it starts, as `cancel` would have had it been running.
                 if let Some(id) = next {
@@ -308,9 +326,10 @@ fn bury(
         let id = head.task.id;
         if Some(id) == timed_out {
             st.land(shared, id, head.frames, End::TimedOut { pid });
-        } else if !head.delivered || (killed_by_us && head.frames.is_empty()) {
+        } else if !head.delivered || (killed_by_us && !head.begun) {
             // Never reached the worker; or the worker was killed for another task (the one
-            // ahead of this finished just as the kill landed) before this one sent anything.
+            // ahead of this finished just as the kill landed) before it began this one.
+            // Once its start mark arrived it may have run: it is not run again (invariant 6).
             requeue.push(head.task);
         } else {
             st.land(shared, id, head.frames, End::Crashed { pid, exit });
