@@ -228,12 +228,6 @@ def test_no_process_outlives_the_kernel(workers_notebook: Workers) -> None:
     assert not errors(workers_notebook.nb)
 
 
-@pytest.mark.xfail(
-    reason="ipykernel's shutdown SIGTERMs the kernel's children and waits until none is left; an "
-    "idle gilfree worker killed by a signal stays a zombie (the engine does not reap it), so the "
-    "kernel is still waiting when the kernel manager gives up and SIGTERMs it. Reproduced outside "
-    "Jupyter: SIGTERM the warm workers after gilfree.map and one stays a zombie child."
-)
 def test_kernel_exits_by_itself_on_shutdown(workers_notebook: Workers) -> None:
     # The kernel exited after the shutdown request (its own and gilfree's exit hooks ran and
     # returned), rather than being sent SIGTERM or SIGKILL by the kernel manager.
