@@ -76,8 +76,9 @@ test: install  ## run every test: Rust (gilfree-core, without Python), then pyte
 		cargo test -p gilfree-core; \
 	fi
 	$(VPY) -m pytest
-	@# The process table after the suite: no worker process of ours may outlive it.
-	@left=$$(pgrep -af 'gilfree[._]_?worker' | grep -v pgrep || true); \
+	@# The process table after the suite: no worker process of ours may outlive it. Ours are
+	@# the ones this checkout's interpreter runs (other checkouts on the machine may be busy).
+	@left=$$(pgrep -af '^$(abspath $(VENV))/bin/python[0-9.]* -m gilfree[._]_?worker' || true); \
 	if [ -n "$$left" ]; then echo "worker processes left behind:"; echo "$$left"; exit 1; fi; \
 	echo "process table: no gilfree worker left"
 
