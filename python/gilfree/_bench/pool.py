@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import gilfree
+from gilfree._bench import peers
 
 WORKERS = 2
 # Goals from the Pool issue (benchmark targets, not test assertions).
@@ -67,31 +68,17 @@ class Row:
     note: str = ""
 
 
-def _pools() -> dict[str, Callable[[], Any]]:
-    """Factories of warm pools with a common ``map(fn, items, chunksize)`` / ``one(fn, x)``."""
-    pools: dict[str, Callable[[], Any]] = {
+def _pools() -> dict[str, Callable[..., Any]]:
+    """Factories of warm pools with a common ``map(fn, items, chunksize)`` / ``one(fn, x)``; a
+    peer that is not installed is left out, with a line that names it."""
+    pools: dict[str, Callable[..., Any]] = {
         "gilfree.Pool": _GilfreePool,
         "multiprocessing.Pool": _MpPool,
         "ProcessPoolExecutor": _Ppe,
     }
-    try:
-        import loky  # noqa: F401
-
-        pools["loky"] = _Loky
-    except ImportError:
-        pass
-    try:
-        import joblib  # noqa: F401
-
-        pools["joblib"] = _Joblib
-    except ImportError:
-        pass
-    try:
-        import mpire  # noqa: F401
-
-        pools["mpire"] = _Mpire
-    except ImportError:
-        pass
+    for name, factory in (("loky", _Loky), ("joblib", _Joblib), ("mpire", _Mpire)):
+        if peers.optional(name, f"the {name} rows of the Pool benchmarks") is not None:
+            pools[name] = factory
     return pools
 
 
@@ -199,7 +186,7 @@ def _best(fn: Callable[[], Any], reps: int) -> float:
     return min(times)
 
 
-def measure_warm(quick: bool) -> list[Row]:
+def measure_warm(quick: bool, pools: dict[str, Callable[..., Any]]) -> list[Row]:
     """Tiny tasks (defaults and chunksize=1), one-task latency and CPU scaling, warm pools."""
     rows: list[Row] = []
     n_tiny = 20_000 if quick else 100_000
@@ -208,7 +195,7 @@ def measure_warm(quick: bool) -> list[Row]:
     tiny = list(range(n_tiny))
     ones = list(range(n_one))
     expect_tiny = [x * x for x in tiny]
-    for name, factory in _pools().items():
+    for name, factory in pools.items():
         pool = factory()
         try:
             pool.map(square, list(range(100)), None)  # warm up
@@ -236,7 +223,7 @@ def measure_warm(quick: bool) -> list[Row]:
     coarse = [300_000 if not quick else 60_000] * 16
     expect = [spin(coarse[0])] * len(coarse)
     for workers in (1, 2, 4):
-        for name, factory in _pools().items():
+        for name, factory in pools.items():
             pool = factory(workers)
             try:
                 pool.map(spin, [10] * 8, None)
@@ -262,10 +249,10 @@ _COLD = {
 }
 
 
-def measure_cold(quick: bool) -> list[Row]:
+def measure_cold(quick: bool, pools: dict[str, Callable[..., Any]]) -> list[Row]:
     """A fresh interpreter: import, make a pool, get one result, exit."""
     rows = []
-    for name in _pools():
+    for name in pools:
         code = _COLD[name]
         times = []
         for _ in range(2 if quick else 5):
@@ -368,11 +355,9 @@ def render(rows: list[Row]) -> str:
 
 def plot(rows: list[Row], path: Path) -> None:
     """A bar chart per warm benchmark (µs per task, latency)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = peers.pyplot(path.name)
+    if plt is None:
+        return
     wanted = ["tiny tasks, default chunking", "tiny tasks, chunksize=1", "submit→result, one task"]
     fig, axes = plt.subplots(1, len(wanted), figsize=(15, 4.5))
     for ax, bench in zip(axes, wanted, strict=True):
@@ -388,6 +373,7 @@ def plot(rows: list[Row], path: Path) -> None:
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def run(out: Path, quick: bool) -> int:
@@ -395,8 +381,9 @@ def run(out: Path, quick: bool) -> int:
     import tempfile
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = measure_warm(quick)
-    rows += measure_cold(quick)
+    pools = _pools()
+    rows = measure_warm(quick, pools)
+    rows += measure_cold(quick, pools)
     with tempfile.TemporaryDirectory() as tmp:
         rows += measure_death(Path(tmp))
     text = render(rows)
