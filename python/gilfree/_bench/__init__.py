@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size",
         type=_demo.positive_int,
-        help=f"integers in the scaling data set (default {_demo.DEFAULT_SIZE:,}; 40,000 with --quick)",
+        help=f"integers in the scaling data set (default {_demo.DEFAULT_SIZE:,}; 20,000 with --quick)",
     )
     parser.add_argument(
         "--workers",
@@ -135,7 +135,7 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     from gilfree._bench.scaling import ScalingRow, measure_scaling
 
     cores = len(os.sched_getaffinity(0))
-    size = args.size or (40_000 if args.quick else _demo.DEFAULT_SIZE)
+    size = args.size or (20_000 if args.quick else _demo.DEFAULT_SIZE)
     counts = sorted(set(args.workers or ([1, 2] if args.quick else [1, 2, 4, cores])))
     reps = args.reps or (50 if args.quick else 300)
     repeat = args.repeat or (1 if args.quick else 3)
@@ -150,7 +150,7 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     errors: list[str] = []
     if "latency" not in skip:
         print(f"1. start→join latency of one trivial worker ({reps} reps)", flush=True)
-        latency = measure_latency(reps)
+        latency = measure_latency(reps, process_cap=20 if args.quick else 100)
     if "scaling" not in skip:
         print(f"2. CPU scaling: {size:,} integers, W = {counts}, best of {repeat}", flush=True)
         scaling, errors = measure_scaling(size, counts, repeat)

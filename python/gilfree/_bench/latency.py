@@ -59,16 +59,17 @@ def _latency(name: str, once: Callable[[], int], reps: int, warmup: int) -> Late
     return row
 
 
-def measure_latency(reps: int) -> list[LatencyRow]:
+def measure_latency(reps: int, process_cap: int = 100) -> list[LatencyRow]:
     """Measures start→join latency of one trivial worker with each backend.
 
     gilfree is measured last, so that no peer forks this process while the engine's threads
     run (``fork`` copies only the calling thread).
 
     Args:
-        reps: Repetitions for gilfree, threading and the warm pool; the multiprocessing rows
-            use fewer (at most 100 with ``fork`` and ``forkserver``, 20 with ``spawn``) because
-            each one starts a process.
+        reps: Repetitions for gilfree, threading and the warm pool.
+        process_cap: The most repetitions of the multiprocessing rows, which start a process
+            each: ``fork`` and ``forkserver`` run at most this many, ``spawn`` (an interpreter
+            each) a fifth of it.
 
     Returns:
         One row per backend, gilfree first.
@@ -82,7 +83,11 @@ def measure_latency(reps: int) -> list[LatencyRow]:
         )
     ]
     methods = multiprocessing.get_all_start_methods()
-    for method, cap in (("fork", 100), ("forkserver", 100), ("spawn", 20)):
+    for method, cap in (
+        ("fork", process_cap),
+        ("forkserver", process_cap),
+        ("spawn", max(1, process_cap // 5)),
+    ):
         if method not in methods:
             continue
         ctx = multiprocessing.get_context(method)

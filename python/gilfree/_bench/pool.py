@@ -189,18 +189,20 @@ def _best(fn: Callable[[], Any], reps: int) -> float:
 def measure_warm(quick: bool, pools: dict[str, Callable[..., Any]]) -> list[Row]:
     """Tiny tasks (defaults and chunksize=1), one-task latency and CPU scaling, warm pools."""
     rows: list[Row] = []
-    n_tiny = 20_000 if quick else 100_000
-    n_one = 1_000 if quick else 5_000
-    reps_lat = 100 if quick else 500
+    n_tiny = 5_000 if quick else 100_000
+    n_one = 500 if quick else 5_000
+    reps_lat = 50 if quick else 500
+    reps = 2 if quick else 3
     tiny = list(range(n_tiny))
     ones = list(range(n_one))
     expect_tiny = [x * x for x in tiny]
     for name, factory in pools.items():
+        print(f"  {name}: tiny tasks and one-task latency", flush=True)
         pool = factory()
         try:
             pool.map(square, list(range(100)), None)  # warm up
             assert pool.map(square, tiny, None) == expect_tiny
-            secs = _best(lambda pool=pool: pool.map(square, tiny, None), 3)
+            secs = _best(lambda pool=pool: pool.map(square, tiny, None), reps)
             rows.append(Row("tiny tasks, default chunking", name, secs / n_tiny * 1e6, "µs/task"))
             secs = _best(lambda pool=pool: pool.map(square, ones, 1), 2)
             rows.append(Row("tiny tasks, chunksize=1", name, secs / n_one * 1e6, "µs/task"))
@@ -220,9 +222,10 @@ def measure_warm(quick: bool, pools: dict[str, Callable[..., Any]]) -> list[Row]
             )
         finally:
             pool.close()
-    coarse = [300_000 if not quick else 60_000] * 16
+    coarse = [30_000] * 8 if quick else [300_000] * 16
     expect = [spin(coarse[0])] * len(coarse)
-    for workers in (1, 2, 4):
+    for workers in (1, 2) if quick else (1, 2, 4):
+        print(f"  coarse map, W={workers}: {', '.join(pools)}", flush=True)
         for name, factory in pools.items():
             pool = factory(workers)
             try:
@@ -252,10 +255,11 @@ _COLD = {
 def measure_cold(quick: bool, pools: dict[str, Callable[..., Any]]) -> list[Row]:
     """A fresh interpreter: import, make a pool, get one result, exit."""
     rows = []
+    print(f"  cold start: {', '.join(pools)}", flush=True)
     for name in pools:
         code = _COLD[name]
         times = []
-        for _ in range(2 if quick else 5):
+        for _ in range(1 if quick else 5):
             t = time.perf_counter()
             subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
             times.append(time.perf_counter() - t)
@@ -384,6 +388,7 @@ def run(out: Path, quick: bool) -> int:
     pools = _pools()
     rows = measure_warm(quick, pools)
     rows += measure_cold(quick, pools)
+    print("  worker death: gilfree.Pool, ProcessPoolExecutor, multiprocessing.Pool", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         rows += measure_death(Path(tmp))
     text = render(rows)
