@@ -161,6 +161,7 @@ def test_quick_scaling_without_peers_names_them_and_succeeds(tmp_path: Path) -> 
     report = (out / "RESULTS.md").read_text(encoding="utf-8")
     assert "| gilfree.Worker | 1 |" in report
     assert "| threading.Thread | 1 |" in report
+    assert "| peers not installed (skipped) | joblib, mpire, matplotlib |" in report
     assert "| mpire |" not in report and "| joblib (loky) |" not in report
     assert not list(out.glob("*.png"))
     assert "1. start→join latency" not in proc.stdout  # --only scaling ran that part alone
@@ -175,6 +176,22 @@ def test_arrays_without_numpy_is_skipped_by_name(tmp_path: Path) -> None:
     assert "skipped: the large-arrays part: numpy is not installed" in proc.stdout
     assert "requirements/bench.txt" in proc.stdout
     assert not (out / "RESULTS.md").exists()
+
+
+def test_full_run_without_numpy_leaves_out_arrays_and_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    parts = ("latency", "scaling", "primitives", "pool")
+    skips = [arg for part in parts for arg in ("--skip", part)]
+    proc = run_gilfree(
+        "bench", "--quick", *skips, "--out", str(out), blocked=("numpy",), tmp=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "4. large arrays" in proc.stdout
+    assert "skipped: the large-arrays part: numpy is not installed" in proc.stdout
+    report = (out / "RESULTS.md").read_text(encoding="utf-8")
+    assert "| peers not installed (skipped) | numpy |" in report
+    assert "<!-- arrays:start -->" not in report
+    assert not (out / "POOL.md").exists()
 
 
 def test_pool_peers_and_plot_are_skipped_by_name(

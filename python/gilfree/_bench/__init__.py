@@ -130,7 +130,7 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit status: 0, or 1 if a backend computed a wrong answer.
     """
-    from gilfree._bench import arrays, pool, primitives, report, summary
+    from gilfree._bench import arrays, peers, pool, primitives, report, summary
     from gilfree._bench.latency import LatencyRow, measure_latency
     from gilfree._bench.scaling import ScalingRow, measure_scaling
 
@@ -157,18 +157,22 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     plots = summary.plot(latency, scaling, out)
-    text = summary.render_markdown(info, latency, scaling, size, repeat, plots)
+    sections: list[tuple[str, str]] = []
     if "primitives" not in skip:
         print("3. primitives: uncontended Lock and Queue round trips", flush=True)
         prims = primitives.measure(args.quick)
-        section = primitives.render(prims, primitives.plot(prims, out))
-        text = report.merge(text, section, "primitives")
+        sections.append((primitives.render(prims, primitives.plot(prims, out)), "primitives"))
     if "arrays" not in skip:
         size_mb = arrays.default_size_mb(args.quick)
         print(f"4. large arrays: a {size_mb} MB array through an identity task", flush=True)
         rows = arrays.measure(args.quick)
         if rows:
-            text = report.merge(text, arrays.section(rows, out, size_mb), "arrays")
+            sections.append((arrays.section(rows, out, size_mb), "arrays"))
+    if peers.skipped_names:
+        info["peers not installed (skipped)"] = ", ".join(peers.skipped_names)
+    text = summary.render_markdown(info, latency, scaling, size, repeat, plots)
+    for section, name in sections:
+        text = report.merge(text, section, name)
     (out / "RESULTS.md").write_text(text, encoding="utf-8")
     raw = {
         "machine": info,

@@ -12,6 +12,8 @@ from types import ModuleType
 
 #: What to run to get every peer.
 INSTALL = "pip install -r requirements/bench.txt"
+#: The peers skipped so far in this run, in the order they were first missed (for the report).
+skipped_names: list[str] = []
 
 
 def skipped(name: str, what: str) -> None:
@@ -22,6 +24,8 @@ def skipped(name: str, what: str) -> None:
         what: What is left out without it, e.g. ``"the mpire rows of CPU scaling"``.
     """
     print(f"  skipped: {what}: {name} is not installed (to install it: {INSTALL})", flush=True)
+    if name not in skipped_names:
+        skipped_names.append(name)
 
 
 def optional(name: str, what: str) -> ModuleType | None:
