@@ -2,6 +2,9 @@
 
 ``python -m gilfree demo`` runs the threading tutorial on gilfree, then its limit, measured;
 ``python -m gilfree bench`` runs the benchmark suite (the same as ``benchmarks/run.py``).
+
+The benchmarks (:mod:`gilfree._bench`) are imported only when ``bench`` runs: the parser here
+names the command, and hands everything after it to the suite's own parser.
 """
 
 from __future__ import annotations
@@ -10,15 +13,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gilfree import _bench, _demo
+from gilfree import _demo
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Builds the parser of ``python -m gilfree`` and its subcommands.
 
     Returns:
-        The parser; each subcommand sets ``func``, which takes the parsed arguments and
-        returns an exit status.
+        The parser; ``demo`` sets ``func``, which takes the parsed arguments and returns an
+        exit status. ``bench`` sets ``func`` to ``None``: :func:`main` passes its arguments,
+        unparsed, to :func:`gilfree._bench.cli`.
     """
     parser = argparse.ArgumentParser(
         prog="python -m gilfree",
@@ -33,15 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
             " one CPU-bound pure-Python job with threading.Thread and with gilfree.Worker.",
         )
     )
-    _bench.add_arguments(
-        sub.add_parser(
-            "bench",
-            help="benchmark gilfree beside threading, multiprocessing and peers",
-            description="Measure start-to-join latency and CPU scaling of gilfree beside"
-            " threading, multiprocessing, concurrent.futures, joblib and mpire; write"
-            " RESULTS.md, results.json and PNG plots. See benchmarks/README.md.",
-        )
-    )
+    sub.add_parser(
+        "bench",
+        add_help=False,  # `bench --help` is the suite's own, with its options
+        help="benchmark gilfree beside threading, multiprocessing and peers"
+        " (`bench --help` for its options)",
+    ).set_defaults(func=None)
     return parser
 
 
@@ -54,11 +55,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit status.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
+    if args.func is None:
+        from gilfree._bench import cli  # the benchmarks load for this command only
+
+        return cli(rest, prog="python -m gilfree bench")
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.func(args))
 
 

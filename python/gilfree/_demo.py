@@ -6,7 +6,8 @@ set, split into slices across W workers, once with :class:`threading.Thread` and
 :class:`gilfree.Worker`, and prints the timings side by side.
 
 The job and the worker classes are module-level so that they pickle by reference, and so that
-``benchmarks/`` (through :mod:`gilfree._bench`) measures exactly the same work.
+``benchmarks/`` (the :mod:`gilfree._bench` package, which this module never imports) measures
+exactly the same work.
 """
 
 from __future__ import annotations

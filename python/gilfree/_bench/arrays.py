@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gilfree import _bench_report
+from gilfree._bench import peers, report
 
-START, END = _bench_report.markers("arrays")
+START, END = report.markers("arrays")
 #: Goal: effective GB/s of gilfree's identity round trip of a 400 MB array.
 GOAL_GBPS = 12.0
 #: Goal: gilfree's throughput over ProcessPoolExecutor's.
@@ -87,16 +87,22 @@ def _time(
     return times
 
 
+def default_size_mb(quick: bool) -> int:
+    """The array's size in MB: 400, or 40 for a ``--quick`` run."""
+    return 40 if quick else 400
+
+
 def measure(
     quick: bool = False, size_mb: int | None = None, reps: int | None = None
 ) -> list[ArrayRow]:
     """Times every backend's identity round trip of one array of ``size_mb`` MB (default 400;
-    40 with ``quick``)."""
-    import numpy as np
-
+    40 with ``quick``); no rows, and a line that says so, without numpy."""
+    np = peers.optional("numpy", "the large-arrays part")
+    if np is None:
+        return []
     import gilfree
 
-    size_mb = size_mb or (40 if quick else 400)
+    size_mb = size_mb or default_size_mb(quick)
     reps = reps or (3 if quick else 5)
     a = np.random.default_rng(0).random(size_mb * 2**20 // 8)
     nbytes = a.nbytes
@@ -164,10 +170,7 @@ def measure(
             block.close()
             block.unlink()
 
-    try:
-        import joblib
-    except ImportError:
-        joblib = None
+    joblib = peers.optional("joblib", "the joblib row of large arrays")
     if joblib is not None:
         with joblib.Parallel(n_jobs=2, backend="loky") as par:
             add(
@@ -219,12 +222,8 @@ def render(rows: Sequence[ArrayRow], plot_name: str | None, size_mb: int) -> str
 
 def plot(rows: Sequence[ArrayRow], out: Path) -> str | None:
     """Draws ``arrays.png`` (bars, log scale); ``None`` without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = peers.pyplot("arrays.png")
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
     colors = ["#d62728" if r.library.startswith("gilfree") else "#7f7f7f" for r in rows]
@@ -250,5 +249,5 @@ def section(rows: Sequence[ArrayRow], out: Path, size_mb: int) -> str:
 def write(rows: Sequence[ArrayRow], out: Path, size_mb: int) -> str:
     """Writes ``arrays.png`` and the section into ``out/RESULTS.md``; returns the section."""
     text = section(rows, out, size_mb)
-    _bench_report.write(out, text, "arrays")
+    report.write(out, text, "arrays")
     return text

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import gilfree
+from gilfree._bench import peers
 
 WORKERS = 2
 # Goals from the Pool issue (benchmark targets, not test assertions).
@@ -67,31 +68,17 @@ class Row:
     note: str = ""
 
 
-def _pools() -> dict[str, Callable[[], Any]]:
-    """Factories of warm pools with a common ``map(fn, items, chunksize)`` / ``one(fn, x)``."""
-    pools: dict[str, Callable[[], Any]] = {
+def _pools() -> dict[str, Callable[..., Any]]:
+    """Factories of warm pools with a common ``map(fn, items, chunksize)`` / ``one(fn, x)``; a
+    peer that is not installed is left out, with a line that names it."""
+    pools: dict[str, Callable[..., Any]] = {
         "gilfree.Pool": _GilfreePool,
         "multiprocessing.Pool": _MpPool,
         "ProcessPoolExecutor": _Ppe,
     }
-    try:
-        import loky  # noqa: F401
-
-        pools["loky"] = _Loky
-    except ImportError:
-        pass
-    try:
-        import joblib  # noqa: F401
-
-        pools["joblib"] = _Joblib
-    except ImportError:
-        pass
-    try:
-        import mpire  # noqa: F401
-
-        pools["mpire"] = _Mpire
-    except ImportError:
-        pass
+    for name, factory in (("loky", _Loky), ("joblib", _Joblib), ("mpire", _Mpire)):
+        if peers.optional(name, f"the {name} rows of the Pool benchmarks") is not None:
+            pools[name] = factory
     return pools
 
 
@@ -199,21 +186,23 @@ def _best(fn: Callable[[], Any], reps: int) -> float:
     return min(times)
 
 
-def measure_warm(quick: bool) -> list[Row]:
+def measure_warm(quick: bool, pools: dict[str, Callable[..., Any]]) -> list[Row]:
     """Tiny tasks (defaults and chunksize=1), one-task latency and CPU scaling, warm pools."""
     rows: list[Row] = []
-    n_tiny = 20_000 if quick else 100_000
-    n_one = 1_000 if quick else 5_000
-    reps_lat = 100 if quick else 500
+    n_tiny = 5_000 if quick else 100_000
+    n_one = 500 if quick else 5_000
+    reps_lat = 50 if quick else 500
+    reps = 2 if quick else 3
     tiny = list(range(n_tiny))
     ones = list(range(n_one))
     expect_tiny = [x * x for x in tiny]
-    for name, factory in _pools().items():
+    for name, factory in pools.items():
+        print(f"  {name}: tiny tasks and one-task latency", flush=True)
         pool = factory()
         try:
             pool.map(square, list(range(100)), None)  # warm up
             assert pool.map(square, tiny, None) == expect_tiny
-            secs = _best(lambda pool=pool: pool.map(square, tiny, None), 3)
+            secs = _best(lambda pool=pool: pool.map(square, tiny, None), reps)
             rows.append(Row("tiny tasks, default chunking", name, secs / n_tiny * 1e6, "µs/task"))
             secs = _best(lambda pool=pool: pool.map(square, ones, 1), 2)
             rows.append(Row("tiny tasks, chunksize=1", name, secs / n_one * 1e6, "µs/task"))
@@ -233,10 +222,11 @@ def measure_warm(quick: bool) -> list[Row]:
             )
         finally:
             pool.close()
-    coarse = [300_000 if not quick else 60_000] * 16
+    coarse = [30_000] * 8 if quick else [300_000] * 16
     expect = [spin(coarse[0])] * len(coarse)
-    for workers in (1, 2, 4):
-        for name, factory in _pools().items():
+    for workers in (1, 2) if quick else (1, 2, 4):
+        print(f"  coarse map, W={workers}: {', '.join(pools)}", flush=True)
+        for name, factory in pools.items():
             pool = factory(workers)
             try:
                 pool.map(spin, [10] * 8, None)
@@ -262,13 +252,14 @@ _COLD = {
 }
 
 
-def measure_cold(quick: bool) -> list[Row]:
+def measure_cold(quick: bool, pools: dict[str, Callable[..., Any]]) -> list[Row]:
     """A fresh interpreter: import, make a pool, get one result, exit."""
     rows = []
-    for name in _pools():
+    print(f"  cold start: {', '.join(pools)}", flush=True)
+    for name in pools:
         code = _COLD[name]
         times = []
-        for _ in range(2 if quick else 5):
+        for _ in range(1 if quick else 5):
             t = time.perf_counter()
             subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
             times.append(time.perf_counter() - t)
@@ -368,11 +359,9 @@ def render(rows: list[Row]) -> str:
 
 def plot(rows: list[Row], path: Path) -> None:
     """A bar chart per warm benchmark (µs per task, latency)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = peers.pyplot(path.name)
+    if plt is None:
+        return
     wanted = ["tiny tasks, default chunking", "tiny tasks, chunksize=1", "submit→result, one task"]
     fig, axes = plt.subplots(1, len(wanted), figsize=(15, 4.5))
     for ax, bench in zip(axes, wanted, strict=True):
@@ -388,6 +377,7 @@ def plot(rows: list[Row], path: Path) -> None:
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def run(out: Path, quick: bool) -> int:
@@ -395,8 +385,10 @@ def run(out: Path, quick: bool) -> int:
     import tempfile
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = measure_warm(quick)
-    rows += measure_cold(quick)
+    pools = _pools()
+    rows = measure_warm(quick, pools)
+    rows += measure_cold(quick, pools)
+    print("  worker death: gilfree.Pool, ProcessPoolExecutor, multiprocessing.Pool", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         rows += measure_death(Path(tmp))
     text = render(rows)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gilfree import _bench_report
+from gilfree._bench import peers, report
 
-START, END = _bench_report.markers("primitives")
+START, END = report.markers("primitives")
 
 
 @dataclass
@@ -136,12 +136,8 @@ def render(rows: Sequence[PrimitiveRow], plot_name: str | None) -> str:
 def plot(rows: Sequence[PrimitiveRow], out: Path) -> str | None:
     """Draws ``primitives.png`` (bars; log scale where they span 20x); ``None`` without
     matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = peers.pyplot("primitives.png")
+    if plt is None:
         return None
     benches = list(dict.fromkeys(r.bench for r in rows))
     fig, axes = plt.subplots(1, len(benches), figsize=(6 * len(benches), 4))
@@ -167,5 +163,5 @@ def write(rows: Sequence[PrimitiveRow], out: Path) -> str:
     """Writes ``primitives.png`` and the section into ``out/RESULTS.md``; returns the section."""
     out.mkdir(parents=True, exist_ok=True)
     section = render(rows, plot(rows, out))
-    _bench_report.write(out, section, "primitives")
+    report.write(out, section, "primitives")
     return section
