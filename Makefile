@@ -84,7 +84,7 @@ loom:  ## model-check the lock word, event counter and ring indices under loom
 		cargo test -p gilfree-core --release loom_
 
 .PHONY: lint-rust
-lint-rust:  ## cargo fmt --check and clippy -D warnings
+lint-rust: | $(VPY)  ## cargo fmt --check and clippy -D warnings (clippy.toml: the loom seam)
 	cargo fmt --all -- --check
 	PYO3_PYTHON=$(abspath $(VPY)) cargo clippy --workspace --all-targets -- -D warnings
 
