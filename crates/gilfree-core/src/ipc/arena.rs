@@ -72,7 +72,6 @@
 //! The arena lives as long as any process maps it: memfd memory is freed by the kernel when
 //! the last mapping and fd are gone, and nothing is ever created in `/dev/shm`.
 
-use std::cell::UnsafeCell;
 use std::io;
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -83,7 +82,7 @@ use crate::ipc::error::AttachError;
 use crate::ipc::heap::Heap;
 use crate::ipc::mutex::RawMutex;
 use crate::shm::segment::Segment;
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
 
 use super::free_list;
 

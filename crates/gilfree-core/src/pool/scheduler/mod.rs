@@ -29,7 +29,7 @@ mod slot;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use super::process::ExitInfo;
 use super::supervisor::{Engine, Lease};
 use crate::error::RecvError;
 use crate::ipc::notify::next_slice;
+use crate::sync::unmodelled::{Condvar, Mutex, MutexGuard};
 use crate::wait::Wait;
 
 /// The first byte of a [`End::Broken`] frame made by the engine itself (a worker could not be
