@@ -79,9 +79,10 @@ test: install  ## run every test: Rust (gilfree-core, without Python), then pyte
 	echo "process table: no gilfree worker left"
 
 .PHONY: loom
-loom:  ## model-check the lock word, event counter and ring indices under loom
+loom:  ## loom models (tests/loom_*.rs): ring, arena free list, event, semaphore, condition, barrier, queue
+	@# Only the loom_* test files are built: the other test binaries never run a model.
 	RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
-		cargo test -p gilfree-core --release loom_
+		cargo test -p gilfree-core --release --test 'loom_*'
 
 .PHONY: lint-rust
 lint-rust: | $(VPY)  ## cargo fmt --check and clippy -D warnings (clippy.toml: the loom seam)

@@ -18,7 +18,6 @@
 
 #[cfg(not(loom))]
 pub mod arena;
-#[cfg(not(loom))]
 pub mod barrier;
 pub mod condition;
 pub mod error;
@@ -31,7 +30,6 @@ pub mod lock;
 #[cfg(not(loom))]
 pub mod mutex;
 pub mod notify;
-#[cfg(not(loom))]
 pub mod queue;
 pub mod semaphore;
 
