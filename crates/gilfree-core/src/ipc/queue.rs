@@ -81,7 +81,6 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::ipc::error::{AcquireError, GetError, PutError, TaskDoneError};
-use crate::ipc::notify::WaitError;
 use crate::Wait;
 
 #[cfg(not(loom))]
@@ -90,6 +89,8 @@ use crate::ipc::error::Acquired;
 use crate::ipc::futex::Futex;
 #[cfg(not(loom))]
 use crate::ipc::heap::{Heap, CHUNK_SIZE};
+#[cfg(not(loom))]
+use crate::ipc::notify::WaitError;
 #[cfg(not(loom))]
 use crate::sync::{AtomicU32, AtomicU64, Ordering::SeqCst};
 
