@@ -83,9 +83,10 @@ test: install  ## run every test: Rust (gilfree-core, without Python), then pyte
 	echo "process table: no gilfree worker left"
 
 .PHONY: loom
-loom:  ## model-check the lock word, event counter and ring indices under loom
+loom:  ## loom models (tests/loom_*.rs): ring, arena free list, event, semaphore, condition, barrier, queue
+	@# Only the loom_* test files are built: the other test binaries never run a model.
 	RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
-		cargo test -p gilfree-core --release loom_
+		cargo test -p gilfree-core --release --test 'loom_*'
 
 .PHONY: soak
 soak: install  ## long chaos runs: many tasks, random SIGKILLs (SOAK_TASKS, SOAK_SEEDS)
@@ -93,7 +94,7 @@ soak: install  ## long chaos runs: many tasks, random SIGKILLs (SOAK_TASKS, SOAK
 		$(VPY) -m pytest tests/test_chaos.py -v
 
 .PHONY: lint-rust
-lint-rust:  ## cargo fmt --check and clippy -D warnings
+lint-rust: | $(VPY)  ## cargo fmt --check and clippy -D warnings (clippy.toml: the loom seam)
 	cargo fmt --all -- --check
 	PYO3_PYTHON=$(abspath $(VPY)) cargo clippy --workspace --all-targets -- -D warnings
 

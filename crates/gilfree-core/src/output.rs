@@ -25,22 +25,19 @@
 //!    so shared primitives learn of the death without anybody joining or polling. Pipe EOF is
 //!    not used for this: a worker may close its stdout and go on running.
 
-// The process layer runs real threads and processes and is never part of a loom model, so it
-// uses std's sync types directly (as `sync::GlobalMutex` does), not the loom seam.
-#![allow(clippy::disallowed_types)]
-
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use rustix::io::Errno;
 
 use crate::pool::process::DeathWatch;
+use crate::sync::unmodelled::{AtomicBool, Mutex, MutexGuard};
+use crate::sync::Ordering;
 
 /// Which of a worker's output streams a chunk of text came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

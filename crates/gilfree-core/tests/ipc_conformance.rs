@@ -51,7 +51,7 @@ fn lock_basics(lock: &impl RawLock) {
 
 fn lock_hand_off(lock: &impl RawLock) {
     let mut counter = 0u64;
-    let counter_ptr = std::sync::Mutex::new(&mut counter);
+    let counter_ptr = gilfree_core::sync::unmodelled::Mutex::new(&mut counter);
     thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
@@ -323,7 +323,7 @@ fn queue_byte_capacity(q: &impl ByteQueue) {
 /// each producer's items in order.
 fn queue_mpmc(q: &impl ByteQueue) {
     const PER: u32 = 500;
-    let got = std::sync::Mutex::new(Vec::new());
+    let got = gilfree_core::sync::unmodelled::Mutex::new(Vec::new());
     thread::scope(|s| {
         for p in 0..4u32 {
             s.spawn(move || {

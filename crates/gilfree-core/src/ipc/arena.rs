@@ -126,7 +126,6 @@
 //! The arena lives as long as any process maps it: memfd memory is freed by the kernel when
 //! the last mapping and fd are gone, and nothing is ever created in `/dev/shm`.
 
-use std::cell::UnsafeCell;
 use std::io;
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -138,7 +137,7 @@ use crate::ipc::heap::{Heap, CHUNK_SIZE};
 use crate::ipc::mutex::RawMutex;
 use crate::ipc::refcount::{self, Step};
 use crate::shm::segment::Segment;
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell};
 
 use super::free_list;
 

@@ -37,9 +37,12 @@
 //! (`EOWNERDEAD`), which carries on: every step leaves the words consistent before it sleeps.
 
 use crate::ipc::error::BarrierError;
+#[cfg(not(loom))]
 use crate::ipc::futex::{Futex, ShmFutex};
+#[cfg(not(loom))]
 use crate::ipc::mutex::RawMutex;
 use crate::ipc::notify::WaitError;
+#[cfg(not(loom))]
 use crate::sync::{AtomicU32, Ordering::SeqCst};
 use crate::Wait;
 
@@ -91,6 +94,7 @@ pub trait Barrier: Sync {
 }
 
 /// The barrier's shared words and protocol (module doc).
+#[cfg(not(loom))]
 #[repr(C)]
 pub struct BarrierBody {
     mutex: RawMutex,
@@ -100,14 +104,17 @@ pub struct BarrierBody {
     seq: AtomicU32,
 }
 
+#[cfg(not(loom))]
 struct Held<'a>(&'a BarrierBody);
 
+#[cfg(not(loom))]
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         let _ = self.0.mutex.unlock();
     }
 }
 
+#[cfg(not(loom))]
 impl BarrierBody {
     /// Initialises a barrier for `parties` threads in place.
     ///
@@ -260,17 +267,20 @@ impl BarrierBody {
 }
 
 /// The shared-memory barrier: a [`BarrierBody`] in an arena slot.
+#[cfg(not(loom))]
 #[derive(Debug)]
 pub struct ShmBarrier {
     slot: super::arena::TypedSlot<BarrierBody>,
 }
 
+#[cfg(not(loom))]
 // SAFETY: `ShmBarrier::new` initialises every Barrier slot as a `BarrierBody` (atomics and a
 // process-shared mutex, within a slot body).
 unsafe impl super::arena::SlotBody for BarrierBody {
     const KIND: super::arena::Kind = super::arena::Kind::Barrier;
 }
 
+#[cfg(not(loom))]
 impl ShmBarrier {
     /// Allocates a barrier for `parties` threads in `arena`.
     pub fn new(
@@ -305,6 +315,7 @@ impl ShmBarrier {
     }
 }
 
+#[cfg(not(loom))]
 impl Barrier for ShmBarrier {
     fn wait(&self, wait: &mut Wait<'_>) -> Result<Arrival, BarrierError> {
         self.body().wait(wait)
@@ -332,8 +343,8 @@ impl Barrier for ShmBarrier {
 /// The in-process twin: the same state machine ([`BarrierBody`]'s protocol) under a std
 /// mutex, with a condvar for the sleeps.
 pub struct LocalBarrier {
-    state: std::sync::Mutex<LocalBarrierState>,
-    cond: std::sync::Condvar,
+    state: crate::sync::Mutex<LocalBarrierState>,
+    cond: crate::sync::Condvar,
     parties: u32,
 }
 
@@ -343,17 +354,17 @@ struct LocalBarrierState {
     state: u32,
 }
 
-type LocalHeld<'a> = std::sync::MutexGuard<'a, LocalBarrierState>;
+type LocalHeld<'a> = crate::sync::MutexGuard<'a, LocalBarrierState>;
 
 impl LocalBarrier {
     /// A barrier for `parties` threads.
     pub fn new(parties: u32) -> LocalBarrier {
         LocalBarrier {
-            state: std::sync::Mutex::new(LocalBarrierState {
+            state: crate::sync::Mutex::new(LocalBarrierState {
                 count: 0,
                 state: FILLING,
             }),
-            cond: std::sync::Condvar::new(),
+            cond: crate::sync::Condvar::new(),
             parties,
         }
     }
@@ -498,16 +509,19 @@ impl Barrier for LocalBarrier {
 
 /// A plain 8-byte cell in an arena slot: the storage of a `Value` (its lock is a separate
 /// `RLock`). Loads and stores are atomic, so a reader never sees a torn value.
+#[cfg(not(loom))]
 #[derive(Debug)]
 pub struct ShmCell {
     slot: super::arena::TypedSlot<crate::sync::AtomicU64>,
 }
 
+#[cfg(not(loom))]
 // SAFETY: `ShmCell::new` initialises every Cell slot as an `AtomicU64`.
 unsafe impl super::arena::SlotBody for crate::sync::AtomicU64 {
     const KIND: super::arena::Kind = super::arena::Kind::Cell;
 }
 
+#[cfg(not(loom))]
 impl ShmCell {
     /// Allocates a cell holding `bits` in `arena`.
     pub fn new(

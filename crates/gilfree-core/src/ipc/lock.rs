@@ -49,8 +49,8 @@ pub trait RawLock: Sync {
 /// of the owner, as a robust mutex's owner-died bit does.
 #[cfg(not(loom))]
 pub struct LocalLock {
-    state: std::sync::Mutex<LocalState>,
-    cond: std::sync::Condvar,
+    state: crate::sync::Mutex<LocalState>,
+    cond: crate::sync::Condvar,
     recursive: bool,
 }
 
@@ -67,13 +67,13 @@ impl LocalLock {
     /// A free lock (`recursive`: an `RLock`).
     pub fn new(recursive: bool) -> LocalLock {
         LocalLock {
-            state: std::sync::Mutex::default(),
-            cond: std::sync::Condvar::new(),
+            state: crate::sync::Mutex::default(),
+            cond: crate::sync::Condvar::new(),
             recursive,
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, LocalState> {
+    fn state(&self) -> crate::sync::MutexGuard<'_, LocalState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 

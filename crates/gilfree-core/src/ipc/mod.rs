@@ -19,7 +19,6 @@
 
 #[cfg(not(loom))]
 pub mod arena;
-#[cfg(not(loom))]
 pub mod barrier;
 pub mod condition;
 pub mod error;
@@ -32,7 +31,6 @@ pub mod lock;
 #[cfg(not(loom))]
 pub mod mutex;
 pub mod notify;
-#[cfg(not(loom))]
 pub mod queue;
 pub mod refcount;
 pub mod semaphore;

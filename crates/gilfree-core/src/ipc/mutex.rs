@@ -24,12 +24,11 @@
 //! thread cannot succeed and just waits for the deadline, as it would deadlock with
 //! `threading.Lock`.
 
-use std::cell::UnsafeCell;
 use std::io;
 use std::time::Duration;
 
 use crate::ipc::error::{AcquireError, Acquired, ReleaseError};
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{AtomicU32, Ordering, UnsafeCell};
 use crate::Wait;
 
 /// The low 30 bits of a robust futex word: the owner's TID.

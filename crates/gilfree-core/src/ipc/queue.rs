@@ -80,14 +80,17 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::ipc::error::{AcquireError, Acquired, GetError, PutError, TaskDoneError};
-use crate::ipc::notify::WaitError;
+use crate::ipc::error::{AcquireError, GetError, PutError, TaskDoneError};
 use crate::Wait;
 
+#[cfg(not(loom))]
+use crate::ipc::error::Acquired;
 #[cfg(not(loom))]
 use crate::ipc::futex::Futex;
 #[cfg(not(loom))]
 use crate::ipc::heap::{Heap, CHUNK_SIZE};
+#[cfg(not(loom))]
+use crate::ipc::notify::WaitError;
 #[cfg(not(loom))]
 use crate::sync::{AtomicU32, AtomicU64, Ordering::SeqCst};
 
@@ -115,6 +118,7 @@ pub trait ByteQueue: Sync {
     fn abandon_put(&self, item: &[u8], written: usize);
 }
 
+#[cfg(not(loom))]
 fn wait_error(e: WaitError) -> AcquireError {
     match e {
         WaitError::Timeout => AcquireError::Timeout,
@@ -144,15 +148,13 @@ fn get_error(e: AcquireError) -> GetError {
 // ---- the in-process twin ---------------------------------------------------------------
 
 /// The in-process twin: a `VecDeque` under a std mutex, with condvars.
-#[cfg(not(loom))]
 pub struct LocalQueue {
-    state: std::sync::Mutex<LocalState>,
-    changed: std::sync::Condvar,
+    state: crate::sync::Mutex<LocalState>,
+    changed: crate::sync::Condvar,
     maxsize: usize,
     maxbytes: usize,
 }
 
-#[cfg(not(loom))]
 #[derive(Default)]
 struct LocalState {
     items: VecDeque<Vec<u8>>,
@@ -160,28 +162,27 @@ struct LocalState {
     unfinished: u64,
 }
 
-#[cfg(not(loom))]
 impl LocalQueue {
     /// An empty queue (`maxsize` 0: no item limit; `maxbytes`: the byte capacity).
     pub fn new(maxsize: usize, maxbytes: usize) -> LocalQueue {
         LocalQueue {
-            state: std::sync::Mutex::default(),
-            changed: std::sync::Condvar::new(),
+            state: crate::sync::Mutex::default(),
+            changed: crate::sync::Condvar::new(),
             maxsize,
             maxbytes,
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, LocalState> {
+    fn state(&self) -> crate::sync::MutexGuard<'_, LocalState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sleeps one slice on the condvar; `Err` on deadline or interrupt.
     fn sleep<'a>(
         &'a self,
-        st: std::sync::MutexGuard<'a, LocalState>,
+        st: crate::sync::MutexGuard<'a, LocalState>,
         wait: &mut Wait<'_>,
-    ) -> Result<std::sync::MutexGuard<'a, LocalState>, AcquireError> {
+    ) -> Result<crate::sync::MutexGuard<'a, LocalState>, AcquireError> {
         if wait.remaining() == Some(Duration::ZERO) {
             return Err(AcquireError::Timeout);
         }
@@ -198,7 +199,6 @@ impl LocalQueue {
     }
 }
 
-#[cfg(not(loom))]
 impl ByteQueue for LocalQueue {
     fn put(&self, item: &[u8], block: bool, wait: &mut Wait<'_>) -> Result<(), PutError> {
         let need = 8 + item.len();

@@ -17,8 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::panic::AssertUnwindSafe;
 use std::process::{Child, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{pidfd_send_signal, Signal};
@@ -26,6 +25,8 @@ use rustix::process::{pidfd_send_signal, Signal};
 use super::supervisor::DeathHook;
 use crate::output::WorkerOutput;
 use crate::shm::channel::Channel;
+use crate::sync::unmodelled::{AtomicBool, Mutex, MutexGuard};
+use crate::sync::Ordering;
 
 /// How a worker process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,8 +19,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,6 +28,8 @@ use super::process::WorkerProcess;
 use super::spawn::{self, WorkerCommand};
 use crate::error::{RecvError, SendError, SpawnError};
 use crate::output::{OutputHub, OutputSink};
+use crate::sync::unmodelled::{AtomicBool, Condvar, Mutex, MutexGuard};
+use crate::sync::Ordering;
 use crate::wait::Wait;
 
 /// How an [`Engine`] runs its workers.

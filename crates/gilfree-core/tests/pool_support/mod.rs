@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gilfree_core::output::{OutputSink, Stream};
 use gilfree_core::pool::{Endpoint, EngineConfig, WorkerCommand};
+use gilfree_core::sync::unmodelled::{Condvar, Mutex};
 use gilfree_core::Wait;
 
 /// Set in a child's environment to make its `child_entry` test run the worker loop.

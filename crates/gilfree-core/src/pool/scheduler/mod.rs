@@ -39,7 +39,7 @@ mod slot;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,7 @@ use super::process::ExitInfo;
 use super::supervisor::{Engine, Lease};
 use crate::error::RecvError;
 use crate::ipc::notify::next_slice;
+use crate::sync::unmodelled::{Condvar, Mutex, MutexGuard};
 use crate::wait::Wait;
 
 /// The first byte of a [`End::Broken`] frame made by the engine itself (a worker could not be

@@ -2,12 +2,13 @@
 //! `pool/README.md`, "Scheduler").
 
 use std::collections::VecDeque;
-use std::sync::{Arc, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use super::{failure_frame, End, Shared, State, Task};
 use crate::error::SpawnError;
 use crate::pool::supervisor::Lease;
+use crate::sync::unmodelled::MutexGuard;
 use crate::wait::Wait;
 
 /// Framing overhead of one message in the ring (its length prefix).
