@@ -255,6 +255,9 @@ impl WorkerOutput {
     }
 }
 
+/// What the output thread calls after it saw workers die (see [`OutputHub::after_deaths`]).
+pub(crate) type AfterDeaths = Arc<dyn Fn() + Send + Sync>;
+
 /// The output thread and the set of workers whose pipes it watches.
 ///
 /// # Protocol
@@ -266,9 +269,8 @@ impl WorkerOutput {
 ///    last `Arc` goes).
 /// 4. [`Self::stop`] sets the stop flag and writes the eventfd; the thread then drains every
 ///    worker once more, flushing partial lines, and exits.
-/// What the output thread calls after it saw workers die (see [`OutputHub::after_deaths`]).
-pub(crate) type AfterDeaths = Arc<dyn Fn() + Send + Sync>;
-
+/// 5. When a watched pidfd becomes readable, the thread runs that worker's death hook, then
+///    (once every hook of the round returned) the [`Self::after_deaths`] callback.
 pub(crate) struct OutputHub {
     shared: Arc<HubShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
