@@ -213,7 +213,7 @@ class Condition:
                     endtime = time.monotonic() + waittime
                 else:
                     waittime = endtime - time.monotonic()
-                    if waittime <= 0:
+                    if not waittime > 0:  # NaN too: never wait forever in a busy loop
                         break
             self.wait(waittime)
             result = predicate()

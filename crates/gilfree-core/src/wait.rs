@@ -44,10 +44,11 @@ impl<'a> Wait<'a> {
         }
     }
 
-    /// Waits until `timeout` has passed (`None`: forever).
+    /// Waits until `timeout` has passed (`None`: forever). A timeout so long that its
+    /// deadline cannot be represented as an [`Instant`] means no deadline.
     pub fn timeout(timeout: Option<Duration>) -> Self {
         Wait {
-            deadline: timeout.map(|t| Instant::now() + t),
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
             ..Self::forever()
         }
     }
@@ -93,5 +94,23 @@ impl<'a> Wait<'a> {
             Some(check) => check().is_break(),
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unrepresentable_deadline_means_no_deadline() {
+        assert!(Wait::timeout(Some(Duration::MAX)).deadline.is_none());
+        assert!(Wait::timeout(Some(Duration::MAX)).remaining().is_none());
+    }
+
+    #[test]
+    fn a_finite_timeout_sets_a_deadline() {
+        let w = Wait::timeout(Some(Duration::from_secs(5)));
+        assert!(w.remaining().is_some_and(|r| r <= Duration::from_secs(5)));
+        assert!(Wait::timeout(None).deadline.is_none());
     }
 }
