@@ -303,7 +303,6 @@ def test_nan_timeouts() -> None:
     assert _outcome(ours["Queue.get"]) is ValueError
 
 
-
 def test_timeout_max_itself_is_accepted() -> None:
     # Not waiting (the event is set): only the validation is exercised.
     event = gilfree.Event()
@@ -402,8 +401,7 @@ def test_a_semaphore_bounds_worker_processes() -> None:
     sem = gilfree.BoundedSemaphore(2)
     inside, most = gilfree.Value("i", 0), gilfree.Value("i", 0)
     workers = [
-        gilfree.Worker(target=sync_helpers.count_inside, args=(sem, inside, most))
-        for _ in range(5)
+        gilfree.Worker(target=sync_helpers.count_inside, args=(sem, inside, most)) for _ in range(5)
     ]
     for w in workers:
         w.start()

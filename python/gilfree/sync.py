@@ -51,6 +51,13 @@ def _state(locked: bool) -> str:
     return "locked" if locked else "unlocked"
 
 
+def _name(obj: object) -> str:
+    """``gilfree.Event`` for our classes (as ``threading.Event``), the full name for others."""
+    cls = type(obj)
+    module = "gilfree" if cls.__module__ == __name__ else cls.__module__
+    return f"{module}.{cls.__qualname__}"
+
+
 class Lock(_engine.Lock):
     """A process-shared ``threading.Lock``.
 
@@ -112,7 +119,7 @@ class Event(_engine.Event):
 
     def __repr__(self) -> str:
         state = "set" if self.is_set() else "unset"
-        return f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: {state}>"
+        return f"<{_name(self)} at {id(self):#x}: {state}>"
 
 
 class Semaphore(_engine.Semaphore):
@@ -137,7 +144,7 @@ class Semaphore(_engine.Semaphore):
         return (_rebuild, (type(self), self.handle))
 
     def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: value={self._value}>"
+        return f"<{_name(self)} at {id(self):#x}: value={self._value}>"
 
 
 class BoundedSemaphore(Semaphore):
@@ -154,6 +161,9 @@ class BoundedSemaphore(Semaphore):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         return _engine.Semaphore.__new__(cls, _runtime.arena(), value, True)
+
+    def __repr__(self) -> str:
+        return f"<{_name(self)} at {id(self):#x}: value={self._value}/{self._initial_value}>"
 
 
 class Condition:
@@ -266,6 +276,11 @@ class Barrier:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_barrier, (self._raw.handle, self._action, self._timeout))
+
+    def __repr__(self) -> str:
+        if self.broken:
+            return f"<{_name(self)} at {id(self):#x}: broken>"
+        return f"<{_name(self)} at {id(self):#x}: waiters={self.n_waiting}/{self.parties}>"
 
     def wait(self, timeout: float | None = None) -> int:
         """Waits until ``parties`` threads are waiting; returns this thread's arrival index.

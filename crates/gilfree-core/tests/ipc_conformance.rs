@@ -703,7 +703,8 @@ fn barrier_arrival_during_action(b: &impl Barrier) {
         // The action runs now (on this thread); a third party arrives meanwhile.
         let (tx, rx) = mpsc::channel();
         let third = s.spawn(move || reporting_wait(STEP, tx, |w| b.pass(w)));
-        rx.recv_timeout(STEP).expect("the third party sleeps in wait()");
+        rx.recv_timeout(STEP)
+            .expect("the third party sleeps in wait()");
         b.finish(true);
         assert_eq!(first.join().unwrap(), Arrival::Index(0));
         let fourth = s.spawn(|| b.pass(&mut step()));
@@ -713,7 +714,11 @@ fn barrier_arrival_during_action(b: &impl Barrier) {
         }
         let mut pair = [third.unwrap(), fourth.join().unwrap().unwrap_or(99)];
         pair.sort_unstable();
-        assert_eq!(pair, [0, 1], "the third party passed with the old generation");
+        assert_eq!(
+            pair,
+            [0, 1],
+            "the third party passed with the old generation"
+        );
     });
     assert!(!b.broken() && b.n_waiting() == 0);
 }

@@ -77,7 +77,7 @@ fn owner_died(py: Python<'_>, got: Acquired) -> PyResult<()> {
 }
 
 /// `Lock` and `RLock`.
-#[pyclass(name = "Lock", module = "gilfree._engine", frozen, subclass)]
+#[pyclass(name = "Lock", module = "gilfree._engine", frozen, subclass, weakref)]
 pub struct PyLock {
     pub(crate) inner: ShmLock,
 }
@@ -147,6 +147,11 @@ impl PyLock {
         self.release()
     }
 
+    /// How many times the calling thread holds the lock (`threading.RLock._recursion_count`).
+    fn _recursion_count(&self) -> u32 {
+        self.inner.recursion_count()
+    }
+
     /// Whether the calling thread holds the lock (`Condition` uses it).
     fn _is_owned(&self) -> bool {
         self.inner.is_owned()
@@ -179,7 +184,7 @@ fn blocking_acquire(
 }
 
 /// `Event`.
-#[pyclass(name = "Event", module = "gilfree._engine", frozen, subclass)]
+#[pyclass(name = "Event", module = "gilfree._engine", frozen, subclass, weakref)]
 pub struct PyEvent {
     inner: ShmEvent,
 }
@@ -239,7 +244,13 @@ impl PyEvent {
 }
 
 /// `Semaphore` and `BoundedSemaphore`.
-#[pyclass(name = "Semaphore", module = "gilfree._engine", frozen, subclass)]
+#[pyclass(
+    name = "Semaphore",
+    module = "gilfree._engine",
+    frozen,
+    subclass,
+    weakref
+)]
 pub struct PySemaphore {
     inner: ShmSemaphore,
 }
@@ -308,6 +319,12 @@ impl PySemaphore {
     #[getter]
     fn _value(&self) -> u32 {
         self.inner.value()
+    }
+
+    /// The value the semaphore was created with (a `BoundedSemaphore`'s limit).
+    #[getter]
+    fn _initial_value(&self) -> u32 {
+        self.inner.initial()
     }
 }
 
