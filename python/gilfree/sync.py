@@ -16,6 +16,13 @@ Differences from ``threading`` (all come from being shared between processes):
   are given back (never above the initial value); if it dies while holding a ``Barrier``, the
   barrier is broken (waiters get ``threading.BrokenBarrierError``), so no wait blocks forever.
 - ``Condition.notify(n)`` wakes ``n`` waiters, not necessarily the ones that waited longest.
+  A ``Condition`` needs a gilfree ``Lock`` or ``RLock`` (a ``threading.Lock`` exists in one
+  process only).
+- Timeouts follow ``threading``'s rules (``ValueError`` for a negative one where ``threading``
+  raises it, ``OverflowError`` beyond ``threading.TIMEOUT_MAX``), except that a NaN timeout
+  does not wait where ``threading`` would spin forever (``Semaphore``, ``wait_for``,
+  ``Barrier``), and ``Queue`` rejects it.
+- ``_at_fork_reinit`` does not exist: a forked child shares the primitives with its parent.
 - A primitive exists while some process holds it: keep it alive in the parent while workers use
   it (passing a handle whose every holder is gone raises ``RuntimeError`` on arrival).
 """
