@@ -51,6 +51,43 @@ def hold_and_block(prim: Any, ready: gilfree.Event) -> None:
     threading.Event().wait()
 
 
+def hold_until(lock: Any, held: gilfree.Event, release: gilfree.Event) -> None:
+    """Holds ``lock`` until ``release`` is set."""
+    with lock:
+        held.set()
+        assert release.wait(WATCHDOG)
+
+
+def event_wait(event: gilfree.Event) -> bool:
+    return event.wait(WATCHDOG)
+
+
+def count_inside(sem: gilfree.Semaphore, inside: gilfree.Value, most: gilfree.Value) -> None:
+    """Holds a permit of ``sem`` while counting the holders; records the most seen at once."""
+    with sem:
+        with inside.get_lock():
+            inside.value += 1
+            most.value = max(most.value, inside.value)
+        with inside.get_lock():
+            inside.value -= 1
+
+
+def condition_wait(cond: gilfree.Condition, waiting: gilfree.Event) -> bool:
+    """Waits on ``cond`` (having said so while holding its lock); returns ``wait``'s result."""
+    with cond:
+        waiting.set()
+        return cond.wait(WATCHDOG)
+
+
+def add_one(counter: gilfree.Value) -> None:
+    with counter.get_lock():
+        counter.value += 1
+
+
+def barrier_rounds(barrier: gilfree.Barrier, rounds: int) -> list[int]:
+    return [barrier.wait(WATCHDOG) for _ in range(rounds)]
+
+
 def run_sequence(mod: Any, name: str) -> list[Any]:
     """Runs one scripted sequence of calls on ``mod.<primitive>`` (``threading`` or
     ``gilfree``) and records every result or exception (type and message)."""

@@ -36,11 +36,6 @@ def _rebuild(cls: type, handle: int) -> Any:
     return _engine.Queue.__new__(cls, _runtime.arena(), handle=handle)
 
 
-def _check_timeout(block: bool, timeout: float | None) -> None:
-    if block and timeout is not None and timeout < 0:
-        raise ValueError("'timeout' must be a non-negative number")
-
-
 class Queue(_engine.Queue):
     """A process-shared FIFO queue with ``queue.Queue``'s API.
 
@@ -77,7 +72,6 @@ class Queue(_engine.Queue):
         Raises:
             queue.Full: No room (``block`` false, or the timeout passed).
         """
-        _check_timeout(block, timeout)
         if not self._put(_serialize.dumps(item), block, timeout):
             raise queue.Full
 
@@ -87,7 +81,6 @@ class Queue(_engine.Queue):
         Raises:
             queue.Empty: No item (``block`` false, or the timeout passed).
         """
-        _check_timeout(block, timeout)
         data = self._get(block, timeout)
         if data is None:
             raise queue.Empty

@@ -16,6 +16,13 @@ Differences from ``threading`` (all come from being shared between processes):
   are given back (never above the initial value); if it dies while holding a ``Barrier``, the
   barrier is broken (waiters get ``threading.BrokenBarrierError``), so no wait blocks forever.
 - ``Condition.notify(n)`` wakes ``n`` waiters, not necessarily the ones that waited longest.
+  A ``Condition`` needs a gilfree ``Lock`` or ``RLock`` (a ``threading.Lock`` exists in one
+  process only).
+- Timeouts follow ``threading``'s rules (``ValueError`` for a negative one where ``threading``
+  raises it, ``OverflowError`` beyond ``threading.TIMEOUT_MAX``), except that a NaN timeout
+  does not wait where ``threading`` would spin forever (``Semaphore``, ``wait_for``,
+  ``Barrier``), and ``Queue`` rejects it.
+- ``_at_fork_reinit`` does not exist: a forked child shares the primitives with its parent.
 - A primitive exists while some process holds it: keep it alive in the parent while workers use
   it (passing a handle whose every holder is gone raises ``RuntimeError`` on arrival).
 """
@@ -49,6 +56,13 @@ def _rebuild(cls: type, handle: int) -> Any:
 
 def _state(locked: bool) -> str:
     return "locked" if locked else "unlocked"
+
+
+def _name(obj: object) -> str:
+    """``gilfree.Event`` for our classes (as ``threading.Event``), the full name for others."""
+    cls = type(obj)
+    module = "gilfree" if cls.__module__ == __name__ else cls.__module__
+    return f"{module}.{cls.__qualname__}"
 
 
 class Lock(_engine.Lock):
@@ -112,7 +126,7 @@ class Event(_engine.Event):
 
     def __repr__(self) -> str:
         state = "set" if self.is_set() else "unset"
-        return f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: {state}>"
+        return f"<{_name(self)} at {id(self):#x}: {state}>"
 
 
 class Semaphore(_engine.Semaphore):
@@ -137,7 +151,7 @@ class Semaphore(_engine.Semaphore):
         return (_rebuild, (type(self), self.handle))
 
     def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__qualname__} at {id(self):#x}: value={self._value}>"
+        return f"<{_name(self)} at {id(self):#x}: value={self._value}>"
 
 
 class BoundedSemaphore(Semaphore):
@@ -154,6 +168,9 @@ class BoundedSemaphore(Semaphore):
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         return _engine.Semaphore.__new__(cls, _runtime.arena(), value, True)
+
+    def __repr__(self) -> str:
+        return f"<{_name(self)} at {id(self):#x}: value={self._value}/{self._initial_value}>"
 
 
 class Condition:
@@ -213,7 +230,7 @@ class Condition:
                     endtime = time.monotonic() + waittime
                 else:
                     waittime = endtime - time.monotonic()
-                    if waittime <= 0:
+                    if not waittime > 0:  # NaN too: never wait forever in a busy loop
                         break
             self.wait(waittime)
             result = predicate()
@@ -266,6 +283,11 @@ class Barrier:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_barrier, (self._raw.handle, self._action, self._timeout))
+
+    def __repr__(self) -> str:
+        if self.broken:
+            return f"<{_name(self)} at {id(self):#x}: broken>"
+        return f"<{_name(self)} at {id(self):#x}: waiters={self.n_waiting}/{self.parties}>"
 
     def wait(self, timeout: float | None = None) -> int:
         """Waits until ``parties`` threads are waiting; returns this thread's arrival index.

@@ -96,3 +96,21 @@ impl<'a> Wait<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unrepresentable_deadline_means_no_deadline() {
+        assert!(Wait::timeout(Some(Duration::MAX)).deadline.is_none());
+        assert!(Wait::timeout(Some(Duration::MAX)).remaining().is_none());
+    }
+
+    #[test]
+    fn a_finite_timeout_sets_a_deadline() {
+        let w = Wait::timeout(Some(Duration::from_secs(5)));
+        assert!(w.remaining().is_some_and(|r| r <= Duration::from_secs(5)));
+        assert!(Wait::timeout(None).deadline.is_none());
+    }
+}

@@ -3,6 +3,8 @@
 //! style; plus the arena's own bookkeeping (refcounts, stale handles, reaping).
 #![cfg(not(loom))]
 
+use std::ops::ControlFlow;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -148,14 +150,50 @@ fn event_suite(ev: &impl Event) {
     ev.clear();
 }
 
+/// Runs `f` with a [`Wait`] (deadline `timeout`) whose signal check, run each millisecond
+/// while the thread sleeps inside the call, tells `asleep` so: a handshake that proves the
+/// caller is blocked in the primitive, without sleeping in the test.
+fn reporting_wait<T>(
+    timeout: Duration,
+    asleep: mpsc::Sender<()>,
+    f: impl FnOnce(&mut Wait<'_>) -> T,
+) -> T {
+    let mut report = move || {
+        let _ = asleep.send(());
+        ControlFlow::Continue(())
+    };
+    let mut wait = Wait::timeout(Some(timeout)).with_signal_check(&mut report);
+    wait.signal_interval = Duration::from_millis(1);
+    f(&mut wait)
+}
+
+/// A waiter that sleeps through a `set` immediately followed by `clear` returns `true`, as
+/// `threading.Event.wait` does (it was notified), instead of sleeping on to its deadline.
+fn event_set_then_clear_wakes(ev: &impl Event) {
+    for _ in 0..20 {
+        let (tx, rx) = mpsc::channel();
+        thread::scope(|s| {
+            // A deadline short enough that a missed set shows up as `false` soon.
+            let waiter = s.spawn(|| reporting_wait(Duration::from_secs(2), tx, |w| ev.wait(w)));
+            rx.recv_timeout(STEP).expect("the waiter sleeps in wait()");
+            ev.set();
+            ev.clear();
+            assert!(waiter.join().unwrap().unwrap(), "set() was missed");
+        });
+        assert!(!ev.is_set());
+    }
+}
+
 #[test]
 fn event_local() {
     event_suite(&LocalEvent::new());
+    event_set_then_clear_wakes(&LocalEvent::new());
 }
 
 #[test]
 fn event_shm() {
     event_suite(&ShmEvent::new(&arena()).unwrap());
+    event_set_then_clear_wakes(&ShmEvent::new(&arena()).unwrap());
 }
 
 // ---- Semaphore ---------------------------------------------------------------------------
@@ -435,7 +473,6 @@ fn queue_shm_attach_shares_items() {
 use gilfree_core::ipc::barrier::{Arrival, Barrier, LocalBarrier, ShmBarrier};
 use gilfree_core::ipc::condition::{Condition, LocalCondition, ShmCondition};
 use gilfree_core::ipc::error::{BarrierError, CondWaitError};
-use std::sync::mpsc;
 
 /// Spins (yielding) until `cond` holds; panics after [`STEP`] instead of hanging.
 fn spin_until(what: &str, cond: impl Fn() -> bool) {
@@ -654,8 +691,41 @@ fn barrier_break_and_reset(b: &impl Barrier) {
     assert!(b.broken());
 }
 
+/// A party that arrives while the last arrival of a generation runs the action belongs to the
+/// next generation (in `threading` the action runs under the barrier's lock): it is not
+/// released with index `parties`, it waits for a new party to trip with.
+fn barrier_arrival_during_action(b: &impl Barrier) {
+    assert_eq!(b.parties(), 2);
+    thread::scope(|s| {
+        let first = s.spawn(|| b.wait(&mut step()).unwrap());
+        spin_until("the first party waits", || b.n_waiting() == 1);
+        assert_eq!(b.wait(&mut step()).unwrap(), Arrival::Last(1));
+        // The action runs now (on this thread); a third party arrives meanwhile.
+        let (tx, rx) = mpsc::channel();
+        let third = s.spawn(move || reporting_wait(STEP, tx, |w| b.pass(w)));
+        rx.recv_timeout(STEP)
+            .expect("the third party sleeps in wait()");
+        b.finish(true);
+        assert_eq!(first.join().unwrap(), Arrival::Index(0));
+        let fourth = s.spawn(|| b.pass(&mut step()));
+        let third = third.join().unwrap();
+        if !matches!(third, Ok(0 | 1)) {
+            b.abort(); // free the fourth party; the assertion below reports the bug
+        }
+        let mut pair = [third.unwrap(), fourth.join().unwrap().unwrap_or(99)];
+        pair.sort_unstable();
+        assert_eq!(
+            pair,
+            [0, 1],
+            "the third party passed with the old generation"
+        );
+    });
+    assert!(!b.broken() && b.n_waiting() == 0);
+}
+
 #[test]
 fn barrier_local() {
+    barrier_arrival_during_action(&LocalBarrier::new(2));
     barrier_single(&LocalBarrier::new(1));
     barrier_meet(&LocalBarrier::new(4), 5);
     barrier_break_and_reset(&LocalBarrier::new(3));
@@ -664,6 +734,7 @@ fn barrier_local() {
 #[test]
 fn barrier_shm() {
     let a = arena();
+    barrier_arrival_during_action(&ShmBarrier::new(&a, 2).unwrap());
     barrier_single(&ShmBarrier::new(&a, 1).unwrap());
     barrier_meet(&ShmBarrier::new(&a, 4).unwrap(), 5);
     barrier_break_and_reset(&ShmBarrier::new(&a, 3).unwrap());

@@ -4,24 +4,88 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use gilfree_core::Wait;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 
 /// Bytes per ring direction when Python does not say otherwise: big enough that typical task
 /// payloads go through in one piece, small enough to pre-touch cheaply at spawn.
 pub const RING_CAPACITY_DEFAULT: usize = 1 << 20;
 
-/// A timeout in seconds from Python: `None` is forever; negative is an error, as in `threading`.
+/// `threading.TIMEOUT_MAX` on Linux (`PY_TIMEOUT_MAX` in seconds): longer timeouts raise
+/// `OverflowError`, as `threading`'s do.
+pub const TIMEOUT_MAX: f64 = 9_223_372_036.0;
+
+/// What a negative timeout means to the calling primitive (`threading` differs per call).
+#[derive(Clone, Copy)]
+pub enum Negative {
+    /// An error with this message (`Lock.acquire`, `Queue.get`/`put`). NaN is an error too.
+    Reject(&'static str),
+    /// Do not wait at all (`Event.wait`, `Condition.wait`, `Semaphore.acquire`,
+    /// `Barrier.wait`: `threading` computes a remaining time and stops when it is <= 0). NaN
+    /// counts as negative here, as `nan > 0` is false in `threading`'s checks.
+    Zero,
+}
+
+/// A timeout for the engine's own waits (`Worker.join`, pool results): `None` is forever,
+/// negative or NaN is a `ValueError`, and one too long to represent waits forever.
 pub fn timeout(secs: Option<f64>) -> PyResult<Option<Duration>> {
     match secs {
-        None => Ok(None),
-        Some(s) if s.is_nan() || s < 0.0 => Err(PyValueError::new_err(
-            "timeout value must be a non-negative number",
-        )),
-        Some(s) => Ok(Some(
-            Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX),
-        )),
+        Some(s) if s > TIMEOUT_MAX => Ok(None),
+        _ => sync_timeout(
+            secs,
+            Negative::Reject("timeout value must be a non-negative number"),
+        ),
     }
+}
+
+/// A timeout of a `threading`-style primitive (the rules `threading` applies): `None` is
+/// forever; a negative timeout as `negative` says; beyond [`TIMEOUT_MAX`] (infinity
+/// included) raises `OverflowError`.
+pub fn sync_timeout(secs: Option<f64>, negative: Negative) -> PyResult<Option<Duration>> {
+    let Some(s) = secs else { return Ok(None) };
+    if s.is_nan() || s < 0.0 {
+        return match negative {
+            Negative::Reject(_) if s.is_nan() => {
+                Err(PyValueError::new_err("Invalid value NaN (not a number)"))
+            }
+            Negative::Reject(msg) => Err(PyValueError::new_err(msg)),
+            Negative::Zero => Ok(Some(Duration::ZERO)),
+        };
+    }
+    if s > TIMEOUT_MAX {
+        return Err(PyOverflowError::new_err("timeout value is too large"));
+    }
+    // Cannot fail: `s` is finite and in 0..=TIMEOUT_MAX.
+    Ok(Some(Duration::from_secs_f64(s)))
+}
+
+/// `blocking`/`timeout` as `threading.Lock.acquire` takes them (`-1`: forever). `None`: do
+/// not wait at all; `Some(t)`: wait for `t` (`None`: forever).
+pub fn lock_timeout(blocking: bool, timeout: f64) -> PyResult<Option<Option<Duration>>> {
+    const FOREVER: f64 = -1.0;
+    if timeout.is_nan() {
+        return Err(PyValueError::new_err("Invalid value NaN (not a number)"));
+    }
+    // `threading` converts the timeout to its clock type first, so a huge negative one
+    // overflows too.
+    if timeout.abs() > TIMEOUT_MAX {
+        return Err(PyOverflowError::new_err("timeout value is too large"));
+    }
+    if !blocking {
+        if timeout != FOREVER {
+            return Err(PyValueError::new_err(
+                "can't specify a timeout for a non-blocking call",
+            ));
+        }
+        return Ok(None);
+    }
+    if timeout == FOREVER {
+        return Ok(Some(None));
+    }
+    Ok(Some(sync_timeout(
+        Some(timeout),
+        Negative::Reject("timeout value must be positive"),
+    )?))
 }
 
 /// Runs a blocking core call with the GIL released and Ctrl-C honoured: `f` gets a [`Wait`]

@@ -19,7 +19,7 @@ use gilfree_core::ipc::semaphore::{Semaphore, ShmSemaphore};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::convert::{self, blocking};
+use crate::convert::{self, blocking, Negative};
 use crate::errors::{
     acquire_error, attach_error, barrier_error, cond_error, queue_get_error, queue_put_error,
     release_error, OwnerDiedError,
@@ -64,25 +64,6 @@ impl PyArena {
     }
 }
 
-/// `blocking`/`timeout` as `threading.Lock.acquire` takes them: `None` = no wait at all.
-fn lock_timeout(blocking: bool, timeout: f64) -> PyResult<Option<Option<Duration>>> {
-    if !blocking {
-        if timeout != -1.0 {
-            return Err(PyValueError::new_err(
-                "can't specify a timeout for a non-blocking call",
-            ));
-        }
-        return Ok(None);
-    }
-    if timeout == -1.0 {
-        return Ok(Some(None));
-    }
-    if timeout < 0.0 {
-        return Err(PyValueError::new_err("timeout value must be positive"));
-    }
-    Ok(Some(convert::timeout(Some(timeout))?))
-}
-
 fn owner_died(py: Python<'_>, got: Acquired) -> PyResult<()> {
     if got == Acquired::OwnerDied {
         PyErr::warn(
@@ -96,7 +77,7 @@ fn owner_died(py: Python<'_>, got: Acquired) -> PyResult<()> {
 }
 
 /// `Lock` and `RLock`.
-#[pyclass(name = "Lock", module = "gilfree._engine", frozen, subclass)]
+#[pyclass(name = "Lock", module = "gilfree._engine", frozen, subclass, weakref)]
 pub struct PyLock {
     pub(crate) inner: ShmLock,
 }
@@ -124,7 +105,7 @@ impl PyLock {
     /// `threading.Lock.acquire`.
     #[pyo3(signature = (blocking=true, timeout=-1.0))]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
-        let wait_for = lock_timeout(blocking, timeout)?;
+        let wait_for = convert::lock_timeout(blocking, timeout)?;
         let got = match self
             .inner
             .try_acquire()
@@ -166,6 +147,11 @@ impl PyLock {
         self.release()
     }
 
+    /// How many times the calling thread holds the lock (`threading.RLock._recursion_count`).
+    fn _recursion_count(&self) -> u32 {
+        self.inner.recursion_count()
+    }
+
     /// Whether the calling thread holds the lock (`Condition` uses it).
     fn _is_owned(&self) -> bool {
         self.inner.is_owned()
@@ -198,7 +184,7 @@ fn blocking_acquire(
 }
 
 /// `Event`.
-#[pyclass(name = "Event", module = "gilfree._engine", frozen, subclass)]
+#[pyclass(name = "Event", module = "gilfree._engine", frozen, subclass, weakref)]
 pub struct PyEvent {
     inner: ShmEvent,
 }
@@ -238,13 +224,18 @@ impl PyEvent {
         self.inner.is_set()
     }
 
+    /// Threads of any process blocked in `wait` right now (tests, diagnostics).
+    fn _waiters(&self) -> u32 {
+        self.inner.waiters()
+    }
+
     /// Waits until the flag is set or `timeout` seconds pass; returns the flag.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         if self.inner.is_set() {
             return Ok(true);
         }
-        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
         match blocking(py, timeout, |w| self.inner.wait(w)) {
             (Ok(set), _) => Ok(set),
             (Err(e), pending) => Err(acquire_error(e, pending)),
@@ -253,7 +244,13 @@ impl PyEvent {
 }
 
 /// `Semaphore` and `BoundedSemaphore`.
-#[pyclass(name = "Semaphore", module = "gilfree._engine", frozen, subclass)]
+#[pyclass(
+    name = "Semaphore",
+    module = "gilfree._engine",
+    frozen,
+    subclass,
+    weakref
+)]
 pub struct PySemaphore {
     inner: ShmSemaphore,
 }
@@ -292,7 +289,7 @@ impl PySemaphore {
         if !blocking {
             return Ok(false);
         }
-        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
         match convert::blocking(py, timeout, |w| self.inner.acquire(w)) {
             (Ok(got), _) => Ok(got),
             (Err(e), pending) => Err(acquire_error(e, pending)),
@@ -322,6 +319,12 @@ impl PySemaphore {
     #[getter]
     fn _value(&self) -> u32 {
         self.inner.value()
+    }
+
+    /// The value the semaphore was created with (a `BoundedSemaphore`'s limit).
+    #[getter]
+    fn _initial_value(&self) -> u32 {
+        self.inner.initial()
     }
 }
 
@@ -354,7 +357,7 @@ impl PyCondition {
     /// Releases `lock`, waits for a notify or `timeout`, re-takes `lock`; `True` if notified.
     #[pyo3(signature = (lock, timeout=None))]
     fn _wait(&self, py: Python<'_>, lock: &PyLock, timeout: Option<f64>) -> PyResult<bool> {
-        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
         match blocking(py, timeout, |w| self.inner.wait(&lock.inner, w)) {
             (Ok(notified), _) => Ok(notified),
             (Err(e), pending) => Err(cond_error(e, pending)),
@@ -396,7 +399,7 @@ impl PyBarrier {
     /// Arrives; returns `(index, is_last)`. The last arrival must call `_finish`.
     #[pyo3(signature = (timeout=None))]
     fn _wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<(u32, bool)> {
-        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
         match blocking(py, timeout, |w| self.inner.body().wait(w)) {
             (Ok(Arrival::Index(i)), _) => Ok((i, false)),
             (Ok(Arrival::Last(i)), _) => Ok((i, true)),
@@ -475,6 +478,17 @@ impl PyCell {
     }
 }
 
+/// `queue.Queue`'s timeout rules: ignored when not blocking, negative is an error.
+fn queue_timeout(block: bool, timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    if !block {
+        return Ok(None);
+    }
+    convert::sync_timeout(
+        timeout,
+        Negative::Reject("'timeout' must be a non-negative number"),
+    )
+}
+
 /// `Queue`'s byte-string core (pickling and `queue.Empty`/`Full` live in Python).
 #[pyclass(name = "Queue", module = "gilfree._engine", frozen, subclass)]
 pub struct PyQueue {
@@ -515,7 +529,7 @@ impl PyQueue {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<bool> {
-        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        let timeout = queue_timeout(block, timeout)?;
         match blocking(py, timeout, |w| self.inner.put(item, block, w)) {
             (Ok(()), _) => Ok(true),
             (Err(PutError::Full), _) => Ok(false),
@@ -531,7 +545,7 @@ impl PyQueue {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<Option<Bound<'py, pyo3::types::PyBytes>>> {
-        let timeout = convert::timeout(timeout.map(|t| t.max(0.0)))?;
+        let timeout = queue_timeout(block, timeout)?;
         match blocking(py, timeout, |w| self.inner.get(block, w)) {
             (Ok(item), _) => Ok(Some(pyo3::types::PyBytes::new(py, &item))),
             (Err(GetError::Empty), _) => Ok(None),

@@ -7,7 +7,8 @@
 //! | 0      | `mutex`   | robust pshared `pthread_mutex_t` guarding the words below    |
 //! | 40     | `parties` | threads needed to trip the barrier (read-only)               |
 //! | 44     | `count`   | threads inside `wait` (arrived and not yet gone)              |
-//! | 48     | `state`   | `FILLING` 0, `DRAINING` 1, `RESETTING` 2, `BROKEN` 3          |
+//! | 48     | `state`   | `FILLING` 0, `DRAINING` 1, `RESETTING` 2, `BROKEN` 3,         |
+//! |        |           | `TRIPPING` 4 (the last arrival runs the action)               |
 //! | 52     | `seq`     | bumped by every state change; the futex word waiters sleep on |
 //!
 //! Every process attached to the barrier writes these, under `mutex`.
@@ -15,17 +16,25 @@
 //! # Protocol (as `threading.Barrier`; "sleep" = read `seq`, unlock, futex-wait while `seq`
 //! is unchanged, lock again; "notify" = `seq += 1`, wake all)
 //! `wait`:
-//! 1. Lock. While `DRAINING` or `RESETTING`: sleep. `BROKEN` → unlock, `Broken`.
-//! 2. `index = count`, `count += 1`. The last arrival (`count == parties`) unlocks and returns
-//!    [`Arrival::Last`]: its caller runs the barrier's action, then calls
-//!    [`BarrierBody::finish`] (`ok`: state `DRAINING`; else `BROKEN`; notify; then step 4).
-//! 3. Others sleep while `FILLING`; a timeout or interrupt breaks the barrier (state
-//!    `BROKEN`, notify). `BROKEN` or `RESETTING` → `Broken`.
+//! 1. Lock. While `DRAINING`, `RESETTING` or `TRIPPING`: sleep, with no deadline (as
+//!    `threading`'s `_enter`; an interrupt still breaks the barrier). `BROKEN` → unlock,
+//!    `Broken`.
+//! 2. `index = count`, `count += 1`. The last arrival (`count == parties`) sets `TRIPPING`,
+//!    unlocks and returns [`Arrival::Last`]: its caller runs the barrier's action outside the
+//!    mutex, then calls [`BarrierBody::finish`] (`TRIPPING` → `DRAINING` if `ok`, else
+//!    `BROKEN`; notify; then step 4). `TRIPPING` stands for `threading`'s holding the lock
+//!    through the action: whoever arrives meanwhile waits for the next generation.
+//! 3. Others sleep while `FILLING` or `TRIPPING`; a timeout or interrupt while `FILLING`
+//!    breaks the barrier (state `BROKEN`, notify). A timeout while `TRIPPING` keeps sleeping
+//!    with no deadline (in `threading` such a waiter is blocked on the lock the action holds,
+//!    and then sees the barrier drained). `BROKEN` or `RESETTING` → `Broken`.
 //! 4. Leave: `count -= 1`; at 0, a `DRAINING` or `RESETTING` barrier is `FILLING` again
 //!    (notify). Unlock.
 //!
 //! `reset`: `count > 0` → `RESETTING` (waiters get `Broken`, the last to leave refills);
-//! else `FILLING`. `abort`: `BROKEN`. Both notify.
+//! else `FILLING`; while `TRIPPING` nothing changes (in `threading` the reset would wait for
+//! the action and find the barrier draining, which a reset leaves alone). `abort`: `BROKEN`
+//! (a `finish` after that leaves it `BROKEN`). Both notify.
 //!
 //! [`LocalBarrier`] is the in-process twin: the same state machine under a std mutex and
 //! condvar; both implement [`Barrier`].
@@ -50,6 +59,7 @@ const FILLING: u32 = 0;
 const DRAINING: u32 = 1;
 const RESETTING: u32 = 2;
 const BROKEN: u32 = 3;
+const TRIPPING: u32 = 4;
 
 /// How a thread got through step 2 of `wait`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,8 +170,8 @@ impl BarrierBody {
         let mut held = self.lock();
         loop {
             match self.state.load(SeqCst) {
-                DRAINING | RESETTING => {
-                    let (h, r) = self.sleep(held, wait);
+                DRAINING | RESETTING | TRIPPING => {
+                    let (h, r) = without_deadline(wait, |w| self.sleep(held, w));
                     held = h;
                     if let Err(e) = r {
                         return Err(self.fail(e));
@@ -173,15 +183,24 @@ impl BarrierBody {
         }
         let index = self.count.fetch_add(1, SeqCst);
         if index + 1 == self.parties.load(SeqCst) {
+            self.state.store(TRIPPING, SeqCst);
             return Ok(Arrival::Last(index));
         }
-        while self.state.load(SeqCst) == FILLING {
-            let (h, r) = self.sleep(held, wait);
+        loop {
+            let (h, r) = match self.state.load(SeqCst) {
+                FILLING => self.sleep(held, wait),
+                TRIPPING => without_deadline(wait, |w| self.sleep(held, w)),
+                _ => break,
+            };
             held = h;
-            if let Err(e) = r {
-                let err = self.fail(e);
-                self.leave();
-                return Err(err);
+            match r {
+                Err(WaitError::Timeout) if self.state.load(SeqCst) == TRIPPING => {}
+                Err(e) => {
+                    let err = self.fail(e);
+                    self.leave();
+                    return Err(err);
+                }
+                Ok(()) => {}
             }
         }
         let state = self.state.load(SeqCst);
@@ -219,7 +238,9 @@ impl BarrierBody {
     /// The last arrival's second half: release the others (`ok`) or break the barrier.
     pub fn finish(&self, ok: bool) {
         let _held = self.lock();
-        self.state.store(if ok { DRAINING } else { BROKEN }, SeqCst);
+        if self.state.load(SeqCst) == TRIPPING {
+            self.state.store(if ok { DRAINING } else { BROKEN }, SeqCst);
+        }
         self.notify();
         self.leave();
     }
@@ -227,6 +248,9 @@ impl BarrierBody {
     /// `threading.Barrier.reset`.
     pub fn reset(&self) {
         let _held = self.lock();
+        if self.state.load(SeqCst) == TRIPPING {
+            return;
+        }
         if self.count.load(SeqCst) > 0 {
             let s = self.state.load(SeqCst);
             if s == FILLING || s == BROKEN {
@@ -264,6 +288,14 @@ impl BarrierBody {
     pub fn parties(&self) -> u32 {
         self.parties.load(SeqCst)
     }
+}
+
+/// Runs `f` with `wait`'s deadline lifted (its signal check and peer stay).
+fn without_deadline<'w, T>(wait: &mut Wait<'w>, f: impl FnOnce(&mut Wait<'w>) -> T) -> T {
+    let deadline = wait.deadline.take();
+    let out = f(wait);
+    wait.deadline = deadline;
+    out
 }
 
 /// The shared-memory barrier: a [`BarrierBody`] in an arena slot.
@@ -431,8 +463,8 @@ impl Barrier for LocalBarrier {
         let mut held = self.lock();
         loop {
             match held.state {
-                DRAINING | RESETTING => {
-                    let (h, r) = self.sleep(held, wait);
+                DRAINING | RESETTING | TRIPPING => {
+                    let (h, r) = without_deadline(wait, |w| self.sleep(held, w));
                     held = h;
                     if let Err(e) = r {
                         return Err(self.fail(&mut held, e));
@@ -445,15 +477,24 @@ impl Barrier for LocalBarrier {
         let index = held.count;
         held.count += 1;
         if index + 1 == self.parties {
+            held.state = TRIPPING;
             return Ok(Arrival::Last(index));
         }
-        while held.state == FILLING {
-            let (h, r) = self.sleep(held, wait);
+        loop {
+            let (h, r) = match held.state {
+                FILLING => self.sleep(held, wait),
+                TRIPPING => without_deadline(wait, |w| self.sleep(held, w)),
+                _ => break,
+            };
             held = h;
-            if let Err(e) = r {
-                let err = self.fail(&mut held, e);
-                self.leave(&mut held);
-                return Err(err);
+            match r {
+                Err(WaitError::Timeout) if held.state == TRIPPING => {}
+                Err(e) => {
+                    let err = self.fail(&mut held, e);
+                    self.leave(&mut held);
+                    return Err(err);
+                }
+                Ok(()) => {}
             }
         }
         let state = held.state;
@@ -467,13 +508,18 @@ impl Barrier for LocalBarrier {
 
     fn finish(&self, ok: bool) {
         let mut held = self.lock();
-        held.state = if ok { DRAINING } else { BROKEN };
+        if held.state == TRIPPING {
+            held.state = if ok { DRAINING } else { BROKEN };
+        }
         self.cond.notify_all();
         self.leave(&mut held);
     }
 
     fn reset(&self) {
         let mut held = self.lock();
+        if held.state == TRIPPING {
+            return;
+        }
         if held.count > 0 {
             if held.state == FILLING || held.state == BROKEN {
                 held.state = RESETTING;

@@ -263,6 +263,18 @@ impl ShmLock {
         self.recursive
     }
 
+    /// How many times the calling thread holds the lock (0 if it does not hold it).
+    pub fn recursion_count(&self) -> u32 {
+        if !self.is_owned() {
+            return 0;
+        }
+        if self.recursive {
+            self.body().count.load(crate::sync::Ordering::Relaxed)
+        } else {
+            1
+        }
+    }
+
     fn body(&self) -> &LockBody {
         self.slot.body()
     }

@@ -43,13 +43,45 @@ extern "C" {
     ) -> libc::c_int;
 }
 
+/// How many `fork`s this process descends through since the engine loaded: bumped in the
+/// child of every `fork` (a `pthread_atfork` handler), so a TID cached before the fork is
+/// known to be stale there.
+static FORK_GENERATION: AtomicU32 = AtomicU32::new(0);
+
 std::thread_local! {
-    static TID: u32 = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+    /// `(FORK_GENERATION, TID)` of the calling thread when it last asked.
+    static TID: std::cell::Cell<Option<(u32, u32)>> = const { std::cell::Cell::new(None) };
+}
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The calling thread's kernel TID (cached: `gettid` is a system call).
+///
+/// The child of `fork` (Python's `os.fork`) inherits the forking thread's thread-locals but
+/// runs with a new TID; a stale cached TID would make it believe it owns the parent thread's
+/// locks (an `RLock` held by the parent would be re-entered at once). The fork handler
+/// invalidates every cache taken before the fork.
 pub fn current_tid() -> u32 {
-    TID.with(|t| *t)
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: `after_fork_in_child` is async-signal-safe (one atomic add) and lives as
+        // long as the process: the engine's library is never unloaded. The return value only
+        // reports ENOMEM; without the handler, caching would be unsound after a fork, so a
+        // failure here must not go unnoticed.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        assert_eq!(rc, 0, "pthread_atfork failed: {rc}");
+    });
+    let generation = FORK_GENERATION.load(Ordering::Relaxed);
+    TID.with(|cache| match cache.get() {
+        Some((g, tid)) if g == generation => tid,
+        _ => {
+            let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+            cache.set(Some((generation, tid)));
+            tid
+        }
+    })
 }
 
 /// A robust, process-shared, error-checking pthread mutex (see the module doc).

@@ -177,6 +177,11 @@ impl SemWord {
     pub fn value(&self) -> u32 {
         self.count.load(SeqCst)
     }
+
+    /// The value the semaphore was created with.
+    pub fn initial(&self) -> u32 {
+        self.initial.load(SeqCst)
+    }
 }
 
 /// The in-process twin: a [`SemWord`] on the heap with a [`LocalFutex`].
@@ -263,6 +268,11 @@ impl ShmSemaphore {
 
     fn word(&self) -> &SemWord {
         self.slot.body()
+    }
+
+    /// The value the semaphore was created with (a `BoundedSemaphore`'s limit).
+    pub fn initial(&self) -> u32 {
+        self.word().initial()
     }
 }
 
