@@ -83,8 +83,8 @@ fn child_entry() {
 /// it to die and returns its pid and whether SIGKILL ended it.
 fn run_child(arena: &Arc<Arena>, step: Step, handle: Handle) -> (u32, bool) {
     let fds = arena.inherit_fds();
-    for &fd in &fds {
-        gilfree_core::ipc::set_fd_flags(fd, rustix::io::FdFlags::empty()).unwrap();
+    for fd in &fds {
+        gilfree_core::ipc::set_fd_flags(*fd, rustix::io::FdFlags::empty()).unwrap();
     }
     let spawned = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
@@ -94,8 +94,8 @@ fn run_child(arena: &Arc<Arena>, step: Step, handle: Handle) -> (u32, bool) {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn();
-    for &fd in &fds {
-        gilfree_core::ipc::set_fd_flags(fd, rustix::io::FdFlags::CLOEXEC).unwrap();
+    for fd in &fds {
+        gilfree_core::ipc::set_fd_flags(*fd, rustix::io::FdFlags::CLOEXEC).unwrap();
     }
     let mut child = spawned.unwrap();
     let pid = child.id();

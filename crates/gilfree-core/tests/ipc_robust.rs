@@ -74,8 +74,8 @@ fn child_entry() {
 /// Starts the child for `role`, waits for its "ready", and returns it.
 fn start_child(arena: &Arc<Arena>, role: &str, handle: u64) -> Child {
     let fds = arena.inherit_fds();
-    for &fd in &fds {
-        gilfree_core::ipc::set_fd_flags(fd, rustix::io::FdFlags::empty()).unwrap();
+    for fd in &fds {
+        gilfree_core::ipc::set_fd_flags(*fd, rustix::io::FdFlags::empty()).unwrap();
     }
     let spawned = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
@@ -85,8 +85,8 @@ fn start_child(arena: &Arc<Arena>, role: &str, handle: u64) -> Child {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn();
-    for &fd in &fds {
-        gilfree_core::ipc::set_fd_flags(fd, rustix::io::FdFlags::CLOEXEC).unwrap();
+    for fd in &fds {
+        gilfree_core::ipc::set_fd_flags(*fd, rustix::io::FdFlags::CLOEXEC).unwrap();
     }
     let mut child = spawned.unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());

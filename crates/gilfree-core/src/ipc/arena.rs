@@ -360,13 +360,22 @@ impl Arena {
     }
 
     /// Maps the arena whose fd this process inherited (the number comes from
-    /// [`ARENA_FD_ENV`]), and makes that fd close-on-exec again.
-    pub fn open_inherited(fd: RawFd) -> io::Result<Arc<Arena>> {
-        Self::open(Self::claim_inherited(fd)?)
+    /// [`ARENA_FD_ENV`]), and makes that fd close-on-exec again. [`Self::from_env`] is the safe
+    /// way to do this.
+    ///
+    /// # Safety
+    /// `fd` must be an open fd that nothing else in this process owns or will close: this call
+    /// takes ownership of it (a second owner would close it under the first).
+    pub unsafe fn open_inherited(fd: RawFd) -> io::Result<Arc<Arena>> {
+        // SAFETY: the caller's contract is exactly `claim_inherited`'s.
+        Self::open(unsafe { Self::claim_inherited(fd) }?)
     }
 
     /// Takes ownership of an inherited fd number (checked to be open), close-on-exec again.
-    fn claim_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    ///
+    /// # Safety
+    /// As [`Self::open_inherited`]: nothing else in this process owns `fd`.
+    unsafe fn claim_inherited(fd: RawFd) -> io::Result<OwnedFd> {
         // Refuse numbers that name no open file before claiming ownership.
         if fd < 0
             || rustix::io::fcntl_getfd(
@@ -380,20 +389,29 @@ impl Arena {
                 "the inherited arena fd is not open",
             ));
         }
-        // SAFETY: the parent put this fd number in our environment for us alone: it was
-        // inherited across exec, is open (checked above), and nothing else in this process
-        // claims it (the caller takes it from the environment once).
+        // SAFETY: open (checked above), and owned by nobody else in this process (the
+        // caller's contract).
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
         Ok(owned)
     }
 
     /// The arena this process inherited, if [`ARENA_FD_ENV`] names one (`None` when unset).
-    /// Call once per process: the fd is owned by the arena afterwards.
+    /// Succeeds once per process: the fds are owned by the arena afterwards, and a second call
+    /// is refused (`AlreadyExists`) rather than making a second owner of them.
     pub fn from_env() -> io::Result<Option<Arc<Arena>>> {
         let Some(value) = std::env::var_os(ARENA_FD_ENV) else {
             return Ok(None);
         };
+        // Not a model-checked flag: it guards fd ownership across the whole process.
+        static CLAIMED: crate::sync::unmodelled::AtomicBool =
+            crate::sync::unmodelled::AtomicBool::new(false);
+        if CLAIMED.swap(true, Ordering::AcqRel) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the inherited arena was already claimed in this process",
+            ));
+        }
         let bad = || io::Error::new(io::ErrorKind::InvalidInput, "bad GILFREE_ARENA_FD");
         let value = value.to_str().ok_or_else(bad)?;
         let mut parts = value.split(',');
@@ -405,25 +423,32 @@ impl Arena {
             Some(h) => Some(h.parse::<RawFd>().map_err(|_| bad())?),
             None => None,
         };
-        let fd = Self::claim_inherited(fd)?;
+        // SAFETY: these numbers came to us in the environment from the parent that spawned
+        // us, for us alone; `CLAIMED` makes this the one place in the process that takes them.
+        let fd = unsafe { Self::claim_inherited(fd) }?;
         match heap {
-            Some(h) => Self::open_with_heap(fd, Self::claim_inherited(h)?),
+            // SAFETY: as above.
+            Some(h) => Self::open_with_heap(fd, unsafe { Self::claim_inherited(h) }?),
             None => Self::open(fd),
         }
         .map(Some)
     }
 
     /// The fds a worker must inherit to use this arena (the arena's, then the heap's).
-    pub fn inherit_fds(&self) -> Vec<RawFd> {
-        use std::os::fd::AsRawFd;
-        let mut fds = vec![self.seg.fd().as_raw_fd()];
-        fds.extend(self.heap.as_ref().map(|h| h.fd().as_raw_fd()));
+    pub fn inherit_fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = vec![self.seg.fd()];
+        fds.extend(self.heap.as_ref().map(|h| h.fd()));
         fds
     }
 
     /// The value of [`ARENA_FD_ENV`] that tells a worker the numbers of [`Self::inherit_fds`].
     pub fn env_value(&self) -> String {
-        let fds: Vec<String> = self.inherit_fds().iter().map(|f| f.to_string()).collect();
+        use std::os::fd::AsRawFd;
+        let fds: Vec<String> = self
+            .inherit_fds()
+            .iter()
+            .map(|f| f.as_raw_fd().to_string())
+            .collect();
         fds.join(",")
     }
 

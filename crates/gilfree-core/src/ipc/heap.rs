@@ -93,8 +93,12 @@ unsafe impl Sync for Heap {}
 impl Heap {
     /// Creates a fresh, empty heap (in the parent).
     pub fn create() -> io::Result<Heap> {
-        let fd = memfd_create("gilfree-heap", MemfdFlags::CLOEXEC)?;
+        let fd = memfd_create(
+            "gilfree-heap",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
         ftruncate(&fd, HEAP_SIZE as u64)?;
+        crate::shm::segment::seal_size(&fd)?;
         let heap = Self::map(fd)?;
         let h = heap.header();
         h.bump.store(FIRST_CHUNK, Ordering::Relaxed);
@@ -103,7 +107,14 @@ impl Heap {
     }
 
     /// Maps a heap another process created, from its memfd.
+    /// Refuses a memfd whose size is not sealed: a peer could shrink it under our mapping.
     pub fn open(fd: OwnedFd) -> io::Result<Heap> {
+        if !crate::shm::segment::size_sealed(&fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the heap is not sealed against resizing",
+            ));
+        }
         if fstat(&fd)?.st_size != HEAP_SIZE as i64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -221,5 +232,27 @@ impl Drop for Heap {
         // SAFETY: `ptr`/HEAP_SIZE is exactly the mapping made in `map`, unmapped once, here;
         // borrows of the heap cannot outlive `self`.
         let _ = unsafe { munmap(self.ptr.as_ptr().cast(), HEAP_SIZE) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_cannot_resize_the_heap() {
+        let heap = Heap::create().unwrap();
+        assert!(ftruncate(heap.fd(), 4096).is_err());
+        assert!(ftruncate(heap.fd(), 2 * HEAP_SIZE as u64).is_err());
+    }
+
+    #[test]
+    fn open_refuses_an_unsealed_memfd() {
+        let fd = memfd_create("not-sealed", MemfdFlags::CLOEXEC).unwrap();
+        ftruncate(&fd, HEAP_SIZE as u64).unwrap();
+        let Err(err) = Heap::open(fd) else {
+            panic!("an unsealed heap must be refused");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -35,14 +35,11 @@ pub mod queue;
 pub mod refcount;
 pub mod semaphore;
 
-/// Sets the fd flags (`FD_CLOEXEC`) of `fd`, a number the caller keeps open for the duration
-/// of the call (the engine uses it on [`WorkerCommand::inherit_fds`](crate::pool::WorkerCommand)).
-pub fn set_fd_flags(fd: std::os::fd::RawFd, flags: rustix::io::FdFlags) -> std::io::Result<()> {
-    if fd < 0 {
-        return Err(std::io::Error::from_raw_os_error(libc::EBADF));
-    }
-    // SAFETY: the caller keeps `fd` open while we use it (contract above); the borrow ends
-    // with this call. A closed number gives EBADF, not undefined behaviour.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    Ok(rustix::io::fcntl_setfd(borrowed, flags)?)
+/// Sets the fd flags (`FD_CLOEXEC`) of `fd` (tests use it to let a re-exec'd child inherit
+/// an arena's fds; the engine does this itself around each spawn).
+pub fn set_fd_flags(
+    fd: std::os::fd::BorrowedFd<'_>,
+    flags: rustix::io::FdFlags,
+) -> std::io::Result<()> {
+    Ok(rustix::io::fcntl_setfd(fd, flags)?)
 }

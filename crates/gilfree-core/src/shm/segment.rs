@@ -43,6 +43,17 @@ unsafe impl Send for Segment {}
 // SAFETY: as above; `&Segment` only hands out the raw pointer, never a `&[u8]`/`&mut [u8]`.
 unsafe impl Sync for Segment {}
 
+/// Seals a fresh memfd (made with `MFD_ALLOW_SEALING`) against any change of size, for good.
+pub(crate) fn seal_size(fd: &OwnedFd) -> io::Result<()> {
+    Ok(fcntl_add_seals(fd, SEALS | SealFlags::SEAL)?)
+}
+
+/// Whether `fd`'s size is sealed as [`seal_size`] seals it (a peer cannot shrink it under a
+/// mapping, which would turn our accesses into `SIGBUS`).
+pub(crate) fn size_sealed(fd: &OwnedFd) -> bool {
+    fcntl_get_seals(fd).is_ok_and(|seals| seals.contains(SEALS))
+}
+
 impl Segment {
     /// Creates a zero-filled segment of `len` bytes (`len > 0`), with a close-on-exec fd, and
     /// touches every page so that later first accesses are cheap.
@@ -55,7 +66,7 @@ impl Segment {
         }
         let fd = memfd_create("gilfree", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         ftruncate(&fd, len as u64)?;
-        fcntl_add_seals(&fd, SEALS | SealFlags::SEAL)?;
+        seal_size(&fd)?;
         let seg = Self::map(fd, len, MapFlags::SHARED)?;
         let page = rustix::param::page_size();
         let base = seg.ptr.as_ptr();
@@ -74,8 +85,7 @@ impl Segment {
     /// Refuses (`InvalidData`) a file whose size is not sealed (see the module invariants):
     /// whoever else holds it could otherwise shrink it under our mapping.
     pub fn open(fd: OwnedFd) -> io::Result<Segment> {
-        let sealed = fcntl_get_seals(&fd).is_ok_and(|seals| seals.contains(SEALS));
-        if !sealed {
+        if !size_sealed(&fd) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "shared segment is not sealed against resizing",
