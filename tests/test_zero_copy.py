@@ -291,3 +291,15 @@ def test_cancelled_task_frees_the_shared_memory_its_arguments_pinned() -> None:
         gate.set()
         assert blocker.result(timeout=60) is True
     assert _oob.stats()["pinned"] < before
+
+
+def test_shared_segments_cannot_be_resized() -> None:
+    # A peer that shrank a segment under another process's mapping would turn that process's
+    # reads into SIGBUS: every memfd is sealed against resizing once it has its size.
+    seg = _oob._Segment(1 << 20, _oob.KIND_ARENA, populate=False)
+    for size in (0, seg.size // 2, seg.size * 2):
+        with pytest.raises(PermissionError):
+            os.ftruncate(seg.fd, size)
+    board = _oob._Board()
+    with pytest.raises(PermissionError):
+        os.ftruncate(board.fd, 0)

@@ -123,6 +123,31 @@ class StaleBufferError(RuntimeError):
     """A blob names a shared segment that was recycled or freed before this load."""
 
 
+# Every memfd here is sealed against resizing once it has its size: a peer that shrank one
+# under another process's mapping would turn that process's reads into SIGBUS.
+_SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+def _sealed_memfd(name: str, size: int) -> int:
+    """A close-on-exec memfd of ``size`` bytes whose size can never change."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SIZE_SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _size_sealed(fd: int) -> bool:
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return False
+    return seals & _SIZE_SEALS == _SIZE_SEALS
+
+
 def _populate_flags() -> int:
     return mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
@@ -134,9 +159,8 @@ class _Segment:
 
     def __init__(self, data_size: int, kind: int, populate: bool) -> None:
         size = PAGE + -(-data_size // PAGE) * PAGE
-        fd = os.memfd_create("gilfree-bulk" if kind == KIND_ARENA else "gilfree-array")
+        fd = _sealed_memfd("gilfree-bulk" if kind == KIND_ARENA else "gilfree-array", size)
         try:
-            os.ftruncate(fd, size)
             flags = _populate_flags() if populate else mmap.MAP_SHARED
             self.mm = mmap.mmap(fd, size, flags=flags)
         except BaseException:
@@ -245,8 +269,7 @@ class _Board:
     """This process's ticket board and its pins."""
 
     def __init__(self) -> None:
-        self.fd = os.memfd_create("gilfree-tickets")
-        os.ftruncate(self.fd, _BOARD_SLOTS)
+        self.fd = _sealed_memfd("gilfree-tickets", _BOARD_SLOTS)
         self.mm = mmap.mmap(self.fd, _BOARD_SLOTS)
         self.ino = os.fstat(self.fd).st_ino
         self.free = list(range(_BOARD_SLOTS - 1, -1, -1))
@@ -298,7 +321,7 @@ def _claim(ticket: tuple[int, int, int, int, int]) -> None:
         except OSError:
             return  # the sender is gone; nothing to release
         try:
-            if os.fstat(bfd).st_ino != ino:
+            if os.fstat(bfd).st_ino != ino or not _size_sealed(bfd):
                 return
             mm = mmap.mmap(bfd, _BOARD_SLOTS)
         finally:
@@ -492,6 +515,8 @@ def _map(name: tuple[int, int, int, int, int, int]) -> mmap.mmap:
         st = os.fstat(own)
         if st.st_ino != ino:
             raise StaleBufferError("a shared buffer in this message was freed before it was read")
+        if not _size_sealed(own):
+            raise StaleBufferError("a shared buffer in this message is not sealed against resizing")
         try:
             fcntl.flock(own, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
