@@ -1,7 +1,7 @@
 """Chaos: many tasks through one Pool while random workers are SIGKILLed.
 
-Usage: ``chaos.py SEED TASKS`` (a killer thread SIGKILLs a random worker process at seeded
-random moments while the tasks run). Three kinds of task are mixed, chosen by the seed:
+Usage: ``chaos.py SEED TASKS`` (a killer thread SIGKILLs a random worker process after
+every few finished tasks, at a seeded random moment). Three kinds of task are mixed, chosen by the seed:
 
 - ``compute``: a small pure-Python computation;
 - ``big``: a large numpy argument (several MB, so kills land mid-transfer), summed;
@@ -90,10 +90,21 @@ def main() -> None:
     kills = 0
     seen: set[int] = set()
 
+    # Kills are paced by progress, not by the clock: after every few finished tasks, one kill
+    # at a random moment within the next ~20 ms. On a slow or loaded machine a clock-paced
+    # killer can kill every worker before it is ready, and nothing would ever finish.
+    finished = threading.Semaphore(0)
+
     def killer() -> None:
         nonlocal kills
         krng = random.Random(seed + 1)
-        while not done.wait(krng.uniform(0.02, 0.15)):
+        while not done.is_set():
+            for _ in range(krng.randint(1, 4)):
+                while not finished.acquire(timeout=0.05):
+                    if done.is_set():
+                        return
+            if done.wait(krng.uniform(0.0, 0.02)):
+                return
             pids = _runtime.worker_pids()
             seen.update(pids)
             if pids:
@@ -126,6 +137,8 @@ def main() -> None:
             else:
                 expected[task_id] = task_id
                 futures[task_id] = pool.submit(locked, task_id, lock, counter, 20_000)
+        for fut in futures.values():
+            fut.add_done_callback(lambda _f: finished.release())
         outcomes: dict[int, tuple[bool, object]] = {}
         deadline = time.monotonic() + 240
         for task_id, fut in futures.items():
