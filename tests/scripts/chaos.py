@@ -1,7 +1,8 @@
 """Chaos: many tasks through one Pool while random workers are SIGKILLed.
 
 Usage: ``chaos.py SEED TASKS`` (a killer thread SIGKILLs a random worker process after
-every few finished tasks, at a seeded random moment). Three kinds of task are mixed, chosen by the seed:
+every few finished tasks, at a seeded random moment). Four kinds of task are mixed, chosen
+by the seed:
 
 - ``compute``: a small pure-Python computation;
 - ``big``: a large numpy argument (several MB, so kills land mid-transfer), summed;
