@@ -191,6 +191,28 @@ def test_shared_dict_behaves_like_dict(initial: dict[Any, Any], ops: list[Any]) 
     assert repr(shared) == f"SharedDict({plain!r})"
 
 
+def test_log_compaction_keeps_every_handle_exact() -> None:
+    # Enough changes to compact the log several times (past 64 KiB each), with a second handle
+    # that follows them part of the way and one that only looks at the end.
+    shared, d = gilfree.SharedList(), gilfree.SharedDict()
+    follower, late = pickle.loads(pickle.dumps(shared)), pickle.loads(pickle.dumps(d))
+    plain: list[Any] = []
+    for i in range(3000):
+        item = f"{i:05d}" * 20
+        shared.append(item)
+        plain.append(item)
+        d[i % 50] = item
+        if i % 7 == 0:
+            del shared[0]
+            del plain[0]
+        if i % 250 == 0:
+            assert follower == plain
+    assert follower == plain and shared == plain
+    assert late == {k: f"{i:05d}" * 20 for i in range(2950, 3000) for k in [i % 50]}
+    arena = _runtime.arena()
+    assert arena.heap_chunks_in_use() < 64, "old log chunks are given back"
+
+
 def test_constructors_take_what_list_and_dict_take() -> None:
     assert gilfree.SharedList() == []
     assert gilfree.SharedList(range(3)) == [0, 1, 2]

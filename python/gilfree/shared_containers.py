@@ -6,23 +6,25 @@ contents, with no server process and no round trip to one.
 
 How they are stored, and what each operation costs:
 
-- The contents live in one byte string in the shared heap of the engine's arena (a ``Blob``,
-  ``crates/gilfree-core/src/ipc/blob.rs``): for a SharedList, the list of the items' pickles;
-  for a SharedDict, the dict from each key to its value's pickle. Every item is pickled on its
-  own, so reading one item unpickles that item only.
-- Each process keeps the last contents it read, with their version. A read (``len``, ``[i]``,
+- The contents live in the shared heap of the engine's arena (a ``Blob``,
+  ``crates/gilfree-core/src/ipc/blob.rs``), as a log of operations: a snapshot of the contents,
+  then one small pickled record per change (``("a", item)`` for an append, ``("s", key,
+  value)`` for ``d[key] = value``, ...). Every item is pickled on its own, so reading one item
+  unpickles that item only.
+- A change takes the container's lock (a :class:`gilfree.RLock`), checks and applies it to this
+  process's copy, and appends its record to the log: O(size of the change), plus what the same
+  change costs on a local list or dict (``insert(0, x)`` moves every item, as it does there).
+  When the log has grown to twice its last snapshot (plus 64 KiB), the change writes a fresh
+  snapshot instead (O(size of the contents), once per that many changes: amortised O(1)).
+- Each process keeps a copy with the log position it has read. A read (``len``, ``[i]``,
   ``in``, iteration, ``get``) first compares the shared version with its own (one atomic load):
-  when nothing changed it costs what the same operation on a local list or dict costs, plus
-  unpickling the item it returns. After another process's write, the first read reloads the
-  whole contents once: O(total size), a memory copy and the unpickling of a list of ``bytes``.
-- Every mutation takes the container's lock (a :class:`gilfree.RLock`), applies the change to
-  the local copy and publishes the whole contents again: O(total size) bytes copied (no item is
-  re-pickled except the new ones). Appending to a large list is therefore not O(1); batch with
-  ``extend``/``update``, or keep large numeric data in a :class:`gilfree.SharedArray`.
-- A new version is written first and published with one store, so a process killed in the
-  middle of a mutation leaves the old contents or the new ones, never a mix. The next process
-  that takes the lock gets an :class:`gilfree.OwnerDiedError` warning (an exception, if
-  warnings are errors: the lock is released first), and the container is usable.
+  when nothing changed it costs what the same read of a local list or dict costs, plus
+  unpickling the item it returns. After other processes wrote, the first read replays only
+  their new records (or, after a new snapshot, the whole log once).
+- A record is written first and published with one store, so a process killed in the middle of
+  a change leaves the contents without it, never half of it. The next process that takes the
+  lock gets an :class:`gilfree.OwnerDiedError` warning (an exception, if warnings are errors:
+  the lock is released first), and the container is usable.
 
 Differences from ``list`` and ``dict``:
 
@@ -43,6 +45,8 @@ Differences from ``list`` and ``dict``:
 
 from __future__ import annotations
 
+import io
+import operator
 import pickle
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, SupportsIndex, TypeVar
@@ -59,38 +63,92 @@ _V = TypeVar("_V")
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _MISSING: Any = object()
+_UNKNOWN_EPOCH = 2**64 - 1
+# A process compacts the log when it is this much longer than twice its last snapshot.
+_COMPACT_SLACK = 64 << 10
 
 
 def _dump(obj: Any) -> bytes:
     return pickle.dumps(obj, _PROTOCOL)
 
 
-class _Shared:
-    """What SharedList and SharedDict share: the blob, its lock and this process's copy."""
+def _dump_fast(obj: Any) -> bytes:
+    """Pickles without the memo (the snapshot is a flat list or dict of ``bytes``: nothing to
+    share, and the memo is most of the cost)."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, _PROTOCOL)
+    pickler.fast = True
+    pickler.dump(obj)
+    return out.getvalue()
 
-    __slots__ = ("__weakref__", "_blob", "_cache", "_lock", "_version")
+
+class _Shared:
+    """What SharedList and SharedDict share: the log, its lock and this process's copy.
+
+    The shared bytes are a log of pickled operations, each a tuple whose first item names it;
+    it starts with a snapshot (``("S", contents)``) after every compaction. A process replays
+    what was appended since it last looked; a change of epoch (a compaction, or a recovery
+    after a writer died) makes it replay the whole log.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_base",
+        "_blob",
+        "_cache",
+        "_epoch",
+        "_lock",
+        "_offset",
+        "_version",
+    )
 
     _blob: _engine.Blob
     _lock: RLock
     _version: int
+    _epoch: int
+    _offset: int
+    _base: int
     _cache: Any
 
     def _setup(self, blob: _engine.Blob, lock: RLock) -> None:
         self._blob = blob
         self._lock = lock
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drops this process's copy: the next read replays the whole log."""
         self._version = -1
+        self._epoch = _UNKNOWN_EPOCH
+        self._offset = 0
+        self._base = 0
         self._cache = None
 
     def _empty(self) -> Any:
         raise NotImplementedError
 
+    def _apply(self, cache: Any, op: tuple[Any, ...]) -> Any:
+        """Applies ``op`` to ``cache``; raises, leaving it unchanged, if ``op`` is invalid."""
+        raise NotImplementedError
+
     def _fresh(self) -> Any:
-        """This process's copy of the contents, reloaded if another process changed them."""
-        if self._blob.version != self._version:
-            version, data = self._blob.read()
-            self._cache = pickle.loads(data) if data else self._empty()
-            self._version = version
-        return self._cache
+        """This process's copy of the contents, brought up to date if another process wrote."""
+        if self._blob.version == self._version:
+            return self._cache
+        version, epoch, start, data = self._blob.read_from(self._epoch, self._offset)
+        cache = self._cache
+        if cache is None or epoch != self._epoch or start != self._offset:
+            cache, start = self._empty(), 0
+        stream = io.BytesIO(data)
+        unpickler = pickle.Unpickler(stream)
+        while stream.tell() < len(data):
+            before = stream.tell()
+            op = unpickler.load()
+            if op[0] == "S":
+                self._base = stream.tell() - before
+            self._apply(cache, op)
+        self._cache, self._version, self._epoch = cache, version, epoch
+        self._offset = start + len(data)
+        return cache
 
     def _acquire(self) -> None:
         try:
@@ -101,24 +159,35 @@ class _Shared:
             self._lock.release()
             raise
 
-    def _mutate(self, change: Callable[[Any], _T]) -> _T:
-        """Applies ``change`` to the current contents and publishes them, under the lock."""
+    def _mutate(self, op: tuple[Any, ...]) -> Any:
+        """Applies ``op`` to the contents and appends it to the log, under the lock."""
         self._acquire()
         try:
             cache = self._fresh()
+            result = self._apply(cache, op)  # an invalid op raises here, changing nothing
             try:
-                result = change(cache)
-                self._blob.store(_dump(cache))
+                frame = _dump(op)
+                if self._offset + len(frame) > 2 * self._base + _COMPACT_SLACK:
+                    snapshot = _dump_fast(("S", cache))
+                    self._blob.store(snapshot)
+                    self._forget()  # the next read replays the snapshot alone
+                else:
+                    self._blob.append(frame)
+                    self._offset += len(frame)
+                    self._version = self._blob.version
             except BaseException:
-                self._version = -1  # the local copy may be half-changed: reload next time
+                self._forget()  # the copy is ahead of the shared contents: reload
                 raise
-            self._version = self._blob.version
             return result
         finally:
             self._lock.release()
 
+    def _publish_all(self, contents: Any) -> None:
+        """Starts the log with a snapshot of ``contents`` (a new container)."""
+        self._blob.store(_dump_fast(("S", contents)))
+
     def get_lock(self) -> RLock:
-        """The lock that every mutation takes: hold it to make several calls one atomic step."""
+        """The lock that every change takes: hold it to make several calls one atomic step."""
         return self._lock
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -132,6 +201,60 @@ def _rebuild(cls: type[_Shared], handle: int, lock: RLock) -> _Shared:
     obj = cls.__new__(cls)
     obj._setup(_engine.Blob(_runtime.arena(), handle=handle), lock)
     return obj
+
+
+def _sorted_order(c: list[bytes], key: Callable[[Any], Any] | None, reverse: bool) -> list[int]:
+    items = [pickle.loads(b) for b in c]
+    if key is None:
+        return sorted(range(len(items)), key=items.__getitem__, reverse=reverse)
+    return sorted(range(len(items)), key=lambda i: key(items[i]), reverse=reverse)
+
+
+def _apply_list(c: list[bytes], op: tuple[Any, ...]) -> Any:
+    name = op[0]
+    if name == "a":
+        c.append(op[1])
+    elif name == "e":
+        c.extend(op[1])
+    elif name == "i":
+        c.insert(op[1], op[2])
+    elif name == "s":
+        c[op[1]] = op[2]
+    elif name == "d":
+        del c[op[1]]
+    elif name == "p":
+        return c.pop(op[1])
+    elif name == "c":
+        c.clear()
+    elif name == "r":
+        c.reverse()
+    elif name == "o":
+        c[:] = [c[i] for i in op[1]]
+    elif name == "S":
+        c[:] = op[1]
+    else:  # pragma: no cover - a log written by another version
+        raise RuntimeError(f"unknown SharedList operation {name!r}")
+    return None
+
+
+def _apply_dict(c: dict[Any, bytes], op: tuple[Any, ...]) -> Any:
+    name = op[0]
+    if name == "s":
+        c[op[1]] = op[2]
+    elif name == "d":
+        return c.pop(op[1])
+    elif name == "u":
+        c.update(op[1])
+    elif name == "P":
+        return c.popitem()
+    elif name == "c":
+        c.clear()
+    elif name == "S":
+        c.clear()
+        c.update(op[1])
+    else:  # pragma: no cover - a log written by another version
+        raise RuntimeError(f"unknown SharedDict operation {name!r}")
+    return None
 
 
 class SharedList(_Shared, Generic[_T]):
@@ -151,12 +274,13 @@ class SharedList(_Shared, Generic[_T]):
 
     def __init__(self, iterable: Iterable[_T] = ()) -> None:
         self._setup(_engine.Blob(_runtime.arena()), RLock())
-        items = [_dump(x) for x in iterable]
-        if items:
-            self._mutate(lambda c: c.extend(items))
+        self._publish_all([_dump(x) for x in iterable])
 
     def _empty(self) -> list[bytes]:
         return []
+
+    def _apply(self, cache: list[bytes], op: tuple[Any, ...]) -> Any:
+        return _apply_list(cache, op)
 
     def copy(self) -> list[_T]:
         """A plain list holding a copy of every item."""
@@ -172,18 +296,12 @@ class SharedList(_Shared, Generic[_T]):
 
     def __setitem__(self, index: SupportsIndex | slice, value: Any) -> None:
         if isinstance(index, slice):
-            new = [_dump(x) for x in value]
-
-            def assign(c: list[bytes]) -> None:
-                c[index] = new
-
-            self._mutate(assign)
+            self._mutate(("s", index, [_dump(x) for x in value]))
         else:
-            item = _dump(value)
-            self._mutate(lambda c: c.__setitem__(index, item))
+            self._mutate(("s", operator.index(index), _dump(value)))
 
     def __delitem__(self, index: SupportsIndex | slice) -> None:
-        self._mutate(lambda c: c.__delitem__(index))
+        self._mutate(("d", index if isinstance(index, slice) else operator.index(index)))
 
     def __iter__(self) -> Iterator[_T]:
         return (pickle.loads(b) for b in self._fresh())
@@ -213,39 +331,36 @@ class SharedList(_Shared, Generic[_T]):
 
     def append(self, value: _T) -> None:
         """Appends ``value``."""
-        item = _dump(value)
-        self._mutate(lambda c: c.append(item))
+        self._mutate(("a", _dump(value)))
 
     def extend(self, values: Iterable[_T]) -> None:
         """Appends every item of ``values`` (one publish for all of them)."""
-        items = [_dump(x) for x in values]
-        self._mutate(lambda c: c.extend(items))
+        self._mutate(("e", [_dump(x) for x in values]))
 
     def insert(self, index: SupportsIndex, value: _T) -> None:
         """Inserts ``value`` before ``index``."""
-        item = _dump(value)
-        self._mutate(lambda c: c.insert(index, item))
+        self._mutate(("i", operator.index(index), _dump(value)))
 
     def pop(self, index: SupportsIndex = -1) -> _T:
         """Removes and returns the item at ``index`` (the last by default)."""
-        return pickle.loads(self._mutate(lambda c: c.pop(index)))
+        return pickle.loads(self._mutate(("p", operator.index(index))))
 
     def remove(self, value: _T) -> None:
         """Removes the first item equal to ``value`` (``ValueError`` if there is none)."""
-
-        def remove(c: list[bytes]) -> None:
-            for i, b in enumerate(c):
+        self._acquire()
+        try:
+            for i, b in enumerate(self._fresh()):
                 x = pickle.loads(b)
                 if x is value or x == value:
-                    del c[i]
+                    self._mutate(("d", i))
                     return
             raise ValueError("SharedList.remove(x): x not in list")
-
-        self._mutate(remove)
+        finally:
+            self._lock.release()
 
     def clear(self) -> None:
         """Removes every item."""
-        self._mutate(lambda c: c.clear())
+        self._mutate(("c",))
 
     def index(self, value: _T, start: SupportsIndex = 0, stop: SupportsIndex = 2**63 - 1) -> int:
         """The position of the first item equal to ``value``."""
@@ -257,21 +372,15 @@ class SharedList(_Shared, Generic[_T]):
 
     def reverse(self) -> None:
         """Reverses the list in place."""
-        self._mutate(lambda c: c.reverse())
+        self._mutate(("r",))
 
     def sort(self, *, key: Callable[[_T], Any] | None = None, reverse: bool = False) -> None:
         """Sorts the list in place (stable, like ``list.sort``)."""
-
-        def sort(c: list[bytes]) -> None:
-            items = [pickle.loads(b) for b in c]
-            order = sorted(
-                range(len(items)),
-                key=(lambda i: items[i]) if key is None else (lambda i: key(items[i])),
-                reverse=reverse,
-            )
-            c[:] = [c[i] for i in order]
-
-        self._mutate(sort)
+        self._acquire()
+        try:
+            self._mutate(("o", _sorted_order(self._fresh(), key, reverse)))
+        finally:
+            self._lock.release()
 
 
 class SharedDict(_Shared, Generic[_K, _V]):
@@ -290,11 +399,13 @@ class SharedDict(_Shared, Generic[_K, _V]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._setup(_engine.Blob(_runtime.arena()), RLock())
-        if args or kwargs:
-            self.update(*args, **kwargs)
+        self._publish_all({k: _dump(v) for k, v in dict(*args, **kwargs).items()})
 
     def _empty(self) -> dict[Any, bytes]:
         return {}
+
+    def _apply(self, cache: dict[Any, bytes], op: tuple[Any, ...]) -> Any:
+        return _apply_dict(cache, op)
 
     def copy(self) -> dict[_K, _V]:
         """A plain dict holding a copy of every item."""
@@ -307,11 +418,10 @@ class SharedDict(_Shared, Generic[_K, _V]):
         return pickle.loads(self._fresh()[key])
 
     def __setitem__(self, key: _K, value: _V) -> None:
-        item = _dump(value)
-        self._mutate(lambda c: c.__setitem__(key, item))
+        self._mutate(("s", key, _dump(value)))
 
     def __delitem__(self, key: _K) -> None:
-        self._mutate(lambda c: c.__delitem__(key))
+        self._mutate(("d", key))
 
     def __iter__(self) -> Iterator[_K]:
         return iter(list(self._fresh()))
@@ -349,27 +459,35 @@ class SharedDict(_Shared, Generic[_K, _V]):
     def setdefault(self, key: _K, default: Any = None) -> Any:
         """``self[key]``, after setting it to ``default`` if it was missing (atomically)."""
         item = _dump(default)
-        return pickle.loads(self._mutate(lambda c: c.setdefault(key, item)))
+        self._acquire()
+        try:
+            b = self._fresh().get(key, _MISSING)
+            if b is _MISSING:
+                self._mutate(("s", key, item))
+                return pickle.loads(item)
+            return pickle.loads(b)
+        finally:
+            self._lock.release()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         """Adds every item, as ``dict.update`` does (one publish for all of them)."""
-        new = {k: _dump(v) for k, v in dict(*args, **kwargs).items()}
-        self._mutate(lambda c: c.update(new))
+        self._mutate(("u", {k: _dump(v) for k, v in dict(*args, **kwargs).items()}))
 
     def pop(self, key: _K, default: Any = _MISSING) -> Any:
         """Removes ``key`` and returns its value (``default``, or ``KeyError``, if missing)."""
-        b = self._mutate(lambda c: c.pop(key, _MISSING))
-        if b is _MISSING:
-            if default is _MISSING:
-                raise KeyError(key)
-            return default
-        return pickle.loads(b)
+        self._acquire()
+        try:
+            if default is not _MISSING and key not in self._fresh():
+                return default
+            return pickle.loads(self._mutate(("d", key)))
+        finally:
+            self._lock.release()
 
     def popitem(self) -> tuple[_K, _V]:
         """Removes and returns the last item inserted (``KeyError`` if empty)."""
-        key, b = self._mutate(lambda c: c.popitem())
+        key, b = self._mutate(("P",))
         return key, pickle.loads(b)
 
     def clear(self) -> None:
         """Removes every item."""
-        self._mutate(lambda c: c.clear())
+        self._mutate(("c",))

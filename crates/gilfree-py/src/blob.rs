@@ -1,4 +1,4 @@
-//! `Blob`: the byte-string storage of `gilfree.SharedList` and `gilfree.SharedDict` (pickling,
+//! `Blob`: the byte-string storage (an operation log) of `gilfree.SharedList` and `gilfree.SharedDict` (pickling,
 //! caching and the container semantics live in `gilfree/shared_containers.py`).
 
 use gilfree_core::ipc::arena::Handle;
@@ -46,6 +46,28 @@ impl PyBlob {
     /// Replaces the contents (old or new bytes are seen whole, even if the caller dies).
     fn store(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         py.detach(|| self.inner.store(data)).map_err(store_error)
+    }
+
+    /// Appends to the contents (nothing is published if the caller dies first).
+    fn append(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        py.detach(|| self.inner.append(data)).map_err(store_error)
+    }
+
+    /// `(version, epoch, start, bytes)`: the bytes from `offset` on if `epoch` is still the
+    /// current one (`start == offset`), else all of them (`start == 0`); one snapshot.
+    fn read_from<'py>(
+        &self,
+        py: Python<'py>,
+        epoch: u64,
+        offset: usize,
+    ) -> (u64, u64, usize, Bound<'py, PyBytes>) {
+        let snap = py.detach(|| self.inner.read_from(epoch, offset));
+        (
+            snap.version,
+            snap.epoch,
+            snap.start,
+            PyBytes::new(py, &snap.data),
+        )
     }
 
     /// `(version, contents)`, one snapshot.

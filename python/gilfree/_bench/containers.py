@@ -5,8 +5,8 @@ dict) and a plain ``list``/``dict`` (what threads would share), one thread, in o
 Operations, each timed as the best of a few loops and reported in µs per operation with its
 ratio to gilfree:
 
-- ``append`` to a list that grows from 0 to N items during the loop (gilfree republishes the
-  whole list on each mutation, so its cost grows with the list: N is printed in the table);
+- ``append`` to a list that grows from empty during the loop (gilfree appends a record to its
+  log, and now and then writes a compacted snapshot);
 - ``[i]`` read of a list of N items that nobody changes (gilfree's per-process copy is
   current: no reload);
 - ``d[k] = v`` on a dict of 100 keys, and ``d[k]`` read;
@@ -161,7 +161,7 @@ def render(rows: Sequence[ContainerRow]) -> str:
         " the row's time over gilfree's (above 1: gilfree is faster). The Manager is started"
         " from the `forkserver` context; each proxy call is a round trip to its server process."
         " gilfree reads from a per-process copy checked against a shared version number, and"
-        " every mutation republishes the whole container (O(size), see"
+        " every change appends a record to a log in shared memory, compacted now and then (see"
         " `python/gilfree/shared_containers.py`). `--quick` uses smaller lists. Run alone with"
         " `python -m gilfree bench --only containers`.",
         "",

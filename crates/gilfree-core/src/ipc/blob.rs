@@ -1,6 +1,8 @@
-//! `Blob`: one variable-size byte string in shared memory that any process may replace or
-//! read whole, with a version number that changes on every replacement. Python's
-//! `SharedList` and `SharedDict` keep their pickled contents in one.
+//! `Blob`: one variable-size byte string in shared memory that any process may replace, append
+//! to, or read (whole or from an offset), with a version number that changes on every change and
+//! an epoch that changes on every replacement. Python's `SharedList` and `SharedDict` keep a log
+//! of pickled operations in one: appends are O(item), and a reader that saw the log before
+//! reads only what was appended since.
 //!
 //! # Layout ([`BlobBody`], `#[repr(C)]`, in an arena slot)
 //! | offset | field        | meaning                                                       |
@@ -11,9 +13,12 @@
 //! | 56     | `pending`    | first chunk of a chain being written (0: none)                |
 //! | 60     | `retiring`   | first chunk of a replaced chain not yet freed (0: none)       |
 //! | 64     | `recoveries` | times a dead holder's work was cleaned up (diagnostics)       |
+//! | 72     | `epoch`      | bumped after every `store` and every recovery                 |
 //!
 //! The bytes live in a chain of [`Heap`] chunks (`next` links in the heap), `len` bytes from
-//! the start of the first chunk on.
+//! the start of the first chunk on. Chunks linked after the one holding byte `len` are spare
+//! (left by an `append` whose writer died before publishing); `append` reuses them, and they
+//! are freed with the chain.
 //!
 //! # Who writes what
 //! Every field, and the chunks of the `published`, `pending` and `retiring` chains, only under
@@ -31,17 +36,25 @@
 //! 6. Free the old chain one chunk at a time, moving `retiring` to the next chunk *before*
 //!    freeing the current one (so a chunk is never freed twice). Unlock.
 //!
-//! `read`: lock, copy `len` bytes out of the `published` chain, read `version`, unlock: the
-//! bytes and their version are one snapshot.
+//! `append(data)`, under `mutex`: lock; if the blob is empty, steps 2, 4 and 5 of `store` (no
+//! old chain); else write `data` from byte `len` on (walking the chain to it), reusing a spare
+//! linked chunk or allocating one and linking it before writing into it; then publish with one
+//! store of `published` (same first chunk, the new length), `version += 1`. Heap full → the
+//! contents are unchanged (chunks it linked stay as spares).
+//!
+//! `read_from(epoch, offset)`: lock; if `epoch` is the current one and `offset <= len`, copy
+//! bytes `offset..len`, else all of them; with `version` and `epoch`, one snapshot; unlock.
 //!
 //! # When a process dies
 //! - Holding the lock, anywhere in `store`: the kernel marks the robust mutex; the next locker
 //!   gets `EOWNERDEAD` and first frees the `pending` chain unless it is the published one
 //!   (death after step 4), then the `retiring` chain unless it is the published one (death
-//!   before step 4), and bumps `version` (death between steps 4 and 5). The contents are then
+//!   before step 4), and bumps `version` and `epoch` (death between steps 4 and 5). The contents are then
 //!   either wholly the old bytes or wholly the new ones; a half-written string is never seen.
 //!   A death inside step 6 leaks at most one chunk (address space in the heap, until the
 //!   arena goes).
+//! - Holding the lock in `append`: nothing was published, so the contents are the old ones;
+//!   the bytes written past `len` are overwritten by the next append.
 //! - When the last process holding the blob is gone (or reaped), the arena frees every chain
 //!   ([`BlobBody::free_chunks`]).
 
@@ -63,6 +76,7 @@ pub struct BlobBody {
     pending: AtomicU32,
     retiring: AtomicU32,
     recoveries: AtomicU32,
+    epoch: AtomicU64,
 }
 
 const _: () = {
@@ -152,12 +166,24 @@ impl BlobBody {
             free_chain(heap, retiring);
         }
         self.version.fetch_add(1, SeqCst);
+        self.epoch.fetch_add(1, SeqCst);
         self.recoveries.fetch_add(1, SeqCst);
     }
 
     fn store(&self, heap: &Heap, data: &[u8], stop: Option<StoreStep>) -> Result<(), StoreError> {
-        let len = u32::try_from(data.len()).map_err(|_| StoreError::TooLarge)?;
         let guard = self.lock(heap);
+        self.store_locked(heap, data, stop, guard)
+    }
+
+    /// `store`'s steps 2 to 6, with the lock that `guard` holds.
+    fn store_locked(
+        &self,
+        heap: &Heap,
+        data: &[u8],
+        stop: Option<StoreStep>,
+        guard: Locked<'_>,
+    ) -> Result<(), StoreError> {
+        let len = u32::try_from(data.len()).map_err(|_| StoreError::TooLarge)?;
         // Step 2.
         let first = if data.is_empty() {
             0
@@ -186,6 +212,7 @@ impl BlobBody {
         }
         // Step 5.
         self.version.fetch_add(1, SeqCst);
+        self.epoch.fetch_add(1, SeqCst);
         self.pending.store(0, SeqCst);
         if stop == Some(StoreStep::Versioned) {
             std::mem::forget(guard);
@@ -203,23 +230,83 @@ impl BlobBody {
         Ok(())
     }
 
-    fn read(&self, heap: &Heap) -> (u64, Vec<u8>) {
-        let _guard = self.lock(heap);
-        let (mut chunk, len) = split(self.published.load(SeqCst));
-        let mut out = vec![0u8; len];
+    fn append(&self, heap: &Heap, data: &[u8], publish: bool) -> Result<(), StoreError> {
+        let guard = self.lock(heap);
+        let (first, len) = split(self.published.load(SeqCst));
+        if first == 0 {
+            return self.store_locked(heap, data, None, guard);
+        }
+        let new_len = u32::try_from(len + data.len()).map_err(|_| StoreError::TooLarge)?;
+        let mut chunk = first;
+        for _ in 0..len / CHUNK_SIZE {
+            chunk = next_or_alloc(heap, chunk).ok_or(StoreError::HeapFull)?;
+        }
+        let mut off = len % CHUNK_SIZE;
         let mut done = 0;
-        while done < len {
-            assert!(chunk != 0, "blob chain shorter than its length");
-            let n = CHUNK_SIZE.min(len - done);
-            // SAFETY: the chunk is in the published chain, which the lock gives us ("Who
-            // writes what"); `n <= CHUNK_SIZE`, and `out` is a distinct Rust buffer.
-            unsafe {
-                std::ptr::copy_nonoverlapping(heap.chunk(chunk), out[done..].as_mut_ptr(), n);
+        while done < data.len() {
+            if off == CHUNK_SIZE {
+                chunk = next_or_alloc(heap, chunk).ok_or(StoreError::HeapFull)?;
+                off = 0;
             }
+            let n = (CHUNK_SIZE - off).min(data.len() - done);
+            // SAFETY: the chunk is in the blob's chain and the bytes from `len` on are
+            // unpublished, so only the lock holder touches them; `off + n <= CHUNK_SIZE`.
+            unsafe {
+                let dst = heap.chunk(chunk).add(off);
+                std::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst, n);
+            }
+            off += n;
             done += n;
+        }
+        if !publish {
+            std::mem::forget(guard);
+            return Ok(());
+        }
+        self.published
+            .store((first as u64) << 32 | new_len as u64, SeqCst);
+        self.version.fetch_add(1, SeqCst);
+        drop(guard);
+        Ok(())
+    }
+
+    fn read_from(&self, heap: &Heap, epoch: u64, offset: usize) -> Snapshot {
+        let _guard = self.lock(heap);
+        let (first, len) = split(self.published.load(SeqCst));
+        let current = self.epoch.load(SeqCst);
+        let start = if epoch == current && offset <= len {
+            offset
+        } else {
+            0
+        };
+        let mut out = vec![0u8; len - start];
+        let mut chunk = first;
+        for _ in 0..start / CHUNK_SIZE {
             chunk = heap.next(chunk).load(SeqCst);
         }
-        (self.version.load(SeqCst), out)
+        let mut off = start % CHUNK_SIZE;
+        let mut done = 0;
+        while done < out.len() {
+            if off == CHUNK_SIZE {
+                chunk = heap.next(chunk).load(SeqCst);
+                off = 0;
+            }
+            assert!(chunk != 0, "blob chain shorter than its length");
+            let n = (CHUNK_SIZE - off).min(out.len() - done);
+            // SAFETY: the chunk is in the published chain, which the lock gives us ("Who
+            // writes what"); `off + n <= CHUNK_SIZE`, and `out` is a distinct Rust buffer.
+            unsafe {
+                let src = heap.chunk(chunk).add(off);
+                std::ptr::copy_nonoverlapping(src, out[done..].as_mut_ptr(), n);
+            }
+            off += n;
+            done += n;
+        }
+        Snapshot {
+            version: self.version.load(SeqCst),
+            epoch: current,
+            start,
+            data: out,
+        }
     }
 
     /// Gives every chain back to the heap (the arena calls this when the slot is freed: no
@@ -253,6 +340,31 @@ fn write_chain(heap: &Heap, first: u32, data: &[u8]) -> bool {
         unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), heap.chunk(chunk), piece.len()) };
     }
     true
+}
+
+/// The chunk linked after `chunk`, or a new one linked there; `None` when the heap is full.
+fn next_or_alloc(heap: &Heap, chunk: u32) -> Option<u32> {
+    let next = heap.next(chunk).load(SeqCst);
+    if next != 0 {
+        return Some(next);
+    }
+    let next = heap.alloc()?;
+    // Linked before it is written: a death from here on leaves it reachable.
+    heap.next(chunk).store(next, SeqCst);
+    Some(next)
+}
+
+/// What [`ShmBlob::read_from`] returns: one consistent view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The version of these contents.
+    pub version: u64,
+    /// Their epoch (changes on every `store`).
+    pub epoch: u64,
+    /// The offset of `data` in the contents: the offset asked for, or 0 for all of them.
+    pub start: usize,
+    /// The bytes from `start` to the end.
+    pub data: Vec<u8>,
 }
 
 /// Frees `first` and every chunk linked after it.
@@ -304,9 +416,20 @@ impl ShmBlob {
         self.slot.body().store(self.heap(), data, None)
     }
 
+    /// Appends `data` to the contents (the protocol in the module doc).
+    pub fn append(&self, data: &[u8]) -> Result<(), StoreError> {
+        self.slot.body().append(self.heap(), data, true)
+    }
+
     /// The contents and their version, as one snapshot.
     pub fn read(&self) -> (u64, Vec<u8>) {
-        self.slot.body().read(self.heap())
+        let snap = self.read_from(0, usize::MAX);
+        (snap.version, snap.data)
+    }
+
+    /// The bytes from `offset` on if `epoch` is still the current one, else all of them.
+    pub fn read_from(&self, epoch: u64, offset: usize) -> Snapshot {
+        self.slot.body().read_from(self.heap(), epoch, offset)
     }
 
     /// The current version (no lock taken): it changes whenever the contents may have.
@@ -334,6 +457,12 @@ impl ShmBlob {
     /// kernel marks the robust mutex).
     pub fn abandon_store(&self, data: &[u8], step: StoreStep) -> Result<(), StoreError> {
         self.slot.body().store(self.heap(), data, Some(step))
+    }
+
+    /// Runs `append(data)` up to its publish and returns with the lock still held (as
+    /// [`abandon_store`](Self::abandon_store)).
+    pub fn abandon_append(&self, data: &[u8]) -> Result<(), StoreError> {
+        self.slot.body().append(self.heap(), data, false)
     }
 }
 
@@ -438,6 +567,64 @@ mod tests {
         }
     }
 
+    #[test]
+    fn appends_extend_the_contents_and_read_from_returns_only_the_new_bytes() {
+        let arena = arena();
+        let blob = ShmBlob::new(&arena).unwrap();
+        let mut expect = Vec::new();
+        blob.append(b"ab").unwrap(); // an empty blob: becomes a store
+        expect.extend_from_slice(b"ab");
+        let seen = blob.read_from(0, 0);
+        for (i, n) in [1, CHUNK_SIZE - 3, 2, CHUNK_SIZE, 5, 2 * CHUNK_SIZE + 1]
+            .into_iter()
+            .enumerate()
+        {
+            let piece = pattern(n, i as u8);
+            blob.append(&piece).unwrap();
+            expect.extend_from_slice(&piece);
+            assert_eq!(blob.read().1, expect, "after {i}");
+        }
+        let since = blob.read_from(seen.epoch, 2);
+        assert_eq!((since.start, &since.data[..]), (2, &expect[2..]));
+        assert!(since.version > seen.version);
+        blob.store(b"new").unwrap(); // a new epoch: the whole contents again
+        let all = blob.read_from(since.epoch, since.start + since.data.len());
+        assert_eq!((all.start, &all.data[..]), (0, &b"new"[..]));
+        assert!(all.epoch > since.epoch);
+    }
+
+    #[test]
+    fn a_dead_appender_leaves_the_old_contents_and_its_chunks_are_reused() {
+        let arena = arena();
+        let heap = arena.heap().unwrap();
+        let before = heap.chunks_in_use();
+        let blob = ShmBlob::new(&arena).unwrap();
+        let old = pattern(CHUNK_SIZE - 10, 3);
+        blob.store(&old).unwrap();
+        let seen = blob.read_from(0, 0);
+        std::thread::scope(|s| {
+            s.spawn(|| blob.abandon_append(&pattern(CHUNK_SIZE, 4)).unwrap());
+        });
+        let after = blob.read_from(seen.epoch, old.len());
+        assert_eq!(blob.recoveries(), 1);
+        assert_eq!(
+            (after.start, &after.data[..]),
+            (0, &old[..]),
+            "recovery starts an epoch"
+        );
+        assert_eq!(
+            heap.chunks_in_use(),
+            before + 2,
+            "the spare chunk stays linked"
+        );
+        let piece = pattern(100, 5);
+        blob.append(&piece).unwrap();
+        assert_eq!(heap.chunks_in_use(), before + 2, "and is reused");
+        assert_eq!(blob.read().1, [old, piece].concat());
+        drop(blob);
+        assert_eq!(heap.chunks_in_use(), before);
+    }
+
     /// Writers and readers on several threads: every read is one whole stored string, and
     /// versions never go back.
     #[test]
@@ -456,6 +643,14 @@ mod tests {
                     }
                 });
             }
+            {
+                let blob = &blob;
+                s.spawn(move || {
+                    for _ in 0..300 {
+                        blob.append(b"").unwrap();
+                    }
+                });
+            }
             for _ in 0..2 {
                 let (blob, strings) = (&blob, &strings);
                 s.spawn(move || {
@@ -469,6 +664,6 @@ mod tests {
                 });
             }
         });
-        assert_eq!(blob.version(), 600);
+        assert_eq!(blob.version(), 900);
     }
 }
