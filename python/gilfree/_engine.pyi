@@ -7,6 +7,7 @@ __all__ = [
     "RING_CAPACITY_DEFAULT",
     "Arena",
     "Barrier",
+    "Blob",
     "Cell",
     "Condition",
     "Endpoint",
@@ -188,6 +189,7 @@ class Cell:
     def _load(self) -> int: ...
     def _store(self, bits: int) -> None: ...
 
+@final
 class Blob:
     """The byte-string storage of gilfree.SharedList and gilfree.SharedDict."""
 
