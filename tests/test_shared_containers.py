@@ -8,6 +8,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,48 @@ def test_log_compaction_keeps_every_handle_exact() -> None:
     assert late == {k: f"{i:05d}" * 20 for i in range(2950, 3000) for k in [i % 50]}
     arena = _runtime.arena()
     assert arena.heap_chunks_in_use() < 64, "old log chunks are given back"
+
+
+def test_iteration_walks_a_snapshot() -> None:
+    shared = gilfree.SharedList(range(3))
+    # A live iterator would never end: every step appends an item.
+    assert [x for x in shared if shared.append(x) is None] == [0, 1, 2]
+    d = gilfree.SharedDict(a=1)
+    for k in d:
+        d[k + "x"] = 0
+    assert d == {"a": 1, "ax": 0}
+
+
+def test_threads_of_one_process_share_one_copy_without_double_replay() -> None:
+    shared = gilfree.SharedList()
+    twin = pickle.loads(pickle.dumps(shared))  # written by this process through another handle
+    errors: list[BaseException] = []
+
+    def write(start: int) -> None:
+        try:
+            for i in range(start, start + 400):
+                twin.append(i)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def read() -> None:
+        try:
+            last = 0
+            while last < 800:
+                n = len(shared)  # replays what the writers appended, from several threads
+                assert n >= last
+                last = n
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(k * 400,)) for k in range(2)]
+    threads += [threading.Thread(target=read) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WATCHDOG)
+    assert not errors, errors
+    assert sorted(shared) == list(range(800)) and len(twin) == 800
 
 
 def test_constructors_take_what_list_and_dict_take() -> None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import io
 import operator
 import pickle
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, SupportsIndex, TypeVar
 
@@ -97,6 +98,7 @@ class _Shared:
         "_blob",
         "_cache",
         "_epoch",
+        "_local",
         "_lock",
         "_offset",
         "_version",
@@ -104,6 +106,7 @@ class _Shared:
 
     _blob: _engine.Blob
     _lock: RLock
+    _local: threading.RLock
     _version: int
     _epoch: int
     _offset: int
@@ -113,6 +116,9 @@ class _Shared:
     def _setup(self, blob: _engine.Blob, lock: RLock) -> None:
         self._blob = blob
         self._lock = lock
+        # Guards this process's copy: a replay, or a change and its log position, is one step
+        # for the other threads of the process.
+        self._local = threading.RLock()
         self._forget()
 
     def _forget(self) -> None:
@@ -130,8 +136,14 @@ class _Shared:
         """Applies ``op`` to ``cache``; raises, leaving it unchanged, if ``op`` is invalid."""
         raise NotImplementedError
 
+    def _peek(self, read: Callable[[Any], _T]) -> _T:
+        """``read`` applied to the up-to-date copy, with no other thread changing it."""
+        with self._local:
+            return read(self._fresh())
+
     def _fresh(self) -> Any:
-        """This process's copy of the contents, brought up to date if another process wrote."""
+        """This process's copy of the contents, brought up to date if another process wrote
+        (the caller holds ``_local``)."""
         if self._blob.version == self._version:
             return self._cache
         version, epoch, start, data = self._blob.read_from(self._epoch, self._offset)
@@ -161,24 +173,24 @@ class _Shared:
 
     def _mutate(self, op: tuple[Any, ...]) -> Any:
         """Applies ``op`` to the contents and appends it to the log, under the lock."""
+        frame = _dump(op)
         self._acquire()
         try:
-            cache = self._fresh()
-            result = self._apply(cache, op)  # an invalid op raises here, changing nothing
-            try:
-                frame = _dump(op)
-                if self._offset + len(frame) > 2 * self._base + _COMPACT_SLACK:
-                    snapshot = _dump_fast(("S", cache))
-                    self._blob.store(snapshot)
-                    self._forget()  # the next read replays the snapshot alone
-                else:
-                    self._blob.append(frame)
-                    self._offset += len(frame)
-                    self._version = self._blob.version
-            except BaseException:
-                self._forget()  # the copy is ahead of the shared contents: reload
-                raise
-            return result
+            with self._local:
+                cache = self._fresh()
+                result = self._apply(cache, op)  # an invalid op raises here, changing nothing
+                try:
+                    if self._offset + len(frame) > 2 * self._base + _COMPACT_SLACK:
+                        self._blob.store(_dump_fast(("S", cache)))
+                        self._forget()  # the next read replays the snapshot alone
+                    else:
+                        self._blob.append(frame)
+                        self._offset += len(frame)
+                        self._version = self._blob.version
+                except BaseException:
+                    self._forget()  # the copy is ahead of the shared contents: reload
+                    raise
+                return result
         finally:
             self._lock.release()
 
@@ -284,15 +296,15 @@ class SharedList(_Shared, Generic[_T]):
 
     def copy(self) -> list[_T]:
         """A plain list holding a copy of every item."""
-        return [pickle.loads(b) for b in self._fresh()]
+        return [pickle.loads(b) for b in self._peek(list)]
 
     def __len__(self) -> int:
-        return len(self._fresh())
+        return self._peek(len)
 
     def __getitem__(self, index: SupportsIndex | slice) -> Any:
         if isinstance(index, slice):
-            return [pickle.loads(b) for b in self._fresh()[index]]
-        return pickle.loads(self._fresh()[index])
+            return [pickle.loads(b) for b in self._peek(operator.itemgetter(index))]
+        return pickle.loads(self._peek(operator.itemgetter(operator.index(index))))
 
     def __setitem__(self, index: SupportsIndex | slice, value: Any) -> None:
         if isinstance(index, slice):
@@ -304,10 +316,10 @@ class SharedList(_Shared, Generic[_T]):
         self._mutate(("d", index if isinstance(index, slice) else operator.index(index)))
 
     def __iter__(self) -> Iterator[_T]:
-        return (pickle.loads(b) for b in self._fresh())
+        return (pickle.loads(b) for b in self._peek(list))
 
     def __reversed__(self) -> Iterator[_T]:
-        return (pickle.loads(b) for b in reversed(self._fresh()))
+        return (pickle.loads(b) for b in reversed(self._peek(list)))
 
     def __contains__(self, value: object) -> bool:
         return any(x is value or x == value for x in self)
@@ -349,7 +361,7 @@ class SharedList(_Shared, Generic[_T]):
         """Removes the first item equal to ``value`` (``ValueError`` if there is none)."""
         self._acquire()
         try:
-            for i, b in enumerate(self._fresh()):
+            for i, b in enumerate(self._peek(list)):
                 x = pickle.loads(b)
                 if x is value or x == value:
                     self._mutate(("d", i))
@@ -378,7 +390,7 @@ class SharedList(_Shared, Generic[_T]):
         """Sorts the list in place (stable, like ``list.sort``)."""
         self._acquire()
         try:
-            self._mutate(("o", _sorted_order(self._fresh(), key, reverse)))
+            self._mutate(("o", _sorted_order(self._peek(list), key, reverse)))
         finally:
             self._lock.release()
 
@@ -409,13 +421,13 @@ class SharedDict(_Shared, Generic[_K, _V]):
 
     def copy(self) -> dict[_K, _V]:
         """A plain dict holding a copy of every item."""
-        return {k: pickle.loads(b) for k, b in self._fresh().items()}
+        return {k: pickle.loads(b) for k, b in self._peek(dict.copy).items()}
 
     def __len__(self) -> int:
-        return len(self._fresh())
+        return self._peek(len)
 
     def __getitem__(self, key: _K) -> _V:
-        return pickle.loads(self._fresh()[key])
+        return pickle.loads(self._peek(operator.itemgetter(key)))
 
     def __setitem__(self, key: _K, value: _V) -> None:
         self._mutate(("s", key, _dump(value)))
@@ -424,10 +436,10 @@ class SharedDict(_Shared, Generic[_K, _V]):
         self._mutate(("d", key))
 
     def __iter__(self) -> Iterator[_K]:
-        return iter(list(self._fresh()))
+        return iter(self._peek(list))
 
     def __contains__(self, key: object) -> bool:
-        return key in self._fresh()
+        return self._peek(lambda c: key in c)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, SharedDict):
@@ -441,7 +453,7 @@ class SharedDict(_Shared, Generic[_K, _V]):
 
     def keys(self) -> Any:
         """The keys of a snapshot (a plain ``dict_keys``)."""
-        return dict.fromkeys(self._fresh()).keys()
+        return self._peek(dict.fromkeys).keys()
 
     def values(self) -> Any:
         """The values of a snapshot (a plain ``dict_values``)."""
@@ -453,7 +465,7 @@ class SharedDict(_Shared, Generic[_K, _V]):
 
     def get(self, key: _K, default: Any = None) -> Any:
         """``self[key]`` if ``key`` is there, else ``default``."""
-        b = self._fresh().get(key, _MISSING)
+        b = self._peek(lambda c: c.get(key, _MISSING))
         return default if b is _MISSING else pickle.loads(b)
 
     def setdefault(self, key: _K, default: Any = None) -> Any:
@@ -461,7 +473,7 @@ class SharedDict(_Shared, Generic[_K, _V]):
         item = _dump(default)
         self._acquire()
         try:
-            b = self._fresh().get(key, _MISSING)
+            b = self._peek(lambda c: c.get(key, _MISSING))
             if b is _MISSING:
                 self._mutate(("s", key, item))
                 return pickle.loads(item)
@@ -477,7 +489,7 @@ class SharedDict(_Shared, Generic[_K, _V]):
         """Removes ``key`` and returns its value (``default``, or ``KeyError``, if missing)."""
         self._acquire()
         try:
-            if default is not _MISSING and key not in self._fresh():
+            if default is not _MISSING and key not in self:
                 return default
             return pickle.loads(self._mutate(("d", key)))
         finally:
