@@ -210,8 +210,9 @@ def test_log_compaction_keeps_every_handle_exact() -> None:
             assert follower == plain
     assert follower == plain and shared == plain
     assert late == {k: f"{i:05d}" * 20 for i in range(2950, 3000) for k in [i % 50]}
-    arena = _runtime.arena()
-    assert arena.heap_chunks_in_use() < 64, "old log chunks are given back"
+    # 3000 records of ~140 bytes were written to the dict's log; compaction kept it near twice
+    # its contents (50 values) plus 64 KiB.
+    assert len(d._blob) < 100_000
 
 
 def test_iteration_walks_a_snapshot() -> None:
