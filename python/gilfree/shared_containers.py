@@ -22,7 +22,7 @@ How they are stored, and what each operation costs:
   unpickling the item it returns. After other processes wrote, the first read replays only
   their new records (or, after a new snapshot, the whole log once).
 - A record is written first and published with one store, so a process killed in the middle of
-  a change leaves the contents without it, never half of it. The next process that takes the
+  a change leaves the contents with the whole change or without it, never half of it. The next process that takes the
   lock gets an :class:`gilfree.OwnerDiedError` warning (an exception, if warnings are errors:
   the lock is released first), and the container is usable.
 
@@ -35,10 +35,10 @@ Differences from ``list`` and ``dict``:
   ``with shared.get_lock():``, as with ``multiprocessing`` proxies.
 - Iteration walks a snapshot taken when it starts; ``keys()``, ``values()`` and ``items()``
   return views of such a snapshot, not live views. Slicing returns a plain list.
-- Items must be picklable (with the standard ``pickle``). Keys of a SharedDict are compared by
-  the pickled copy each process holds, so they must hash the same in every process (``str``,
-  ``bytes`` and ``int`` keys do; Python's hash randomisation is per process for ``str``, which
-  is fine, since every process hashes its own copy).
+- Items must be picklable (with the standard ``pickle``). Each process rebuilds a SharedDict's
+  keys by unpickling them, so a key must equal its pickled copy (``str``, ``bytes``, numbers and
+  tuples of them do). A gilfree primitive stored as an item travels as a handle that does not
+  keep it alive: keep the primitive itself alive somewhere while the container holds it.
 - A container exists while some process holds it: keep it alive in the parent while workers
   use it. Its memory is freed when the last handle in any process is gone.
 """
