@@ -180,7 +180,7 @@ def test_arrays_without_numpy_is_skipped_by_name(tmp_path: Path) -> None:
 
 def test_full_run_without_numpy_leaves_out_arrays_and_says_so(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    parts = ("latency", "scaling", "primitives", "pool")
+    parts = ("latency", "scaling", "primitives", "pool", "containers")
     skips = [arg for part in parts for arg in ("--skip", part)]
     proc = run_gilfree(
         "bench", "--quick", *skips, "--out", str(out), blocked=("numpy",), tmp=tmp_path

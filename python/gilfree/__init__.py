@@ -25,6 +25,7 @@ from gilfree.exceptions import (
 )
 from gilfree.executor import Pool, map
 from gilfree.shared_array import SharedArray
+from gilfree.shared_containers import SharedDict, SharedList
 from gilfree.sync import (
     Barrier,
     BoundedSemaphore,
@@ -53,6 +54,8 @@ __all__ = [
     "RemoteTraceback",
     "Semaphore",
     "SharedArray",
+    "SharedDict",
+    "SharedList",
     "SharedStateWarning",
     "Value",
     "Worker",

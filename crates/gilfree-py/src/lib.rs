@@ -6,6 +6,7 @@
 // crate has no loom models and is never built under `--cfg loom`; its locks guard handles only.
 #![allow(clippy::disallowed_types)]
 
+mod blob;
 mod convert;
 mod endpoint;
 mod engine;
@@ -30,6 +31,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync::PyBarrier>()?;
     m.add_class::<sync::PyCell>()?;
     m.add_class::<sync::PyQueue>()?;
+    m.add_class::<blob::PyBlob>()?;
     m.add("RING_CAPACITY_DEFAULT", convert::RING_CAPACITY_DEFAULT)?;
     Ok(())
 }

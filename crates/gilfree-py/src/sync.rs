@@ -58,6 +58,11 @@ impl PyArena {
         self.inner.live_slots()
     }
 
+    /// Chunks of the shared heap in use (queues' and containers' bytes; tests, diagnostics).
+    fn heap_chunks_in_use(&self) -> usize {
+        self.inner.heap().map_or(0, |h| h.chunks_in_use())
+    }
+
     /// Gives back what the dead process `pid` held (the engine does this itself).
     fn reap(&self, py: Python<'_>, pid: u32) {
         py.detach(|| self.inner.reap(pid));

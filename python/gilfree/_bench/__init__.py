@@ -8,10 +8,11 @@ mean something on a busy machine:
 2. :mod:`~gilfree._bench.scaling`: CPU scaling of the demo's job over W workers;
 3. :mod:`~gilfree._bench.primitives`: uncontended Lock and Queue round trips;
 4. :mod:`~gilfree._bench.arrays`: a large numpy array through an identity task;
-5. :mod:`~gilfree._bench.pool`: ``gilfree.Pool`` beside the stdlib and peer pools.
+5. :mod:`~gilfree._bench.pool`: ``gilfree.Pool`` beside the stdlib and peer pools;
+6. :mod:`~gilfree._bench.containers`: ``SharedList``/``SharedDict`` beside Manager proxies.
 
-Parts 1 and 2 make ``RESULTS.md`` and ``results.json`` (:mod:`~gilfree._bench.summary`); 3 and 4
-add their sections to it (:mod:`~gilfree._bench.report`); 5 writes ``POOL.md``. Plots are PNG
+Parts 1 and 2 make ``RESULTS.md`` and ``results.json`` (:mod:`~gilfree._bench.summary`); 3, 4
+and 6 add their sections to it (:mod:`~gilfree._bench.report`); 5 writes ``POOL.md``. Plots are PNG
 files beside them. Peers that are not installed are skipped by name (:mod:`~gilfree._bench.peers`).
 The goals are recorded, never asserted: a slow run is a finding, not a failure.
 """
@@ -29,9 +30,9 @@ from pathlib import Path
 from gilfree import _demo
 
 #: The parts of the suite, in the order a full run measures them.
-SECTIONS = ("latency", "scaling", "primitives", "arrays", "pool")
+SECTIONS = ("latency", "scaling", "primitives", "arrays", "pool", "containers")
 #: Parts that ``--only`` runs on their own, rewriting only their own section or file.
-STANDALONE = ("primitives", "arrays", "pool")
+STANDALONE = ("primitives", "arrays", "pool", "containers")
 
 
 def default_out(quick: bool) -> Path:
@@ -93,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only",
         choices=SECTIONS,
-        help="run only this part; primitives and arrays replace their own section of an"
+        help="run only this part; primitives, arrays and containers replace their own section of an"
         " existing RESULTS.md, pool rewrites POOL.md, latency and scaling rewrite RESULTS.md"
         " and results.json",
     )
@@ -101,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_alone(part: str, out: Path, quick: bool) -> int:
-    from gilfree._bench import arrays, pool, primitives
+    from gilfree._bench import arrays, containers, pool, primitives
 
     if part == "pool":
         print("pool: gilfree.Pool beside multiprocessing, concurrent.futures and peers", flush=True)
@@ -109,6 +110,11 @@ def _run_alone(part: str, out: Path, quick: bool) -> int:
     if part == "primitives":
         print("primitives: uncontended Lock and Queue round trips", flush=True)
         print(primitives.write(primitives.measure(quick), out))
+    elif part == "containers":
+        print(
+            "containers: SharedList/SharedDict beside multiprocessing.Manager proxies", flush=True
+        )
+        print(containers.write(containers.measure(quick), out))
     else:
         size_mb = arrays.default_size_mb(quick)
         print(f"large arrays: a {size_mb} MB array through an identity task", flush=True)
@@ -130,7 +136,7 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit status: 0, or 1 if a backend computed a wrong answer.
     """
-    from gilfree._bench import arrays, peers, pool, primitives, report, summary
+    from gilfree._bench import arrays, containers, peers, pool, primitives, report, summary
     from gilfree._bench.latency import LatencyRow, measure_latency
     from gilfree._bench.scaling import ScalingRow, measure_scaling
 
@@ -168,6 +174,9 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         rows = arrays.measure(args.quick)
         if rows:
             sections.append((arrays.section(rows, out, size_mb), "arrays"))
+    if "containers" not in skip:
+        print("6. containers: SharedList/SharedDict beside Manager proxies", flush=True)
+        sections.append((containers.render(containers.measure(args.quick)), "containers"))
     if peers.skipped_names:
         info["peers not installed (skipped)"] = ", ".join(peers.skipped_names)
     text = summary.render_markdown(info, latency, scaling, size, repeat, plots)

@@ -202,13 +202,18 @@ pub enum Kind {
     Cell = 6,
     /// A `Queue` ([`super::queue`]): its chunks in the [`Heap`] are freed with the slot.
     Queue = 7,
+    /// A byte string ([`super::blob`]): its chunks in the [`Heap`] are freed with the slot.
+    Blob = 8,
 }
 
 impl Kind {
-    /// Whether the body starts with a robust [`RawMutex`] (`LockBody`, `BarrierBody` and
-    /// `QueueBody` are `#[repr(C)]` with the mutex as their first field).
+    /// Whether the body starts with a robust [`RawMutex`] (`LockBody`, `BarrierBody`,
+    /// `QueueBody` and `BlobBody` are `#[repr(C)]` with the mutex as their first field).
     fn has_mutex(kind: u32) -> bool {
-        kind == Kind::Lock as u32 || kind == Kind::Barrier as u32 || kind == Kind::Queue as u32
+        kind == Kind::Lock as u32
+            || kind == Kind::Barrier as u32
+            || kind == Kind::Queue as u32
+            || kind == Kind::Blob as u32
     }
 }
 
@@ -678,6 +683,14 @@ impl Arena {
                 // SAFETY: a live queue slot's body holds an initialised `QueueBody`; with
                 // `refs == 0` no process can use it any more.
                 let body = unsafe { &*slot.body.get().cast::<super::queue::QueueBody>() };
+                body.free_chunks(heap);
+            }
+        }
+        if kind == Kind::Blob as u32 {
+            if let Some(heap) = &self.heap {
+                // SAFETY: a live blob slot's body holds an initialised `BlobBody`; with
+                // `refs == 0` no process can use it any more.
+                let body = unsafe { &*slot.body.get().cast::<super::blob::BlobBody>() };
                 body.free_chunks(heap);
             }
         }

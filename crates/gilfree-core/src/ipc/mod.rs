@@ -6,7 +6,8 @@
 //!   lock-free free list ([`free_list`]) and the reaping of a dead process's holdings.
 //! - [`mutex`]: glibc's robust process-shared mutex; [`lock`] builds `Lock`/`RLock` on it.
 //! - [`heap`]: a lazily touched memfd of fixed-size chunks, beside the arena, for variable-size
-//!   data; [`queue`] chains its chunks into a multi-producer, multi-consumer byte queue.
+//!   data; [`queue`] chains its chunks into a multi-producer, multi-consumer byte queue, and
+//!   [`blob`] into one replaceable byte string (the shared containers' storage).
 //! - [`futex`]: the wait/wake seam of [`event`], [`semaphore`], [`condition`], [`barrier`].
 //!
 //! Each primitive is a trait (or a protocol type), a `Shm*` implementation in an arena slot
@@ -20,6 +21,8 @@
 #[cfg(not(loom))]
 pub mod arena;
 pub mod barrier;
+#[cfg(not(loom))]
+pub mod blob;
 pub mod condition;
 pub mod error;
 pub mod event;
