@@ -8,10 +8,11 @@ mean something on a busy machine:
 2. :mod:`~gilfree._bench.scaling`: CPU scaling of the demo's job over W workers;
 3. :mod:`~gilfree._bench.primitives`: uncontended Lock and Queue round trips;
 4. :mod:`~gilfree._bench.arrays`: a large numpy array through an identity task;
-5. :mod:`~gilfree._bench.pool`: ``gilfree.Pool`` beside the stdlib and peer pools.
+5. :mod:`~gilfree._bench.pool`: ``gilfree.Pool`` beside the stdlib and peer pools;
+6. :mod:`~gilfree._bench.blas`: a numpy matmul map with the workers' BLAS pools capped and not.
 
 Parts 1 and 2 make ``RESULTS.md`` and ``results.json`` (:mod:`~gilfree._bench.summary`); 3 and 4
-add their sections to it (:mod:`~gilfree._bench.report`); 5 writes ``POOL.md``. Plots are PNG
+add their sections to it (:mod:`~gilfree._bench.report`); 5 writes ``POOL.md``, 6 ``BLAS.md``. Plots are PNG
 files beside them. Peers that are not installed are skipped by name (:mod:`~gilfree._bench.peers`).
 The goals are recorded, never asserted: a slow run is a finding, not a failure.
 """
@@ -29,9 +30,9 @@ from pathlib import Path
 from gilfree import _demo
 
 #: The parts of the suite, in the order a full run measures them.
-SECTIONS = ("latency", "scaling", "primitives", "arrays", "pool")
+SECTIONS = ("latency", "scaling", "primitives", "arrays", "pool", "blas")
 #: Parts that ``--only`` runs on their own, rewriting only their own section or file.
-STANDALONE = ("primitives", "arrays", "pool")
+STANDALONE = ("primitives", "arrays", "pool", "blas")
 
 
 def default_out(quick: bool) -> Path:
@@ -94,15 +95,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         choices=SECTIONS,
         help="run only this part; primitives and arrays replace their own section of an"
-        " existing RESULTS.md, pool rewrites POOL.md, latency and scaling rewrite RESULTS.md"
+        " existing RESULTS.md, pool rewrites POOL.md, blas rewrites BLAS.md, latency and scaling rewrite RESULTS.md"
         " and results.json",
     )
     parser.set_defaults(func=main)
 
 
 def _run_alone(part: str, out: Path, quick: bool) -> int:
-    from gilfree._bench import arrays, pool, primitives
+    from gilfree._bench import arrays, blas, pool, primitives
 
+    if part == "blas":
+        print("blas: a numpy matmul map, workers' BLAS pools capped and uncapped", flush=True)
+        return blas.run(out, quick)
     if part == "pool":
         print("pool: gilfree.Pool beside multiprocessing, concurrent.futures and peers", flush=True)
         return pool.run(out, quick)
@@ -190,6 +194,11 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
             "5. pool: gilfree.Pool beside multiprocessing, concurrent.futures and peers", flush=True
         )
         pool.run(out, args.quick)
+    if "blas" not in skip:
+        from gilfree._bench import blas
+
+        print("6. blas: a numpy matmul map, workers' BLAS pools capped and uncapped", flush=True)
+        blas.run(out, args.quick)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     return 1 if errors else 0
