@@ -150,8 +150,10 @@ def _end_error(
         if signal == _signal.SIGKILL:
             # Timeouts and cancels end otherwise: a SIGKILL here came from outside the pool,
             # most often from the kernel's OOM killer.
-            if max_memory is not None and peak_rss is not None and (
-                peak_rss >= _NEAR_LIMIT * max_memory
+            if (
+                max_memory is not None
+                and peak_rss is not None
+                and (peak_rss >= _NEAR_LIMIT * max_memory)
             ):
                 how += (
                     f" (SIGKILL) with its resident memory at {_mb(peak_rss)}, near the pool's"
@@ -311,7 +313,10 @@ class _FutureHandler:
         ok, value = (
             _decode_frame(frames[0])
             if frames
-            else (False, _end_error(end, info, self.timeout, None, future._gilfree_pool._max_memory))
+            else (
+                False,
+                _end_error(end, info, self.timeout, None, future._gilfree_pool._max_memory),
+            )
         )
         try:
             if ok:

@@ -79,6 +79,7 @@ impl PyTaskPool {
     /// messages. With `report_start`, `completions` reports its start (with a later batch).
     /// `retries`: runs again (at most that many times) if its worker dies before any frame.
     #[pyo3(signature = (id, payload, frames, timeout, report_start=false, retries=0))]
+    #[allow(clippy::too_many_arguments)] // one per field of `Task`, as Python passes them
     fn submit(
         &self,
         py: Python<'_>,

@@ -95,9 +95,7 @@ def render(rows: list[BlasRow], n: int, tasks: int) -> str:
         "|---|---|---:|---:|",
     ]
     for r in rows:
-        out.append(
-            f"| {r.variant} | `{r.setting}` | {r.seconds:.3f} | {r.seconds / capped:.2f}x |"
-        )
+        out.append(f"| {r.variant} | `{r.setting}` | {r.seconds:.3f} | {r.seconds / capped:.2f}x |")
     return "\n".join(out) + "\n"
 
 
