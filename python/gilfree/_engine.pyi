@@ -76,6 +76,7 @@ class TaskPool:
         init: bytes | None,
         max_tasks_per_worker: int | None,
         depth: int = 2,
+        max_memory: int | None = None,
     ) -> TaskPool: ...
     def submit(
         self,
@@ -84,6 +85,7 @@ class TaskPool:
         frames: int,
         timeout: float | None,
         report_start: bool = False,
+        retries: int = 0,
     ) -> None: ...
     def cancel(self, id: int, kill_running: bool) -> int: ...
     def completions(

@@ -13,8 +13,10 @@ Replies:
 - ``POOL_CALL`` (a chunk of calls): first the start mark (an empty message, sent before the
   task is unpickled; the engine's scheduler consumes it and never re-runs a task once it
   arrived); then one frame per item as soon as that item finishes (so a crash mid-chunk loses
-  no finished result), each a pickled ``(status, payload)``; then a trailer frame, the chunk's
-  run time in seconds as a little-endian double, which feeds the adaptive chunk sizing.
+  no finished result), each a pickled ``(status, payload)``; then a trailer frame: the chunk's
+  run time in seconds as a little-endian double, which feeds the adaptive chunk sizing, then the
+  worker's peak resident set in bytes as a little-endian u64 (0 unless the task's ``meta`` is
+  ``(count, True)``: a Pool with ``max_memory_per_worker``, whose scheduler reads it).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 PROTOCOL = 5
 _LEN = struct.Struct("<I")
-TRAILER = struct.Struct("<d")
+TRAILER = struct.Struct("<dQ")
 # The first message a worker sends for a POOL_CALL task: "I have begun it".
 START_MARK = b""
 

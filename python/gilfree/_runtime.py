@@ -4,6 +4,25 @@ One engine serves every Worker (and, later, every Pool) of the interpreter, so t
 warm set of worker processes. Worker output arrives here and is written to whatever
 ``sys.stdout`` / ``sys.stderr`` are at that moment, so ``contextlib.redirect_stdout``, pytest's
 capture and Jupyter all see it.
+
+BLAS and OpenMP thread pools. numpy's BLAS (OpenBLAS, MKL, BLIS, Accelerate) and OpenMP code
+start one thread per core in *every* process by default, so W worker processes each running a
+matmul ask for W x cores threads, and oversubscription makes the whole map slower than one
+process. Each worker process therefore starts with its pools capped: the standard variables
+(:data:`BLAS_ENV_VARS`) are set in the worker's environment at its start, which is when those
+libraries read them. The rule:
+
+- The cap is per process start, not per Pool: every Worker and Pool of an interpreter shares
+  one engine and its warm worker processes, and a library reads its variable once, when it is
+  loaded. So the cap is one number for the engine, ``cores // warm workers``, where the warm
+  set is one process per core (:func:`default_workers`): 1 thread per worker. Any number of
+  busy workers up to the core count then runs at most one BLAS thread per core
+  (workers x threads <= cores).
+- A variable the user set (in this process's environment when the engine starts) wins, and is
+  passed on to the workers as it is; so does a value set for one library only.
+- ``GILFREE_BLAS_THREADS=N`` sets the cap to N threads per worker (for a few workers doing
+  large matmuls, say); ``GILFREE_BLAS_THREADS=0`` (or ``none``) sets no variable at all.
+  It is read when the engine starts (the first Worker or Pool of the interpreter).
 """
 
 from __future__ import annotations
@@ -37,12 +56,59 @@ def _emit(pid: int, stream: int, data: bytes) -> None:
     target.flush()
 
 
+#: The variables that size BLAS and OpenMP thread pools, set in each worker's environment.
+BLAS_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+#: The setting that overrides the cap (see the module docstring).
+BLAS_THREADS_ENV = "GILFREE_BLAS_THREADS"
+
+
+def blas_threads(environ: dict[str, str] | os._Environ[str] = os.environ) -> int | None:
+    """The BLAS/OpenMP threads each worker process gets (``None``: no cap); see the module
+    docstring for the rule.
+
+    Raises:
+        ValueError: ``GILFREE_BLAS_THREADS`` is set to something other than a count >= 0 or
+            ``none``.
+    """
+    setting = environ.get(BLAS_THREADS_ENV, "").strip().lower()
+    if setting in ("0", "none"):
+        return None
+    if setting:
+        try:
+            n = int(setting)
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise ValueError(
+                f"{BLAS_THREADS_ENV} must be a number of threads (or 0 / none for no cap),"
+                f" not {environ[BLAS_THREADS_ENV]!r}"
+            )
+        return n
+    cores = default_workers()
+    return max(1, cores // default_workers())
+
+
+def _blas_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> list[tuple[str, str]]:
+    """The cap as variables for a worker's environment: those the user has not set."""
+    n = blas_threads(environ)
+    if n is None:
+        return []
+    return [(name, str(n)) for name in BLAS_ENV_VARS if not environ.get(name)]
+
+
 def _worker_env() -> list[tuple[str, str]]:
     # The worker must import this very gilfree, even when it was put on sys.path by hand.
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.environ.get("PYTHONPATH")
     pythonpath = package_root if not path else package_root + os.pathsep + path
-    return [("PYTHONPATH", pythonpath), ("PYTHONUNBUFFERED", "1")]
+    return [("PYTHONPATH", pythonpath), ("PYTHONUNBUFFERED", "1"), *_blas_env()]
 
 
 def default_workers() -> int:

@@ -166,10 +166,35 @@ def _dumps_here(obj: Any) -> bytes:
         return _serialize.dumps(obj)
 
 
-def pool_call(count: int, body: memoryview, endpoint: _engine.Endpoint) -> bool:
+# This process's /proc/self/status, opened on first use (by pid: a process forked from this one
+# must open its own).
+_status: tuple[int, int] | None = None
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set in bytes (``VmHWM``: the high-water mark of this
+    process image's memory; ``getrusage``'s ``ru_maxrss`` would also count the process that
+    exec'd it)."""
+    global _status
+    pid = os.getpid()
+    try:
+        if _status is None or _status[0] != pid:
+            _status = (pid, os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC))
+        text = os.pread(_status[1], 4096, 0)
+        at = text.index(b"VmHWM:")
+        return int(text[at + 6 : text.index(b"kB", at)]) * 1024
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def pool_call(meta: int | tuple[int, bool], body: memoryview, endpoint: _engine.Endpoint) -> bool:
     """Runs a chunk of calls: the start mark, one frame per item as it finishes, then the
-    trailer (see ``_protocol``)."""
+    trailer (see ``_protocol``). ``meta``: the item count, or ``(count, True)`` to report
+    the peak resident set in the trailer."""
     started = time.perf_counter()
+    count, report_rss = (meta, False) if isinstance(meta, int) else meta
     send = endpoint.send
     # Before anything of the task runs (unpickling included): from now on the scheduler
     # counts it as begun, and never re-runs it. Deferred: no wake-up of the parent.
@@ -201,7 +226,8 @@ def pool_call(count: int, body: memoryview, endpoint: _engine.Endpoint) -> bool:
             if not send(frame, False):
                 return False
     _flush()
-    return send(_protocol.TRAILER.pack(time.perf_counter() - started), True)
+    elapsed = time.perf_counter() - started
+    return send(_protocol.TRAILER.pack(elapsed, _peak_rss() if report_rss else 0), True)
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ class WorkerCrashedError(RuntimeError):
         exitcode: The process's exit status if it exited, else ``None``.
         signal: The number of the signal that killed it, else ``None``.
         pid: The worker process's pid.
+        attempts: How many times the task ran (1, plus the retries it used with
+            ``retries=``); each run's worker died.
     """
 
     def __init__(
@@ -36,11 +38,13 @@ class WorkerCrashedError(RuntimeError):
         exitcode: int | None = None,
         signal: int | None = None,
         pid: int | None = None,
+        attempts: int = 1,
     ) -> None:
-        super().__init__(message, exitcode, signal, pid)
+        super().__init__(message, exitcode, signal, pid, attempts)
         self.exitcode = exitcode
         self.signal = signal
         self.pid = pid
+        self.attempts = attempts
 
     def __str__(self) -> str:
         return str(self.args[0])

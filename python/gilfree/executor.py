@@ -20,6 +20,8 @@ from __future__ import annotations
 import collections
 import itertools
 import pickle
+import re
+import signal as _signal
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -57,6 +59,13 @@ def _check_timeout(timeout: float | None) -> None:
         raise ValueError("timeout must be a non-negative number")
 
 
+def _check_retries(retries: int) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"retries must be an int, not {type(retries).__name__}")
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+
+
 def _decode_frame(frame: bytes) -> tuple[bool, Any]:
     """One item's outcome: ``(True, value)`` or ``(False, exception)``.
 
@@ -81,17 +90,88 @@ def _decode_frame(frame: bytes) -> tuple[bool, Any]:
     return False, TypeError(f"the task's result cannot be pickled: {payload}")
 
 
-def _end_error(end: int, info: Any, timeout: float | None) -> BaseException:
-    """The exception for an item that did not finish: crash, timeout, cancel or broken pool."""
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+# A worker killed by SIGKILL whose resident set had reached this share of the pool's limit most
+# likely ran out of memory.
+_NEAR_LIMIT = 0.8
+
+
+def _memory_size(value: int | str | None) -> int | None:
+    """Bytes from ``max_memory_per_worker``: an int, or a string such as ``"2GB"``, ``"512MiB"``
+    (kB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(
+            f"max_memory_per_worker must be a number of bytes or a string such as '2GB', not"
+            f" {type(value).__name__}"
+        )
+    if isinstance(value, int):
+        size = value
+    else:
+        m = _SIZE.fullmatch(value)
+        if m is None:
+            raise ValueError(
+                f"max_memory_per_worker: cannot read {value!r} as a size (e.g. '2GB', '512MiB')"
+            )
+        size = int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
+    if size < 1:
+        raise ValueError("max_memory_per_worker must be at least 1 byte")
+    return size
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+def _end_error(
+    end: int,
+    info: Any,
+    timeout: float | None,
+    attempts: int | None = None,
+    max_memory: int | None = None,
+) -> BaseException:
+    """The exception for an item that did not finish: crash, timeout, cancel or broken pool.
+
+    ``attempts`` overrides the scheduler's count of runs for a crash (a ``map`` item re-run
+    as part of a new chunk: the caller knows its runs across chunks). ``max_memory``: the
+    pool's limit, to tell an out-of-memory kill in the message."""
     if end == _CRASHED:
-        pid, exitcode, signal = info
+        pid, exitcode, signal, runs, peak_rss = info
+        if attempts is None:
+            attempts = runs
         how = (
             f"was killed by signal {signal}"
             if signal is not None
             else f"exited with code {exitcode}"
         )
+        if signal == _signal.SIGKILL:
+            # Timeouts and cancels end otherwise: a SIGKILL here came from outside the pool,
+            # most often from the kernel's OOM killer.
+            if (
+                max_memory is not None
+                and peak_rss is not None
+                and (peak_rss >= _NEAR_LIMIT * max_memory)
+            ):
+                how += (
+                    f" (SIGKILL) with its resident memory at {_mb(peak_rss)}, near the pool's"
+                    f" max_memory_per_worker of {_mb(max_memory)}: it likely ran out of memory"
+                    " (the kernel's OOM killer sends SIGKILL)"
+                )
+            else:
+                how += (
+                    " (SIGKILL; unless someone sent it, this is the kernel's OOM killer: the"
+                    " task likely ran out of memory)"
+                )
+        tried = f" (it ran {attempts} times; each time its worker died)" if attempts > 1 else ""
         return WorkerCrashedError(
-            f"the worker process {pid} running this task {how}", exitcode, signal, pid
+            f"the worker process {pid} running this task {how}{tried}",
+            exitcode,
+            signal,
+            pid,
+            attempts,
         )
     if end == _TIMED_OUT:
         return TimeoutError(
@@ -231,7 +311,12 @@ class _FutureHandler:
         # The item's frame arrives as soon as it finishes: if the worker died after that, the
         # result still stands.
         ok, value = (
-            _decode_frame(frames[0]) if frames else (False, _end_error(end, info, self.timeout))
+            _decode_frame(frames[0])
+            if frames
+            else (
+                False,
+                _end_error(end, info, self.timeout, None, future._gilfree_pool._max_memory),
+            )
         )
         try:
             if ok:
@@ -267,8 +352,10 @@ class _Results:
         chunksize: int | None,
         timeout: float | None,
         eager: bool,
+        retries: int = 0,
     ) -> None:
         self.pool = pool
+        self.retries = retries
         try:
             self.fn_blob = _serialize.dumps(fn)
         except Exception as exc:
@@ -288,8 +375,9 @@ class _Results:
         # Outcomes by the index of a run's first item (ordered) or in arrival order (unordered).
         self.slots: dict[int, list[tuple[bool, Any]]] = {}
         self.arrivals: collections.deque[list[tuple[bool, Any]]] = collections.deque()
-        # task id → (first index, items, the pickled chunk if it pins shared memory)
-        self.outstanding: dict[int, tuple[int, list[Any], bytes | None]] = {}
+        # task id → (first index, items, the pickled chunk if it pins shared memory, runs its
+        # first item had before this chunk: a retried item travels in a new chunk)
+        self.outstanding: dict[int, tuple[int, list[Any], bytes | None, int]] = {}
         self.source_done = False
         self.source_error: BaseException | None = None
         self.closed = False
@@ -348,17 +436,20 @@ class _Results:
             with self.cond:
                 self.cond.notify_all()
 
-    def _submit(self, first: int, items: list[Any]) -> None:
+    def _submit(self, first: int, items: list[Any], prior: int = 0) -> None:
         body = self._pickle_chunk(first, items)
         if body is None:
             return
         pool = self.pool
         task_id = next(pool._ids)
-        self.outstanding[task_id] = (first, items, _pinning(body))
+        self.outstanding[task_id] = (first, items, _pinning(body), prior)
         pool._handlers[task_id] = self
-        msg = _protocol.encode_task(_protocol.POOL_CALL, len(items), body)
+        msg = _protocol.encode_task(_protocol.POOL_CALL, pool._call_meta(len(items)), body)
+        # The scheduler re-runs the chunk while its worker dies before the first item's frame
+        # (so before anything of it finished); later items are re-sent from _complete.
+        retries = max(0, self.retries - prior)
         try:
-            pool._tp.submit(task_id, msg, len(items) + 1, self.timeout)
+            pool._tp.submit(task_id, msg, len(items) + 1, self.timeout, False, retries)
         except BaseException:
             pool._handlers.pop(task_id, None)
             del self.outstanding[task_id]
@@ -392,7 +483,7 @@ class _Results:
         self.fill()
 
     def _complete(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
-        first, items, blob = self.outstanding.pop(task_id)
+        first, items, blob, prior = self.outstanding.pop(task_id)
         if blob is not None and end in (_CANCELLED, _BROKEN):
             _serialize.discard(blob)  # never loaded: free the shared memory it pins
         n = len(items)
@@ -403,7 +494,19 @@ class _Results:
             self.per_item = per if self.per_item is None else 0.5 * self.per_item + 0.5 * per
         done = len(results)
         if done < n:
-            results.append((False, _end_error(end, info, self.timeout)))
+            attempts = None
+            if end == _CRASHED:
+                # The scheduler's runs of this chunk all died before the first item's frame,
+                # except perhaps the last: the item that crashed it ran that many times.
+                attempts = prior + info[3] if done == 0 else 1
+                if attempts <= self.retries and not self.closed:
+                    # Nothing of this item finished (its frame would have arrived): run it
+                    # again, with the items behind it that never started.
+                    self._submit(first + done, items[done:], attempts)
+                    self._put_many(first, results)
+                    return
+            limit = self.pool._max_memory
+            results.append((False, _end_error(end, info, self.timeout, attempts, limit)))
             rest = items[done + 1 :]
             if rest and end in (_CRASHED, _TIMED_OUT) and not self.closed:
                 self._submit(first + done + 1, rest)  # never started: runs once, elsewhere
@@ -490,6 +593,14 @@ class Pool(Executor):
             task fails with :class:`BrokenPoolError`, and no process is respawned in a loop.
         initargs: Arguments for ``initializer``.
         max_tasks_per_worker: Replace a worker process after it ran this many tasks (chunks).
+        max_memory_per_worker: Replace a worker process after a task (a chunk) that took its
+            peak resident memory over this many bytes: an int, or a string such as ``"2GB"``
+            or ``"512MiB"``. The worker reports its peak (``VmHWM``) at the end of each task
+            and the engine's scheduler compares it, so nothing polls; the task's result still
+            arrives, and a task already queued behind it on that worker runs there first. This
+            does not stop a task from using more: one that exhausts the machine's memory is
+            killed by the kernel and fails with :class:`WorkerCrashedError` (SIGKILL, and a
+            message saying it likely ran out of memory), while the pool goes on.
 
     Functions travel with cloudpickle (lambdas, closures and code defined in ``__main__`` or
     a notebook work); arguments and results with plain pickle where that suffices.
@@ -507,7 +618,9 @@ class Pool(Executor):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | str | None = None,
     ) -> None:
+        max_memory = _memory_size(max_memory_per_worker)
         if max_workers is None:
             max_workers = _runtime.default_workers()
         elif max_workers <= 0:
@@ -526,12 +639,15 @@ class Pool(Executor):
                 ) from exc
             init = _protocol.encode_task(_protocol.POOL_INIT, None, body)
         self._max_workers = max_workers
+        self._max_memory = max_memory
         self._ids = itertools.count()
         self._handlers: dict[int, Any] = {}
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._broken: BaseException | None = None
-        self._tp = _engine.TaskPool(_runtime.engine(), max_workers, init, max_tasks_per_worker)
+        self._tp = _engine.TaskPool(
+            _runtime.engine(), max_workers, init, max_tasks_per_worker, max_memory=max_memory
+        )
         self._collector = threading.Thread(
             target=_collect,
             args=(weakref.ref(self), self._tp, self._handlers),
@@ -544,7 +660,13 @@ class Pool(Executor):
     # -- concurrent.futures.Executor --------------------------------------------------------
 
     def submit(
-        self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        retries: int = 0,
+        **kwargs: Any,
     ) -> Future:
         """Schedules ``fn(*args, **kwargs)`` and returns its Future.
 
@@ -553,6 +675,11 @@ class Pool(Executor):
             timeout: Kill the task if it runs longer than this many seconds; its Future then
                 raises ``TimeoutError``. (``timeout`` is therefore not passed on to ``fn``; wrap
                 ``fn`` with ``functools.partial`` to give it one.)
+            retries: Run the task again, up to this many times, if its worker process dies
+                while running it (a segfault, an OOM kill, ``os._exit``); once they are used
+                up the Future raises :class:`WorkerCrashedError` with ``.attempts`` set. A task
+                that raises, times out or is cancelled is not retried, and one whose result
+                arrived is never run again. (Also not passed on to ``fn``.)
 
         Raises:
             RuntimeError: after :meth:`shutdown`.
@@ -560,15 +687,16 @@ class Pool(Executor):
             TypeError: if ``fn`` or an argument cannot be pickled (the message names it).
         """
         _check_timeout(timeout)
+        _check_retries(retries)
         with self._shutdown_lock:
             self._check_open()
             body = self._pickle_call(fn, args, kwargs)
             task_id = next(self._ids)
             future = _PoolFuture(self, task_id)
             self._handlers[task_id] = _FutureHandler(future, timeout, body)
-            msg = _protocol.encode_task(_protocol.POOL_CALL, 1, body)
+            msg = _protocol.encode_task(_protocol.POOL_CALL, self._call_meta(1), body)
             try:
-                self._tp.submit(task_id, msg, 2, timeout, True)
+                self._tp.submit(task_id, msg, 2, timeout, True, retries)
             except BaseException:
                 del self._handlers[task_id]
                 raise
@@ -580,6 +708,7 @@ class Pool(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        retries: int = 0,
     ) -> Iterator[Any]:
         """Runs ``fn`` over the items (in parallel, in chunks) and yields results in order.
 
@@ -594,9 +723,15 @@ class Pool(Executor):
             timeout: Per-task time limit in seconds.
             chunksize: Items per task; ``None`` sizes chunks automatically from measured run
                 times (each chunk runs ~20 ms, and there are at least 4 per worker).
+            retries: Run an item again, up to this many times, if its worker process dies
+                while running it (see :meth:`submit`); the items of its chunk that finished
+                are kept, never re-run.
         """
         items = list(zip(*iterables, strict=False))
-        return iter(self._start(fn, iter(items), len(items), True, chunksize, timeout, eager=True))
+        results = self._start(
+            fn, iter(items), len(items), True, chunksize, timeout, eager=True, retries=retries
+        )
+        return iter(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stops accepting tasks; see ``Executor.shutdown``.
@@ -622,6 +757,7 @@ class Pool(Executor):
         ordered: bool = True,
         chunksize: int | None = None,
         timeout: float | None = None,
+        retries: int = 0,
     ) -> Iterator[Any]:
         """A lazy ``map`` of one-argument ``fn``: consumes ``iterable`` with bounded look-ahead.
 
@@ -634,10 +770,14 @@ class Pool(Executor):
             ordered: Yield results in input order (``True``) or as they finish.
             chunksize: Items per task; ``None`` sizes chunks automatically.
             timeout: Per-task time limit in seconds (see :meth:`map`).
+            retries: Re-runs of an item whose worker process died (see :meth:`map`).
         """
         length = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
         source = ((item,) for item in iterable)
-        return iter(self._start(fn, source, length, ordered, chunksize, timeout, eager=False))
+        results = self._start(
+            fn, source, length, ordered, chunksize, timeout, eager=False, retries=retries
+        )
+        return iter(results)
 
     def cancel(self, future: Future) -> bool:
         """Stops a task even if it is running: a running task's worker process is killed (and
@@ -689,6 +829,11 @@ class Pool(Executor):
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _call_meta(self, count: int) -> int | tuple[int, bool]:
+        """A ``POOL_CALL``'s meta: its item count, and whether its trailer reports the peak
+        resident set (only with ``max_memory_per_worker``: it costs a read of /proc)."""
+        return count if self._max_memory is None else (count, True)
+
     def _pickle_call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         try:
             fn_blob = _serialize.dumps(fn)
@@ -714,10 +859,12 @@ class Pool(Executor):
         timeout: float | None,
         *,
         eager: bool,
+        retries: int = 0,
     ) -> _Results:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         _check_timeout(timeout)
+        _check_retries(retries)
         with self._shutdown_lock:
             self._check_open()
             results = _Results(
@@ -729,6 +876,7 @@ class Pool(Executor):
                 chunksize=chunksize,
                 timeout=timeout,
                 eager=eager,
+                retries=retries,
             )
             results.fill()
         return results
@@ -814,6 +962,7 @@ def map(
     chunksize: int | None = None,
     timeout: float | None = None,
     progress: bool = False,
+    retries: int = 0,
 ) -> list[Any]:
     """Runs ``fn`` over ``iterable`` in parallel and returns the results as a list.
 
@@ -829,6 +978,8 @@ def map(
             ``TimeoutError`` is raised.
         progress: Show a tqdm progress bar (in a terminal or a notebook), updated as results
             arrive.
+        retries: Run an item again, up to this many times, if its worker process dies while
+            running it (see :meth:`Pool.submit`).
 
     Raises:
         Whatever the first failing item raised, when the results reach it.
@@ -843,7 +994,9 @@ def map(
     try:
         out = []
         update = bar.update if bar is not None else None
-        for value in pool.imap(fn, iterable, ordered=ordered, chunksize=chunksize, timeout=timeout):
+        for value in pool.imap(
+            fn, iterable, ordered=ordered, chunksize=chunksize, timeout=timeout, retries=retries
+        ):
             out.append(value)
             if update is not None:
                 update(1)

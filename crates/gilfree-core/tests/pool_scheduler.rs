@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gilfree_core::pool::scheduler::ENGINE_FAILURE;
+use gilfree_core::pool::scheduler::{self, ENGINE_FAILURE};
 use gilfree_core::pool::{
     CancelOutcome, Completion, End, Engine, PoolConfig, SubmitError, Task, TaskPool,
 };
@@ -29,8 +29,7 @@ fn task(id: u64, payload: &str, frames: u32) -> Task {
         id,
         payload: payload.as_bytes().to_vec(),
         frames,
-        timeout: None,
-        report_start: false,
+        ..Task::default()
     }
 }
 
@@ -590,5 +589,93 @@ fn starts_are_reported_once_per_head_before_completions() {
     );
     assert_eq!(done, vec![1, 2, 3]);
     assert!(!pool.is_running(1), "finished");
+    finish(engine, pool);
+}
+
+#[test]
+fn retries_rerun_a_task_whose_worker_died_before_any_frame() {
+    let _dog = Watchdog::new("retries_rerun_a_task_whose_worker_died_before_any_frame");
+    let sink = Starts::new();
+    let (engine, pool) = pool(1, 1, &sink, PoolConfig::default());
+    let retried = |t: Task, retries| Task { retries, ..t };
+    // Dies after its start mark, before any frame: run 1 + 2 times, then fails.
+    pool.submit(retried(task(1, "crash-after:0:t1", 1), 2))
+        .unwrap();
+    // Dies with two frames in hand: they may be the finished part of it, so never re-run.
+    pool.submit(retried(task(2, "crash-after:2:t2", 3), 5))
+        .unwrap();
+    // A task behind the crashes still runs once.
+    pool.submit(echo(3, 1)).unwrap();
+    let got = collect(&pool, 3);
+    match &got[&1].end {
+        End::Crashed { attempts, exit, .. } => {
+            assert_eq!(*attempts, 3);
+            assert_eq!(exit.and_then(|e| e.signal), Some(6), "SIGABRT");
+        }
+        other => panic!("task 1: {other:?}"),
+    }
+    match &got[&2].end {
+        End::Crashed { attempts, .. } => assert_eq!(*attempts, 1),
+        other => panic!("task 2: {other:?}"),
+    }
+    assert_eq!(got[&2].frames, frames_of(2, 2));
+    assert_eq!(got[&3].end, End::Done);
+    finish(engine, pool);
+    assert_eq!(sink.count("t1"), 3, "task 1 ran three times");
+    assert_eq!(sink.count("t2"), 1, "task 2 ran once");
+    assert_eq!(sink.count("t3"), 1);
+}
+
+#[test]
+fn a_retried_task_still_runs_after_shutdown() {
+    let _dog = Watchdog::new("a_retried_task_still_runs_after_shutdown");
+    let sink = Starts::new();
+    let (engine, pool) = pool(1, 1, &sink, PoolConfig::default());
+    pool.submit(Task {
+        retries: 1,
+        ..task(1, "crash-after:0:t1", 1)
+    })
+    .unwrap();
+    // Shut down at once: the retry is the scheduler's own, not a new submit.
+    pool.shutdown(false, false);
+    let got = collect(&pool, 1);
+    assert!(
+        matches!(got[&1].end, End::Crashed { attempts: 2, .. }),
+        "{:?}",
+        got[&1]
+    );
+    assert_eq!(sink.count("t1"), 2);
+    finish(engine, pool);
+}
+
+#[test]
+fn a_trailer_over_max_memory_replaces_the_worker_after_its_task() {
+    let _dog = Watchdog::new("a_trailer_over_max_memory_replaces_the_worker_after_its_task");
+    let sink = Starts::new();
+    let tweak = PoolConfig {
+        max_memory: Some(1 << 40),
+        ..PoolConfig::default()
+    };
+    let (engine, pool) = pool(1, 1, &sink, tweak);
+    // One task at a time, so nothing is pipelined behind the one that reports.
+    let run = |id: u64, payload: &str| {
+        pool.submit(task(id, payload, 1)).unwrap();
+        let got = collect(&pool, 1);
+        assert_eq!(got[&id].end, End::Done, "{:?}", got[&id]);
+        got[&id].frames[0].clone()
+    };
+    let first = run(1, "pid:t1");
+    // A last frame under 16 bytes reports nothing: the worker stays.
+    assert_eq!(run(2, "pid:t2"), first);
+    // Bytes 8..16 of this task's last frame ("t3xxxxxxxxxxxxxx:0") read as ~8.7e18 bytes.
+    let last = run(3, "echo:1:t3xxxxxxxxxxxxxx");
+    assert_eq!(
+        scheduler::trailer_peak_rss(&last),
+        Some(u64::from_le_bytes(*b"xxxxxxxx"))
+    );
+    let after = run(4, "pid:t4");
+    assert_ne!(after, first, "the worker over the limit was replaced");
+    // Under the limit again (a short frame): the new worker stays.
+    assert_eq!(run(5, "pid:t5"), after);
     finish(engine, pool);
 }

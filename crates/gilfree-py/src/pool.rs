@@ -26,9 +26,21 @@ fn completion(py: Python<'_>, c: Completion) -> PyResult<PyCompletion<'_>> {
     let frames = c.frames.iter().map(|f| PyBytes::new(py, f)).collect();
     let (end, info) = match c.end {
         End::Done => (0, py.None()),
-        End::Crashed { pid, exit } => (
+        End::Crashed {
+            pid,
+            exit,
+            attempts,
+            peak_rss,
+        } => (
             1,
-            (pid, exit.and_then(|e| e.code), exit.and_then(|e| e.signal)).into_py_any(py)?,
+            (
+                pid,
+                exit.and_then(|e| e.code),
+                exit.and_then(|e| e.signal),
+                attempts,
+                peak_rss,
+            )
+                .into_py_any(py)?,
         ),
         End::TimedOut { pid } => (2, pid.into_py_any(py)?),
         End::Cancelled => (3, py.None()),
@@ -40,7 +52,7 @@ fn completion(py: Python<'_>, c: Completion) -> PyResult<PyCompletion<'_>> {
 #[pymethods]
 impl PyTaskPool {
     #[new]
-    #[pyo3(signature = (engine, workers, init, max_tasks_per_worker, depth=2))]
+    #[pyo3(signature = (engine, workers, init, max_tasks_per_worker, depth=2, max_memory=None))]
     fn new(
         py: Python<'_>,
         engine: &Bound<'_, PyEngine>,
@@ -48,6 +60,7 @@ impl PyTaskPool {
         init: Option<Vec<u8>>,
         max_tasks_per_worker: Option<u64>,
         depth: usize,
+        max_memory: Option<u64>,
     ) -> Self {
         let engine = engine.get().inner.clone();
         let config = PoolConfig {
@@ -55,6 +68,7 @@ impl PyTaskPool {
             init,
             max_tasks_per_worker,
             depth,
+            max_memory,
         };
         PyTaskPool {
             inner: py.detach(|| TaskPool::start(engine, config)),
@@ -63,7 +77,9 @@ impl PyTaskPool {
 
     /// Queues a task: `payload` is sent as one message, answered by a start mark and `frames`
     /// messages. With `report_start`, `completions` reports its start (with a later batch).
-    #[pyo3(signature = (id, payload, frames, timeout, report_start=false))]
+    /// `retries`: runs again (at most that many times) if its worker dies before any frame.
+    #[pyo3(signature = (id, payload, frames, timeout, report_start=false, retries=0))]
+    #[allow(clippy::too_many_arguments)] // one per field of `Task`, as Python passes them
     fn submit(
         &self,
         py: Python<'_>,
@@ -72,6 +88,7 @@ impl PyTaskPool {
         frames: u32,
         timeout: Option<f64>,
         report_start: bool,
+        retries: u32,
     ) -> PyResult<()> {
         let timeout = convert::timeout(timeout)?;
         let task = Task {
@@ -80,6 +97,7 @@ impl PyTaskPool {
             frames,
             timeout,
             report_start,
+            retries,
         };
         py.detach(|| self.inner.submit(task))
             .map_err(|e| PyEngineError::Submit(e).into())

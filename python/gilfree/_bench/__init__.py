@@ -10,9 +10,11 @@ mean something on a busy machine:
 4. :mod:`~gilfree._bench.arrays`: a large numpy array through an identity task;
 5. :mod:`~gilfree._bench.pool`: ``gilfree.Pool`` beside the stdlib and peer pools;
 6. :mod:`~gilfree._bench.containers`: ``SharedList``/``SharedDict`` beside Manager proxies.
+7. :mod:`~gilfree._bench.blas`: a numpy matmul map with the workers' BLAS pools capped and not.
 
 Parts 1 and 2 make ``RESULTS.md`` and ``results.json`` (:mod:`~gilfree._bench.summary`); 3, 4
-and 6 add their sections to it (:mod:`~gilfree._bench.report`); 5 writes ``POOL.md``. Plots are PNG
+and 6 add their sections to it (:mod:`~gilfree._bench.report`); 5 writes ``POOL.md``, 7
+``BLAS.md``. Plots are PNG
 files beside them. Peers that are not installed are skipped by name (:mod:`~gilfree._bench.peers`).
 The goals are recorded, never asserted: a slow run is a finding, not a failure.
 """
@@ -30,9 +32,9 @@ from pathlib import Path
 from gilfree import _demo
 
 #: The parts of the suite, in the order a full run measures them.
-SECTIONS = ("latency", "scaling", "primitives", "arrays", "pool", "containers")
+SECTIONS = ("latency", "scaling", "primitives", "arrays", "pool", "containers", "blas")
 #: Parts that ``--only`` runs on their own, rewriting only their own section or file.
-STANDALONE = ("primitives", "arrays", "pool", "containers")
+STANDALONE = ("primitives", "arrays", "pool", "containers", "blas")
 
 
 def default_out(quick: bool) -> Path:
@@ -95,15 +97,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         choices=SECTIONS,
         help="run only this part; primitives, arrays and containers replace their own section of an"
-        " existing RESULTS.md, pool rewrites POOL.md, latency and scaling rewrite RESULTS.md"
+        " existing RESULTS.md, pool rewrites POOL.md, blas rewrites BLAS.md, latency and scaling"
+        " rewrite RESULTS.md"
         " and results.json",
     )
     parser.set_defaults(func=main)
 
 
 def _run_alone(part: str, out: Path, quick: bool) -> int:
-    from gilfree._bench import arrays, containers, pool, primitives
+    from gilfree._bench import arrays, blas, containers, pool, primitives
 
+    if part == "blas":
+        print("blas: a numpy matmul map, workers' BLAS pools capped and uncapped", flush=True)
+        return blas.run(out, quick)
     if part == "pool":
         print("pool: gilfree.Pool beside multiprocessing, concurrent.futures and peers", flush=True)
         return pool.run(out, quick)
@@ -199,6 +205,11 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
             "5. pool: gilfree.Pool beside multiprocessing, concurrent.futures and peers", flush=True
         )
         pool.run(out, args.quick)
+    if "blas" not in skip:
+        from gilfree._bench import blas
+
+        print("7. blas: a numpy matmul map, workers' BLAS pools capped and uncapped", flush=True)
+        blas.run(out, args.quick)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     return 1 if errors else 0

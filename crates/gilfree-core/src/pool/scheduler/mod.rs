@@ -34,6 +34,12 @@
 //!    task that goes back to the queue and becomes head again is reported again. A start alone
 //!    wakes nobody: it rides with the next completion ([`TaskPool::is_running`] answers a
 //!    caller that cannot wait for that).
+//! 8. Retries re-run only a task that cannot have finished: its worker died on its own (not
+//!    killed by us for a timeout or a cancel) while it was the head, and none of its frames
+//!    had arrived (a finished item's frame is sent before the next item starts, and every
+//!    whole message of a dead worker is received before the pipeline is settled). Such a
+//!    task goes back to the front of the queue at most `Task::retries` times (`crashes`
+//!    counts them); its final `Crashed` completion says how many times it ran.
 
 mod slot;
 
@@ -68,6 +74,10 @@ pub struct PoolConfig {
     /// Tasks in flight per worker, the running one included (0 counts as 1). With 2, the next
     /// task already waits in the worker's ring while the current one runs.
     pub depth: usize,
+    /// Replace a worker once it reports a peak resident set above this many bytes, after the
+    /// task that reported it (and any already pipelined behind it) (`None`: never). The
+    /// worker reports it in each task's last frame, the trailer: see [`trailer_peak_rss`].
+    pub max_memory: Option<u64>,
 }
 
 impl Default for PoolConfig {
@@ -77,12 +87,13 @@ impl Default for PoolConfig {
             init: None,
             max_tasks_per_worker: None,
             depth: 2,
+            max_memory: None,
         }
     }
 }
 
 /// One unit of work: an opaque payload, sent as one message, answered by `frames` messages.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Task {
     /// The caller's name for the task; unique among unfinished tasks.
     pub id: u64,
@@ -95,6 +106,10 @@ pub struct Task {
     pub timeout: Option<Duration>,
     /// Report when it becomes the head of a worker's pipeline (see [`Batch::started`]).
     pub report_start: bool,
+    /// How many times to run it again if its worker dies while running it before any of its
+    /// frames arrived (`README.md`, Scheduler step 7): a task with a frame in hand is never
+    /// re-run. 0: never.
+    pub retries: u32,
 }
 
 /// How a task ended.
@@ -109,6 +124,11 @@ pub enum End {
         /// How it ended, when known (a worker that closed its channel just before exiting may
         /// not have been reaped yet).
         exit: Option<ExitInfo>,
+        /// How many times it ran, this last one included (1 + the retries it used).
+        attempts: u32,
+        /// The dead worker's peak resident set in bytes, as its last trailer reported it
+        /// (only with [`PoolConfig::max_memory`]; `None` before its first trailer).
+        peak_rss: Option<u64>,
     },
     /// Its timeout passed: the worker was killed (and replaced); `frames` holds what arrived.
     TimedOut {
@@ -206,6 +226,8 @@ struct State {
     ready: Vec<Completion>,
     /// Tasks with `report_start` that became a head, not yet returned (invariant 7).
     started: Vec<u64>,
+    /// How many times each re-queued task's worker died under it so far (invariant 8).
+    crashes: HashMap<u64, u32>,
     undelivered: usize,
     shut_down: bool,
     broken: Option<Vec<u8>>,
@@ -214,6 +236,7 @@ struct State {
 
 impl State {
     fn complete(&mut self, shared: &Shared, id: u64, frames: Vec<Vec<u8>>, end: End) {
+        self.crashes.remove(&id);
         self.ready.push(Completion { id, frames, end });
         shared.ready.notify_all();
     }
@@ -374,7 +397,7 @@ impl Shared {
 /// use gilfree_core::Wait;
 ///
 /// let pool = TaskPool::start(engine, PoolConfig { workers: 2, ..PoolConfig::default() });
-/// pool.submit(Task { id: 1, payload: b"work".to_vec(), frames: 1, timeout: None, report_start: false })?;
+/// pool.submit(Task { id: 1, payload: b"work".to_vec(), frames: 1, ..Task::default() })?;
 /// let batch = pool.completions(&mut Wait::forever())?;
 /// assert_eq!(batch[0].end, End::Done);
 /// pool.shutdown(false, false);
@@ -406,6 +429,7 @@ impl TaskPool {
                 slots: (0..workers).map(|_| SlotState::default()).collect(),
                 ready: Vec::new(),
                 started: Vec::new(),
+                crashes: HashMap::new(),
                 undelivered: 0,
                 shut_down: false,
                 broken: None,
@@ -630,6 +654,14 @@ impl fmt::Debug for TaskPool {
             .field("queued", &self.queued())
             .finish_non_exhaustive()
     }
+}
+
+/// The peak resident set (bytes) a worker reported in a task's trailer, its last frame: bytes
+/// 8..16 as a little-endian `u64` (bytes 0..8 are the worker's own: `gilfree` puts the run
+/// time there). `None` if the frame is shorter. Read only with [`PoolConfig::max_memory`].
+pub fn trailer_peak_rss(trailer: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = trailer.get(8..16)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
 }
 
 /// An [`ENGINE_FAILURE`] frame carrying `msg`.

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
-use super::{failure_frame, End, Shared, State, Task};
+use super::{failure_frame, trailer_peak_rss, End, Shared, State, Task};
 use crate::error::SpawnError;
 use crate::pool::supervisor::Lease;
 use crate::sync::unmodelled::MutexGuard;
@@ -172,6 +172,8 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
     let mut sent: u64 = 0;
     // The task whose timeout we enforced by killing the worker.
     let mut timed_out: Option<u64> = None;
+    // The worker's peak resident set, from its last trailer (with `max_memory` only).
+    let mut peak_rss: Option<u64> = None;
     loop {
         // Step 3: take tasks for the pipeline.
         let mut batch: Vec<Task> = Vec::new();
@@ -180,7 +182,10 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
             loop {
                 let retiring = config
                     .max_tasks_per_worker
-                    .is_some_and(|m| sent + batch.len() as u64 >= m);
+                    .is_some_and(|m| sent + batch.len() as u64 >= m)
+                    || config
+                        .max_memory
+                        .is_some_and(|limit| peak_rss.is_some_and(|rss| rss > limit));
                 if flight.is_empty() && batch.is_empty() {
                     if st.wound_down() {
                         return Next::Release;
@@ -239,7 +244,7 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
             });
         }
         if send_failed {
-            return bury(shared, index, lease, flight, timed_out);
+            return bury(shared, index, lease, flight, timed_out, peak_rss);
         }
         // Step 5: the head's next frame, within its timeout.
         let Some(head) = flight.front_mut() else {
@@ -276,6 +281,11 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                 let Some(done) = flight.pop_front() else {
                     continue;
                 };
+                if config.max_memory.is_some() {
+                    // Step 9: over the limit, the worker retires once its pipeline is empty.
+                    let reported = done.frames.last().and_then(|t| trailer_peak_rss(t));
+                    peak_rss = reported.or(peak_rss);
+                }
                 if let Some(next) = flight.front_mut() {
                     next.started = Some(now);
                 }
@@ -302,7 +312,7 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                 // Carry on receiving: whole frames sent before the kill still arrive, then
                 // the death is seen (`bury`).
             }
-            Err(_) => return bury(shared, index, lease, flight, timed_out),
+            Err(_) => return bury(shared, index, lease, flight, timed_out, peak_rss),
         }
     }
 }
@@ -315,6 +325,7 @@ fn bury(
     lease: &Lease,
     flight: VecDeque<Running>,
     timed_out: Option<u64>,
+    peak_rss: Option<u64>,
 ) -> Next {
     lease.kill();
     let pid = lease.pid();
@@ -333,7 +344,30 @@ fn bury(
             // Once its start mark arrived it may have run: it is not run again (invariant 6).
             requeue.push(head.task);
         } else {
-            st.land(shared, id, head.frames, End::Crashed { pid, exit });
+            // Died under it, on its own or by a kill of ours for another task; with no frame
+            // in hand nothing of it finished, so a retry may run it again (invariant 8).
+            let crashes = st.crashes.get(&id).copied().unwrap_or(0);
+            let retry = !killed_by_us
+                && head.frames.is_empty()
+                && crashes < head.task.retries
+                && !st.is_cancelled(id);
+            if retry {
+                st.crashes.insert(id, crashes + 1);
+                requeue.push(head.task);
+            } else {
+                let attempts = crashes + 1;
+                st.land(
+                    shared,
+                    id,
+                    head.frames,
+                    End::Crashed {
+                        pid,
+                        exit,
+                        attempts,
+                        peak_rss,
+                    },
+                );
+            }
         }
     }
     // Behind the head: never started.
