@@ -182,3 +182,11 @@ def spin_or_block(n: int) -> int:
     if n < 0:
         block_forever()
     return spin(n)
+
+
+def die_when_set(ev: gilfree.Event, i: int) -> int:
+    """Item 0 waits for ``ev``, then SIGKILLs its own worker; the other items return."""
+    if i == 0:
+        assert ev.wait(WATCHDOG)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return i

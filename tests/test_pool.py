@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -318,3 +319,33 @@ def test_pool_never_delays_a_worker() -> None:
                 p.cancel(f)
         finally:
             lst.close()
+
+
+def test_crash_mid_chunk_after_shutdown_fails_the_rest_instead_of_hanging() -> None:
+    # The items behind a crashed one are re-sent as a new chunk; after shutdown() the pool
+    # takes no new chunk, and the map must still end: the crashed item with its error, the
+    # items that could not run with theirs.
+    ev = gilfree.Event()
+    pool = gilfree.Pool(1)
+    try:
+        it = pool.map(helpers.die_when_set, [ev] * 4, range(4), chunksize=4)
+        pool.shutdown(wait=False)
+        ev.set()
+        outcome: list[BaseException] = []
+        reader = threading.Thread(
+            target=lambda: outcome.extend(_raised(lambda: next(it))), daemon=True
+        )
+        reader.start()
+        reader.join(30)
+        assert not reader.is_alive(), "the map hung after a crash past shutdown()"
+        assert isinstance(outcome[0], gilfree.WorkerCrashedError)
+    finally:
+        pool.terminate()
+
+
+def _raised(fn: Any) -> list[BaseException]:
+    try:
+        fn()
+    except BaseException as exc:
+        return [exc]
+    return []

@@ -502,17 +502,37 @@ class _Results:
                 if attempts <= self.retries and not self.closed:
                     # Nothing of this item finished (its frame would have arrived): run it
                     # again, with the items behind it that never started.
-                    self._submit(first + done, items[done:], attempts)
-                    self._put_many(first, results)
-                    return
+                    failed = self._resubmit(first + done, items[done:], attempts)
+                    if failed is None:
+                        self._put_many(first, results)
+                        return
             limit = self.pool._max_memory
             results.append((False, _end_error(end, info, self.timeout, attempts, limit)))
             rest = items[done + 1 :]
+            failed = None
             if rest and end in (_CRASHED, _TIMED_OUT) and not self.closed:
-                self._submit(first + done + 1, rest)  # never started: runs once, elsewhere
+                # Never started: runs once, elsewhere.
+                failed = self._resubmit(first + done + 1, rest)
             elif rest:
-                results += [(False, _end_error(end, info, self.timeout))] * len(rest)
+                failed = _end_error(end, info, self.timeout)
+            if failed is not None:
+                results += [(False, failed)] * len(rest)
         self._put_many(first, results)
+
+    def _resubmit(self, first: int, items: list[Any], prior: int = 0) -> BaseException | None:
+        """Sends items again as their own chunk; if the pool takes no more work (it was shut
+        down meanwhile), the error those items fail with instead: they must not hang."""
+        try:
+            self._submit(first, items, prior)
+        except RuntimeError as exc:
+            err = WorkerCrashedError(
+                "a worker process died while running an earlier item of this item's chunk, and"
+                " the pool was shut down before this item could be sent to another worker",
+                attempts=0,
+            )
+            err.__cause__ = exc
+            return err
+        return None
 
     def _put(self, index: int, outcome: tuple[bool, Any]) -> None:
         self._put_many(index, [outcome])
