@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from typing import Any
 
-from gilfree import _engine, _protocol, _runtime, _serialize
+from gilfree import _backends, _engine, _protocol, _runtime, _serialize
 from gilfree.exceptions import BrokenPoolError, RemoteTraceback, WorkerCrashedError
 
 __all__ = ["Pool", "map"]
@@ -490,6 +490,10 @@ class Pool(Executor):
             task fails with :class:`BrokenPoolError`, and no process is respawned in a loop.
         initargs: Arguments for ``initializer``.
         max_tasks_per_worker: Replace a worker process after it ran this many tasks (chunks).
+        backend: ``"process"``, ``"thread"`` or ``"auto"``; by default the one
+            ``gilfree.config`` or ``GILFREE_BACKEND`` chose. ``Pool(backend="thread")`` returns
+            a thread Pool (a subclass), which refuses what threads cannot do (per-task
+            ``timeout=``, cancelling a running task) with ``NotImplementedError``.
 
     Functions travel with cloudpickle (lambdas, closures and code defined in ``__main__`` or
     a notebook work); arguments and results with plain pickle where that suffices.
@@ -500,6 +504,12 @@ class Pool(Executor):
     look-ahead, and a worker that dies fails only the task it was running.
     """
 
+    def __new__(cls, *args: Any, backend: str | None = None, **kwargs: Any) -> Pool:
+        # backend= picks the class; type() then calls that class's __init__ with the same args.
+        if cls is Pool and (module := _backends.resolve(backend)) is not None:
+            return super().__new__(module.Pool)
+        return super().__new__(cls)
+
     def __init__(
         self,
         max_workers: int | None = None,
@@ -507,6 +517,7 @@ class Pool(Executor):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
+        backend: str | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = _runtime.default_workers()
@@ -814,6 +825,7 @@ def map(
     chunksize: int | None = None,
     timeout: float | None = None,
     progress: bool = False,
+    backend: str | None = None,
 ) -> list[Any]:
     """Runs ``fn`` over ``iterable`` in parallel and returns the results as a list.
 
@@ -829,6 +841,7 @@ def map(
             ``TimeoutError`` is raised.
         progress: Show a tqdm progress bar (in a terminal or a notebook), updated as results
             arrive.
+        backend: Where to run (see :class:`Pool`); by default the configured one.
 
     Raises:
         Whatever the first failing item raised, when the results reach it.
@@ -839,7 +852,7 @@ def map(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total)
-    pool = Pool(workers)
+    pool = Pool(workers, backend=backend)
     try:
         out = []
         update = bar.update if bar is not None else None
