@@ -15,9 +15,9 @@ from __future__ import annotations
 import collections
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from concurrent.futures.thread import BrokenThreadPool
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
 from gilfree import _runtime
@@ -35,8 +35,7 @@ _LOOKAHEAD_PER_WORKER = 4
 
 def _unsupported(what: str, instead: str) -> UnsupportedByBackend:
     return UnsupportedByBackend(
-        f"{what} is not available on the 'thread' backend: {instead} "
-        "Use backend='process' for it."
+        f"{what} is not available on the 'thread' backend: {instead} Use backend='process' for it."
     )
 
 
@@ -118,12 +117,157 @@ def _check_timeout(timeout: float | None, call: str) -> None:
         )
 
 
+class _Future(Future):
+    """A thread Pool's Future: ``cancel()`` of a queued task wakes ``wait``/``as_completed`` at
+    once (the task's thread will skip it), under the pool's lock, so a task is either started or
+    cancelled, never both."""
+
+    def __init__(self, core: _Core) -> None:
+        super().__init__()
+        self._gilfree_core = core
+
+    def cancel(self) -> bool:
+        with self._gilfree_core.cond:
+            if not super().cancel():
+                return False
+            if not self._gilfree_notified:
+                self._gilfree_notified = True
+                self.set_running_or_notify_cancel()
+            return True
+
+    _gilfree_notified = False
+
+
+class _Core:
+    """What a thread Pool's threads share: the queue, the lock, the state. The threads hold it,
+    not the Pool, so a Pool nobody holds is collected (and shut down) like any object."""
+
+    def __init__(
+        self, max_workers: int, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
+    ) -> None:
+        self.max_workers = max_workers
+        self.initializer = initializer
+        self.initargs = initargs
+        self.cond = threading.Condition(threading.RLock())
+        self.queue: collections.deque[
+            tuple[_Future, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+        ] = collections.deque()
+        self.threads: list[threading.Thread] = []
+        self.idle = 0
+        self.shutdown = False
+        self.broken: BaseException | None = None
+
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> _Future:
+        with self.cond:
+            if self.broken is not None:
+                raise BrokenPoolError(
+                    "the pool's initializer failed; no task can run"
+                ) from self.broken
+            if self.shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future = _Future(self)
+            self.queue.append((future, fn, args, kwargs))
+            if self.idle < len(self.queue) and len(self.threads) < self.max_workers:
+                thread = threading.Thread(
+                    target=self.work, name=f"gilfree-thread-pool-{len(self.threads)}"
+                )
+                thread.start()
+                self.threads.append(thread)
+            else:
+                self.cond.notify()
+            _live.add(self)
+            _register_exit_hook()
+            return future
+
+    def work(self) -> None:
+        if self.initializer is not None:
+            try:
+                self.initializer(*self.initargs)
+            except BaseException as exc:
+                self.fail_all(_with_traceback(exc))
+                return
+        while True:
+            with self.cond:
+                self.idle += 1
+                while not self.queue and not self.shutdown and self.broken is None:
+                    self.cond.wait()
+                self.idle -= 1
+                if not self.queue or self.broken is not None:
+                    return
+                future, fn, args, kwargs = self.queue.popleft()
+                if future._gilfree_notified or not future.set_running_or_notify_cancel():
+                    future._gilfree_notified = True
+                    continue
+            _run_task(future, fn, args, kwargs)
+            del future, fn, args, kwargs  # hold nothing while idle
+
+    def fail_all(self, cause: BaseException) -> None:
+        with self.cond:
+            if self.broken is None:
+                self.broken = cause
+            pending, self.queue = list(self.queue), collections.deque()
+            self.cond.notify_all()
+            for future, *_ in pending:
+                if not future._gilfree_notified and future.set_running_or_notify_cancel():
+                    err = BrokenPoolError("the pool's initializer failed; no task can run")
+                    err.__cause__ = cause
+                    future.set_exception(err)
+
+    def stop(self, wait: bool, cancel_futures: bool) -> None:
+        with self.cond:
+            self.shutdown = True
+            if cancel_futures:
+                pending, self.queue = list(self.queue), collections.deque()
+                for future, *_ in pending:
+                    future.cancel()
+            self.cond.notify_all()
+            threads = list(self.threads)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+            _live.discard(self)
+
+
+def _run_task(
+    future: Future, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        future.set_exception(_with_traceback(exc))
+    else:
+        future.set_result(result)
+
+
+# Thread pools with threads, for the exit hook (a pool's threads keep its _Core alive).
+_live: weakref.WeakSet[_Core] = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        _exit_hook_registered = True
+        # Called before threading joins non-daemon threads (as concurrent.futures does): lets the
+        # idle threads of pools never shut down end, once the queued tasks have run.
+        threading._register_atexit(_stop_all_at_exit)  # type: ignore[attr-defined]
+
+
+def _stop_all_at_exit() -> None:
+    for core in list(_live):
+        core.stop(wait=True, cancel_futures=False)
+
+
 class Pool(_ProcessPool):
     """:class:`gilfree.Pool` on threads of this process (``gilfree.Pool(backend="thread")``).
 
     Futures are ``concurrent.futures.Future`` objects, so ``as_completed``, ``wait`` and
     ``asyncio.wrap_future`` work. An exception a task raised carries its traceback text as
-    ``__cause__`` (a :class:`~gilfree.RemoteTraceback`), as on the process backend.
+    ``__cause__`` (a :class:`~gilfree.RemoteTraceback`), as on the process backend. Threads are
+    started as tasks arrive, up to ``max_workers``.
     """
 
     def __init__(
@@ -146,13 +290,7 @@ class Pool(_ProcessPool):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._max_workers = max_workers
-        self._shutdown = False
-        self._ex = ThreadPoolExecutor(
-            max_workers,
-            thread_name_prefix="gilfree-thread-pool",
-            initializer=initializer,
-            initargs=tuple(initargs),
-        )
+        self._core = _Core(max_workers, initializer, tuple(initargs))
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
@@ -167,10 +305,7 @@ class Pool(_ProcessPool):
         _check_timeout(timeout, "Pool.submit()")
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        try:
-            return self._ex.submit(_call, fn, args, kwargs)
-        except BrokenThreadPool as exc:
-            raise BrokenPoolError("the pool's initializer failed; no task can run") from exc
+        return self._core.submit(fn, args, kwargs)
 
     def map(  # type: ignore[override]
         self,
@@ -201,7 +336,7 @@ class Pool(_ProcessPool):
         order (``ordered=True``) or as they finish."""
         _check_timeout(timeout, "Pool.imap()")
         _check_chunksize(chunksize)
-        if self._shutdown:
+        if self._core.shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         window = self._max_workers * _LOOKAHEAD_PER_WORKER
         source = iter(iterable)
@@ -216,8 +351,7 @@ class Pool(_ProcessPool):
         return _as_finished(submit_next, window)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._shutdown = True
-        self._ex.shutdown(wait=wait, cancel_futures=cancel_futures)
+        self._core.stop(wait, cancel_futures)
 
     def cancel(self, future: Future) -> bool:
         """Cancels a task that has not started.
@@ -226,8 +360,11 @@ class Pool(_ProcessPool):
             ``True`` if it was cancelled (now or before); ``False`` if it had finished.
 
         Raises:
+            ValueError: if the future is not one of this pool's.
             UnsupportedByBackend: if the task is running (a thread cannot be stopped).
         """
+        if not isinstance(future, _Future) or future._gilfree_core is not self._core:
+            raise ValueError("this future does not belong to this pool")
         if future.cancel():
             return True
         if future.done():
@@ -245,9 +382,9 @@ class Pool(_ProcessPool):
             self.terminate()
 
     def __del__(self) -> None:
-        ex = self.__dict__.get("_ex")
-        if ex is not None:
-            ex.shutdown(wait=False)
+        core = self.__dict__.get("_core")
+        if core is not None:
+            core.stop(wait=False, cancel_futures=False)
 
 
 def _check_chunksize(chunksize: int | None) -> None:
@@ -282,7 +419,7 @@ def _as_finished(submit_next: Callable[[], Future | None], window: int) -> Itera
             pending.add(f)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
+            for _ in done:
                 if (g := submit_next()) is not None:
                     pending.add(g)
             for f in done:
