@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import gc
 import itertools
 import os
 import socket
@@ -350,6 +351,35 @@ def test_thread_pool_initializer_runs_and_a_failing_one_breaks_the_pool() -> Non
         assert isinstance(info.value.__cause__, OSError)
         with pytest.raises(gilfree.BrokenPoolError):
             pool.submit(helpers.square, 3)
+
+
+def test_thread_pool_leaves_no_thread_behind() -> None:
+    before = set(threading.enumerate())
+    with gilfree.Pool(3, backend="thread") as pool:
+        assert list(pool.map(helpers.square, range(20))) == [i * i for i in range(20)]
+    assert set(threading.enumerate()) == before
+    # A pool dropped without shutdown: its idle threads end once it is collected.
+    dropped = gilfree.Pool(2, backend="thread")
+    assert dropped.submit(helpers.square, 2).result(timeout=WATCHDOG) == 4
+    started = [t for t in threading.enumerate() if t not in before]
+    assert started
+    del dropped
+    gc.collect()
+    for t in started:
+        t.join(WATCHDOG)
+        assert not t.is_alive()
+
+
+def test_thread_worker_thread_ends_with_run(gate: Gate) -> None:
+    w = GatedWorker(gate.port, backend="thread")
+    before = set(threading.enumerate())
+    w.start()
+    gate.wait_running()
+    (thread,) = set(threading.enumerate()) - before
+    assert thread.name == w.name and thread.native_id == w.native_id and thread.ident == w.ident
+    gate.release()
+    assert w.join() == "done"
+    assert not thread.is_alive()
 
 
 # -- choosing a backend ---------------------------------------------------------------------------
