@@ -45,14 +45,6 @@ def _with_traceback(exc: BaseException) -> BaseException:
     return exc
 
 
-def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except BaseException as exc:
-        _with_traceback(exc)
-        raise
-
-
 # -- Worker ----------------------------------------------------------------------------------
 
 
