@@ -103,3 +103,15 @@ class Rendezvous:
             c.sendall(b"go")
             c.close()
         self.server.close()
+
+
+# The backends the public-API tests run on (tests/test_backends.py). The thread backend runs
+# everywhere (its tasks run in parallel only on a free-threaded build); a backend joins the
+# suite by adding its name here.
+BACKENDS = ["process", "thread"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of each backend in turn, for a test written once against the public API."""
+    return request.param

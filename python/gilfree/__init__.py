@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gilfree._backends import config
 from gilfree._queue import Queue
 from gilfree.exceptions import (
     BrokenPoolError,
@@ -61,6 +62,7 @@ __all__ = [
     "Worker",
     "WorkerCrashedError",
     "__version__",
+    "config",
     "map",
 ]
 

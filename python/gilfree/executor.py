@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from typing import Any
 
-from gilfree import _engine, _protocol, _runtime, _serialize
+from gilfree import _backends, _engine, _protocol, _runtime, _serialize
 from gilfree.exceptions import BrokenPoolError, RemoteTraceback, WorkerCrashedError
 
 __all__ = ["Pool", "map"]
@@ -621,6 +621,10 @@ class Pool(Executor):
             does not stop a task from using more: one that exhausts the machine's memory is
             killed by the kernel and fails with :class:`WorkerCrashedError` (SIGKILL, and a
             message saying it likely ran out of memory), while the pool goes on.
+        backend: ``"process"``, ``"thread"`` or ``"auto"``; by default the one
+            ``gilfree.config`` or ``GILFREE_BACKEND`` chose. ``Pool(backend="thread")`` returns
+            a thread Pool (a subclass), which refuses what threads cannot do (per-task
+            ``timeout=``, cancelling a running task) with ``NotImplementedError``.
 
     Functions travel with cloudpickle (lambdas, closures and code defined in ``__main__`` or
     a notebook work); arguments and results with plain pickle where that suffices.
@@ -631,6 +635,12 @@ class Pool(Executor):
     look-ahead, and a worker that dies fails only the task it was running.
     """
 
+    def __new__(cls, *args: Any, backend: str | None = None, **kwargs: Any) -> Pool:
+        # backend= picks the class; type() then calls that class's __init__ with the same args.
+        if cls is Pool and (module := _backends.resolve(backend)) is not None:
+            return super().__new__(module.Pool)
+        return super().__new__(cls)
+
     def __init__(
         self,
         max_workers: int | None = None,
@@ -639,6 +649,7 @@ class Pool(Executor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | str | None = None,
+        backend: str | None = None,
     ) -> None:
         max_memory = _memory_size(max_memory_per_worker)
         if max_workers is None:
@@ -983,6 +994,7 @@ def map(
     timeout: float | None = None,
     progress: bool = False,
     retries: int = 0,
+    backend: str | None = None,
 ) -> list[Any]:
     """Runs ``fn`` over ``iterable`` in parallel and returns the results as a list.
 
@@ -1000,6 +1012,7 @@ def map(
             arrive.
         retries: Run an item again, up to this many times, if its worker process dies while
             running it (see :meth:`Pool.submit`).
+        backend: Where to run (see :class:`Pool`); by default the configured one.
 
     Raises:
         Whatever the first failing item raised, when the results reach it.
@@ -1010,7 +1023,7 @@ def map(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total)
-    pool = Pool(workers)
+    pool = Pool(workers, backend=backend)
     try:
         out = []
         update = bar.update if bar is not None else None

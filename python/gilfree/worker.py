@@ -27,7 +27,7 @@ import warnings
 import weakref
 from typing import Any
 
-from gilfree import _protocol, _runtime, _serialize
+from gilfree import _backends, _protocol, _runtime, _serialize
 from gilfree.exceptions import RemoteTraceback, SharedStateWarning, WorkerCrashedError
 
 __all__ = ["Worker"]
@@ -62,6 +62,7 @@ class _State:
         "name",
         "outcome",
         "pid",
+        "runner",
         "started",
     )
 
@@ -75,6 +76,8 @@ class _State:
         self.pid: int | None = None
         self.outcome: tuple[bool, Any] | None = None
         self.join_lock = threading.Lock()
+        # The backend's runner (see ``_backends``); None on the process backend.
+        self.runner: Any = None
 
 
 class Worker:
@@ -88,6 +91,9 @@ class Worker:
         kwargs: Keyword arguments for ``target``.
         daemon: Daemon Workers are killed at interpreter exit; others are joined, as threads
             are. By default inherited from the current thread.
+        backend: Where ``run()`` runs: ``"process"``, ``"thread"`` or ``"auto"``; by default
+            the one ``gilfree.config`` or ``GILFREE_BACKEND`` chose (see the README's backend
+            table). On ``"thread"`` nothing is pickled and ``terminate()`` is not available.
 
     Everything a Worker carries to its process (``target``, ``args``, ``kwargs`` and every
     attribute of ``self``) is pickled at ``start()``; anything that cannot be pickled fails
@@ -103,6 +109,7 @@ class Worker:
         kwargs: dict[str, Any] | None = None,
         *,
         daemon: bool | None = None,
+        backend: str | None = None,
     ) -> None:
         if group is not None:
             raise AssertionError("group argument must be None for now")
@@ -120,6 +127,10 @@ class Worker:
         self._args = args
         self._kwargs = {} if kwargs is None else kwargs
         self._gilfree = _State(name, bool(daemon))
+        backend_module = _backends.resolve(backend)
+        if backend_module is not None:
+            self._gilfree.runner = backend_module.WorkerRunner(self)
+            return
         # Start the engine (and its warm processes, in the background) now, so they are ready,
         # or nearly, by the time this Worker starts.
         if not _runtime.exiting():
@@ -151,6 +162,10 @@ class Worker:
             raise RuntimeError("threads can only be started once")
         if st.in_worker:
             raise RuntimeError("a Worker cannot be restarted inside its worker process")
+        if st.runner is not None:
+            st.runner.start()
+            st.started = True
+            return
         body = self._pickle()
         lease = _runtime.engine().acquire()
         try:
@@ -200,6 +215,8 @@ class Worker:
             return True
         if not st.started or st.done:
             return False
+        if st.runner is not None:
+            return st.runner.is_alive()
         lease = st.lease
         try:
             return lease is not None and not lease.has_incoming()
@@ -215,6 +232,9 @@ class Worker:
         st = self._state()
         if not st.started:
             raise RuntimeError("cannot terminate a Worker before it is started")
+        if st.runner is not None:
+            st.runner.terminate()
+            return
         lease = st.lease
         if lease is not None and not st.done:
             try:
@@ -247,13 +267,17 @@ class Worker:
 
     @property
     def ident(self) -> int | None:
-        """The worker process's pid once started (a Worker's identity is its process)."""
-        return self._state().pid
+        """The worker process's pid once started (a Worker's identity is its process); on the
+        thread backend, the thread's ident."""
+        st = self._state()
+        return st.runner.ident if st.runner is not None else st.pid
 
     @property
     def native_id(self) -> int | None:
-        """The worker process's pid once started, else ``None``."""
-        return self._state().pid
+        """The worker process's pid once started, else ``None``; on the thread backend, the
+        thread's native id."""
+        st = self._state()
+        return st.runner.native_id if st.runner is not None else st.pid
 
     def getName(self) -> str:
         """Deprecated alias of :attr:`name`, as in ``threading``."""
@@ -357,6 +381,8 @@ class Worker:
             raise RuntimeError("cannot join current thread")
         if timeout is not None and timeout < 0:
             timeout = 0
+        if st.runner is not None:
+            return st.done or st.runner.wait(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if not st.join_lock.acquire(timeout=-1 if timeout is None else timeout):
             return False
