@@ -182,3 +182,15 @@ def spin_or_block(n: int) -> int:
     if n < 0:
         block_forever()
     return spin(n)
+
+
+def pid_of(_x: object) -> int:
+    """The worker process's pid (an item-taking task)."""
+    return os.getpid()
+
+
+def raise_at_three_else_pid(x: int) -> int:
+    """Raises for the item 3; else the worker process's pid."""
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return os.getpid()

@@ -13,8 +13,11 @@ Replies:
 - ``POOL_CALL`` (a chunk of calls): first the start mark (an empty message, sent before the
   task is unpickled; the engine's scheduler consumes it and never re-runs a task once it
   arrived); then one frame per item as soon as that item finishes (so a crash mid-chunk loses
-  no finished result), each a pickled ``(status, payload)``; then a trailer frame, the chunk's
-  run time in seconds as a little-endian double, which feeds the adaptive chunk sizing.
+  no finished result); then a trailer frame, the chunk's run time in seconds as a
+  little-endian double, which feeds the adaptive chunk sizing. An item's frame is the pickled
+  result itself when it returned (a pickle stream, or a ``_serialize`` blob with out-of-band
+  buffers; neither starts with ``FAILED``), else ``FAILED`` followed by the pickled
+  ``(status, payload)``: no tuple is built or unpickled for the common case.
 """
 
 from __future__ import annotations
@@ -44,9 +47,14 @@ OK = 0
 RAISED = 1
 RESULT_UNPICKLABLE = 2
 
-# How POOL_CALL items are applied: fn(*args, **kwargs) for (args, kwargs) pairs; fn(*args).
+# The first byte of a POOL_CALL item frame for an item that did not return a picklable result.
+FAILED = b"\x00"
+
+# How POOL_CALL items are applied: fn(*args, **kwargs) for (args, kwargs) pairs; fn(*args);
+# fn(item) (``imap`` and ``gilfree.map``: no 1-tuple per item to build, pickle and unpack).
 CALL_ARGS_KWARGS = 0
 CALL_STAR = 1
+CALL_ONE = 2
 
 # The pickled sys.path and cwd change rarely; cache the header prefix they make.
 _cached: tuple[list[str], str, bytes] | None = None
