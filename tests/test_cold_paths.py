@@ -186,3 +186,27 @@ def test_a_fork_child_makes_its_own_default_pool() -> None:
     # The parent's default pool is untouched and still works.
     assert executor._default_pool is parent_pool
     assert gilfree.map(helpers.square, range(4), workers=2) == [0, 1, 4, 9]
+
+
+def test_exit_after_gilfree_map_stops_the_default_pool() -> None:
+    code = (
+        "import gilfree\n"
+        "from gilfree import _runtime\n"
+        "assert gilfree.map(abs, range(-5, 5), workers=2) == [abs(i) for i in range(-5, 5)]\n"
+        "print('pids', *_runtime.worker_pids(), flush=True)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WATCHDOG
+    )
+    assert res.returncode == 0, res.stderr
+    pids = [int(p) for p in res.stdout.split()[1:]]
+    assert pids
+    assert wait_gone(pids) == []
+
+
+def test_gilfree_map_refuses_zero_workers_and_keeps_the_default_pool() -> None:
+    assert gilfree.map(helpers.square, range(3), workers=2) == [0, 1, 4]
+    pool = executor._default_pool
+    with pytest.raises(ValueError, match="greater than 0"):
+        gilfree.map(helpers.square, range(3), workers=0)
+    assert executor._default_pool is pool and pool is not None and not pool._shutdown

@@ -71,23 +71,45 @@ def _context() -> bytes:
     return blob
 
 
-def encode_task(kind: int, meta: Any, body: bytes) -> bytes:
-    """A task message: ``kind`` and ``meta`` travel in the header, ``body`` as it is."""
-    context = _context()
+def context() -> bytes:
+    """The pickled ``(sys.path, cwd)`` of now, for :func:`encode_task` (cached while neither
+    changes)."""
+    return _context()
+
+
+def encode_task(kind: int, meta: Any, body: bytes, context: bytes | None = None) -> bytes:
+    """A task message: ``kind`` and ``meta`` travel in the header, ``body`` as it is;
+    ``context`` (from :func:`context`) defaults to this moment's."""
+    if context is None:
+        context = _context()
     header = pickle.dumps((kind, meta), PROTOCOL)
     return b"".join((_LEN.pack(len(context)), context, _LEN.pack(len(header)), header, body))
 
 
+# The last context a worker decoded: (its bytes, sys.path, cwd). Consecutive tasks nearly
+# always carry the same one, and unpickling a long sys.path per tiny task is measurable.
+_last_context: tuple[bytes, list[str], str] = (b"", [], "")
+
+
 def decode_task(msg: bytes) -> tuple[int, list[str], str, Any, memoryview]:
-    """Splits a task message into ``(kind, sys_path, cwd, meta, body)``."""
+    """Splits a task message into ``(kind, sys_path, cwd, meta, body)`` (``sys_path`` is the
+    caller's to read, not to change)."""
+    global _last_context
     view = memoryview(msg)
     (n,) = _LEN.unpack_from(view)
-    path, cwd = pickle.loads(view[_LEN.size : _LEN.size + n])
+    raw = view[_LEN.size : _LEN.size + n]
+    last = _last_context
+    if raw == last[0]:
+        path, cwd = last[1], last[2]
+    else:
+        path_tuple, cwd = pickle.loads(raw)
+        path = list(path_tuple)
+        _last_context = (bytes(raw), path, cwd)
     at = _LEN.size + n
     (m,) = _LEN.unpack_from(view, at)
     at += _LEN.size
     kind, meta = pickle.loads(view[at : at + m])
-    return kind, list(path), cwd, meta, view[at + m :]
+    return kind, path, cwd, meta, view[at + m :]
 
 
 def encode_reply(

@@ -26,7 +26,7 @@ from gilfree.worker import _CALL_ATTRS, SHARED_STATE_KEY, Worker, _State
 
 def _adopt(path: list[str], cwd: str) -> None:
     if sys.path != path:
-        sys.path[:] = path
+        sys.path[:] = path  # a copy: ``path`` is kept by ``decode_task``'s cache
     if os.getcwd() != cwd:
         try:
             os.chdir(cwd)

@@ -90,7 +90,7 @@ def _decode_frames(frames: list[bytes]) -> list[tuple[bool, Any]]:
     per-item cost of tiny tasks): one ``pickle.loads`` each, nothing else."""
     _serialize.reap()  # what _serialize.loads does per load, once per chunk here
     loads = pickle.loads
-    out = []
+    out: list[tuple[bool, Any]] = []
     append = out.append
     for frame in frames:
         if frame[:1] == b"\x80":  # a plain pickle stream: the item returned this value
@@ -293,6 +293,9 @@ class _Results:
     ) -> None:
         self.pool = pool
         self.single = single  # every item of source is a 1-tuple: call fn(item)
+        # The sys.path and cwd the call's chunks run with: those of the call's start (one
+        # getcwd() per call, not per chunk).
+        self.context = _protocol.context()
         # When an item's exception ends the iteration: kill the call's running chunks (else
         # they finish, their results dropped, and their worker processes stay warm).
         self.kill_on_error = True
@@ -383,7 +386,7 @@ class _Results:
         task_id = next(pool._ids)
         self.outstanding[task_id] = (first, items, _pinning(body))
         pool._handlers[task_id] = self
-        msg = _protocol.encode_task(_protocol.POOL_CALL, len(items), body)
+        msg = _protocol.encode_task(_protocol.POOL_CALL, len(items), body, self.context)
         try:
             pool._tp.submit(task_id, msg, len(items) + 1, self.timeout)
         except BaseException:
