@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import itertools
 import pickle
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -926,6 +927,8 @@ def map(
     the queued items are cancelled and those already running finish (results dropped, the
     processes stay warm, as in ``concurrent.futures``); on Ctrl-C the running ones are killed
     too (their processes are replaced). A timed-out item's process is killed and replaced.
+    In a Jupyter kernel each call still gets a pool of its own, shut down when it returns: an
+    open Pool keeps a kernel from exiting by itself when it is asked to shut down.
 
     Args:
         fn: The function, called as ``fn(item)``.
@@ -948,7 +951,14 @@ def map(
 
         bar = tqdm(total=total)
     try:
-        pool, shared = _reusable_pool(workers)
+        if "ipykernel" in sys.modules:
+            # Known issue: a Pool still open when a Jupyter kernel is asked to shut down keeps
+            # the kernel from exiting by itself (it is SIGTERMed after the manager's wait;
+            # tests/test_notebook.py). Until that is fixed, a call in a kernel gets a pool of
+            # its own, shut down when it returns.
+            pool, shared = Pool(workers), False
+        else:
+            pool, shared = _reusable_pool(workers)
         try:
             out = []
             update = bar.update if bar is not None else None
