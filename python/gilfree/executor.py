@@ -952,10 +952,11 @@ def map(
         bar = tqdm(total=total)
     try:
         if "ipykernel" in sys.modules:
-            # Known issue: a Pool still open when a Jupyter kernel is asked to shut down keeps
-            # the kernel from exiting by itself (it is SIGTERMed after the manager's wait;
-            # tests/test_notebook.py). Until that is fixed, a call in a kernel gets a pool of
-            # its own, shut down when it returns.
+            # Known issue: on a shutdown request ipykernel SIGTERMs, then SIGKILLs, its child
+            # processes until none is left (sleeping up to 14 s between rounds); an open Pool
+            # replaces the killed workers each time, so the kernel outlasts the manager's wait
+            # and is SIGTERMed (tests/test_notebook.py). Until the engine stops respawning
+            # then, a call in a kernel gets a pool of its own, shut down when it returns.
             pool, shared = Pool(workers), False
         else:
             pool, shared = _reusable_pool(workers)
