@@ -190,3 +190,15 @@ def die_when_set(ev: gilfree.Event, i: int) -> int:
         assert ev.wait(WATCHDOG)
         os.kill(os.getpid(), signal.SIGKILL)
     return i
+
+
+def pid_of(_x: object) -> int:
+    """The worker process's pid (an item-taking task)."""
+    return os.getpid()
+
+
+def raise_at_three_else_pid(x: int) -> int:
+    """Raises for the item 3; else the worker process's pid."""
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return os.getpid()

@@ -11,33 +11,36 @@ are here too, loaded on first use (see ``_threading_api``). They are not in ``__
 ``from gilfree import *`` does not shadow the builtin ``enumerate``.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
-from gilfree._backends import config
-from gilfree._queue import Queue
-from gilfree.exceptions import (
-    BrokenPoolError,
-    OwnerDiedError,
-    RemoteTraceback,
-    SharedStateWarning,
-    WorkerCrashedError,
-)
-from gilfree.executor import Pool, map
-from gilfree.shared_array import SharedArray
-from gilfree.shared_containers import SharedDict, SharedList
-from gilfree.sync import (
-    Barrier,
-    BoundedSemaphore,
-    Condition,
-    Event,
-    Lock,
-    RLock,
-    Semaphore,
-    Value,
-)
-from gilfree.worker import Worker
+# Nothing heavy is imported here: each public name is loaded from its module on first use
+# (module ``__getattr__`` below), so ``import gilfree`` costs well under a millisecond and does
+# not pull in ``concurrent.futures``/``logging``, ``typing``, cloudpickle or the native engine
+# (nor ``__future__``: no annotation here needs it).
+# Type checkers see the real imports (``TYPE_CHECKING`` is false at run time, true for them).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from gilfree._backends import config
+    from gilfree._queue import Queue
+    from gilfree.exceptions import (
+        BrokenPoolError,
+        OwnerDiedError,
+        RemoteTraceback,
+        SharedStateWarning,
+        WorkerCrashedError,
+    )
+    from gilfree.executor import Pool, map
+    from gilfree.shared_array import SharedArray
+    from gilfree.shared_containers import SharedDict, SharedList
+    from gilfree.sync import (
+        Barrier,
+        BoundedSemaphore,
+        Condition,
+        Event,
+        Lock,
+        RLock,
+        Semaphore,
+        Value,
+    )
+    from gilfree.worker import Worker
 
 __version__ = "0.1.0"
 
@@ -92,15 +95,42 @@ _THREADING_NAMES = frozenset(
 )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _THREADING_NAMES:
-        from gilfree import _threading_api
+# The public names, by the module that defines them.
+_LAZY = {
+    "Queue": "gilfree._queue",
+    "BrokenPoolError": "gilfree.exceptions",
+    "OwnerDiedError": "gilfree.exceptions",
+    "RemoteTraceback": "gilfree.exceptions",
+    "SharedStateWarning": "gilfree.exceptions",
+    "WorkerCrashedError": "gilfree.exceptions",
+    "Pool": "gilfree.executor",
+    "map": "gilfree.executor",
+    "SharedArray": "gilfree.shared_array",
+    "SharedDict": "gilfree.shared_containers",
+    "SharedList": "gilfree.shared_containers",
+    "config": "gilfree._backends",
+    "Barrier": "gilfree.sync",
+    "BoundedSemaphore": "gilfree.sync",
+    "Condition": "gilfree.sync",
+    "Event": "gilfree.sync",
+    "Lock": "gilfree.sync",
+    "RLock": "gilfree.sync",
+    "Semaphore": "gilfree.sync",
+    "Value": "gilfree.sync",
+    "Worker": "gilfree.worker",
+}
 
-        value = getattr(_threading_api, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gilfree' has no attribute {name!r}")
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None and name in _THREADING_NAMES:
+        module = "gilfree._threading_api"
+    if module is None:
+        raise AttributeError(f"module 'gilfree' has no attribute {name!r}")
+    value = getattr(__import__(module, None, None, [name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _THREADING_NAMES)
+    return sorted(set(globals()) | set(_LAZY) | _THREADING_NAMES)

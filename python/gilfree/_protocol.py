@@ -13,10 +13,13 @@ Replies:
 - ``POOL_CALL`` (a chunk of calls): first the start mark (an empty message, sent before the
   task is unpickled; the engine's scheduler consumes it and never re-runs a task once it
   arrived); then one frame per item as soon as that item finishes (so a crash mid-chunk loses
-  no finished result), each a pickled ``(status, payload)``; then a trailer frame: the chunk's
-  run time in seconds as a little-endian double, which feeds the adaptive chunk sizing, then the
-  worker's peak resident set in bytes as a little-endian u64 (0 unless the task's ``meta`` is
-  ``(count, True)``: a Pool with ``max_memory_per_worker``, whose scheduler reads it).
+  no finished result); then a trailer frame: the chunk's run time in seconds as a
+  little-endian double, which feeds the adaptive chunk sizing, then the worker's peak resident
+  set in bytes as a little-endian u64 (0 unless the task's ``meta`` is ``(count, True)``: a Pool
+  with ``max_memory_per_worker``, whose scheduler reads it). An item's frame is the pickled
+  result itself when it returned (a pickle stream, or a ``_serialize`` blob with out-of-band
+  buffers; neither starts with ``FAILED``), else ``FAILED`` followed by the pickled
+  ``(status, payload)``: no tuple is built or unpickled for the common case.
 """
 
 from __future__ import annotations
@@ -46,9 +49,14 @@ OK = 0
 RAISED = 1
 RESULT_UNPICKLABLE = 2
 
-# How POOL_CALL items are applied: fn(*args, **kwargs) for (args, kwargs) pairs; fn(*args).
+# The first byte of a POOL_CALL item frame for an item that did not return a picklable result.
+FAILED = b"\x00"
+
+# How POOL_CALL items are applied: fn(*args, **kwargs) for (args, kwargs) pairs; fn(*args);
+# fn(item) (``imap`` and ``gilfree.map``: no 1-tuple per item to build, pickle and unpack).
 CALL_ARGS_KWARGS = 0
 CALL_STAR = 1
+CALL_ONE = 2
 
 # The pickled sys.path and cwd change rarely; cache the header prefix they make.
 _cached: tuple[list[str], str, bytes] | None = None
@@ -65,23 +73,45 @@ def _context() -> bytes:
     return blob
 
 
-def encode_task(kind: int, meta: Any, body: bytes) -> bytes:
-    """A task message: ``kind`` and ``meta`` travel in the header, ``body`` as it is."""
-    context = _context()
+def context() -> bytes:
+    """The pickled ``(sys.path, cwd)`` of now, for :func:`encode_task` (cached while neither
+    changes)."""
+    return _context()
+
+
+def encode_task(kind: int, meta: Any, body: bytes, context: bytes | None = None) -> bytes:
+    """A task message: ``kind`` and ``meta`` travel in the header, ``body`` as it is;
+    ``context`` (from :func:`context`) defaults to this moment's."""
+    if context is None:
+        context = _context()
     header = pickle.dumps((kind, meta), PROTOCOL)
     return b"".join((_LEN.pack(len(context)), context, _LEN.pack(len(header)), header, body))
 
 
+# The last context a worker decoded: (its bytes, sys.path, cwd). Consecutive tasks nearly
+# always carry the same one, and unpickling a long sys.path per tiny task is measurable.
+_last_context: tuple[bytes, list[str], str] = (b"", [], "")
+
+
 def decode_task(msg: bytes) -> tuple[int, list[str], str, Any, memoryview]:
-    """Splits a task message into ``(kind, sys_path, cwd, meta, body)``."""
+    """Splits a task message into ``(kind, sys_path, cwd, meta, body)`` (``sys_path`` is the
+    caller's to read, not to change)."""
+    global _last_context
     view = memoryview(msg)
     (n,) = _LEN.unpack_from(view)
-    path, cwd = pickle.loads(view[_LEN.size : _LEN.size + n])
+    raw = view[_LEN.size : _LEN.size + n]
+    last = _last_context
+    if raw == last[0]:
+        path, cwd = last[1], last[2]
+    else:
+        path_tuple, cwd = pickle.loads(raw)
+        path = list(path_tuple)
+        _last_context = (bytes(raw), path, cwd)
     at = _LEN.size + n
     (m,) = _LEN.unpack_from(view, at)
     at += _LEN.size
     kind, meta = pickle.loads(view[at : at + m])
-    return kind, list(path), cwd, meta, view[at + m :]
+    return kind, path, cwd, meta, view[at + m :]
 
 
 def encode_reply(

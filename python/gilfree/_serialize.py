@@ -106,6 +106,12 @@ def loads(data: Any) -> Any:
     return pickle.loads(data)
 
 
+def reap() -> None:
+    """Lets go of shared memory this process's earlier blobs pinned and their receivers have
+    claimed (what :func:`loads` does first; for callers that unpickle with ``pickle.loads``)."""
+    _oob.reap()
+
+
 def pins_shared_memory(blob: bytes) -> bool:
     """Whether ``blob`` (from :func:`dumps`) placed buffers in shared memory."""
     return blob[:4] == _oob.MAGIC

@@ -26,7 +26,7 @@ from gilfree.worker import _CALL_ATTRS, SHARED_STATE_KEY, Worker, _State
 
 def _adopt(path: list[str], cwd: str) -> None:
     if sys.path != path:
-        sys.path[:] = path
+        sys.path[:] = path  # a copy: ``path`` is kept by ``decode_task``'s cache
     if os.getcwd() != cwd:
         try:
             os.chdir(cwd)
@@ -189,6 +189,14 @@ def _peak_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+# Results that cannot carry out-of-band buffers nor need cloudpickle: plain pickle, no checks.
+_SIMPLE = frozenset({int, float, str, bool, type(None), complex})
+
+
+def _failed(status: int, payload: Any) -> bytes:
+    return _protocol.FAILED + _dumps_here((status, payload))
+
+
 def pool_call(meta: int | tuple[int, bool], body: memoryview, endpoint: _engine.Endpoint) -> bool:
     """Runs a chunk of calls: the start mark, one frame per item as it finishes, then the
     trailer (see ``_protocol``). ``meta``: the item count, or ``(count, True)`` to report
@@ -200,29 +208,37 @@ def pool_call(meta: int | tuple[int, bool], body: memoryview, endpoint: _engine.
     # counts it as begun, and never re-runs it. Deferred: no wake-up of the parent.
     if not send(_protocol.START_MARK, False):
         return False
-    dumps = _dumps_here
     try:
         fn_blob, mode, items = _serialize.loads(body)
         fn = _function(fn_blob)
     except BaseException as exc:
-        frame = dumps((_protocol.RAISED, _error_payload(exc)))
+        frame = _failed(_protocol.RAISED, _error_payload(exc))
         for _ in range(count):
             if not send(frame, False):
                 return False
     else:
+        # The per-item path is the cost of a tiny task: names bound locally, no tuple per
+        # frame, and plain C pickling of simple results.
+        dumps = pickle.dumps
+        protocol = _protocol.PROTOCOL
+        simple = _SIMPLE
+        one = mode == _protocol.CALL_ONE
         star = mode == _protocol.CALL_STAR
         for item in items:
             try:
-                value = fn(*item) if star else fn(*item[0], **item[1])
+                value = fn(item) if one else fn(*item) if star else fn(*item[0], **item[1])
             except BaseException as exc:
-                frame = dumps((_protocol.RAISED, _error_payload(exc)))
+                frame = _failed(_protocol.RAISED, _error_payload(exc))
             else:
-                try:
-                    frame = dumps((_protocol.OK, value))
-                except Exception as exc:
-                    frame = dumps(
-                        (_protocol.RESULT_UNPICKLABLE, _serialize.describe_failure(value, exc))
-                    )
+                if type(value) in simple:
+                    frame = dumps(value, protocol)
+                else:
+                    try:
+                        frame = _dumps_here(value)
+                    except Exception as exc:
+                        frame = _failed(
+                            _protocol.RESULT_UNPICKLABLE, _serialize.describe_failure(value, exc)
+                        )
             if not send(frame, False):
                 return False
     _flush()

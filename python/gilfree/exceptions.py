@@ -6,8 +6,6 @@ so it can cross a process boundary.
 
 from __future__ import annotations
 
-from concurrent.futures import BrokenExecutor
-
 __all__ = [
     "BrokenPoolError",
     "OwnerDiedError",
@@ -65,17 +63,6 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
-class BrokenPoolError(BrokenExecutor):
-    """The Pool cannot run tasks: its ``initializer`` failed in a worker process.
-
-    A ``concurrent.futures.BrokenExecutor``, as ``ProcessPoolExecutor``'s ``BrokenProcessPool``
-    is (not a subclass of that one: importing it would pull ``multiprocessing`` into every
-    ``import gilfree``). The initializer's own exception is attached as ``__cause__``. (A worker
-    that dies does not break a gilfree Pool: only its task fails, with
-    :class:`WorkerCrashedError`.)
-    """
-
-
 class OwnerDiedError(RuntimeWarning):
     """The previous owner of a :class:`gilfree.Lock` (or ``RLock``) died while holding it.
 
@@ -98,3 +85,40 @@ class SharedStateWarning(UserWarning):
     ``join()``), or use a shared object (``gilfree.Value``, ``gilfree.Queue``,
     ``gilfree.SharedArray``). Issued once per variable per process. See docs/shared-state.md.
     """
+
+
+_BROKEN_POOL_DOC = """The Pool cannot run tasks: its ``initializer`` failed in a worker process.
+
+A ``concurrent.futures.BrokenExecutor``, as ``ProcessPoolExecutor``'s ``BrokenProcessPool``
+is (not a subclass of that one: importing it would pull ``multiprocessing`` into every
+``import gilfree``). The initializer's own exception is attached as ``__cause__``. (A worker
+that dies does not break a gilfree Pool: only its task fails, with
+:class:`WorkerCrashedError`.)
+"""
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from concurrent.futures import BrokenExecutor
+
+    class BrokenPoolError(BrokenExecutor):
+        pass
+
+
+def _make_broken_pool_error() -> type:
+    # concurrent.futures imports logging (~10 ms), so this class is made when it is first asked
+    # for (module ``__getattr__`` below), not at ``import gilfree``. It pickles by name as
+    # ``gilfree.exceptions.BrokenPoolError``, like any other class of this module.
+    from concurrent.futures import BrokenExecutor
+
+    return type(
+        "BrokenPoolError",
+        (BrokenExecutor,),
+        {"__doc__": _BROKEN_POOL_DOC, "__module__": __name__, "__qualname__": "BrokenPoolError"},
+    )
+
+
+def __getattr__(name: str) -> object:
+    if name == "BrokenPoolError":
+        cls = globals()[name] = _make_broken_pool_error()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

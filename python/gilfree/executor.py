@@ -22,6 +22,7 @@ import itertools
 import pickle
 import re
 import signal as _signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -67,26 +68,22 @@ def _check_retries(retries: int) -> None:
 
 
 def _decode_frame(frame: bytes) -> tuple[bool, Any]:
-    """One item's outcome: ``(True, value)`` or ``(False, exception)``.
+    """One item's outcome: ``(True, value)`` or ``(False, exception)`` (frames: ``_protocol``).
 
     Unpickling runs code of the result's own (a ``__reduce__``); whatever it raises, even
     ``SystemExit``, fails this item only, as a ``pickle.UnpicklingError`` caused by it.
     """
     try:
-        status, payload = _serialize.loads(frame)
-        if status == _protocol.OK:
-            return True, payload
+        if frame[:1] != _protocol.FAILED:
+            return True, _serialize.loads(frame)
+        status, payload = _serialize.loads(frame[1:])
         if status == _protocol.RAISED:
             exc_blob, tb_text = payload
             exc = _serialize.loads(exc_blob)
             exc.__cause__ = RemoteTraceback(tb_text)
             return False, exc
     except BaseException as exc:
-        err = pickle.UnpicklingError(
-            f"the task's outcome could not be unpickled in this process: {exc!r}"
-        )
-        err.__cause__ = exc
-        return False, err
+        return False, _unpickling_error(exc)
     return False, TypeError(f"the task's result cannot be pickled: {payload}")
 
 
@@ -124,6 +121,32 @@ def _memory_size(value: int | str | None) -> int | None:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.0f} MB"
+
+
+def _unpickling_error(exc: BaseException) -> pickle.UnpicklingError:
+    err = pickle.UnpicklingError(
+        f"the task's outcome could not be unpickled in this process: {exc!r}"
+    )
+    err.__cause__ = exc
+    return err
+
+
+def _decode_frames(frames: list[bytes]) -> list[tuple[bool, Any]]:
+    """:func:`_decode_frame` of each frame, with a fast path for plain pickled results (the
+    per-item cost of tiny tasks): one ``pickle.loads`` each, nothing else."""
+    _serialize.reap()  # what _serialize.loads does per load, once per chunk here
+    loads = pickle.loads
+    out: list[tuple[bool, Any]] = []
+    append = out.append
+    for frame in frames:
+        if frame[:1] == b"\x80":  # a plain pickle stream: the item returned this value
+            try:
+                append((True, loads(frame)))
+            except BaseException as exc:
+                append((False, _unpickling_error(exc)))
+        else:
+            append(_decode_frame(frame))
+    return out
 
 
 def _end_error(
@@ -353,9 +376,17 @@ class _Results:
         timeout: float | None,
         eager: bool,
         retries: int = 0,
+        single: bool = False,
     ) -> None:
         self.pool = pool
         self.retries = retries
+        self.single = single  # every item of source is a 1-tuple: call fn(item)
+        # The sys.path and cwd the call's chunks run with: those of the call's start (one
+        # getcwd() per call, not per chunk).
+        self.context = _protocol.context()
+        # When an item's exception ends the iteration: kill the call's running chunks (else
+        # they finish, their results dropped, and their worker processes stay warm).
+        self.kill_on_error = True
         try:
             self.fn_blob = _serialize.dumps(fn)
         except Exception as exc:
@@ -444,7 +475,9 @@ class _Results:
         task_id = next(pool._ids)
         self.outstanding[task_id] = (first, items, _pinning(body), prior)
         pool._handlers[task_id] = self
-        msg = _protocol.encode_task(_protocol.POOL_CALL, pool._call_meta(len(items)), body)
+        msg = _protocol.encode_task(
+            _protocol.POOL_CALL, pool._call_meta(len(items)), body, self.context
+        )
         # The scheduler re-runs the chunk while its worker dies before the first item's frame
         # (so before anything of it finished); later items are re-sent from _complete.
         retries = max(0, self.retries - prior)
@@ -456,8 +489,12 @@ class _Results:
             raise
 
     def _pickle_chunk(self, first: int, items: list[Any]) -> bytes | None:
+        if self.single:  # fn(item): the items travel bare, not as 1-tuples
+            call = (self.fn_blob, _protocol.CALL_ONE, [item for (item,) in items])
+        else:
+            call = (self.fn_blob, _protocol.CALL_STAR, items)
         try:
-            return _serialize.dumps((self.fn_blob, _protocol.CALL_STAR, items))
+            return _serialize.dumps(call)
         except Exception:
             pass
         # Find the culprits: each fails at its own place; the rest still run.
@@ -487,7 +524,7 @@ class _Results:
         if blob is not None and end in (_CANCELLED, _BROKEN):
             _serialize.discard(blob)  # never loaded: free the shared memory it pins
         n = len(items)
-        results = [_decode_frame(f) for f in frames[:n]]
+        results = _decode_frames(frames[:n])
         if end == _DONE and len(frames) == n + 1:
             seconds = _protocol.TRAILER.unpack(frames[n])[0]
             per = seconds / n
@@ -568,7 +605,12 @@ class _Results:
                 pending.extend(batch)
                 del batch
                 while pending:
-                    yield _unwrap(pending.popleft())
+                    if not pending[0][0]:
+                        # An item failed: the call ends here. Its running chunks are killed,
+                        # unless the caller asked to let them finish (``gilfree.map``).
+                        self.close(kill=self.kill_on_error)
+                        raise pending.popleft()[1]
+                    yield pending.popleft()[1]
                 if self.stalled:
                     self.fill()
         finally:
@@ -587,20 +629,14 @@ class _Results:
     def _finished(self) -> bool:
         return self.source_done and self.yielded >= self.next_index
 
-    def close(self) -> None:
-        """Stops the call: nothing more is cut, and its queued or running chunks are killed."""
+    def close(self, kill: bool = True) -> None:
+        """Stops the call: nothing more is cut, its queued chunks are cancelled, and its
+        running chunks are killed (``kill``) or left to finish, their results dropped."""
         if self.closed:
             return
         self.closed = True
         for task_id in list(self.outstanding):
-            self.pool._tp.cancel(task_id, True)
-
-
-def _unwrap(outcome: tuple[bool, Any]) -> Any:
-    ok, value = outcome
-    if not ok:
-        raise value
-    return value
+            self.pool._tp.cancel(task_id, kill)
 
 
 class Pool(Executor):
@@ -759,8 +795,17 @@ class Pool(Executor):
                 are kept, never re-run.
         """
         items = list(zip(*iterables, strict=False))
+        single = len(iterables) == 1
         results = self._start(
-            fn, iter(items), len(items), True, chunksize, timeout, eager=True, retries=retries
+            fn,
+            iter(items),
+            len(items),
+            True,
+            chunksize,
+            timeout,
+            eager=True,
+            retries=retries,
+            single=single,
         )
         return iter(results)
 
@@ -806,7 +851,15 @@ class Pool(Executor):
         length = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
         source = ((item,) for item in iterable)
         results = self._start(
-            fn, source, length, ordered, chunksize, timeout, eager=False, retries=retries
+            fn,
+            source,
+            length,
+            ordered,
+            chunksize,
+            timeout,
+            eager=False,
+            retries=retries,
+            single=True,
         )
         return iter(results)
 
@@ -891,6 +944,7 @@ class Pool(Executor):
         *,
         eager: bool,
         retries: int = 0,
+        single: bool = False,
     ) -> _Results:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1")
@@ -908,6 +962,7 @@ class Pool(Executor):
                 timeout=timeout,
                 eager=eager,
                 retries=retries,
+                single=single,
             )
             results.fill()
         return results
@@ -984,6 +1039,65 @@ _runtime.on_exit(_shutdown_pools_at_exit)
 _runtime.after_fork_in_child(_live_pools.clear)  # the parent's pools: not ours to stop
 
 
+# The process-wide Pool that ``gilfree.map`` reuses (its worker processes and threads stay warm
+# between calls), made on first use; see ``_reusable_pool``.
+_default_lock = threading.Lock()
+_default_pool: Pool | None = None
+_default_engine: _engine.Engine | None = None  # the engine it runs on
+# ``gilfree.map`` calls running on the default pool now (a resize waits until it is unused).
+_default_users = 0
+
+
+def _forget_default_pool() -> None:
+    """In a ``fork()`` child: the parent's default pool is not ours; the child makes its own."""
+    global _default_lock, _default_pool, _default_engine, _default_users
+    _default_lock = threading.Lock()
+    _default_pool = _default_engine = None
+    _default_users = 0
+
+
+def _reusable_pool(workers: int | None) -> tuple[Pool, bool]:
+    """The default pool for ``gilfree.map`` with ``workers`` processes: ``(pool, shared)``.
+
+    The default pool is reused while its size matches; asked for another size, it is replaced
+    (shut down, its idle processes go back to the engine's warm set) unless another call uses it
+    now, in which case this call gets a pool of its own (``shared`` false: the caller shuts it
+    down).
+    """
+    global _default_pool, _default_engine, _default_users
+    want = _runtime.default_workers() if workers is None else workers
+    if want <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    with _default_lock:
+        pool = _default_pool
+        if pool is not None and (
+            pool._shutdown or pool._broken is not None or _default_engine is not _runtime.engine()
+        ):
+            # Shut down (at exit, or by hand), or its engine was stopped: make a fresh one.
+            if not pool._shutdown:
+                pool.terminate()
+            pool = _default_pool = None
+        if pool is not None and pool._max_workers != want:
+            if _default_users:
+                return Pool(want), False
+            _default_pool = None
+            pool.shutdown(wait=True)
+            pool = None
+        if pool is None:
+            pool = _default_pool = Pool(want)
+            _default_engine = _runtime.engine()
+            _default_users = 0
+        _default_users += 1
+        return pool, True
+
+
+def _release_default_pool(pool: Pool) -> None:
+    global _default_users
+    with _default_lock:
+        if pool is _default_pool:  # else it was replaced meanwhile, and counts from 0
+            _default_users -= 1
+
+
 def map(
     fn: Callable[[Any], Any],
     iterable: Iterable[Any],
@@ -998,7 +1112,16 @@ def map(
 ) -> list[Any]:
     """Runs ``fn`` over ``iterable`` in parallel and returns the results as a list.
 
-    A Pool is made for the call and cleaned up after it, whatever happens.
+    Calls share one process-wide Pool, made on the first call and kept warm for the next (its
+    worker processes, and the functions they already loaded, are reused): a different
+    ``workers=`` replaces it with one of that size, it is shut down at interpreter exit, and a
+    ``fork()`` child makes its own. A call that fails (an item raised, a timeout, Ctrl-C) stops
+    its own remaining items and leaves the pool ready for the next call: when an item raised,
+    the queued items are cancelled and those already running finish (results dropped, the
+    processes stay warm, as in ``concurrent.futures``); on Ctrl-C the running ones are killed
+    too (their processes are replaced). A timed-out item's process is killed and replaced.
+    In a Jupyter kernel each call still gets a pool of its own, shut down when it returns: an
+    open Pool keeps a kernel from exiting by itself when it is asked to shut down.
 
     Args:
         fn: The function, called as ``fn(item)``.
@@ -1023,19 +1146,65 @@ def map(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total)
-    pool = Pool(workers, backend=backend)
     try:
-        out = []
-        update = bar.update if bar is not None else None
-        for value in pool.imap(
-            fn, iterable, ordered=ordered, chunksize=chunksize, timeout=timeout, retries=retries
-        ):
-            out.append(value)
-            if update is not None:
-                update(1)
-        pool.shutdown()
-        return out
+        if _backends.choose(backend) != "process":
+            pool, shared = Pool(workers, backend=backend), False
+        elif "ipykernel" in sys.modules:
+            # Known issue: on a shutdown request ipykernel SIGTERMs, then SIGKILLs, its child
+            # processes until none is left (sleeping up to 14 s between rounds); an open Pool
+            # replaces the killed workers each time, so the kernel outlasts the manager's wait
+            # and is SIGTERMed (tests/test_notebook.py). Until the engine stops respawning
+            # then, a call in a kernel gets a pool of its own, shut down when it returns.
+            pool, shared = Pool(workers), False
+        else:
+            pool, shared = _reusable_pool(workers)
+        try:
+            out = []
+            update = bar.update if bar is not None else None
+            if not shared and type(pool) is not Pool:  # another backend's Pool
+                for value in pool.imap(
+                    fn,
+                    iterable,
+                    ordered=ordered,
+                    chunksize=chunksize,
+                    timeout=timeout,
+                    retries=retries,
+                ):
+                    out.append(value)
+                    if update is not None:
+                        update(1)
+                return out
+            source = ((item,) for item in iterable)
+            results = pool._start(
+                fn,
+                source,
+                total,
+                ordered,
+                chunksize,
+                timeout,
+                eager=False,
+                retries=retries,
+                single=True,
+            )
+            results.kill_on_error = False
+            try:
+                for value in results:
+                    out.append(value)
+                    if update is not None:
+                        update(1)
+            finally:
+                # An item raised: its queued chunks were cancelled and its running ones left to
+                # finish (``kill_on_error``). Ctrl-C (or anything else): all of them stop now.
+                results.close()
+            return out
+        finally:
+            if shared:
+                _release_default_pool(pool)
+            else:
+                pool.terminate()
     finally:
-        pool.terminate()
         if bar is not None:
             bar.close()
+
+
+_runtime.after_fork_in_child(_forget_default_pool)

@@ -33,6 +33,14 @@ try:
             fut.result()
         finally:
             print("task stopped", fut.cancelled(), flush=True)
+    elif mode == "gilfree.map":
+        gilfree.map(os.getpid, [], workers=2)  # the default pool, warm
+        try:
+            print("waiting", flush=True)
+            gilfree.map(block, range(10), workers=2)
+        finally:
+            # Its blocked tasks were stopped: the same default pool runs the next call.
+            print("next call ok", len(gilfree.map(abs, range(10), workers=2)) == 10, flush=True)
     elif mode == "with":
         with pool:
             pool.submit(block)
