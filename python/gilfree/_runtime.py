@@ -45,6 +45,16 @@ def _worker_env() -> list[tuple[str, str]]:
     return [("PYTHONPATH", pythonpath), ("PYTHONUNBUFFERED", "1")]
 
 
+def _template_args() -> list[str] | None:
+    """The template's arguments, or ``None`` when workers are started directly.
+
+    ``GILFREE_TEMPLATE=1`` forks workers from a clean template process (see
+    ``gilfree_core::pool::template``); off by default for now."""
+    if os.environ.get("GILFREE_TEMPLATE", "0") in ("", "0"):
+        return None
+    return os.environ.get("ZY_TEMPLATE_ARGS", "-m gilfree._worker --template").split()
+
+
 def default_workers() -> int:
     """The number of CPUs this process may run on."""
     try:
@@ -73,6 +83,7 @@ def engine() -> _engine.Engine:
                 _engine.RING_CAPACITY_DEFAULT,
                 _emit,
                 arena=arena(),
+                template=_template_args(),
             )
             # threading's own exit hook runs before non-daemon threads are joined and before
             # atexit, the same moment concurrent.futures uses; atexit is the fallback.
