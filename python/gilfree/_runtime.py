@@ -52,7 +52,7 @@ def _template_args() -> list[str] | None:
     ``gilfree_core::pool::template``); off by default for now."""
     if os.environ.get("GILFREE_TEMPLATE", "0") in ("", "0"):
         return None
-    return os.environ.get("ZY_TEMPLATE_ARGS", "-m gilfree._worker --template").split()
+    return ["-m", "gilfree._worker", "--template"]
 
 
 def default_workers() -> int:

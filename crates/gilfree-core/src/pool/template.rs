@@ -159,7 +159,10 @@ fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> io::Result
 
 /// Receives one message and the fds attached to it (close-on-exec). `Ok(None)` at end of
 /// stream. A truncated message or fd list is an error (its fds are closed).
-fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
     // SAFETY: CMSG_SPACE only computes a size.
     let space =
         unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
@@ -223,7 +226,12 @@ fn wait_readable(sock: BorrowedFd<'_>, peer: BorrowedFd<'_>, timeout: Duration) 
     ];
     loop {
         match poll(&mut fds, Some(&ts)) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::TimedOut, "template timed out")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "template timed out",
+                ))
+            }
             Ok(_) => break,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
@@ -261,6 +269,57 @@ impl<'a> Reader<'a> {
         self.0 = rest;
         Ok(head)
     }
+}
+
+/// Step 2's message: the fds' target numbers, the working directory, the environment.
+fn encode_request(targets: &[RawFd], cwd: &Path, env: &[(OsString, OsString)]) -> Vec<u8> {
+    let mut req = Vec::with_capacity(4096);
+    req.extend_from_slice(&(targets.len() as u32).to_le_bytes());
+    for &target in targets {
+        req.extend_from_slice(&target.to_le_bytes());
+    }
+    put(&mut req, cwd.as_os_str().as_bytes());
+    req.extend_from_slice(&(env.len() as u32).to_le_bytes());
+    for (k, v) in env {
+        put(&mut req, k.as_bytes());
+        put(&mut req, v.as_bytes());
+    }
+    req
+}
+
+/// Parses [`encode_request`]'s message, pairing the fds that came with it with their
+/// numbers. Anything malformed (truncated, trailing bytes, a count that does not match the
+/// fds, a negative number) is an error, and the fds are closed.
+fn decode_request(msg: &[u8], fds: Vec<OwnedFd>) -> io::Result<ForkRequest> {
+    let mut r = Reader(msg);
+    let count = r.u32()? as usize;
+    if count != fds.len() {
+        return Err(io::Error::other("fork request: fd count mismatch"));
+    }
+    let mut targets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = r.u32()? as i32;
+        if t < 0 {
+            return Err(io::Error::other("fork request: negative fd number"));
+        }
+        targets.push(t);
+    }
+    let cwd = OsString::from_vec(r.bytes()?.to_vec());
+    let nenv = r.u32()? as usize;
+    let mut env = Vec::with_capacity(nenv.min(4096));
+    for _ in 0..nenv {
+        let k = OsString::from_vec(r.bytes()?.to_vec());
+        let v = OsString::from_vec(r.bytes()?.to_vec());
+        env.push((k, v));
+    }
+    if !r.0.is_empty() {
+        return Err(io::Error::other("fork request: trailing bytes"));
+    }
+    Ok(ForkRequest {
+        fds: fds.into_iter().zip(targets).collect(),
+        cwd,
+        env,
+    })
 }
 
 impl Template {
@@ -301,11 +360,17 @@ impl Template {
             pidfd,
             sock: ours,
         };
-        wait_readable(template.sock.as_fd(), template.pidfd.as_fd(), HANDSHAKE_TIMEOUT)?;
+        wait_readable(
+            template.sock.as_fd(),
+            template.pidfd.as_fd(),
+            HANDSHAKE_TIMEOUT,
+        )?;
         let mut buf = [0u8; 64];
         match recv_with_fds(template.sock.as_fd(), &mut buf)? {
             Some((n, fds)) if fds.is_empty() && &buf[..n] == TEMPLATE_READY => Ok(template),
-            _ => Err(io::Error::other("the template's first message was not ready")),
+            _ => Err(io::Error::other(
+                "the template's first message was not ready",
+            )),
         }
         // On error `template` is dropped: killed and reaped.
     }
@@ -318,26 +383,21 @@ impl Template {
         cwd: &Path,
         fds: &[(RawFd, RawFd)],
     ) -> io::Result<Pid> {
-        let mut req = Vec::with_capacity(4096);
-        req.extend_from_slice(&(fds.len() as u32).to_le_bytes());
-        for &(_, target) in fds {
-            req.extend_from_slice(&target.to_le_bytes());
-        }
-        put(&mut req, cwd.as_os_str().as_bytes());
-        req.extend_from_slice(&(env.len() as u32).to_le_bytes());
-        for (k, v) in env {
-            put(&mut req, k.as_bytes());
-            put(&mut req, v.as_bytes());
-        }
+        let targets: Vec<RawFd> = fds.iter().map(|&(_, t)| t).collect();
+        let req = encode_request(&targets, cwd, env);
         if req.len() > MAX_REQUEST {
-            return Err(io::Error::other("the environment is too large for a fork request"));
+            return Err(io::Error::other(
+                "the environment is too large for a fork request",
+            ));
         }
         let raw: Vec<RawFd> = fds.iter().map(|&(fd, _)| fd).collect();
         send_with_fds(self.sock.as_fd(), &req, &raw)?;
         wait_readable(self.sock.as_fd(), self.pidfd.as_fd(), HANDSHAKE_TIMEOUT)?;
         let mut buf = [0u8; 8];
         let reply = match recv_with_fds(self.sock.as_fd(), &mut buf)? {
-            Some((4, fds)) if fds.is_empty() => i32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]),
+            Some((4, fds)) if fds.is_empty() => {
+                i32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]])
+            }
             _ => return Err(io::Error::other("malformed reply from the template")),
         };
         if reply < 0 {
@@ -409,32 +469,7 @@ impl TemplateServer {
         let Some((n, fds)) = recv_with_fds(self.sock.as_fd(), &mut buf)? else {
             return Ok(None);
         };
-        let mut r = Reader(&buf[..n]);
-        let count = r.u32()? as usize;
-        if count != fds.len() {
-            return Err(io::Error::other("fork request: fd count mismatch"));
-        }
-        let mut targets = Vec::with_capacity(count);
-        for _ in 0..count {
-            let t = r.u32()? as i32;
-            if t < 0 {
-                return Err(io::Error::other("fork request: negative fd number"));
-            }
-            targets.push(t);
-        }
-        let cwd = OsString::from_vec(r.bytes()?.to_vec());
-        let nenv = r.u32()? as usize;
-        let mut env = Vec::with_capacity(nenv.min(4096));
-        for _ in 0..nenv {
-            let k = OsString::from_vec(r.bytes()?.to_vec());
-            let v = OsString::from_vec(r.bytes()?.to_vec());
-            env.push((k, v));
-        }
-        Ok(Some(ForkRequest {
-            fds: fds.into_iter().zip(targets).collect(),
-            cwd,
-            env,
-        }))
+        decode_request(&buf[..n], fds).map(Some)
     }
 
     /// Step 5, template side: tells the parent the new worker's pid, or why there is none.
@@ -574,4 +609,77 @@ pub unsafe fn fork_sibling() -> io::Result<Option<u32>> {
         return Ok(None);
     }
     Ok(Some(pid as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn pipe_pair() -> (OwnedFd, OwnedFd) {
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap()
+    }
+
+    #[test]
+    fn a_request_and_its_fds_survive_the_socket() {
+        let (a, b) = socket_pair().unwrap();
+        let (r, w) = pipe_pair();
+        let env = vec![
+            (OsString::from("A"), OsString::from("1")),
+            (OsString::from("EMPTY"), OsString::new()),
+        ];
+        let msg = encode_request(&[41], Path::new("/tmp/x y"), &env);
+        send_with_fds(a.as_fd(), &msg, &[w.as_raw_fd()]).unwrap();
+        drop(w);
+        let mut buf = vec![0u8; MAX_REQUEST];
+        let (n, fds) = recv_with_fds(b.as_fd(), &mut buf).unwrap().unwrap();
+        let req = decode_request(&buf[..n], fds).unwrap();
+        assert_eq!(req.cwd, OsString::from("/tmp/x y"));
+        assert_eq!(req.env, env);
+        assert_eq!(req.fds.len(), 1);
+        assert_eq!(req.fds[0].1, 41);
+        // The received fd is the same pipe: what goes in comes out of our read end.
+        let mut file = std::fs::File::from(req.fds.into_iter().next().unwrap().0);
+        file.write_all(b"hi").unwrap();
+        drop(file);
+        let mut got = String::new();
+        std::fs::File::from(r).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hi");
+    }
+
+    #[test]
+    fn the_peer_closing_its_end_reads_as_end_of_stream() {
+        let (a, b) = socket_pair().unwrap();
+        drop(a);
+        let mut buf = [0u8; 16];
+        assert!(recv_with_fds(b.as_fd(), &mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        let msg = encode_request(&[5, 6], Path::new("/"), &[]);
+        let (_r, w) = pipe_pair();
+        // Two numbers, one fd.
+        assert!(decode_request(&msg, vec![w]).is_err());
+        // Truncated anywhere.
+        for cut in 0..msg.len() {
+            assert!(decode_request(&msg[..cut], vec![]).is_err(), "cut at {cut}");
+        }
+        // Trailing bytes.
+        let mut long = encode_request(&[], Path::new("/"), &[]);
+        long.push(0);
+        assert!(decode_request(&long, vec![]).is_err());
+        // A negative fd number.
+        let neg = encode_request(&[-1], Path::new("/"), &[]);
+        let (_r2, w2) = pipe_pair();
+        assert!(decode_request(&neg, vec![w2]).is_err());
+    }
+
+    #[test]
+    fn a_message_too_large_for_the_buffer_is_an_error() {
+        let (a, b) = socket_pair().unwrap();
+        send_with_fds(a.as_fd(), &[7u8; 64], &[]).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(recv_with_fds(b.as_fd(), &mut buf).is_err());
+    }
 }
