@@ -4,6 +4,7 @@ guarantees as workers started directly. Each test runs a fresh interpreter with 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ def _probe(mode: str, env: dict[str, str], cwd: Path | None = None) -> dict:
 
 def test_workers_are_forked_by_the_template_as_children_of_the_parent(tmp_path: Path) -> None:
     out = _probe("tree", ON, cwd=tmp_path)
-    assert len(out["templates"]) == 1
+    assert out["template"] is not None
+    assert out["template"] not in [w["pid"] for w in out["workers"]]
     for w in out["workers"]:
         assert w["forked"], w
         # CLONE_PARENT: the worker is the parent's child (death signal, reaping), never the
@@ -37,7 +39,7 @@ def test_workers_are_forked_by_the_template_as_children_of_the_parent(tmp_path: 
 
 def test_switch_off_starts_workers_directly() -> None:
     out = _probe("tree", {"GILFREE_TEMPLATE": "0"})
-    assert out["templates"] == []
+    assert out["template"] is None
     assert not any(w["forked"] for w in out["workers"])
     assert all(w["ppid"] == out["parent"] for w in out["workers"])
 
@@ -52,14 +54,14 @@ def test_crashed_forked_workers_report_exit_code_and_signal() -> None:
     out = _probe("crash", ON)
     assert out["crashes"] == {"Exits": [7, None], "Killed": [None, 9]}
     # The engine replaced them, from the template still.
-    assert len(out["templates"]) == 1
+    assert out["template"] is not None
     assert out["after"][0]["forked"]
 
 
 def test_a_dead_template_falls_back_to_direct_spawn() -> None:
     out = _probe("template_killed", ON)
     assert all(w["forked"] for w in out["before"])
-    assert out["templates"] == []
+    assert out["gone"]
     assert len(out["after"]) == 2
     assert not any(w["forked"] for w in out["after"])
     assert all(w["env"] == "set-after-import" for w in out["after"])
@@ -71,7 +73,7 @@ def test_killed_parent_takes_workers_and_template_with_it() -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**__import__("os").environ, **ON},
+        env={**os.environ, **ON},
     ) as proc:
         try:
             assert proc.stdout is not None
@@ -89,8 +91,8 @@ def test_killed_parent_takes_workers_and_template_with_it() -> None:
 
 def test_ctrl_c_with_forked_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GILFREE_TEMPLATE", "1")
-    pids, out, err, returncode = interrupt_script("template_probe.py", "ctrl_c", ready="joining")
-    assert "forked True" in out
+    # The script stops before "joining" unless its worker was forked from the template.
+    pids, _out, err, returncode = interrupt_script("template_probe.py", "ctrl_c", ready="joining")
     assert len(pids) >= 2
     assert "KeyboardInterrupt" in err
     assert returncode != 0

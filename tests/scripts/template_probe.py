@@ -41,13 +41,12 @@ def forked_from_template(pid: int) -> bool:
     return "--template" in psutil.Process(pid).cmdline()
 
 
-def templates() -> list[int]:
-    workers = set(_runtime.worker_pids())
-    return [
-        p.pid
-        for p in psutil.Process().children()
-        if p.pid not in workers and "--template" in p.cmdline()
-    ]
+def template() -> int | None:
+    """The template: the oldest child with the template's command line (the workers it forked
+    share that command line, and one may not be in worker_pids() yet, but all came later)."""
+    kids = [p for p in psutil.Process().children() if "--template" in p.cmdline()]
+    kids.sort(key=lambda p: (p.create_time(), p.pid))
+    return kids[0].pid if kids else None
 
 
 def probe(n: int) -> list[dict]:
@@ -67,7 +66,7 @@ mode = sys.argv[1]
 os.environ["GILFREE_PROBE"] = "set-after-import"
 if mode == "tree":
     workers = probe(3)
-    print(json.dumps({"parent": os.getpid(), "workers": workers, "templates": templates()}))
+    print(json.dumps({"parent": os.getpid(), "workers": workers, "template": template()}))
 elif mode == "crash":
     results = {}
     for cls in (Exits, Killed):
@@ -77,11 +76,10 @@ elif mode == "crash":
             w.join()
         except gilfree.WorkerCrashedError as e:
             results[cls.__name__] = [e.exitcode, e.signal]
-    print(json.dumps({"crashes": results, "templates": templates(), "after": probe(1)}))
+    print(json.dumps({"crashes": results, "template": template(), "after": probe(1)}))
 elif mode == "template_killed":
     before = probe(2)
-    (template,) = templates()
-    victim = psutil.Process(template)
+    victim = psutil.Process(template())
     victim.kill()
     victim.wait(timeout=60)
     # Busy workers, so the next ones must be new processes.
@@ -89,15 +87,18 @@ elif mode == "template_killed":
     for b in blockers:
         b.start()
     after = probe(2)
-    print(json.dumps({"before": before, "after": after, "templates": templates()}))
+    print(json.dumps({"before": before, "after": after, "gone": not victim.is_running()}))
     for b in blockers:
         b.terminate()
 elif mode in ("parent_killed", "ctrl_c"):
     w = Blocked(daemon=True)
     w.start()
-    pids = [*_runtime.worker_pids(), *templates()]
+    pids = [*_runtime.worker_pids(), template()]
     print("pids", *pids, flush=True)
-    print("forked", forked_from_template(w.native_id), flush=True)
+    forked = forked_from_template(w.native_id)
+    print("forked", forked, flush=True)
+    if not forked:
+        sys.exit("the worker was not forked from the template")
     if mode == "parent_killed":
         print("ready", flush=True)
         sys.stdin.read()  # blocks until the test kills us
