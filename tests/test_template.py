@@ -14,7 +14,7 @@ import pytest
 
 from conftest import SCRIPTS, WATCHDOG, interrupt_script, run_script, wait_gone
 
-ON = {"GILFREE_TEMPLATE": "1"}
+ON = {"GILFREE_TEMPLATE": "1"}  # the default; explicit so an outer =0 does not leak in
 
 
 def _probe(mode: str, env: dict[str, str], cwd: Path | None = None) -> dict:

@@ -48,9 +48,10 @@ def _worker_env() -> list[tuple[str, str]]:
 def _template_args() -> list[str] | None:
     """The template's arguments, or ``None`` when workers are started directly.
 
-    ``GILFREE_TEMPLATE=1`` forks workers from a clean template process (see
-    ``gilfree_core::pool::template``); off by default for now."""
-    if os.environ.get("GILFREE_TEMPLATE", "0") in ("", "0"):
+    By default workers are forked from a clean template process (see
+    ``gilfree_core::pool::template``), which costs a few ms instead of an interpreter start;
+    ``GILFREE_TEMPLATE=0`` starts each worker directly."""
+    if os.environ.get("GILFREE_TEMPLATE", "1") == "0":
         return None
     return ["-m", "gilfree._worker", "--template"]
 

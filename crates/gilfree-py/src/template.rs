@@ -6,11 +6,14 @@ use gilfree_core::pool::template::{fork_sibling, TemplateServer};
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 
+/// What a new worker gets back: its working directory and its whole environment.
+type Forked = (OsString, Vec<(OsString, OsString)>);
+
 /// Serves fork requests until the parent goes away (returns `None`). In each new worker it
 /// returns `(cwd, env)`: the worker's fds are in place, and the caller adopts the working
 /// directory and environment and runs the worker's main loop.
 #[pyfunction]
-pub fn template_serve(py: Python<'_>) -> PyResult<Option<(OsString, Vec<(OsString, OsString)>)>> {
+pub fn template_serve(py: Python<'_>) -> PyResult<Option<Forked>> {
     let server = TemplateServer::from_env().map_err(|e| PyOSError::new_err(e.to_string()))?;
     loop {
         let request = match py.detach(|| server.next()) {

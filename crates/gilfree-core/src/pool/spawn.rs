@@ -259,7 +259,10 @@ pub(crate) fn spawn_from_template(
         WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
     );
     if let Err(e) = ours {
-        return Err(std::io::Error::other(format!("the template forked a process that is not our child: {e}")).into());
+        return Err(std::io::Error::other(format!(
+            "the template forked a process that is not our child: {e}"
+        ))
+        .into());
     }
     let output = match WorkerOutput::new(pid.as_raw_nonzero().get() as u32, out_r, err_r) {
         Ok(o) => Arc::new(o),

@@ -510,7 +510,12 @@ fn supervise(shared: &Arc<Shared>) {
             drop(st);
             let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> = targets
                 .into_iter()
-                .map(|t| (t, spawn_one(&mut template, &shared.config.command, &on_death)))
+                .map(|t| {
+                    (
+                        t,
+                        spawn_one(&mut template, &shared.config.command, &on_death),
+                    )
+                })
                 .collect();
             st = lock(&shared.state);
             let mut doomed = Vec::new();
