@@ -18,9 +18,12 @@ __all__ = [
     "Queue",
     "Semaphore",
     "TaskPool",
+    "template_serve",
 ]
 
 RING_CAPACITY_DEFAULT: int
+
+def template_serve() -> tuple[str, list[tuple[str, str]]] | None: ...
 
 @final
 class Engine:
@@ -37,6 +40,7 @@ class Engine:
         ring_capacity: int,
         output: Callable[[int, int, bytes], object],
         arena: Arena | None = None,
+        template: Sequence[str] | None = None,
     ) -> Engine: ...
     def acquire(self) -> Lease: ...
     def shutdown(self) -> None: ...

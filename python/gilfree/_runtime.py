@@ -111,6 +111,17 @@ def _worker_env() -> list[tuple[str, str]]:
     return [("PYTHONPATH", pythonpath), ("PYTHONUNBUFFERED", "1"), *_blas_env()]
 
 
+def _template_args() -> list[str] | None:
+    """The template's arguments, or ``None`` when workers are started directly.
+
+    By default workers are forked from a clean template process (see
+    ``gilfree_core::pool::template``), which costs a few ms instead of an interpreter start;
+    ``GILFREE_TEMPLATE=0`` starts each worker directly."""
+    if os.environ.get("GILFREE_TEMPLATE", "1") == "0":
+        return None
+    return ["-m", "gilfree._worker", "--template"]
+
+
 def default_workers() -> int:
     """The number of CPUs this process may run on."""
     try:
@@ -139,6 +150,7 @@ def engine() -> _engine.Engine:
                 _engine.RING_CAPACITY_DEFAULT,
                 _emit,
                 arena=arena(),
+                template=_template_args(),
             )
             # threading's own exit hook runs before non-daemon threads are joined and before
             # atexit, the same moment concurrent.futures uses; atexit is the fallback.

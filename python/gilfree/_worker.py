@@ -277,5 +277,28 @@ def main() -> None:
             return
 
 
-if __name__ == "__main__":
+def template_main() -> None:
+    """The template process (``python -m gilfree._worker --template``): everything a worker
+    needs is imported by now; fork workers on the parent's requests (``template_serve``) until
+    the parent goes away. Each fork returns here as a new worker, with its fds in place."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    forked = _engine.template_serve()
+    if forked is None:
+        return
+    cwd, env = forked
+    # The environment the parent has now (the C environment and os.environ alike).
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv[1:] = []
+    try:
+        os.chdir(cwd)
+    except OSError:
+        pass
     main()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--template"]:
+        template_main()
+    else:
+        main()

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use gilfree_core::ipc::arena::ARENA_FD_ENV;
 use gilfree_core::output::{OutputSink, Stream};
-use gilfree_core::pool::{DeathHook, Engine, EngineConfig, Inheritable, Lease, WorkerCommand};
+use gilfree_core::pool::{
+    DeathHook, Engine, EngineConfig, Inheritable, Lease, TemplateCommand, WorkerCommand,
+};
 use gilfree_core::RecvError;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -44,7 +46,7 @@ pub struct PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (program, args, env, cwd, warm, idle_timeout, ring_capacity, output, arena=None))]
+    #[pyo3(signature = (program, args, env, cwd, warm, idle_timeout, ring_capacity, output, arena=None, template=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -57,6 +59,7 @@ impl PyEngine {
         ring_capacity: usize,
         output: Py<PyAny>,
         arena: Option<PyRef<'_, PyArena>>,
+        template: Option<Vec<OsString>>,
     ) -> PyResult<Self> {
         let idle_timeout = convert::timeout(Some(idle_timeout))?.unwrap_or(Duration::MAX);
         // Every worker inherits the arena's memfd and is told its number; the arena gets
@@ -87,7 +90,10 @@ impl PyEngine {
         };
         let sink = Arc::new(PySink { output });
         let inner = py
-            .detach(|| Engine::start(config, sink))
+            .detach(|| {
+                let template = template.map(|args| TemplateCommand { args });
+                Engine::start_with_template(config, sink, template)
+            })
             .map_err(|e| PyEngineError::Spawn(e, None))?;
         Ok(PyEngine { inner })
     }

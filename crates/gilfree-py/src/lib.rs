@@ -13,6 +13,7 @@ mod engine;
 mod errors;
 mod pool;
 mod sync;
+mod template;
 
 use pyo3::prelude::*;
 
@@ -33,5 +34,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync::PyQueue>()?;
     m.add_class::<blob::PyBlob>()?;
     m.add("RING_CAPACITY_DEFAULT", convert::RING_CAPACITY_DEFAULT)?;
+    m.add_function(wrap_pyfunction!(template::template_serve, m)?)?;
     Ok(())
 }

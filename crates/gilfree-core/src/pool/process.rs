@@ -16,11 +16,11 @@ use std::any::Any;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::panic::AssertUnwindSafe;
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 use std::sync::{Arc, PoisonError};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use rustix::process::{pidfd_send_signal, Signal};
+use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions};
 
 use super::supervisor::DeathHook;
 use crate::output::WorkerOutput;
@@ -47,7 +47,9 @@ impl From<ExitStatus> for ExitInfo {
 }
 
 enum Reap {
-    Running(Child),
+    /// Not reaped yet. The process is our child (forked by us, or by the template on our
+    /// behalf with `CLONE_PARENT`), so it is reaped through its pidfd either way.
+    Running,
     Exited(ExitInfo),
 }
 
@@ -134,19 +136,18 @@ impl DeathWatch {
 
 impl WorkerProcess {
     pub(crate) fn new(
-        child: Child,
+        pid: u32,
         pidfd: OwnedFd,
         channel: Channel,
         output: Arc<WorkerOutput>,
         on_death: Option<DeathHook>,
     ) -> WorkerProcess {
-        let pid = child.id();
         let death = on_death.map(|hook| DeathWatch::new(pid, pidfd.try_clone().ok(), hook));
         WorkerProcess {
-            pid: child.id(),
+            pid,
             pidfd,
             channel,
-            child: Mutex::new(Reap::Running(child)),
+            child: Mutex::new(Reap::Running),
             output,
             killed: AtomicBool::new(false),
             death,
@@ -224,7 +225,7 @@ impl WorkerProcess {
         let mut child = lock(&self.child);
         match &mut *child {
             Reap::Exited(info) => *info,
-            Reap::Running(c) => {
+            Reap::Running => {
                 if let Some(watch) = &self.death {
                     // Tell the hook while the process is a zombie: dead, but its pid still
                     // reserved, so the hook cannot mistake a new process for it. A no-op if
@@ -232,14 +233,24 @@ impl WorkerProcess {
                     self.wait_dead();
                     watch.fire();
                 }
-                let info = match c.wait() {
-                    Ok(status) => ExitInfo::from(status),
-                    // ECHILD cannot happen for our own unreaped child unless someone else
-                    // reaped it (a foreign waitpid(-1)); the status is then unknowable.
-                    Err(_) => ExitInfo {
-                        code: None,
-                        signal: None,
-                    },
+                let info = loop {
+                    match waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED) {
+                        Ok(Some(status)) => {
+                            break ExitInfo {
+                                code: status.exit_status(),
+                                signal: status.terminating_signal(),
+                            }
+                        }
+                        Err(rustix::io::Errno::INTR) => continue,
+                        // ECHILD cannot happen for our own unreaped child unless someone else
+                        // reaped it (a foreign waitpid(-1)); the status is then unknowable.
+                        _ => {
+                            break ExitInfo {
+                                code: None,
+                                signal: None,
+                            }
+                        }
+                    }
                 };
                 *child = Reap::Exited(info);
                 info
@@ -269,7 +280,7 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         // Last line of defence: a process is never leaked, whoever dropped the last handle.
-        if let Reap::Running(_) = *lock(&self.child) {
+        if let Reap::Running = *lock(&self.child) {
             self.kill();
         }
         let _ = self.reap();

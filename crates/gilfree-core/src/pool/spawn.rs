@@ -17,17 +17,21 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::io::{fcntl_setfd, FdFlags};
-use rustix::process::{getpid, pidfd_open, Pid, PidfdFlags};
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::{
+    getpid, pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal, WaitId, WaitIdOptions,
+};
 
 use super::process::WorkerProcess;
 use super::supervisor::DeathHook;
+use super::template::Template;
 use crate::error::{RecvError, SpawnError};
 use crate::output::{OutputSink, WorkerOutput};
 use crate::shm::channel::Channel;
@@ -149,8 +153,9 @@ pub(crate) fn spawn(
             return Err(e.into());
         }
     };
+    // The process is reaped through its pidfd (`WorkerProcess::reap`); `child` is only a handle.
     Ok(WorkerProcess::new(
-        child,
+        child.id(),
         pidfd,
         channel,
         output,
@@ -204,4 +209,74 @@ pub(crate) fn handshake(worker: &WorkerProcess, sink: &dyn OutputSink) -> Result
         signal: info.signal,
         output,
     })
+}
+
+/// Steps 1–3 through the template ([`super::template`]): the same process as [`spawn`]
+/// would start (same fds at the same numbers, same environment and working directory, a child
+/// of this process), forked from the template instead of started from scratch.
+pub(crate) fn spawn_from_template(
+    template: &Template,
+    command: &WorkerCommand,
+    on_death: &Option<DeathHook>,
+) -> Result<WorkerProcess, SpawnError> {
+    let channel = Channel::create(command.ring_capacity)?;
+    let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let child_fds = channel.child_fds();
+    let mut fds: Vec<(RawFd, RawFd)> = vec![(out_w.as_raw_fd(), 1), (err_w.as_raw_fd(), 2)];
+    fds.push((child_fds.memfd, child_fds.memfd));
+    fds.extend(child_fds.events.iter().map(|&fd| (fd, fd)));
+    for fd in command.inherit_fds.iter().flat_map(|o| o.fds_to_inherit()) {
+        fds.push((fd.as_raw_fd(), fd.as_raw_fd()));
+    }
+    // What `Command` would give the worker: our environment now, then the command's
+    // variables, then the channel's.
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let extra = command.env.iter().cloned().chain([
+        (CHANNEL_FDS_ENV.into(), child_fds.encode().into()),
+        (
+            PARENT_PID_ENV.into(),
+            getpid().as_raw_nonzero().to_string().into(),
+        ),
+    ]);
+    for (k, v) in extra {
+        env.retain(|(key, _)| *key != k);
+        env.push((k, v));
+    }
+    let cwd = match &command.cwd {
+        Some(cwd) => cwd.clone(),
+        None => std::env::current_dir()?,
+    };
+    // `channel`, `out_w`, `err_w` and the owners of `inherit_fds` stay alive across the call,
+    // so every number in `fds` is open.
+    let pid = template.fork(&env, &cwd, &fds)?;
+    drop((out_w, err_w));
+    // The process is our own unreaped child (CLONE_PARENT), so its pid names it until we reap
+    // it; check that it is ours before trusting it.
+    let pidfd = pidfd_open(pid, PidfdFlags::empty())?;
+    let ours = waitid(
+        WaitId::PidFd(pidfd.as_fd()),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+    );
+    if let Err(e) = ours {
+        return Err(std::io::Error::other(format!(
+            "the template forked a process that is not our child: {e}"
+        ))
+        .into());
+    }
+    let output = match WorkerOutput::new(pid.as_raw_nonzero().get() as u32, out_r, err_r) {
+        Ok(o) => Arc::new(o),
+        Err(e) => {
+            let _ = pidfd_send_signal(&pidfd, Signal::KILL);
+            let _ = waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+            return Err(e.into());
+        }
+    };
+    Ok(WorkerProcess::new(
+        pid.as_raw_nonzero().get() as u32,
+        pidfd,
+        channel,
+        output,
+        on_death.clone(),
+    ))
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 pub use super::process::ExitInfo;
 use super::process::WorkerProcess;
 use super::spawn::{self, WorkerCommand};
+use super::template::{Template, TemplateCommand};
 use crate::error::{RecvError, SendError, SpawnError};
 use crate::output::{OutputHub, OutputSink};
 use crate::sync::unmodelled::{AtomicBool, Condvar, Mutex, MutexGuard};
@@ -137,6 +138,8 @@ impl State {
 
 struct Shared {
     config: EngineConfig,
+    /// How to start the template that forks workers (`None`: every worker is a fresh `exec`).
+    template: Option<TemplateCommand>,
     hub: OutputHub,
     state: Mutex<State>,
     /// Signalled when an `acquire` call may make progress: a worker became idle, a request
@@ -212,9 +215,21 @@ impl Engine {
     /// Starts the output thread and the supervisor thread, which begins warming
     /// `config.warm` workers in the background. Returns without waiting for them.
     pub fn start(config: EngineConfig, sink: Arc<dyn OutputSink>) -> Result<Engine, SpawnError> {
+        Engine::start_with_template(config, sink, None)
+    }
+
+    /// [`start`](Engine::start), with workers forked from a template process started by
+    /// `template` ([`super::template`]). If the template fails to start, or later fails to
+    /// fork, workers are spawned directly from then on.
+    pub fn start_with_template(
+        config: EngineConfig,
+        sink: Arc<dyn OutputSink>,
+        template: Option<TemplateCommand>,
+    ) -> Result<Engine, SpawnError> {
         let hub = OutputHub::start(sink)?;
         let shared = Arc::new(Shared {
             config,
+            template,
             hub,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -427,6 +442,22 @@ impl Drop for EngineHandle {
     }
 }
 
+/// One new worker: forked by the template if there is one (which is dropped, for good, if it
+/// fails), else started directly.
+fn spawn_one(
+    template: &mut Option<Template>,
+    command: &WorkerCommand,
+    on_death: &Option<DeathHook>,
+) -> Result<WorkerProcess, SpawnError> {
+    if let Some(t) = template.as_ref() {
+        match spawn::spawn_from_template(t, command, on_death) {
+            Ok(worker) => return Ok(worker),
+            Err(_) => *template = None,
+        }
+    }
+    spawn::spawn(command, on_death)
+}
+
 /// The supervisor thread: forks requested and warm-up processes, starts their handshakes, and
 /// retires idle processes beyond `warm`.
 fn supervise(shared: &Arc<Shared>) {
@@ -440,6 +471,12 @@ fn supervise(shared: &Arc<Shared>) {
             .clone()
             .unwrap_or_else(|| DeathHook(Arc::new(|_| {}))),
     );
+    // The template, if any, is started here: the workers it forks are children of this
+    // thread (their parent-death signal is tied to it). Dropped (killed) when we return.
+    let mut template = shared
+        .template
+        .as_ref()
+        .and_then(|t| Template::start(&shared.config.command, t).ok());
     let mut st = lock(&shared.state);
     while !st.shut_down {
         // 0. Reap idle workers that died (leased ones are their lease holder's to reap).
@@ -473,7 +510,12 @@ fn supervise(shared: &Arc<Shared>) {
             drop(st);
             let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> = targets
                 .into_iter()
-                .map(|t| (t, spawn::spawn(&shared.config.command, &on_death)))
+                .map(|t| {
+                    (
+                        t,
+                        spawn_one(&mut template, &shared.config.command, &on_death),
+                    )
+                })
                 .collect();
             st = lock(&shared.state);
             let mut doomed = Vec::new();

@@ -1,0 +1,60 @@
+//! `template_serve`: the template process's loop (see `gilfree_core::pool::template`).
+
+use std::ffi::OsString;
+
+use gilfree_core::pool::template::{fork_sibling, TemplateServer};
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+
+/// What a new worker gets back: its working directory and its whole environment.
+type Forked = (OsString, Vec<(OsString, OsString)>);
+
+/// Serves fork requests until the parent goes away (returns `None`). In each new worker it
+/// returns `(cwd, env)`: the worker's fds are in place, and the caller adopts the working
+/// directory and environment and runs the worker's main loop.
+#[pyfunction]
+pub fn template_serve(py: Python<'_>) -> PyResult<Option<Forked>> {
+    let server = TemplateServer::from_env().map_err(|e| PyOSError::new_err(e.to_string()))?;
+    loop {
+        let request = match py.detach(|| server.next()) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(PyOSError::new_err(e.to_string())),
+        };
+        // SAFETY: the template runs no threads of its own (it only imported modules and
+        // waits here), and we hold the GIL; PyOS_BeforeFork / AfterFork_* are what `os.fork`
+        // wraps around fork(2), so the interpreter's locks and fork hooks are handled.
+        #[allow(unsafe_code)]
+        let forked = unsafe {
+            pyo3::ffi::PyOS_BeforeFork();
+            let forked = fork_sibling();
+            match forked {
+                Ok(None) => pyo3::ffi::PyOS_AfterFork_Child(),
+                _ => pyo3::ffi::PyOS_AfterFork_Parent(),
+            }
+            forked
+        };
+        match forked {
+            Ok(None) => {
+                let cwd = request.cwd.clone();
+                let env = request.env.clone();
+                request
+                    .install(server)
+                    .map_err(|e| PyOSError::new_err(e.to_string()))?;
+                return Ok(Some((cwd, env)));
+            }
+            Ok(Some(pid)) => {
+                drop(request);
+                server
+                    .reply(&Ok(pid))
+                    .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            }
+            Err(e) => {
+                drop(request);
+                server
+                    .reply(&Err(e))
+                    .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+"""Workers forked from the clean template process (``GILFREE_TEMPLATE=1``): the same
+guarantees as workers started directly. Each test runs a fresh interpreter with a watchdog."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import SCRIPTS, WATCHDOG, interrupt_script, run_script, wait_gone
+
+ON = {"GILFREE_TEMPLATE": "1"}  # the default; explicit so an outer =0 does not leak in
+
+
+def _probe(mode: str, env: dict[str, str], cwd: Path | None = None) -> dict:
+    res = run_script("template_probe.py", mode, env=env, cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_workers_are_forked_by_the_template_as_children_of_the_parent(tmp_path: Path) -> None:
+    out = _probe("tree", ON, cwd=tmp_path)
+    assert out["template"] is not None
+    assert out["template"] not in [w["pid"] for w in out["workers"]]
+    for w in out["workers"]:
+        assert w["forked"], w
+        # CLONE_PARENT: the worker is the parent's child (death signal, reaping), never the
+        # template's.
+        assert w["ppid"] == out["parent"]
+        # What the parent has at spawn time, not what the template had at its start.
+        assert w["env"] == "set-after-import"
+        assert Path(w["cwd"]) == tmp_path.resolve()
+
+
+def test_switch_off_starts_workers_directly() -> None:
+    out = _probe("tree", {"GILFREE_TEMPLATE": "0"})
+    assert out["template"] is None
+    assert not any(w["forked"] for w in out["workers"])
+    assert all(w["ppid"] == out["parent"] for w in out["workers"])
+
+
+def test_worker_output_is_forwarded() -> None:
+    res = run_script("template_probe.py", "tree", env=ON)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("probe output") == 3
+
+
+def test_crashed_forked_workers_report_exit_code_and_signal() -> None:
+    out = _probe("crash", ON)
+    assert out["crashes"] == {"Exits": [7, None], "Killed": [None, 9]}
+    # The engine replaced them, from the template still.
+    assert out["template"] is not None
+    assert out["after"][0]["forked"]
+
+
+def test_a_dead_template_falls_back_to_direct_spawn() -> None:
+    out = _probe("template_killed", ON)
+    assert all(w["forked"] for w in out["before"])
+    assert out["gone"]
+    assert len(out["after"]) == 2
+    assert not any(w["forked"] for w in out["after"])
+    assert all(w["env"] == "set-after-import" for w in out["after"])
+
+
+def test_killed_parent_takes_workers_and_template_with_it() -> None:
+    with subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "template_probe.py"), "parent_killed"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **ON},
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            pids = [int(p) for p in proc.stdout.readline().split()[1:]]
+            assert proc.stdout.readline().strip() == "forked True"
+            assert proc.stdout.readline().strip() == "ready"
+            assert len(pids) >= 2  # a worker (or more, warm) and the template
+            assert all(psutil.pid_exists(p) for p in pids)
+            proc.kill()
+            proc.wait(timeout=WATCHDOG)
+        finally:
+            proc.kill()
+    assert wait_gone(pids) == []
+
+
+def test_ctrl_c_with_forked_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GILFREE_TEMPLATE", "1")
+    # The script stops before "joining" unless its worker was forked from the template.
+    pids, _out, err, returncode = interrupt_script("template_probe.py", "ctrl_c", ready="joining")
+    assert len(pids) >= 2
+    assert "KeyboardInterrupt" in err
+    assert returncode != 0
+    assert wait_gone(pids) == []
