@@ -14,7 +14,7 @@ pub mod spawn;
 pub mod supervisor;
 pub mod worker_main;
 
-pub use process::ExitInfo;
+pub use process::{Death, ExitInfo};
 pub use scheduler::{CancelOutcome, Completion, End, PoolConfig, SubmitError, Task, TaskPool};
 pub use spawn::{Inheritable, WorkerCommand, CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
 pub use supervisor::{DeathHook, Engine, EngineConfig, Lease};

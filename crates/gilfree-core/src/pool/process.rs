@@ -13,6 +13,7 @@
 //!    blocks until the first call has returned, so `reap` never reaps during the hook.
 
 use std::any::Any;
+use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::panic::AssertUnwindSafe;
@@ -35,6 +36,39 @@ pub struct ExitInfo {
     pub code: Option<i32>,
     /// The signal number, if a signal killed it.
     pub signal: Option<i32>,
+}
+
+/// The one wording of how a worker ended, used by every error that reports a death: "exited
+/// with code 3", "was killed by signal 9", or "died" when the status says neither.
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (_, Some(s)) => write!(f, "was killed by signal {s}"),
+            (Some(c), None) => write!(f, "exited with code {c}"),
+            (None, None) => f.write_str("died"),
+        }
+    }
+}
+
+/// A worker's death as errors report it: "worker process 42 was killed by signal 9". `exit` is
+/// `None` when the process has not been reaped yet (it closed its channel just before it
+/// exited); that reads as "died".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Death {
+    /// The worker's pid.
+    pub pid: u32,
+    /// How it ended, when known.
+    pub exit: Option<ExitInfo>,
+}
+
+impl fmt::Display for Death {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pid = self.pid;
+        match self.exit {
+            Some(exit) => write!(f, "worker process {pid} {exit}"),
+            None => write!(f, "worker process {pid} died"),
+        }
+    }
 }
 
 impl From<ExitStatus> for ExitInfo {
@@ -293,5 +327,32 @@ mod tests {
         watch.fire();
         assert!(watch.fired());
         assert_eq!(*lock(&calls), 1);
+    }
+
+    #[test]
+    fn a_death_reads_the_same_however_much_is_known() {
+        let exited = ExitInfo {
+            code: Some(3),
+            signal: None,
+        };
+        let killed = ExitInfo {
+            code: None,
+            signal: Some(9),
+        };
+        let unknown = ExitInfo {
+            code: None,
+            signal: None,
+        };
+        assert_eq!(exited.to_string(), "exited with code 3");
+        assert_eq!(killed.to_string(), "was killed by signal 9");
+        assert_eq!(unknown.to_string(), "died");
+        let death = |exit| Death { pid: 42, exit }.to_string();
+        assert_eq!(
+            death(Some(killed)),
+            "worker process 42 was killed by signal 9"
+        );
+        // Never "exited with code None": an unreaped or unknown end reads as a plain death.
+        assert_eq!(death(None), "worker process 42 died");
+        assert_eq!(death(Some(unknown)), "worker process 42 died");
     }
 }

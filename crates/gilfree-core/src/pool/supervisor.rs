@@ -27,6 +27,7 @@ pub use super::process::ExitInfo;
 use super::process::WorkerProcess;
 use super::spawn::{self, WorkerCommand};
 use crate::error::{RecvError, SendError, SpawnError};
+use crate::ipc::arena::{Arena, ARENA_FD_ENV};
 use crate::output::{OutputHub, OutputSink};
 use crate::sync::unmodelled::{AtomicBool, Condvar, Mutex, MutexGuard};
 use crate::sync::Ordering;
@@ -47,6 +48,22 @@ pub struct EngineConfig {
     /// have been reused yet), whatever path reaps it. The glue gives the shared-primitive
     /// arena's [`reap`](crate::ipc::arena::Arena::reap) here.
     pub on_death: Option<DeathHook>,
+}
+
+impl EngineConfig {
+    /// Shares the shared-primitive `arena` with every worker: each inherits its memfds, is told
+    /// their numbers in [`ARENA_FD_ENV`](crate::ipc::arena::ARENA_FD_ENV) (read by
+    /// [`Arena::from_env`]), and the arena gets back what a dead worker held ([`Arena::reap`]
+    /// becomes the [`on_death`](Self::on_death) hook, replacing any other).
+    pub fn share_arena(&mut self, arena: Arc<Arena>) {
+        self.command
+            .env
+            .push((ARENA_FD_ENV.into(), arena.env_value().into()));
+        self.command
+            .inherit_fds
+            .push(Arc::clone(&arena) as Arc<dyn spawn::Inheritable>);
+        self.on_death = Some(DeathHook(Arc::new(move |pid| arena.reap(pid))));
+    }
 }
 
 /// A callback for [`EngineConfig::on_death`]: gets the dead worker's pid. It runs on whatever
@@ -819,5 +836,41 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("pids", &self.pids())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::arena::{Arena, ARENA_FD_ENV};
+    use crate::pool::spawn::Inheritable;
+
+    #[test]
+    fn share_arena_wires_env_fds_and_death_hook() {
+        let arena = Arena::create().expect("arena");
+        let mut config = EngineConfig {
+            command: WorkerCommand {
+                program: "true".into(),
+                args: vec![],
+                env: vec![("KEEP".into(), "1".into())],
+                cwd: None,
+                ring_capacity: 4096,
+                inherit_fds: vec![],
+            },
+            warm: 0,
+            idle_timeout: Duration::MAX,
+            on_death: None,
+        };
+        config.share_arena(Arc::clone(&arena));
+        let told = (ARENA_FD_ENV.into(), arena.env_value().into());
+        assert_eq!(config.command.env, vec![("KEEP".into(), "1".into()), told]);
+        let fds: Vec<_> = config
+            .command
+            .inherit_fds
+            .iter()
+            .flat_map(|o| o.fds_to_inherit())
+            .collect();
+        assert_eq!(fds.len(), arena.fds_to_inherit().len());
+        assert!(config.on_death.is_some());
     }
 }
