@@ -31,10 +31,11 @@ from gilfree.exceptions import BrokenPoolError, RemoteTraceback, WorkerCrashedEr
 
 __all__ = ["Pool", "map"]
 
-# Scheduler end codes (see crates/gilfree-py/src/pool.rs).
-_DONE, _CRASHED, _TIMED_OUT, _CANCELLED, _BROKEN = range(5)
-# Scheduler cancel outcomes.
-_NOT_FOUND, _WAS_QUEUED, _RUNNING, _KILLED = range(4)
+# How a task ended, and what a cancel did: the engine's codes (crates/gilfree-py/src/pool.rs).
+_DONE, _CRASHED, _TIMED_OUT = _engine.END_DONE, _engine.END_CRASHED, _engine.END_TIMED_OUT
+_CANCELLED, _BROKEN = _engine.END_CANCELLED, _engine.END_BROKEN
+_NOT_FOUND, _WAS_QUEUED = _engine.CANCEL_NOT_FOUND, _engine.CANCEL_CANCELLED
+_RUNNING, _KILLED = _engine.CANCEL_RUNNING, _engine.CANCEL_KILLED
 
 # Automatic chunking aims for chunks that run about this long: long enough that the per-chunk
 # cost (~100 µs round trip) vanishes, short enough to balance load and show progress.
@@ -53,8 +54,10 @@ def _unpicklable(what: str, obj: Any, exc: BaseException) -> TypeError:
 
 
 def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be a non-negative number")
+    """Raises now what the engine would raise when the task is queued: the engine's one rule
+    for its timeouts (``ValueError`` for a negative or NaN one; one beyond
+    ``threading.TIMEOUT_MAX`` means no limit)."""
+    _engine.check_timeout(timeout)
 
 
 def _decode_frame(frame: bytes) -> tuple[bool, Any]:
@@ -84,15 +87,8 @@ def _decode_frame(frame: bytes) -> tuple[bool, Any]:
 def _end_error(end: int, info: Any, timeout: float | None) -> BaseException:
     """The exception for an item that did not finish: crash, timeout, cancel or broken pool."""
     if end == _CRASHED:
-        pid, exitcode, signal = info
-        how = (
-            f"was killed by signal {signal}"
-            if signal is not None
-            else f"exited with code {exitcode}"
-        )
-        return WorkerCrashedError(
-            f"the worker process {pid} running this task {how}", exitcode, signal, pid
-        )
+        pid, exitcode, signal, death = info
+        return WorkerCrashedError(f"{death} while running this task", exitcode, signal, pid)
     if end == _TIMED_OUT:
         return TimeoutError(
             f"the task ran longer than its timeout of {timeout} s; its worker process {info} was killed"
