@@ -14,8 +14,8 @@ pub mod spawn;
 pub mod supervisor;
 pub mod worker_main;
 
-pub use process::{Death, ExitInfo};
+pub use process::{Death, DeathHook, ExitInfo};
 pub use scheduler::{CancelOutcome, Completion, End, PoolConfig, SubmitError, Task, TaskPool};
 pub use spawn::{Inheritable, WorkerCommand, CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
-pub use supervisor::{DeathHook, Engine, EngineConfig, Lease};
+pub use supervisor::{Engine, EngineConfig, Lease};
 pub use worker_main::Endpoint;

@@ -23,8 +23,7 @@ use std::sync::{Arc, PoisonError};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{pidfd_send_signal, Signal};
 
-use super::supervisor::DeathHook;
-use crate::output::WorkerOutput;
+use crate::output::{WatchedDeath, WorkerOutput};
 use crate::shm::channel::Channel;
 use crate::sync::unmodelled::{AtomicBool, Mutex, MutexGuard};
 use crate::sync::Ordering;
@@ -111,6 +110,17 @@ pub(crate) struct WorkerProcess {
     death: Option<Arc<DeathWatch>>,
 }
 
+/// A callback for [`EngineConfig::on_death`](super::EngineConfig::on_death): gets the dead worker's pid. It runs on whatever
+/// engine thread reaps the process, without engine locks held; it must not block for long.
+#[derive(Clone)]
+pub struct DeathHook(pub Arc<dyn Fn(u32) + Send + Sync>);
+
+impl std::fmt::Debug for DeathHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeathHook")
+    }
+}
+
 /// A worker's death hook and its own pidfd, shared by the process and the output thread,
 /// which polls the pidfd so that a death is seen at once, even while nobody reaps the process
 /// (invariant 3).
@@ -163,6 +173,20 @@ impl DeathWatch {
                 eprintln!("gilfree: the death hook for worker {pid} panicked: {what}");
             }
         }
+    }
+}
+
+impl WatchedDeath for DeathWatch {
+    fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        DeathWatch::pidfd(self)
+    }
+
+    fn fired(&self) -> bool {
+        DeathWatch::fired(self)
+    }
+
+    fn fire(&self) {
+        DeathWatch::fire(self)
     }
 }
 

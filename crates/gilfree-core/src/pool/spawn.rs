@@ -26,8 +26,7 @@ use std::time::Duration;
 use rustix::io::{fcntl_setfd, FdFlags};
 use rustix::process::{getpid, pidfd_open, Pid, PidfdFlags};
 
-use super::process::WorkerProcess;
-use super::supervisor::DeathHook;
+use super::process::{DeathHook, WorkerProcess};
 use crate::error::{RecvError, SpawnError};
 use crate::output::{OutputSink, WorkerOutput};
 use crate::shm::channel::Channel;

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use super::process::ExitInfo;
-use super::process::WorkerProcess;
+use super::process::{DeathHook, WorkerProcess};
 use super::spawn::{self, WorkerCommand};
 use crate::error::{RecvError, SendError, SpawnError};
 use crate::ipc::arena::{Arena, ARENA_FD_ENV};
@@ -63,17 +63,6 @@ impl EngineConfig {
             .inherit_fds
             .push(Arc::clone(&arena) as Arc<dyn spawn::Inheritable>);
         self.on_death = Some(DeathHook(Arc::new(move |pid| arena.reap(pid))));
-    }
-}
-
-/// A callback for [`EngineConfig::on_death`]: gets the dead worker's pid. It runs on whatever
-/// engine thread reaps the process, without engine locks held; it must not block for long.
-#[derive(Clone)]
-pub struct DeathHook(pub Arc<dyn Fn(u32) + Send + Sync>);
-
-impl std::fmt::Debug for DeathHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DeathHook")
     }
 }
 
@@ -508,7 +497,7 @@ fn supervise(shared: &Arc<Shared>) {
                         st.all.insert(worker.pid(), Arc::clone(&worker));
                         shared.hub.register(Arc::clone(worker.output()));
                         if let Some(watch) = worker.death_watch() {
-                            shared.hub.watch_death(Arc::clone(watch));
+                            shared.hub.watch_death(watch.clone());
                         }
                         let for_thread = Arc::clone(shared);
                         let kept = Arc::clone(&worker);
