@@ -19,7 +19,7 @@
 //!    delivered: if it dies before it is ready, its stderr becomes the text of
 //!    [`SpawnError::Handshake`](crate::SpawnError::Handshake) (so a Python `ImportError` is shown
 //!    once, in the exception), and its stdout goes to the sink.
-//! 5. The thread also polls each worker's death watch (a pidfd, see [`WatchedDeath`], which
+//! 5. The thread also polls each worker's death watch (a pidfd, see `WatchedDeath`, which
 //!    the pool's `DeathWatch` implements, so this module knows nothing of the pool): when it becomes readable the worker has died, and
 //!    the thread runs the engine's death hook at once (once per process, before it is reaped),
 //!    so shared primitives learn of the death without anybody joining or polling. Pipe EOF is

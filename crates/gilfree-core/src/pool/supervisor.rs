@@ -52,7 +52,7 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     /// Shares the shared-primitive `arena` with every worker: each inherits its memfds, is told
-    /// their numbers in [`ARENA_FD_ENV`](crate::ipc::arena::ARENA_FD_ENV) (read by
+    /// their numbers in [`ARENA_FD_ENV`] (read by
     /// [`Arena::from_env`]), and the arena gets back what a dead worker held ([`Arena::reap`]
     /// becomes the [`on_death`](Self::on_death) hook, replacing any other).
     pub fn share_arena(&mut self, arena: Arc<Arena>) {
