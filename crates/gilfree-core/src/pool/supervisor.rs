@@ -27,6 +27,7 @@ pub use super::process::ExitInfo;
 use super::process::{DeathHook, WorkerProcess};
 use super::spawn::{self, WorkerCommand};
 use crate::error::{RecvError, SendError, SpawnError};
+#[cfg(not(loom))]
 use crate::ipc::arena::{Arena, ARENA_FD_ENV};
 use crate::output::{OutputHub, OutputSink};
 use crate::sync::unmodelled::{AtomicBool, Condvar, Mutex, MutexGuard};
@@ -50,6 +51,8 @@ pub struct EngineConfig {
     pub on_death: Option<DeathHook>,
 }
 
+// The arena is not built under loom.
+#[cfg(not(loom))]
 impl EngineConfig {
     /// Shares the shared-primitive `arena` with every worker: each inherits its memfds, is told
     /// their numbers in [`ARENA_FD_ENV`] (read by
@@ -828,7 +831,7 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::ipc::arena::{Arena, ARENA_FD_ENV};
