@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures as cf
 import itertools
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -138,6 +139,13 @@ def test_unpicklable_result_fails_its_future_and_worker_stays_usable(pool: gilfr
     assert pool.submit(helpers.square, 4).result() == 16
 
 
+_DEATHS = {
+    "segv": f"was killed by signal {int(signal.SIGSEGV)}",
+    "exit3": "exited with code 3",
+    "kill": f"was killed by signal {int(signal.SIGKILL)}",
+}
+
+
 @pytest.mark.parametrize("how", ["segv", "exit3", "kill"])
 def test_crash_fails_only_that_task(pool: gilfree.Pool, how: str) -> None:
     good = [pool.submit(helpers.square, i) for i in range(10)]
@@ -146,6 +154,8 @@ def test_crash_fails_only_that_task(pool: gilfree.Pool, how: str) -> None:
     with pytest.raises(gilfree.WorkerCrashedError) as info:
         bad.result(timeout=WATCHDOG)
     assert info.value.pid is not None
+    # The engine's one wording of a death, as a Worker's join() reports it.
+    assert str(info.value).startswith(f"worker process {info.value.pid} {_DEATHS[how]}")
     assert [f.result(timeout=WATCHDOG) for f in good + more] == [i * i for i in range(20)]
     assert pool.submit(helpers.square, 5).result() == 25
 
@@ -176,6 +186,33 @@ def test_task_timeout_kills_and_replaces_the_worker(pool: gilfree.Pool, listener
     assert wait_gone([victim]) == []
     pids = {pool.submit(helpers.getpid).result(timeout=WATCHDOG) for _ in range(20)}
     assert victim not in pids
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_bad_task_timeout_fails_at_the_call(pool: gilfree.Pool, bad: float) -> None:
+    # One rule for every engine timeout (the engine's own), checked before anything runs,
+    # even when no task would be submitted yet.
+    with pytest.raises(ValueError, match=r"timeout|NaN"):
+        pool.submit(helpers.square, 2, timeout=bad)
+    with pytest.raises(ValueError, match=r"timeout|NaN"):
+        pool.map(helpers.square, [], timeout=bad)
+    with pytest.raises(ValueError, match=r"timeout|NaN"):
+        pool.imap(helpers.square, iter([]), timeout=bad)
+    assert pool.submit(helpers.square, 3).result(timeout=WATCHDOG) == 9
+
+
+def test_task_outcome_codes_come_from_the_engine() -> None:
+    from gilfree import _engine, executor
+
+    ends = [_engine.END_DONE, _engine.END_CRASHED, _engine.END_TIMED_OUT]
+    ends += [_engine.END_CANCELLED, _engine.END_BROKEN]
+    assert len(set(ends)) == len(ends)
+    assert executor._CRASHED == _engine.END_CRASHED
+    assert executor._BROKEN == _engine.END_BROKEN
+    cancels = [_engine.CANCEL_NOT_FOUND, _engine.CANCEL_CANCELLED]
+    cancels += [_engine.CANCEL_RUNNING, _engine.CANCEL_KILLED]
+    assert len(set(cancels)) == len(cancels)
+    assert executor._KILLED == _engine.CANCEL_KILLED
 
 
 def test_map_timeout_is_per_task(pool: gilfree.Pool) -> None:

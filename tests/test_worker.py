@@ -169,6 +169,8 @@ def test_worker_death_raises_crashed_error(how: str, exitcode: int | None, sig: 
     assert info.value.exitcode == exitcode
     assert info.value.signal == sig
     assert info.value.pid == w.native_id
+    how = f"exited with code {exitcode}" if sig is None else f"was killed by signal {int(sig)}"
+    assert str(info.value).endswith(f": worker process {w.native_id} {how}")
     # The error pickles (it may cross processes later), other Workers are unaffected, and the
     # next Worker starts fine.
     again = pickle.loads(pickle.dumps(info.value))

@@ -4,6 +4,15 @@ from collections.abc import Callable, Sequence
 from typing import Self, final
 
 __all__ = [
+    "CANCEL_CANCELLED",
+    "CANCEL_KILLED",
+    "CANCEL_NOT_FOUND",
+    "CANCEL_RUNNING",
+    "END_BROKEN",
+    "END_CANCELLED",
+    "END_CRASHED",
+    "END_DONE",
+    "END_TIMED_OUT",
     "RING_CAPACITY_DEFAULT",
     "Arena",
     "Barrier",
@@ -18,10 +27,26 @@ __all__ = [
     "Queue",
     "Semaphore",
     "TaskPool",
+    "check_timeout",
     "template_serve",
 ]
 
 RING_CAPACITY_DEFAULT: int
+
+# How a task ended (the `end` of a `TaskPool.completions` item).
+END_DONE: int
+END_CRASHED: int
+END_TIMED_OUT: int
+END_CANCELLED: int
+END_BROKEN: int
+# What `TaskPool.cancel` did.
+CANCEL_NOT_FOUND: int
+CANCEL_CANCELLED: int
+CANCEL_RUNNING: int
+CANCEL_KILLED: int
+
+def check_timeout(timeout: float | None) -> None:
+    """Raises ``ValueError`` for a timeout the engine rejects (negative or NaN)."""
 
 def template_serve() -> tuple[str, list[tuple[str, str]]] | None: ...
 

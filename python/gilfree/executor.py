@@ -34,10 +34,11 @@ from gilfree.exceptions import BrokenPoolError, RemoteTraceback, WorkerCrashedEr
 
 __all__ = ["Pool", "map"]
 
-# Scheduler end codes (see crates/gilfree-py/src/pool.rs).
-_DONE, _CRASHED, _TIMED_OUT, _CANCELLED, _BROKEN = range(5)
-# Scheduler cancel outcomes.
-_NOT_FOUND, _WAS_QUEUED, _RUNNING, _KILLED = range(4)
+# How a task ended, and what a cancel did: the engine's codes (crates/gilfree-py/src/pool.rs).
+_DONE, _CRASHED, _TIMED_OUT = _engine.END_DONE, _engine.END_CRASHED, _engine.END_TIMED_OUT
+_CANCELLED, _BROKEN = _engine.END_CANCELLED, _engine.END_BROKEN
+_NOT_FOUND, _WAS_QUEUED = _engine.CANCEL_NOT_FOUND, _engine.CANCEL_CANCELLED
+_RUNNING, _KILLED = _engine.CANCEL_RUNNING, _engine.CANCEL_KILLED
 
 # Automatic chunking aims for chunks that run about this long: long enough that the per-chunk
 # cost (~100 µs round trip) vanishes, short enough to balance load and show progress.
@@ -56,8 +57,10 @@ def _unpicklable(what: str, obj: Any, exc: BaseException) -> TypeError:
 
 
 def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be a non-negative number")
+    """Raises now what the engine would raise when the task is queued: the engine's one rule
+    for its timeouts (``ValueError`` for a negative or NaN one; one beyond
+    ``threading.TIMEOUT_MAX`` means no limit)."""
+    _engine.check_timeout(timeout)
 
 
 def _check_retries(retries: int) -> None:
@@ -162,14 +165,10 @@ def _end_error(
     as part of a new chunk: the caller knows its runs across chunks). ``max_memory``: the
     pool's limit, to tell an out-of-memory kill in the message."""
     if end == _CRASHED:
-        pid, exitcode, signal, runs, peak_rss = info
+        pid, exitcode, signal, runs, peak_rss, death = info
         if attempts is None:
             attempts = runs
-        how = (
-            f"was killed by signal {signal}"
-            if signal is not None
-            else f"exited with code {exitcode}"
-        )
+        note = ""
         if signal == _signal.SIGKILL:
             # Timeouts and cancels end otherwise: a SIGKILL here came from outside the pool,
             # most often from the kernel's OOM killer.
@@ -178,23 +177,19 @@ def _end_error(
                 and peak_rss is not None
                 and (peak_rss >= _NEAR_LIMIT * max_memory)
             ):
-                how += (
+                note = (
                     f" (SIGKILL) with its resident memory at {_mb(peak_rss)}, near the pool's"
                     f" max_memory_per_worker of {_mb(max_memory)}: it likely ran out of memory"
                     " (the kernel's OOM killer sends SIGKILL)"
                 )
             else:
-                how += (
+                note = (
                     " (SIGKILL; unless someone sent it, this is the kernel's OOM killer: the"
                     " task likely ran out of memory)"
                 )
         tried = f" (it ran {attempts} times; each time its worker died)" if attempts > 1 else ""
         return WorkerCrashedError(
-            f"the worker process {pid} running this task {how}{tried}",
-            exitcode,
-            signal,
-            pid,
-            attempts,
+            f"{death} while running this task{note}{tried}", exitcode, signal, pid, attempts
         )
     if end == _TIMED_OUT:
         return TimeoutError(

@@ -6,19 +6,32 @@
 //! unpickles what comes back.
 //!
 //! # Map: which module owns which invariant
+//! Lower modules come first; each depends only on those above it (`ipc::arena` and the
+//! primitives whose death it handles still know each other).
 //! - [`sync`](crate::sync): the only place that names `std::sync::atomic`, so loom can stand in
 //!   for std under `--cfg loom`.
-//! - [`shm`]: shared memory. [`shm::segment`] maps `memfd` segments (nothing is ever created in
-//!   `/dev/shm`, so nothing can leak there); [`shm::ring`] is the single-producer /
-//!   single-consumer byte ring that carries framed messages of any size; [`shm::channel`] pairs
-//!   two rings and their wake-ups into one duplex link between a parent and a worker.
-//! - [`ipc`]: cross-process wake-ups ([`ipc::notify`], eventfd based) used by the rings.
 //! - [`wait`]: how a blocking call waits: deadline, the peer's pidfd, and signal checks so that
 //!   a caller (Python) can stay interruptible.
-//! - [`pool`]: worker processes: spawning from a clean interpreter and the spawn handshake
-//!   ([`pool::spawn`]), one worker's handle and death detection ([`pool::process`]), the warm set
-//!   and leases ([`pool::supervisor`]), and the worker-side end ([`pool::worker_main`]).
-//! - [`output`]: forwards each worker's stdout and stderr to a sink, line by line.
+//! - [`sys`]: thin OS leaves. [`sys::notify`] owns the eventfd doorbell's protocol (a wake-up is
+//!   never lost between a waiter's last check and its sleep) and the wait slices every blocking
+//!   loop shares.
+//! - [`shm`]: shared memory. [`shm::segment`] maps `memfd` segments (nothing is ever created in
+//!   `/dev/shm`, so nothing can leak there; every segment is sealed against resizing);
+//!   [`shm::ring`] owns the single-producer / single-consumer ring's index and framing
+//!   invariants; [`shm::channel`] pairs two rings and their doorbells into one duplex link
+//!   between a parent and a worker.
+//! - [`ipc`]: process-shared primitives in an arena of slots. [`ipc::arena`] owns slot
+//!   lifetimes, refcounts and the reaping of a dead process's holdings; each primitive's file
+//!   owns its word's state machine and what a holder's death does to it.
+//! - [`output`]: forwards each worker's stdout and stderr to a sink, line by line, never
+//!   reordering a worker's lines; its thread also polls death watches (anything that
+//!   implements `output::WatchedDeath`), knowing nothing of the pool.
+//! - [`pool`]: worker processes: one worker's handle, reaping exactly once and its death hook
+//!   ([`pool::process`]; a death reads as [`pool::Death`]), spawning from a clean interpreter
+//!   and the spawn handshake ([`pool::spawn`]), the warm set, leases and the arena wiring
+//!   ([`pool::supervisor`], [`pool::EngineConfig::share_arena`]), the task scheduler
+//!   ([`pool::scheduler`]: each task ends exactly once), and the worker-side end
+//!   ([`pool::worker_main`]).
 //! - [`error`]: one error enum per operation.
 //!
 //! # Platform
@@ -51,6 +64,7 @@ pub mod output;
 pub mod pool;
 pub mod shm;
 pub mod sync;
+pub mod sys;
 pub mod wait;
 
 pub use error::{RecvError, SendError, SpawnError};

@@ -19,15 +19,15 @@
 //!    delivered: if it dies before it is ready, its stderr becomes the text of
 //!    [`SpawnError::Handshake`](crate::SpawnError::Handshake) (so a Python `ImportError` is shown
 //!    once, in the exception), and its stdout goes to the sink.
-//! 5. The thread also polls each worker's death watch (a pidfd, see
-//!    [`DeathWatch`](crate::pool::process)): when it becomes readable the worker has died, and
+//! 5. The thread also polls each worker's death watch (a pidfd, see `WatchedDeath`, which
+//!    the pool's `DeathWatch` implements, so this module knows nothing of the pool): when it becomes readable the worker has died, and
 //!    the thread runs the engine's death hook at once (once per process, before it is reaped),
 //!    so shared primitives learn of the death without anybody joining or polling. Pipe EOF is
 //!    not used for this: a worker may close its stdout and go on running.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
@@ -35,7 +35,6 @@ use std::thread::JoinHandle;
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use rustix::io::Errno;
 
-use crate::pool::process::DeathWatch;
 use crate::sync::unmodelled::{AtomicBool, Mutex, MutexGuard};
 use crate::sync::Ordering;
 
@@ -255,6 +254,16 @@ impl WorkerOutput {
     }
 }
 
+/// A worker's death the output thread watches for (invariant 5).
+pub(crate) trait WatchedDeath: Send + Sync {
+    /// The pidfd to poll: readable once the process has exited (`None`: it cannot be watched).
+    fn pidfd(&self) -> Option<BorrowedFd<'_>>;
+    /// Whether the death was already handled (a reap got there first).
+    fn fired(&self) -> bool;
+    /// Handles the death, once; called when the pidfd became readable, before any reap.
+    fn fire(&self);
+}
+
 /// What the output thread calls after it saw workers die (see [`OutputHub::after_deaths`]).
 pub(crate) type AfterDeaths = Arc<dyn Fn() + Send + Sync>;
 
@@ -280,7 +289,7 @@ struct HubShared {
     sink: Arc<dyn OutputSink>,
     workers: Mutex<HashMap<u32, Arc<WorkerOutput>>>,
     /// Death watches whose hook has not run yet (invariant 5).
-    deaths: Mutex<Vec<Arc<DeathWatch>>>,
+    deaths: Mutex<Vec<Arc<dyn WatchedDeath>>>,
     /// Called once after each round of deaths this thread saw, once their hooks returned (so
     /// nobody waits on a hook meanwhile): the engine reaps idle workers that died there.
     after_deaths: Mutex<Option<AfterDeaths>>,
@@ -322,7 +331,7 @@ impl OutputHub {
     }
 
     /// Starts watching a worker's pidfd for its death (invariant 5).
-    pub(crate) fn watch_death(&self, watch: Arc<DeathWatch>) {
+    pub(crate) fn watch_death(&self, watch: Arc<dyn WatchedDeath>) {
         if watch.pidfd().is_some() {
             lock(&self.shared.deaths).push(watch);
             self.shared.wake();
@@ -371,7 +380,7 @@ impl HubShared {
                 lock(&self.deaths).clear();
                 return;
             }
-            let deaths: Vec<Arc<DeathWatch>> = {
+            let deaths: Vec<Arc<dyn WatchedDeath>> = {
                 let mut d = lock(&self.deaths);
                 // Hooks already run by a reap need no watching.
                 d.retain(|w| !w.fired());
@@ -409,7 +418,7 @@ impl HubShared {
                 let mut buf = [0u8; 8];
                 let _ = rustix::io::read(&self.wake, &mut buf[..]);
             }
-            let dead: Vec<Arc<DeathWatch>> = fds[1..pipes_from]
+            let dead: Vec<Arc<dyn WatchedDeath>> = fds[1..pipes_from]
                 .iter()
                 .zip(&deaths)
                 .filter(|(fd, _)| !fd.revents().is_empty())
@@ -561,7 +570,7 @@ mod tests {
             panic!("a buggy death hook");
         }));
         let watch = DeathWatch::new(child.id(), Some(pidfd), hook);
-        hub.watch_death(Arc::clone(&watch));
+        hub.watch_death(watch.clone());
         let fired = rx.recv_timeout(std::time::Duration::from_secs(60));
         assert_eq!(fired.unwrap(), child.id());
         // The hook's panic must not end the output thread: what is written now still arrives

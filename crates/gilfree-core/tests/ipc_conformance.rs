@@ -607,19 +607,22 @@ fn barrier_meet(b: &impl Barrier, rounds: u32) {
         Arrival::Index(i) | Arrival::Last(i) => (r, i),
     });
     for round in 0..rounds {
-        let gen: Vec<Arrival> = got
+        let arrivals: Vec<Arrival> = got
             .iter()
             .filter(|&&(r, _)| r == round)
             .map(|&(_, a)| a)
             .collect();
-        let indices: Vec<u32> = gen
+        let indices: Vec<u32> = arrivals
             .iter()
             .map(|&a| match a {
                 Arrival::Index(i) | Arrival::Last(i) => i,
             })
             .collect();
         assert_eq!(indices, (0..parties).collect::<Vec<_>>(), "round {round}");
-        let lasts = gen.iter().filter(|a| matches!(a, Arrival::Last(_))).count();
+        let lasts = arrivals
+            .iter()
+            .filter(|a| matches!(a, Arrival::Last(_)))
+            .count();
         assert_eq!(lasts, 1, "round {round}");
     }
     assert!(!b.broken());

@@ -2,12 +2,11 @@
 //! caching and the container semantics live in `gilfree/shared_containers.py`).
 
 use gilfree_core::ipc::arena::Handle;
-use gilfree_core::ipc::blob::{ShmBlob, StoreError};
-use pyo3::exceptions::{PyMemoryError, PyOverflowError};
+use gilfree_core::ipc::blob::ShmBlob;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::errors::attach_error;
+use crate::errors::PyEngineError;
 use crate::sync::PyArena;
 
 /// A replaceable byte string in shared memory, with a version that changes on every store.
@@ -16,25 +15,16 @@ pub struct PyBlob {
     inner: ShmBlob,
 }
 
-fn store_error(e: StoreError) -> PyErr {
-    match e {
-        StoreError::HeapFull => PyMemoryError::new_err(e.to_string()),
-        StoreError::TooLarge => PyOverflowError::new_err(e.to_string()),
-    }
-}
-
 #[pymethods]
 impl PyBlob {
     #[new]
     #[pyo3(signature = (arena, handle=None))]
-    fn new(arena: &PyArena, handle: Option<Handle>) -> PyResult<Self> {
+    fn new(arena: &PyArena, handle: Option<Handle>) -> Result<Self, PyEngineError> {
         let inner = match handle {
             Some(h) => ShmBlob::attach(&arena.inner, h),
             None => ShmBlob::new(&arena.inner),
         };
-        Ok(PyBlob {
-            inner: inner.map_err(attach_error)?,
-        })
+        Ok(PyBlob { inner: inner? })
     }
 
     /// The handle that pickling sends.
@@ -44,13 +34,13 @@ impl PyBlob {
     }
 
     /// Replaces the contents (old or new bytes are seen whole, even if the caller dies).
-    fn store(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        py.detach(|| self.inner.store(data)).map_err(store_error)
+    fn store(&self, py: Python<'_>, data: &[u8]) -> Result<(), PyEngineError> {
+        Ok(py.detach(|| self.inner.store(data))?)
     }
 
     /// Appends to the contents (nothing is published if the caller dies first).
-    fn append(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        py.detach(|| self.inner.append(data)).map_err(store_error)
+    fn append(&self, py: Python<'_>, data: &[u8]) -> Result<(), PyEngineError> {
+        Ok(py.detach(|| self.inner.append(data))?)
     }
 
     /// `(version, epoch, start, bytes)`: the bytes from `offset` on if `epoch` is still the

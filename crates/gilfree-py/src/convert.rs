@@ -7,6 +7,8 @@ use gilfree_core::Wait;
 use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 
+use crate::errors::PyEngineError;
+
 /// Bytes per ring direction when Python does not say otherwise: big enough that typical task
 /// payloads go through in one piece, small enough to pre-touch cheaply at spawn.
 pub const RING_CAPACITY_DEFAULT: usize = 1 << 20;
@@ -26,8 +28,11 @@ pub enum Negative {
     Zero,
 }
 
-/// A timeout for the engine's own waits (`Worker.join`, pool results): `None` is forever,
-/// negative or NaN is a `ValueError`, and one too long to represent waits forever.
+/// A timeout for the engine's own waits (lease `recv`, a task's time limit, pool `completions`
+/// and `join`, the engine's idle timeout): `None` is forever, negative or NaN is a
+/// `ValueError`, and one beyond [`TIMEOUT_MAX`] (infinity included) waits forever. This is the
+/// one rule for them; Python checks a timeout early with [`check_timeout`], which applies it.
+/// (The `threading`-style primitives follow `threading`'s rules instead: [`sync_timeout`].)
 pub fn timeout(secs: Option<f64>) -> PyResult<Option<Duration>> {
     match secs {
         Some(s) if s > TIMEOUT_MAX => Ok(None),
@@ -125,4 +130,12 @@ impl SignalCheck {
             }
         }
     }
+}
+
+/// Raises what [`timeout`] would for `timeout` (`gilfree.Pool` checks a task's time limit at the
+/// call, before any task is queued).
+#[pyfunction]
+pub fn check_timeout(timeout: Option<f64>) -> Result<(), PyEngineError> {
+    self::timeout(timeout)?;
+    Ok(())
 }

@@ -18,26 +18,24 @@ impl PyEndpoint {
     /// Opens the channel the parent handed down, arms the parent-death signal, and tells the
     /// parent this worker is ready.
     #[staticmethod]
-    fn from_env(py: Python<'_>) -> PyResult<Self> {
-        let inner = py
-            .detach(Endpoint::from_env)
-            .map_err(|e| PyEngineError::Spawn(e, None))?;
+    fn from_env(py: Python<'_>) -> Result<Self, PyEngineError> {
+        let inner = py.detach(Endpoint::from_env)?;
         Ok(PyEndpoint { inner })
     }
 
     /// The next message from the parent, or `None` once the parent is gone.
-    fn recv<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    fn recv<'py>(&self, py: Python<'py>) -> Result<Option<Bound<'py, PyBytes>>, PyEngineError> {
         match py.detach(|| self.inner.recv(&mut Wait::forever())) {
             Ok(msg) => Ok(Some(PyBytes::new(py, &msg))),
             Err(RecvError::Disconnected) => Ok(None),
-            Err(e) => Err(PyEngineError::Recv(e, None).into()),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Sends one message to the parent. Returns `False` if the parent is gone. With
     /// `flush=False` the parent is not woken if it sleeps (call `flush()` later).
     #[pyo3(signature = (data, flush=true))]
-    fn send(&self, py: Python<'_>, data: &[u8], flush: bool) -> PyResult<bool> {
+    fn send(&self, py: Python<'_>, data: &[u8], flush: bool) -> Result<bool, PyEngineError> {
         // A frame that fits goes in without releasing the GIL: for a chunk of tiny items,
         // releasing and retaking it would cost more than the item itself.
         if !flush {
@@ -45,7 +43,7 @@ impl PyEndpoint {
                 Ok(true) => return Ok(true),
                 Ok(false) => {}
                 Err(SendError::Disconnected) => return Ok(false),
-                Err(e) => return Err(PyEngineError::Send(e, None).into()),
+                Err(e) => return Err(e.into()),
             }
         }
         let result = py.detach(|| {
@@ -59,13 +57,12 @@ impl PyEndpoint {
         match result {
             Ok(()) => Ok(true),
             Err(SendError::Disconnected) => Ok(false),
-            Err(e) => Err(PyEngineError::Send(e, None).into()),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Wakes the parent if `send(..., flush=False)` left it asleep. Cheap when not.
-    fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.inner.flush())
-            .map_err(|e| PyEngineError::Send(e, None).into())
+    fn flush(&self, py: Python<'_>) -> Result<(), PyEngineError> {
+        Ok(py.detach(|| self.inner.flush())?)
     }
 }

@@ -5,11 +5,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use gilfree_core::ipc::arena::ARENA_FD_ENV;
 use gilfree_core::output::{OutputSink, Stream};
-use gilfree_core::pool::{
-    DeathHook, Engine, EngineConfig, Inheritable, Lease, TemplateCommand, WorkerCommand,
-};
+use gilfree_core::pool::{Death, Engine, EngineConfig, Lease, TemplateCommand, WorkerCommand};
 use gilfree_core::RecvError;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -60,48 +57,36 @@ impl PyEngine {
         output: Py<PyAny>,
         arena: Option<PyRef<'_, PyArena>>,
         template: Option<Vec<OsString>>,
-    ) -> PyResult<Self> {
+    ) -> Result<Self, PyEngineError> {
         let idle_timeout = convert::timeout(Some(idle_timeout))?.unwrap_or(Duration::MAX);
-        // Every worker inherits the arena's memfd and is told its number; the arena gets
-        // back what a dead worker held.
-        let arena = arena.map(|a| Arc::clone(&a.inner));
-        let mut env = env;
-        let inherit_fds = match &arena {
-            Some(a) => {
-                // The arena's memfd and its chunk heap's (queues), "<arena>,<heap>".
-                env.push((ARENA_FD_ENV.into(), a.env_value().into()));
-                vec![Arc::clone(a) as Arc<dyn Inheritable>]
-            }
-            None => vec![],
-        };
-        let on_death = arena.map(|a| DeathHook(Arc::new(move |pid| a.reap(pid))));
-        let config = EngineConfig {
+        let mut config = EngineConfig {
             command: WorkerCommand {
                 program,
                 args,
                 env,
                 cwd,
                 ring_capacity,
-                inherit_fds,
+                inherit_fds: vec![],
             },
             warm,
             idle_timeout,
-            on_death,
+            on_death: None,
         };
+        if let Some(arena) = arena {
+            config.share_arena(Arc::clone(&arena.inner));
+        }
         let sink = Arc::new(PySink { output });
-        let inner = py
-            .detach(|| {
-                let template = template.map(|args| TemplateCommand { args });
-                Engine::start_with_template(config, sink, template)
-            })
-            .map_err(|e| PyEngineError::Spawn(e, None))?;
+        let inner = py.detach(|| {
+            let template = template.map(|args| TemplateCommand { args });
+            Engine::start_with_template(config, sink, template)
+        })?;
         Ok(PyEngine { inner })
     }
 
     /// An idle worker process, or a new one if all are busy. Interruptible.
-    fn acquire(&self, py: Python<'_>) -> PyResult<PyLease> {
+    fn acquire(&self, py: Python<'_>) -> Result<PyLease, PyEngineError> {
         let (result, pending) = blocking(py, None, |wait| self.inner.acquire(wait));
-        let lease = result.map_err(|e| PyEngineError::Spawn(e, pending))?;
+        let lease = result.map_err(|e| PyEngineError::waited(e, pending))?;
         Ok(PyLease {
             pid: lease.pid(),
             inner: RwLock::new(Some(lease)),
@@ -155,14 +140,14 @@ impl PyLease {
     }
 
     /// Sends one message to the worker. Raises `WorkerCrashedError` if it is dead.
-    fn send(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+    fn send(&self, py: Python<'_>, data: &[u8]) -> Result<(), PyEngineError> {
         let (result, pending) =
             blocking(py, None, |wait| self.with(|lease| lease.send(data, wait)));
         let result = result?;
         match result {
             Ok(()) => Ok(()),
             Err(gilfree_core::SendError::Disconnected) => Err(self.crashed(py)),
-            Err(e) => Err(PyEngineError::Send(e, pending).into()),
+            Err(e) => Err(PyEngineError::waited(e, pending)),
         }
     }
 
@@ -173,7 +158,7 @@ impl PyLease {
         &self,
         py: Python<'py>,
         timeout: Option<f64>,
-    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    ) -> Result<Option<Bound<'py, PyBytes>>, PyEngineError> {
         let timeout = convert::timeout(timeout)?;
         let (result, pending) = blocking(py, timeout, |wait| self.with(|lease| lease.recv(wait)));
         let result = result?;
@@ -181,19 +166,19 @@ impl PyLease {
             Ok(msg) => Ok(Some(PyBytes::new(py, &msg))),
             Err(RecvError::Timeout) => Ok(None),
             Err(RecvError::Disconnected) => Err(self.crashed(py)),
-            Err(e) => Err(PyEngineError::Recv(e, pending).into()),
+            Err(e) => Err(PyEngineError::waited(e, pending)),
         }
     }
 
     /// True when a message is arriving or the worker has exited; never blocks.
-    fn has_incoming(&self) -> PyResult<bool> {
-        self.with(|lease| lease.has_incoming())
+    fn has_incoming(&self) -> Result<bool, PyEngineError> {
+        Ok(self.with(|lease| lease.has_incoming())?)
     }
 
     /// Kills the worker process (SIGKILL). A `recv` blocked in another thread then raises
     /// `WorkerCrashedError`. Idempotent.
-    fn kill(&self) -> PyResult<()> {
-        self.with(|lease| lease.kill())
+    fn kill(&self) -> Result<(), PyEngineError> {
+        Ok(self.with(|lease| lease.kill())?)
     }
 
     /// Gives a healthy worker back to the idle set (a dead one is discarded). Idempotent.
@@ -206,8 +191,11 @@ impl PyLease {
 }
 
 impl PyLease {
-    fn crashed(&self, py: Python<'_>) -> PyErr {
-        let info = py.detach(|| self.with(|lease| lease.exit_info()).ok().flatten());
-        PyEngineError::Crashed(self.pid, info).into()
+    fn crashed(&self, py: Python<'_>) -> PyEngineError {
+        let exit = py.detach(|| self.with(|lease| lease.exit_info()).ok().flatten());
+        PyEngineError::crashed(Death {
+            pid: self.pid,
+            exit,
+        })
     }
 }

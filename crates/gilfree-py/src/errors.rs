@@ -1,149 +1,176 @@
 //! The one place where engine errors become Python exceptions (STYLE.md, "Error mapping").
+//!
+//! Every pymethod returns `Result<_, PyEngineError>`: core errors convert into it with `?` (one
+//! `From` per core error type), and so do the `PyErr`s of argument conversion. The single
+//! `match` that picks a Python exception is `From<PyEngineError> for PyErr`, below.
 
-use gilfree_core::pool::{ExitInfo, SubmitError};
+use gilfree_core::ipc::blob::StoreError;
+use gilfree_core::ipc::error::{
+    AcquireError, AttachError, BarrierError, CondWaitError, GetError, PutError, ReleaseError,
+    TaskDoneError,
+};
+use gilfree_core::pool::{Death, SubmitError};
 use gilfree_core::{RecvError, SendError, SpawnError};
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTimeoutError};
+use pyo3::exceptions::{
+    PyMemoryError, PyOSError, PyOverflowError, PyRuntimeError, PyTimeoutError, PyValueError,
+};
 use pyo3::prelude::*;
 
 pyo3::import_exception!(gilfree.exceptions, WorkerCrashedError);
+pyo3::import_exception!(gilfree.exceptions, OwnerDiedError);
+pyo3::import_exception!(threading, BrokenBarrierError);
 
-/// An engine error on its way to Python; `pending` is the error a signal check raised.
-pub enum PyEngineError {
-    Recv(RecvError, Option<PyErr>),
-    Send(SendError, Option<PyErr>),
-    Spawn(SpawnError, Option<PyErr>),
-    /// A task pool refused a task.
+/// An engine error on its way to Python (the orphan rule needs a local type).
+pub struct PyEngineError(Kind);
+
+enum Kind {
+    Recv(RecvError),
+    Send(SendError),
+    Spawn(SpawnError),
     Submit(SubmitError),
-    /// The worker died: its pid and how it ended.
-    Crashed(u32, Option<ExitInfo>),
+    /// The worker died.
+    Crashed(Death),
+    Attach(AttachError),
+    Acquire(AcquireError),
+    /// A refused release; `recursive`: the lock is an RLock (`threading` words it differently).
+    Release(ReleaseError, bool),
+    CondWait(CondWaitError),
+    Barrier(BarrierError),
+    Put(PutError),
+    Get(GetError),
+    TaskDone(TaskDoneError),
+    Store(StoreError),
+    /// A plain OS error (creating or inheriting the arena).
+    Io(std::io::Error),
+    /// Already a Python exception: a bad argument, or what a signal handler raised mid-wait.
+    Python(PyErr),
+}
+
+impl Kind {
+    /// Whether the wait stopped because the signal check asked it to.
+    fn is_interrupted(&self) -> bool {
+        matches!(
+            self,
+            Kind::Recv(RecvError::Interrupted)
+                | Kind::Send(SendError::Interrupted)
+                | Kind::Spawn(SpawnError::Interrupted)
+                | Kind::Acquire(AcquireError::Interrupted)
+                | Kind::CondWait(CondWaitError::Interrupted)
+                | Kind::Barrier(BarrierError::Interrupted)
+                | Kind::Put(PutError::Interrupted)
+                | Kind::Get(GetError::Interrupted)
+        )
+    }
+}
+
+impl PyEngineError {
+    /// The error of a blocking call run by [`crate::convert::blocking`]: when the signal check
+    /// interrupted it, the exception the signal handler raised (`pending`) is what Python sees.
+    pub fn waited(e: impl Into<PyEngineError>, pending: Option<PyErr>) -> Self {
+        let e = e.into();
+        match pending {
+            Some(p) if e.0.is_interrupted() => PyEngineError(Kind::Python(p)),
+            _ => e,
+        }
+    }
+
+    /// The worker described by `death` is gone.
+    pub fn crashed(death: Death) -> Self {
+        PyEngineError(Kind::Crashed(death))
+    }
+
+    /// A refused release of a lock (`recursive`: an RLock) or semaphore.
+    pub fn release(e: ReleaseError, recursive: bool) -> Self {
+        PyEngineError(Kind::Release(e, recursive))
+    }
+}
+
+macro_rules! from_core {
+    ($($ty:ty => $kind:ident),* $(,)?) => {$(
+        impl From<$ty> for PyEngineError {
+            fn from(e: $ty) -> Self {
+                PyEngineError(Kind::$kind(e))
+            }
+        }
+    )*};
+}
+
+from_core! {
+    RecvError => Recv,
+    SendError => Send,
+    SpawnError => Spawn,
+    SubmitError => Submit,
+    AttachError => Attach,
+    AcquireError => Acquire,
+    CondWaitError => CondWait,
+    BarrierError => Barrier,
+    PutError => Put,
+    GetError => Get,
+    TaskDoneError => TaskDone,
+    StoreError => Store,
+    std::io::Error => Io,
+    PyErr => Python,
+}
+
+fn os_error(e: &std::io::Error) -> PyErr {
+    PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
 }
 
 impl From<PyEngineError> for PyErr {
     fn from(e: PyEngineError) -> PyErr {
-        match e {
-            PyEngineError::Recv(RecvError::Interrupted, Some(p))
-            | PyEngineError::Send(SendError::Interrupted, Some(p))
-            | PyEngineError::Spawn(SpawnError::Interrupted, Some(p)) => p,
-            PyEngineError::Recv(RecvError::Timeout, _)
-            | PyEngineError::Send(SendError::Timeout, _) => PyTimeoutError::new_err("timed out"),
-            PyEngineError::Recv(RecvError::Io(e), _)
-            | PyEngineError::Send(SendError::Io(e), _)
-            | PyEngineError::Spawn(SpawnError::Io(e), _) => {
-                PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
+        match e.0 {
+            Kind::Python(p) => p,
+            // PyO3's mapping: the `OSError` subclass that matches the errno.
+            Kind::Io(io) => io.into(),
+            Kind::Recv(RecvError::Io(io))
+            | Kind::Send(SendError::Io(io))
+            | Kind::Spawn(SpawnError::Io(io))
+            | Kind::Attach(AttachError::Io(io))
+            | Kind::Acquire(AcquireError::Io(io))
+            | Kind::CondWait(CondWaitError::Io(io))
+            | Kind::Barrier(BarrierError::Io(io))
+            | Kind::Put(PutError::Io(io))
+            | Kind::Get(GetError::Io(io)) => os_error(&io),
+            Kind::Recv(RecvError::Timeout) | Kind::Send(SendError::Timeout) => {
+                PyTimeoutError::new_err("timed out")
             }
-            PyEngineError::Spawn(SpawnError::ShutDown, _) => {
+            Kind::Spawn(SpawnError::ShutDown) => {
                 PyRuntimeError::new_err("cannot start a worker: gilfree has been shut down")
             }
             // The stdlib executors' message, which `gilfree.Pool` users expect.
-            PyEngineError::Submit(SubmitError::ShutDown(_)) => {
+            Kind::Submit(SubmitError::ShutDown(_)) => {
                 PyRuntimeError::new_err("cannot schedule new futures after shutdown")
             }
-            PyEngineError::Spawn(e, _) => PyRuntimeError::new_err(e.to_string()),
-            PyEngineError::Recv(e, _) => PyRuntimeError::new_err(e.to_string()),
-            PyEngineError::Send(e, _) => PyRuntimeError::new_err(e.to_string()),
-            PyEngineError::Crashed(pid, info) => {
-                let code = info.and_then(|i| i.code);
-                let signal = info.and_then(|i| i.signal);
-                let how = match (code, signal) {
-                    (_, Some(s)) => format!("was killed by signal {s}"),
-                    (Some(c), None) => format!("exited with code {c}"),
-                    (None, None) => "died".to_owned(),
-                };
-                WorkerCrashedError::new_err((
-                    format!("worker process {pid} {how}"),
-                    code,
-                    signal,
-                    pid,
-                ))
+            Kind::Crashed(death) => {
+                let code = death.exit.and_then(|i| i.code);
+                let signal = death.exit.and_then(|i| i.signal);
+                WorkerCrashedError::new_err((death.to_string(), code, signal, death.pid))
             }
+            Kind::Attach(e @ AttachError::Full) => PyMemoryError::new_err(e.to_string()),
+            Kind::Put(e @ PutError::TooLarge) => PyMemoryError::new_err(e.to_string()),
+            Kind::Release(ReleaseError::TooMany, _) => {
+                PyValueError::new_err("Semaphore released too many times")
+            }
+            Kind::Release(_, true) => PyRuntimeError::new_err("cannot release un-acquired lock"),
+            Kind::Release(ReleaseError::Unlocked, false) => {
+                PyRuntimeError::new_err("release unlocked lock")
+            }
+            Kind::Release(ReleaseError::NotOwner, false) => PyRuntimeError::new_err(
+                "cannot release a gilfree.Lock held by another thread or process \
+                 (unlike threading.Lock, only the owner may release it)",
+            ),
+            Kind::Barrier(_) => BrokenBarrierError::new_err(()),
+            Kind::Store(e @ StoreError::HeapFull) => PyMemoryError::new_err(e.to_string()),
+            Kind::Store(e @ StoreError::TooLarge) => PyOverflowError::new_err(e.to_string()),
+            Kind::TaskDone(e) => PyValueError::new_err(e.to_string()),
+            Kind::Recv(e) => PyRuntimeError::new_err(e.to_string()),
+            Kind::Send(e) => PyRuntimeError::new_err(e.to_string()),
+            Kind::Spawn(e) => PyRuntimeError::new_err(e.to_string()),
+            Kind::Attach(e) => PyRuntimeError::new_err(e.to_string()),
+            Kind::Acquire(e) => PyRuntimeError::new_err(e.to_string()),
+            Kind::CondWait(e) => PyRuntimeError::new_err(e.to_string()),
+            Kind::Put(e) => PyRuntimeError::new_err(e.to_string()),
+            Kind::Get(e) => PyRuntimeError::new_err(e.to_string()),
         }
-    }
-}
-
-// --- Process-shared primitives (gilfree.sync) ---
-
-pyo3::import_exception!(gilfree.exceptions, OwnerDiedError);
-
-use gilfree_core::ipc::error::{
-    AcquireError, AttachError, BarrierError, CondWaitError, ReleaseError,
-};
-use pyo3::exceptions::{PyMemoryError, PyValueError};
-
-/// A failed arena allocation or attach.
-pub fn attach_error(e: AttachError) -> PyErr {
-    match e {
-        AttachError::Full => PyMemoryError::new_err(e.to_string()),
-        AttachError::Io(io) => PyOSError::new_err((io.raw_os_error().unwrap_or(0), io.to_string())),
-        AttachError::Stale | AttachError::TableFull => PyRuntimeError::new_err(e.to_string()),
-    }
-}
-
-/// A wait that ended in error (timeouts are results, not errors, for the primitives).
-pub fn acquire_error(e: AcquireError, pending: Option<PyErr>) -> PyErr {
-    match (e, pending) {
-        (AcquireError::Interrupted, Some(p)) => p,
-        (AcquireError::Io(io), _) => {
-            PyOSError::new_err((io.raw_os_error().unwrap_or(0), io.to_string()))
-        }
-        (e, _) => PyRuntimeError::new_err(e.to_string()),
-    }
-}
-
-/// A refused release, with `threading`'s messages (`recursive`: an RLock).
-pub fn release_error(e: ReleaseError, recursive: bool) -> PyErr {
-    match e {
-        ReleaseError::TooMany => PyValueError::new_err("Semaphore released too many times"),
-        _ if recursive => PyRuntimeError::new_err("cannot release un-acquired lock"),
-        ReleaseError::Unlocked => PyRuntimeError::new_err("release unlocked lock"),
-        ReleaseError::NotOwner => PyRuntimeError::new_err(
-            "cannot release a gilfree.Lock held by another thread or process \
-             (unlike threading.Lock, only the owner may release it)",
-        ),
-    }
-}
-
-/// A failed condition wait.
-pub fn cond_error(e: CondWaitError, pending: Option<PyErr>) -> PyErr {
-    match (e, pending) {
-        (CondWaitError::Interrupted, Some(p)) => p,
-        (CondWaitError::Io(io), _) => {
-            PyOSError::new_err((io.raw_os_error().unwrap_or(0), io.to_string()))
-        }
-        (e, _) => PyRuntimeError::new_err(e.to_string()),
-    }
-}
-
-pyo3::import_exception!(threading, BrokenBarrierError);
-
-/// A failed barrier wait: `threading.BrokenBarrierError` unless a signal handler raised.
-pub fn barrier_error(e: BarrierError, pending: Option<PyErr>) -> PyErr {
-    match (e, pending) {
-        (BarrierError::Interrupted, Some(p)) => p,
-        (BarrierError::Io(io), _) => {
-            PyOSError::new_err((io.raw_os_error().unwrap_or(0), io.to_string()))
-        }
-        _ => BrokenBarrierError::new_err(()),
-    }
-}
-
-/// A failed queue `put` (`Full` is not an error here: the glue returns `False` for it, and
-/// Python raises `queue.Full`).
-pub fn queue_put_error(e: gilfree_core::ipc::error::PutError, pending: Option<PyErr>) -> PyErr {
-    use gilfree_core::ipc::error::PutError;
-    match e {
-        PutError::TooLarge => pyo3::exceptions::PyMemoryError::new_err(e.to_string()),
-        PutError::Interrupted => acquire_error(AcquireError::Interrupted, pending),
-        PutError::Io(io) => acquire_error(AcquireError::Io(io), pending),
-        PutError::Full => PyRuntimeError::new_err(e.to_string()),
-    }
-}
-
-/// A failed queue `get` (`Empty` is returned as `None`; Python raises `queue.Empty`).
-pub fn queue_get_error(e: gilfree_core::ipc::error::GetError, pending: Option<PyErr>) -> PyErr {
-    use gilfree_core::ipc::error::GetError;
-    match e {
-        GetError::Interrupted => acquire_error(AcquireError::Interrupted, pending),
-        GetError::Io(io) => acquire_error(AcquireError::Io(io), pending),
-        GetError::Empty => PyRuntimeError::new_err(e.to_string()),
     }
 }

@@ -33,7 +33,17 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync::PyCell>()?;
     m.add_class::<sync::PyQueue>()?;
     m.add_class::<blob::PyBlob>()?;
-    m.add("RING_CAPACITY_DEFAULT", convert::RING_CAPACITY_DEFAULT)?;
     m.add_function(wrap_pyfunction!(template::template_serve, m)?)?;
+    m.add_function(wrap_pyfunction!(convert::check_timeout, m)?)?;
+    m.add("RING_CAPACITY_DEFAULT", convert::RING_CAPACITY_DEFAULT)?;
+    m.add("END_DONE", pool::END_DONE)?;
+    m.add("END_CRASHED", pool::END_CRASHED)?;
+    m.add("END_TIMED_OUT", pool::END_TIMED_OUT)?;
+    m.add("END_CANCELLED", pool::END_CANCELLED)?;
+    m.add("END_BROKEN", pool::END_BROKEN)?;
+    m.add("CANCEL_NOT_FOUND", pool::CANCEL_NOT_FOUND)?;
+    m.add("CANCEL_CANCELLED", pool::CANCEL_CANCELLED)?;
+    m.add("CANCEL_RUNNING", pool::CANCEL_RUNNING)?;
+    m.add("CANCEL_KILLED", pool::CANCEL_KILLED)?;
     Ok(())
 }

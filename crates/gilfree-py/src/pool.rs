@@ -1,6 +1,6 @@
 //! `TaskPool`: the task scheduler under `gilfree.Pool`.
 
-use gilfree_core::pool::{CancelOutcome, Completion, End, PoolConfig, Task, TaskPool};
+use gilfree_core::pool::{CancelOutcome, Completion, Death, End, PoolConfig, Task, TaskPool};
 use gilfree_core::RecvError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -16,35 +16,53 @@ pub struct PyTaskPool {
     inner: TaskPool,
 }
 
-/// One completion as Python sees it: `(id, frames, end, info)`.
+// How a task ended ([`End`]), as the `end` of a completion, and what `cancel` did
+// ([`CancelOutcome`]). `lib.rs` exports them as `_engine.END_*` and `_engine.CANCEL_*`, so
+// Python names them instead of mirroring the numbers.
+/// [`End::Done`].
+pub const END_DONE: u8 = 0;
+/// [`End::Crashed`].
+pub const END_CRASHED: u8 = 1;
+/// [`End::TimedOut`].
+pub const END_TIMED_OUT: u8 = 2;
+/// [`End::Cancelled`].
+pub const END_CANCELLED: u8 = 3;
+/// [`End::Broken`].
+pub const END_BROKEN: u8 = 4;
+/// [`CancelOutcome::NotFound`].
+pub const CANCEL_NOT_FOUND: u8 = 0;
+/// [`CancelOutcome::Cancelled`]: it was queued.
+pub const CANCEL_CANCELLED: u8 = 1;
+/// [`CancelOutcome::Running`]: left alone.
+pub const CANCEL_RUNNING: u8 = 2;
+/// [`CancelOutcome::Killed`].
+pub const CANCEL_KILLED: u8 = 3;
+
+/// One completion as Python sees it: `(id, frames, end, info)`; `info` is `(pid, exitcode,
+/// signal, death)` for `END_CRASHED`, with `death` the engine's wording of how the worker died.
 type PyCompletion<'py> = (u64, Vec<Bound<'py, PyBytes>>, u8, Py<PyAny>);
 
 /// One batch as Python sees it: `(started ids, completions)`.
 type PyBatch<'py> = (Vec<u64>, Vec<PyCompletion<'py>>);
 
-fn completion(py: Python<'_>, c: Completion) -> PyResult<PyCompletion<'_>> {
+fn completion(py: Python<'_>, c: Completion) -> Result<PyCompletion<'_>, PyEngineError> {
     let frames = c.frames.iter().map(|f| PyBytes::new(py, f)).collect();
     let (end, info) = match c.end {
-        End::Done => (0, py.None()),
+        End::Done => (END_DONE, py.None()),
         End::Crashed {
             pid,
             exit,
             attempts,
             peak_rss,
-        } => (
-            1,
-            (
-                pid,
-                exit.and_then(|e| e.code),
-                exit.and_then(|e| e.signal),
-                attempts,
-                peak_rss,
-            )
-                .into_py_any(py)?,
-        ),
-        End::TimedOut { pid } => (2, pid.into_py_any(py)?),
-        End::Cancelled => (3, py.None()),
-        End::Broken(frame) => (4, PyBytes::new(py, &frame).into_any().unbind()),
+        } => {
+            let death = Death { pid, exit }.to_string();
+            let (code, signal) = (exit.and_then(|e| e.code), exit.and_then(|e| e.signal));
+            let info = (pid, code, signal, attempts, peak_rss, death);
+            (END_CRASHED, info.into_py_any(py)?)
+        }
+        End::TimedOut { pid } => (END_TIMED_OUT, pid.into_py_any(py)?),
+        End::Cancelled => (END_CANCELLED, py.None()),
+        End::Broken(frame) => (END_BROKEN, PyBytes::new(py, &frame).into_any().unbind()),
     };
     Ok((c.id, frames, end, info))
 }
@@ -89,7 +107,7 @@ impl PyTaskPool {
         timeout: Option<f64>,
         report_start: bool,
         retries: u32,
-    ) -> PyResult<()> {
+    ) -> Result<(), PyEngineError> {
         let timeout = convert::timeout(timeout)?;
         let task = Task {
             id,
@@ -99,17 +117,17 @@ impl PyTaskPool {
             report_start,
             retries,
         };
-        py.detach(|| self.inner.submit(task))
-            .map_err(|e| PyEngineError::Submit(e).into())
+        Ok(py.detach(|| self.inner.submit(task))?)
     }
 
-    /// 0 not found, 1 cancelled (was queued), 2 running (left alone), 3 killed.
+    /// One of `CANCEL_NOT_FOUND`, `CANCEL_CANCELLED` (was queued), `CANCEL_RUNNING` (left
+    /// alone) and `CANCEL_KILLED`.
     fn cancel(&self, py: Python<'_>, id: u64, kill_running: bool) -> u8 {
         match py.detach(|| self.inner.cancel(id, kill_running)) {
-            CancelOutcome::NotFound => 0,
-            CancelOutcome::Cancelled => 1,
-            CancelOutcome::Running => 2,
-            CancelOutcome::Killed => 3,
+            CancelOutcome::NotFound => CANCEL_NOT_FOUND,
+            CancelOutcome::Cancelled => CANCEL_CANCELLED,
+            CancelOutcome::Running => CANCEL_RUNNING,
+            CancelOutcome::Killed => CANCEL_KILLED,
         }
     }
 
@@ -120,7 +138,7 @@ impl PyTaskPool {
         &self,
         py: Python<'py>,
         timeout: Option<f64>,
-    ) -> PyResult<Option<PyBatch<'py>>> {
+    ) -> Result<Option<PyBatch<'py>>, PyEngineError> {
         let timeout = convert::timeout(timeout)?;
         let (result, pending) = blocking(py, timeout, |wait| self.inner.events(wait));
         match result {
@@ -129,12 +147,12 @@ impl PyTaskPool {
                     .done
                     .into_iter()
                     .map(|c| completion(py, c))
-                    .collect::<PyResult<_>>()?;
+                    .collect::<Result<_, _>>()?;
                 Ok(Some((batch.started, done)))
             }
             Err(RecvError::Timeout) => Ok(Some((Vec::new(), Vec::new()))),
             Err(RecvError::Disconnected) => Ok(None),
-            Err(e) => Err(PyEngineError::Recv(e, pending).into()),
+            Err(e) => Err(PyEngineError::waited(e, pending)),
         }
     }
 
@@ -145,11 +163,11 @@ impl PyTaskPool {
 
     /// Waits for every slot thread to exit; `False` on timeout.
     #[pyo3(signature = (timeout=None))]
-    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> Result<bool, PyEngineError> {
         let timeout = convert::timeout(timeout)?;
         let (joined, pending) = blocking(py, timeout, |wait| self.inner.join(wait));
         match pending {
-            Some(e) => Err(e),
+            Some(e) => Err(e.into()),
             None => Ok(joined),
         }
     }

@@ -10,8 +10,7 @@ use std::time::Duration;
 use gilfree_core::ipc::arena::{Arena, Handle};
 use gilfree_core::ipc::barrier::{Arrival, ShmBarrier, ShmCell};
 use gilfree_core::ipc::condition::{Condition, ShmCondition};
-use gilfree_core::ipc::error::{AcquireError, Acquired};
-use gilfree_core::ipc::error::{GetError, PutError};
+use gilfree_core::ipc::error::{AcquireError, Acquired, GetError, PutError};
 use gilfree_core::ipc::event::{Event, ShmEvent};
 use gilfree_core::ipc::lock::{RawLock, ShmLock};
 use gilfree_core::ipc::queue::{ByteQueue, ShmQueue};
@@ -20,10 +19,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::convert::{self, blocking, Negative};
-use crate::errors::{
-    acquire_error, attach_error, barrier_error, cond_error, queue_get_error, queue_put_error,
-    release_error, OwnerDiedError,
-};
+use crate::errors::{OwnerDiedError, PyEngineError};
 
 /// The shared-primitive arena of this process tree.
 #[pyclass(name = "Arena", module = "gilfree._engine", frozen)]
@@ -35,7 +31,7 @@ pub struct PyArena {
 impl PyArena {
     /// A fresh arena (in the parent).
     #[staticmethod]
-    fn create() -> PyResult<Self> {
+    fn create() -> Result<Self, PyEngineError> {
         Ok(PyArena {
             inner: Arena::create()?,
         })
@@ -43,7 +39,7 @@ impl PyArena {
 
     /// The arena this worker inherited (`GILFREE_ARENA_FD`), or `None`.
     #[staticmethod]
-    fn inherited() -> PyResult<Option<Self>> {
+    fn inherited() -> Result<Option<Self>, PyEngineError> {
         Ok(Arena::from_env()?.map(|inner| PyArena { inner }))
     }
 
@@ -91,14 +87,16 @@ pub struct PyLock {
 impl PyLock {
     #[new]
     #[pyo3(signature = (arena, handle=None, recursive=false))]
-    fn new(arena: &PyArena, handle: Option<Handle>, recursive: bool) -> PyResult<Self> {
+    fn new(
+        arena: &PyArena,
+        handle: Option<Handle>,
+        recursive: bool,
+    ) -> Result<Self, PyEngineError> {
         let inner = match handle {
             Some(h) => ShmLock::attach(&arena.inner, h),
             None => ShmLock::new(&arena.inner, recursive),
         };
-        Ok(PyLock {
-            inner: inner.map_err(attach_error)?,
-        })
+        Ok(PyLock { inner: inner? })
     }
 
     /// The handle that pickling sends.
@@ -109,13 +107,9 @@ impl PyLock {
 
     /// `threading.Lock.acquire`.
     #[pyo3(signature = (blocking=true, timeout=-1.0))]
-    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
+    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> Result<bool, PyEngineError> {
         let wait_for = convert::lock_timeout(blocking, timeout)?;
-        let got = match self
-            .inner
-            .try_acquire()
-            .map_err(|e| acquire_error(e, None))?
-        {
+        let got = match self.inner.try_acquire()? {
             Some(got) => got,
             None => {
                 let Some(t) = wait_for else {
@@ -132,10 +126,10 @@ impl PyLock {
     }
 
     /// `threading.Lock.release`.
-    fn release(&self) -> PyResult<()> {
+    fn release(&self) -> Result<(), PyEngineError> {
         self.inner
             .release()
-            .map_err(|e| release_error(e, self.inner.is_recursive()))
+            .map_err(|e| PyEngineError::release(e, self.inner.is_recursive()))
     }
 
     /// Whether any thread holds the lock.
@@ -143,12 +137,12 @@ impl PyLock {
         self.inner.locked()
     }
 
-    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+    fn __enter__(&self, py: Python<'_>) -> Result<bool, PyEngineError> {
         self.acquire(py, true, -1.0)
     }
 
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> Result<(), PyEngineError> {
         self.release()
     }
 
@@ -163,16 +157,16 @@ impl PyLock {
     }
 
     /// Releases the lock completely and returns its recursion depth (`Condition`).
-    fn _release_save(&self) -> PyResult<u32> {
+    fn _release_save(&self) -> Result<u32, PyEngineError> {
         self.inner
             .release_save()
-            .map_err(|e| release_error(e, self.inner.is_recursive()))
+            .map_err(|e| PyEngineError::release(e, self.inner.is_recursive()))
     }
 
     /// Takes the lock again at a saved depth (`Condition`).
-    fn _acquire_restore(&self, py: Python<'_>, depth: u32) -> PyResult<()> {
+    fn _acquire_restore(&self, py: Python<'_>, depth: u32) -> Result<(), PyEngineError> {
         let got = py.detach(|| self.inner.acquire_restore(depth));
-        owner_died(py, got)
+        Ok(owner_died(py, got)?)
     }
 }
 
@@ -180,11 +174,11 @@ fn blocking_acquire(
     py: Python<'_>,
     lock: &ShmLock,
     timeout: Option<Duration>,
-) -> PyResult<Option<Acquired>> {
+) -> Result<Option<Acquired>, PyEngineError> {
     match blocking(py, timeout, |w| lock.acquire(w)) {
         (Ok(got), _) => Ok(Some(got)),
         (Err(AcquireError::Timeout), _) => Ok(None),
-        (Err(e), pending) => Err(acquire_error(e, pending)),
+        (Err(e), pending) => Err(PyEngineError::waited(e, pending)),
     }
 }
 
@@ -198,14 +192,12 @@ pub struct PyEvent {
 impl PyEvent {
     #[new]
     #[pyo3(signature = (arena, handle=None))]
-    fn new(arena: &PyArena, handle: Option<Handle>) -> PyResult<Self> {
+    fn new(arena: &PyArena, handle: Option<Handle>) -> Result<Self, PyEngineError> {
         let inner = match handle {
             Some(h) => ShmEvent::attach(&arena.inner, h),
             None => ShmEvent::new(&arena.inner),
         };
-        Ok(PyEvent {
-            inner: inner.map_err(attach_error)?,
-        })
+        Ok(PyEvent { inner: inner? })
     }
 
     /// The handle that pickling sends.
@@ -236,14 +228,14 @@ impl PyEvent {
 
     /// Waits until the flag is set or `timeout` seconds pass; returns the flag.
     #[pyo3(signature = (timeout=None))]
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> Result<bool, PyEngineError> {
         if self.inner.is_set() {
             return Ok(true);
         }
         let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
         match blocking(py, timeout, |w| self.inner.wait(w)) {
             (Ok(set), _) => Ok(set),
-            (Err(e), pending) => Err(acquire_error(e, pending)),
+            (Err(e), pending) => Err(PyEngineError::waited(e, pending)),
         }
     }
 }
@@ -264,14 +256,17 @@ pub struct PySemaphore {
 impl PySemaphore {
     #[new]
     #[pyo3(signature = (arena, value=1, bounded=false, handle=None))]
-    fn new(arena: &PyArena, value: u32, bounded: bool, handle: Option<Handle>) -> PyResult<Self> {
+    fn new(
+        arena: &PyArena,
+        value: u32,
+        bounded: bool,
+        handle: Option<Handle>,
+    ) -> Result<Self, PyEngineError> {
         let inner = match handle {
             Some(h) => ShmSemaphore::attach(&arena.inner, h),
             None => ShmSemaphore::new(&arena.inner, value, bounded),
         };
-        Ok(PySemaphore {
-            inner: inner.map_err(attach_error)?,
-        })
+        Ok(PySemaphore { inner: inner? })
     }
 
     /// The handle that pickling sends.
@@ -282,11 +277,16 @@ impl PySemaphore {
 
     /// `threading.Semaphore.acquire`.
     #[pyo3(signature = (blocking=true, timeout=None))]
-    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        blocking: bool,
+        timeout: Option<f64>,
+    ) -> Result<bool, PyEngineError> {
         if !blocking && timeout.is_some() {
-            return Err(PyValueError::new_err(
-                "can't specify timeout for non-blocking acquire",
-            ));
+            return Err(
+                PyValueError::new_err("can't specify timeout for non-blocking acquire").into(),
+            );
         }
         if self.inner.try_acquire() {
             return Ok(true);
@@ -297,26 +297,28 @@ impl PySemaphore {
         let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
         match convert::blocking(py, timeout, |w| self.inner.acquire(w)) {
             (Ok(got), _) => Ok(got),
-            (Err(e), pending) => Err(acquire_error(e, pending)),
+            (Err(e), pending) => Err(PyEngineError::waited(e, pending)),
         }
     }
 
     /// `threading.Semaphore.release`.
     #[pyo3(signature = (n=1))]
-    fn release(&self, n: i64) -> PyResult<()> {
+    fn release(&self, n: i64) -> Result<(), PyEngineError> {
         if n < 1 {
-            return Err(PyValueError::new_err("n must be one or more"));
+            return Err(PyValueError::new_err("n must be one or more").into());
         }
         let n = u32::try_from(n).map_err(|_| PyValueError::new_err("n is too large"))?;
-        self.inner.release(n).map_err(|e| release_error(e, false))
+        self.inner
+            .release(n)
+            .map_err(|e| PyEngineError::release(e, false))
     }
 
-    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+    fn __enter__(&self, py: Python<'_>) -> Result<bool, PyEngineError> {
         self.acquire(py, true, None)
     }
 
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> Result<(), PyEngineError> {
         self.release(1)
     }
 
@@ -343,14 +345,12 @@ pub struct PyCondition {
 impl PyCondition {
     #[new]
     #[pyo3(signature = (arena, handle=None))]
-    fn new(arena: &PyArena, handle: Option<Handle>) -> PyResult<Self> {
+    fn new(arena: &PyArena, handle: Option<Handle>) -> Result<Self, PyEngineError> {
         let inner = match handle {
             Some(h) => ShmCondition::attach(&arena.inner, h),
             None => ShmCondition::new(&arena.inner),
         };
-        Ok(PyCondition {
-            inner: inner.map_err(attach_error)?,
-        })
+        Ok(PyCondition { inner: inner? })
     }
 
     /// The handle that pickling sends.
@@ -361,11 +361,16 @@ impl PyCondition {
 
     /// Releases `lock`, waits for a notify or `timeout`, re-takes `lock`; `True` if notified.
     #[pyo3(signature = (lock, timeout=None))]
-    fn _wait(&self, py: Python<'_>, lock: &PyLock, timeout: Option<f64>) -> PyResult<bool> {
+    fn _wait(
+        &self,
+        py: Python<'_>,
+        lock: &PyLock,
+        timeout: Option<f64>,
+    ) -> Result<bool, PyEngineError> {
         let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
         match blocking(py, timeout, |w| self.inner.wait(&lock.inner, w)) {
             (Ok(notified), _) => Ok(notified),
-            (Err(e), pending) => Err(cond_error(e, pending)),
+            (Err(e), pending) => Err(PyEngineError::waited(e, pending)),
         }
     }
 
@@ -385,14 +390,12 @@ pub struct PyBarrier {
 impl PyBarrier {
     #[new]
     #[pyo3(signature = (arena, parties=1, handle=None))]
-    fn new(arena: &PyArena, parties: u32, handle: Option<Handle>) -> PyResult<Self> {
+    fn new(arena: &PyArena, parties: u32, handle: Option<Handle>) -> Result<Self, PyEngineError> {
         let inner = match handle {
             Some(h) => ShmBarrier::attach(&arena.inner, h),
             None => ShmBarrier::new(&arena.inner, parties),
         };
-        Ok(PyBarrier {
-            inner: inner.map_err(attach_error)?,
-        })
+        Ok(PyBarrier { inner: inner? })
     }
 
     /// The handle that pickling sends.
@@ -403,12 +406,12 @@ impl PyBarrier {
 
     /// Arrives; returns `(index, is_last)`. The last arrival must call `_finish`.
     #[pyo3(signature = (timeout=None))]
-    fn _wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<(u32, bool)> {
+    fn _wait(&self, py: Python<'_>, timeout: Option<f64>) -> Result<(u32, bool), PyEngineError> {
         let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
         match blocking(py, timeout, |w| self.inner.body().wait(w)) {
             (Ok(Arrival::Index(i)), _) => Ok((i, false)),
             (Ok(Arrival::Last(i)), _) => Ok((i, true)),
-            (Err(e), pending) => Err(barrier_error(e, pending)),
+            (Err(e), pending) => Err(PyEngineError::waited(e, pending)),
         }
     }
 
@@ -456,14 +459,12 @@ pub struct PyCell {
 impl PyCell {
     #[new]
     #[pyo3(signature = (arena, bits=0, handle=None))]
-    fn new(arena: &PyArena, bits: u64, handle: Option<Handle>) -> PyResult<Self> {
+    fn new(arena: &PyArena, bits: u64, handle: Option<Handle>) -> Result<Self, PyEngineError> {
         let inner = match handle {
             Some(h) => ShmCell::attach(&arena.inner, h),
             None => ShmCell::new(&arena.inner, bits),
         };
-        Ok(PyCell {
-            inner: inner.map_err(attach_error)?,
-        })
+        Ok(PyCell { inner: inner? })
     }
 
     /// The handle that pickling sends.
@@ -509,14 +510,12 @@ impl PyQueue {
         maxsize: usize,
         maxbytes: usize,
         handle: Option<Handle>,
-    ) -> PyResult<Self> {
+    ) -> Result<Self, PyEngineError> {
         let inner = match handle {
             Some(h) => ShmQueue::attach(&arena.inner, h),
             None => ShmQueue::new(&arena.inner, maxsize, maxbytes),
         };
-        Ok(PyQueue {
-            inner: inner.map_err(attach_error)?,
-        })
+        Ok(PyQueue { inner: inner? })
     }
 
     /// The handle that pickling sends.
@@ -533,12 +532,12 @@ impl PyQueue {
         item: &[u8],
         block: bool,
         timeout: Option<f64>,
-    ) -> PyResult<bool> {
+    ) -> Result<bool, PyEngineError> {
         let timeout = queue_timeout(block, timeout)?;
         match blocking(py, timeout, |w| self.inner.put(item, block, w)) {
             (Ok(()), _) => Ok(true),
             (Err(PutError::Full), _) => Ok(false),
-            (Err(e), pending) => Err(queue_put_error(e, pending)),
+            (Err(e), pending) => Err(PyEngineError::waited(e, pending)),
         }
     }
 
@@ -549,26 +548,25 @@ impl PyQueue {
         py: Python<'py>,
         block: bool,
         timeout: Option<f64>,
-    ) -> PyResult<Option<Bound<'py, pyo3::types::PyBytes>>> {
+    ) -> Result<Option<Bound<'py, pyo3::types::PyBytes>>, PyEngineError> {
         let timeout = queue_timeout(block, timeout)?;
         match blocking(py, timeout, |w| self.inner.get(block, w)) {
             (Ok(item), _) => Ok(Some(pyo3::types::PyBytes::new(py, &item))),
             (Err(GetError::Empty), _) => Ok(None),
-            (Err(e), pending) => Err(queue_get_error(e, pending)),
+            (Err(e), pending) => Err(PyEngineError::waited(e, pending)),
         }
     }
 
     /// `queue.Queue.task_done`.
-    fn task_done(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.inner.task_done())
-            .map_err(|e| PyValueError::new_err(e.to_string()))
+    fn task_done(&self, py: Python<'_>) -> Result<(), PyEngineError> {
+        Ok(py.detach(|| self.inner.task_done())?)
     }
 
     /// `queue.Queue.join`: waits until every item put has been marked done.
-    fn join(&self, py: Python<'_>) -> PyResult<()> {
+    fn join(&self, py: Python<'_>) -> Result<(), PyEngineError> {
         match blocking(py, None, |w| self.inner.join(w)) {
             (Ok(()), _) => Ok(()),
-            (Err(e), pending) => Err(acquire_error(e, pending)),
+            (Err(e), pending) => Err(PyEngineError::waited(e, pending)),
         }
     }
 

@@ -3,8 +3,9 @@
 use std::ffi::OsString;
 
 use gilfree_core::pool::template::{fork_sibling, TemplateServer};
-use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
+
+use crate::errors::PyEngineError;
 
 /// What a new worker gets back: its working directory and its whole environment.
 type Forked = (OsString, Vec<(OsString, OsString)>);
@@ -13,13 +14,13 @@ type Forked = (OsString, Vec<(OsString, OsString)>);
 /// returns `(cwd, env)`: the worker's fds are in place, and the caller adopts the working
 /// directory and environment and runs the worker's main loop.
 #[pyfunction]
-pub fn template_serve(py: Python<'_>) -> PyResult<Option<Forked>> {
-    let server = TemplateServer::from_env().map_err(|e| PyOSError::new_err(e.to_string()))?;
+pub fn template_serve(py: Python<'_>) -> Result<Option<Forked>, PyEngineError> {
+    let server = TemplateServer::from_env()?;
     loop {
         let request = match py.detach(|| server.next()) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(None),
-            Err(e) => return Err(PyOSError::new_err(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
         // SAFETY: the template runs no threads of its own (it only imported modules and
         // waits here), and we hold the GIL; PyOS_BeforeFork / AfterFork_* are what `os.fork`
@@ -38,22 +39,16 @@ pub fn template_serve(py: Python<'_>) -> PyResult<Option<Forked>> {
             Ok(None) => {
                 let cwd = request.cwd.clone();
                 let env = request.env.clone();
-                request
-                    .install(server)
-                    .map_err(|e| PyOSError::new_err(e.to_string()))?;
+                request.install(server)?;
                 return Ok(Some((cwd, env)));
             }
             Ok(Some(pid)) => {
                 drop(request);
-                server
-                    .reply(&Ok(pid))
-                    .map_err(|e| PyOSError::new_err(e.to_string()))?;
+                server.reply(&Ok(pid))?;
             }
             Err(e) => {
                 drop(request);
-                server
-                    .reply(&Err(e))
-                    .map_err(|e| PyOSError::new_err(e.to_string()))?;
+                server.reply(&Err(e))?;
             }
         }
     }

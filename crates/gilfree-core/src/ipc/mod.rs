@@ -1,6 +1,7 @@
 //! Cross-process primitives that live in shared memory or kernel objects.
 //!
-//! - [`notify`]: an eventfd wake-up used by the rings.
+//! - [`notify`]: re-exported from [`crate::sys::notify`] (its old home), where the rings and
+//!   the primitives both take it from.
 //! - [`arena`]: the shared slots every process-shared primitive lives in, their refcounts
 //!   (whose step order [`refcount`] fixes, so that a killed process leaks at worst), the
 //!   lock-free free list ([`free_list`]) and the reaping of a dead process's holdings.
@@ -33,7 +34,7 @@ pub mod heap;
 pub mod lock;
 #[cfg(not(loom))]
 pub mod mutex;
-pub mod notify;
+pub use crate::sys::notify;
 pub mod queue;
 pub mod refcount;
 pub mod semaphore;

@@ -34,7 +34,7 @@ use crate::Wait;
 /// The low 30 bits of a robust futex word: the owner's TID.
 const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
 
-extern "C" {
+unsafe extern "C" {
     // In glibc since 2.30; not (yet) declared by the `libc` crate.
     fn pthread_mutex_clocklock(
         mutex: *mut libc::pthread_mutex_t,

@@ -15,9 +15,9 @@ pub mod supervisor;
 pub mod template;
 pub mod worker_main;
 
-pub use process::ExitInfo;
+pub use process::{Death, DeathHook, ExitInfo};
 pub use scheduler::{CancelOutcome, Completion, End, PoolConfig, SubmitError, Task, TaskPool};
 pub use spawn::{Inheritable, WorkerCommand, CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
-pub use supervisor::{DeathHook, Engine, EngineConfig, Lease};
+pub use supervisor::{Engine, EngineConfig, Lease};
 pub use template::{TemplateCommand, TEMPLATE_FD_ENV};
 pub use worker_main::Endpoint;

@@ -13,6 +13,7 @@
 //!    blocks until the first call has returned, so `reap` never reaps during the hook.
 
 use std::any::Any;
+use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::panic::AssertUnwindSafe;
@@ -22,8 +23,7 @@ use std::sync::{Arc, PoisonError};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{pidfd_send_signal, waitid, Signal, WaitId, WaitIdOptions};
 
-use super::supervisor::DeathHook;
-use crate::output::WorkerOutput;
+use crate::output::{WatchedDeath, WorkerOutput};
 use crate::shm::channel::Channel;
 use crate::sync::unmodelled::{AtomicBool, Mutex, MutexGuard};
 use crate::sync::Ordering;
@@ -35,6 +35,39 @@ pub struct ExitInfo {
     pub code: Option<i32>,
     /// The signal number, if a signal killed it.
     pub signal: Option<i32>,
+}
+
+/// The one wording of how a worker ended, used by every error that reports a death: "exited
+/// with code 3", "was killed by signal 9", or "died" when the status says neither.
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (_, Some(s)) => write!(f, "was killed by signal {s}"),
+            (Some(c), None) => write!(f, "exited with code {c}"),
+            (None, None) => f.write_str("died"),
+        }
+    }
+}
+
+/// A worker's death as errors report it: "worker process 42 was killed by signal 9". `exit` is
+/// `None` when the process has not been reaped yet (it closed its channel just before it
+/// exited); that reads as "died".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Death {
+    /// The worker's pid.
+    pub pid: u32,
+    /// How it ended, when known.
+    pub exit: Option<ExitInfo>,
+}
+
+impl fmt::Display for Death {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pid = self.pid;
+        match self.exit {
+            Some(exit) => write!(f, "worker process {pid} {exit}"),
+            None => write!(f, "worker process {pid} died"),
+        }
+    }
 }
 
 impl From<ExitStatus> for ExitInfo {
@@ -77,6 +110,17 @@ pub(crate) struct WorkerProcess {
     output: Arc<WorkerOutput>,
     killed: AtomicBool,
     death: Option<Arc<DeathWatch>>,
+}
+
+/// A callback for [`EngineConfig::on_death`](super::EngineConfig::on_death): gets the dead worker's pid. It runs on whatever
+/// engine thread reaps the process, without engine locks held; it must not block for long.
+#[derive(Clone)]
+pub struct DeathHook(pub Arc<dyn Fn(u32) + Send + Sync>);
+
+impl std::fmt::Debug for DeathHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeathHook")
+    }
 }
 
 /// A worker's death hook and its own pidfd, shared by the process and the output thread,
@@ -131,6 +175,20 @@ impl DeathWatch {
                 eprintln!("gilfree: the death hook for worker {pid} panicked: {what}");
             }
         }
+    }
+}
+
+impl WatchedDeath for DeathWatch {
+    fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        DeathWatch::pidfd(self)
+    }
+
+    fn fired(&self) -> bool {
+        DeathWatch::fired(self)
+    }
+
+    fn fire(&self) {
+        DeathWatch::fire(self)
     }
 }
 
@@ -304,5 +362,32 @@ mod tests {
         watch.fire();
         assert!(watch.fired());
         assert_eq!(*lock(&calls), 1);
+    }
+
+    #[test]
+    fn a_death_reads_the_same_however_much_is_known() {
+        let exited = ExitInfo {
+            code: Some(3),
+            signal: None,
+        };
+        let killed = ExitInfo {
+            code: None,
+            signal: Some(9),
+        };
+        let unknown = ExitInfo {
+            code: None,
+            signal: None,
+        };
+        assert_eq!(exited.to_string(), "exited with code 3");
+        assert_eq!(killed.to_string(), "was killed by signal 9");
+        assert_eq!(unknown.to_string(), "died");
+        let death = |exit| Death { pid: 42, exit }.to_string();
+        assert_eq!(
+            death(Some(killed)),
+            "worker process 42 was killed by signal 9"
+        );
+        // Never "exited with code None": an unreaped or unknown end reads as a plain death.
+        assert_eq!(death(None), "worker process 42 died");
+        assert_eq!(death(Some(unknown)), "worker process 42 died");
     }
 }

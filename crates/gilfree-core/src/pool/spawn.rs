@@ -29,8 +29,7 @@ use rustix::process::{
     getpid, pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal, WaitId, WaitIdOptions,
 };
 
-use super::process::WorkerProcess;
-use super::supervisor::DeathHook;
+use super::process::{DeathHook, WorkerProcess};
 use super::template::Template;
 use crate::error::{RecvError, SpawnError};
 use crate::output::{OutputSink, WorkerOutput};

@@ -24,10 +24,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use super::process::ExitInfo;
-use super::process::WorkerProcess;
+use super::process::{DeathHook, WorkerProcess};
 use super::spawn::{self, WorkerCommand};
 use super::template::{Template, TemplateCommand};
 use crate::error::{RecvError, SendError, SpawnError};
+#[cfg(not(loom))]
+use crate::ipc::arena::{Arena, ARENA_FD_ENV};
 use crate::output::{OutputHub, OutputSink};
 use crate::sync::unmodelled::{AtomicBool, Condvar, Mutex, MutexGuard};
 use crate::sync::Ordering;
@@ -50,14 +52,21 @@ pub struct EngineConfig {
     pub on_death: Option<DeathHook>,
 }
 
-/// A callback for [`EngineConfig::on_death`]: gets the dead worker's pid. It runs on whatever
-/// engine thread reaps the process, without engine locks held; it must not block for long.
-#[derive(Clone)]
-pub struct DeathHook(pub Arc<dyn Fn(u32) + Send + Sync>);
-
-impl std::fmt::Debug for DeathHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DeathHook")
+// The arena is not built under loom.
+#[cfg(not(loom))]
+impl EngineConfig {
+    /// Shares the shared-primitive `arena` with every worker: each inherits its memfds, is told
+    /// their numbers in [`ARENA_FD_ENV`] (read by
+    /// [`Arena::from_env`]), and the arena gets back what a dead worker held ([`Arena::reap`]
+    /// becomes the [`on_death`](Self::on_death) hook, replacing any other).
+    pub fn share_arena(&mut self, arena: Arc<Arena>) {
+        self.command
+            .env
+            .push((ARENA_FD_ENV.into(), arena.env_value().into()));
+        self.command
+            .inherit_fds
+            .push(Arc::clone(&arena) as Arc<dyn spawn::Inheritable>);
+        self.on_death = Some(DeathHook(Arc::new(move |pid| arena.reap(pid))));
     }
 }
 
@@ -533,7 +542,7 @@ fn supervise(shared: &Arc<Shared>) {
                         st.all.insert(worker.pid(), Arc::clone(&worker));
                         shared.hub.register(Arc::clone(worker.output()));
                         if let Some(watch) = worker.death_watch() {
-                            shared.hub.watch_death(Arc::clone(watch));
+                            shared.hub.watch_death(watch.clone());
                         }
                         let for_thread = Arc::clone(shared);
                         let kept = Arc::clone(&worker);
@@ -861,5 +870,41 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("pids", &self.pids())
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::ipc::arena::{Arena, ARENA_FD_ENV};
+    use crate::pool::spawn::Inheritable;
+
+    #[test]
+    fn share_arena_wires_env_fds_and_death_hook() {
+        let arena = Arena::create().expect("arena");
+        let mut config = EngineConfig {
+            command: WorkerCommand {
+                program: "true".into(),
+                args: vec![],
+                env: vec![("KEEP".into(), "1".into())],
+                cwd: None,
+                ring_capacity: 4096,
+                inherit_fds: vec![],
+            },
+            warm: 0,
+            idle_timeout: Duration::MAX,
+            on_death: None,
+        };
+        config.share_arena(Arc::clone(&arena));
+        let told = (ARENA_FD_ENV.into(), arena.env_value().into());
+        assert_eq!(config.command.env, vec![("KEEP".into(), "1".into()), told]);
+        let fds: Vec<_> = config
+            .command
+            .inherit_fds
+            .iter()
+            .flat_map(|o| o.fds_to_inherit())
+            .collect();
+        assert_eq!(fds.len(), arena.fds_to_inherit().len());
+        assert!(config.on_death.is_some());
     }
 }

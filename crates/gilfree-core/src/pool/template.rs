@@ -452,8 +452,13 @@ impl TemplateServer {
         if getppid() != Some(parent) {
             std::process::exit(ORPHAN_EXIT_CODE);
         }
-        std::env::remove_var(TEMPLATE_FD_ENV);
-        std::env::remove_var(PARENT_PID_ENV);
+        // SAFETY: the template is single-threaded while it starts (`template_serve` runs on the
+        // main thread of `python -m gilfree._worker --template`, which runs no user code and
+        // starts no thread), so no other thread reads the environment while we change it.
+        unsafe {
+            std::env::remove_var(TEMPLATE_FD_ENV);
+            std::env::remove_var(PARENT_PID_ENV);
+        }
         // SAFETY: the parent passed this fd to us alone (it is close-on-exec everywhere
         // else), its number is in the variable we just removed, and nothing else in this
         // process claims it: this is its one owner.

@@ -40,7 +40,9 @@ fn bad_env(what: &str) -> SpawnError {
 
 impl Endpoint {
     /// Runs steps 1–5 above. Exits the process with [`ORPHAN_EXIT_CODE`] if the parent is
-    /// already gone.
+    /// already gone. Call it once, at start-up, before the process starts any thread: it
+    /// removes the two variables from the environment, which is sound only while no other
+    /// thread can be reading it.
     ///
     /// Python's `os.environ` is a snapshot taken at interpreter start: the Python side should
     /// also pop the two variables from it.
@@ -62,8 +64,17 @@ impl Endpoint {
             std::process::exit(ORPHAN_EXIT_CODE);
         }
         let channel = Channel::from_env(CHANNEL_FDS_ENV)?;
-        std::env::remove_var(CHANNEL_FDS_ENV);
-        std::env::remove_var(PARENT_PID_ENV);
+        // Children the worker starts later must not mistake themselves for gilfree workers.
+        #[allow(unsafe_code)]
+        // SAFETY: `remove_var` races with any other thread reading or writing the environment.
+        // `from_env` is step 1 of a worker's life and its contract ("call once, at start-up,
+        // before starting threads"): `gilfree._worker` calls it before it imports or runs any
+        // user code and before it starts a thread, and a Rust worker calls it first thing in
+        // `main`, so no other thread of this process exists yet to touch the environment.
+        unsafe {
+            std::env::remove_var(CHANNEL_FDS_ENV);
+            std::env::remove_var(PARENT_PID_ENV);
+        }
         let endpoint = Endpoint {
             parent: parent_fd,
             channel,

@@ -45,8 +45,8 @@ use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
 
 use super::ring::{Bells, Consumer, Producer, Ring, RingHeader, Storage};
 use super::segment::Segment;
-use crate::ipc::notify::Notifier;
 use crate::sync::{AtomicU64, GlobalMutex, Mutex, Ordering};
+use crate::sys::notify::Notifier;
 use crate::{RecvError, SendError, Wait};
 
 /// `"GFCH"`: marks a channel segment.

@@ -117,8 +117,8 @@ use std::io;
 use std::mem;
 
 use crate::error::{RecvError, SendError};
-use crate::ipc::notify::{Notifier, WaitError};
 use crate::sync::{fence, spin_loop, yield_now, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::sys::notify::{Notifier, WaitError};
 use crate::Wait;
 
 pub mod local;

@@ -52,8 +52,8 @@ use std::time::{Duration, Instant};
 use super::process::ExitInfo;
 use super::supervisor::{Engine, Lease};
 use crate::error::RecvError;
-use crate::ipc::notify::next_slice;
 use crate::sync::unmodelled::{Condvar, Mutex, MutexGuard};
+use crate::sys::notify::next_slice;
 use crate::wait::Wait;
 
 /// The first byte of a [`End::Broken`] frame made by the engine itself (a worker could not be

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::{failure_frame, trailer_peak_rss, End, Shared, State, Task};
 use crate::error::SpawnError;
+use crate::pool::process::Death;
 use crate::pool::supervisor::Lease;
 use crate::sync::unmodelled::MutexGuard;
 use crate::wait::Wait;
@@ -137,12 +138,9 @@ fn start_worker(shared: &Shared, index: usize) -> Option<Arc<Lease>> {
         }
         Err(()) => {
             drop(st);
-            let how = describe_exit(&lease);
+            let death = describe_exit(&lease);
             st = shared.lock();
-            let pid = lease.pid();
-            failure_frame(&format!(
-                "worker process {pid} {how} while running the initializer"
-            ))
+            failure_frame(&format!("{death} while running the initializer"))
         }
     };
     st.slots[index] = Default::default();
@@ -150,15 +148,13 @@ fn start_worker(shared: &Shared, index: usize) -> Option<Arc<Lease>> {
     None
 }
 
+/// The worker's death in [`Death`]'s words (reaps it if it has exited).
 fn describe_exit(lease: &Lease) -> String {
-    match lease.exit_info() {
-        Some(i) => match (i.code, i.signal) {
-            (_, Some(s)) => format!("was killed by signal {s}"),
-            (Some(c), None) => format!("exited with code {c}"),
-            (None, None) => "died".to_owned(),
-        },
-        None => "closed its channel".to_owned(),
+    Death {
+        pid: lease.pid(),
+        exit: lease.exit_info(),
     }
+    .to_string()
 }
 
 /// Steps 3–6: runs tasks on one worker until it must go.

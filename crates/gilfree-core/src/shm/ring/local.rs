@@ -9,8 +9,8 @@
 use std::io;
 
 use super::{Doorbell, RingHeader, Storage};
-use crate::ipc::notify::WaitError;
 use crate::sync::{AtomicBool, Condvar, Mutex, Ordering, UnsafeCell};
+use crate::sys::notify::WaitError;
 use crate::Wait;
 
 /// A ring's header and data area on the heap.
@@ -136,7 +136,7 @@ impl Doorbell for LocalBell {
             }
             #[cfg(not(loom))]
             {
-                rung = match crate::ipc::notify::next_slice(wait) {
+                rung = match crate::sys::notify::next_slice(wait) {
                     None => self.cond.wait(rung).unwrap_or_else(|e| e.into_inner()),
                     Some(slice) => {
                         let (g, _) = self

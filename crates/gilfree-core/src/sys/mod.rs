@@ -1,0 +1,7 @@
+//! Thin wrappers over OS facilities, with no knowledge of rings, primitives or processes: the
+//! leaves that `shm`, `ipc` and `pool` all build on.
+//!
+//! - [`notify`]: the eventfd doorbell a ring's waiter sleeps on, and the wait-slice plumbing
+//!   every blocking loop shares.
+
+pub mod notify;
