@@ -4,6 +4,7 @@ left behind."""
 import os
 import sys
 import threading
+from concurrent.futures import CancelledError
 
 import gilfree
 from gilfree import _runtime
@@ -32,7 +33,12 @@ try:
             print("waiting", flush=True)
             fut.result()
         finally:
-            print("task stopped", fut.cancelled(), flush=True)
+            # Stopped before it was seen running: cancelled; stopped while it ran: CancelledError
+            # as its exception (Pool.cancel's contract). Either way, done now.
+            stopped = fut.done() and (
+                fut.cancelled() or isinstance(fut.exception(0), CancelledError)
+            )
+            print("task stopped", stopped, flush=True)
     elif mode == "gilfree.map":
         gilfree.map(os.getpid, [], workers=2)  # the default pool, warm
         try:
