@@ -57,12 +57,22 @@ def _analyse(code: types.CodeType) -> tuple[frozenset[str], frozenset[str]]:
     return names, stores
 
 
+# The opcodes that rebind a global, as bytes: a code object whose bytecode holds neither byte
+# (at any offset, arguments included) has no such instruction, and needs no disassembly (the
+# cost of a target that travelled by value, looked at afresh at each start).
+_STORE_OPS = (bytes([dis.opmap["STORE_GLOBAL"]]), bytes([dis.opmap["DELETE_GLOBAL"]]))
+
+
 def _global_stores(code: types.CodeType) -> set[str]:
-    found = {
-        ins.argval
-        for ins in dis.get_instructions(code)
-        if ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL")
-    }
+    raw = code.co_code
+    if any(op in raw for op in _STORE_OPS):
+        found = {
+            ins.argval
+            for ins in dis.get_instructions(code)
+            if ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL")
+        }
+    else:
+        found = set()
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             found |= _global_stores(const)
