@@ -20,7 +20,7 @@ from gilfree import _shared_state
 from gilfree.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import helpers  # noqa: E402  (an importable module, as a user's would be)
+import helpers  # an importable module, as a user's would be
 
 
 class Sub(gilfree.Worker):
