@@ -20,31 +20,13 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import gilfree as _gilfree
 from gilfree import worker as _worker_mod
 from gilfree.sync import Event
 from gilfree.worker import Worker
 
-__all__ = [
-    "TIMEOUT_MAX",
-    "BrokenBarrierError",
-    "ExceptHookArgs",
-    "Thread",
-    "ThreadError",
-    "Timer",
-    "active_count",
-    "current_thread",
-    "enumerate",
-    "excepthook",
-    "get_ident",
-    "get_native_id",
-    "getprofile",
-    "gettrace",
-    "local",
-    "main_thread",
-    "setprofile",
-    "settrace",
-    "stack_size",
-]
+# One list of threading's names: the package serves exactly these from here.
+__all__ = sorted(_gilfree._THREADING_NAMES)
 
 Thread = Worker
 TIMEOUT_MAX = threading.TIMEOUT_MAX
