@@ -8,7 +8,9 @@ mean something on a busy machine:
 2. :mod:`~gilfree._bench.scaling`: CPU scaling of the demo's job over W workers;
 3. :mod:`~gilfree._bench.primitives`: uncontended Lock and Queue round trips;
 4. :mod:`~gilfree._bench.arrays`: a large numpy array through an identity task;
-5. :mod:`~gilfree._bench.pool`: ``gilfree.Pool`` beside the stdlib and peer pools.
+5. :mod:`~gilfree._bench.pool`: ``gilfree.Pool`` beside the stdlib and peer pools;
+6. :mod:`~gilfree._bench.dask`: the dask backend beside the process backend (``--only dask``;
+   skipped by name when ``distributed`` is not installed).
 
 Parts 1 and 2 make ``RESULTS.md`` and ``results.json`` (:mod:`~gilfree._bench.summary`); 3 and 4
 add their sections to it (:mod:`~gilfree._bench.report`); 5 writes ``POOL.md``. Plots are PNG
@@ -29,9 +31,9 @@ from pathlib import Path
 from gilfree import _demo
 
 #: The parts of the suite, in the order a full run measures them.
-SECTIONS = ("latency", "scaling", "primitives", "arrays", "pool")
+SECTIONS = ("latency", "scaling", "primitives", "arrays", "pool", "dask")
 #: Parts that ``--only`` runs on their own, rewriting only their own section or file.
-STANDALONE = ("primitives", "arrays", "pool")
+STANDALONE = ("primitives", "arrays", "pool", "dask")
 
 
 def default_out(quick: bool) -> Path:
@@ -94,7 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         choices=SECTIONS,
         help="run only this part; primitives and arrays replace their own section of an"
-        " existing RESULTS.md, pool rewrites POOL.md, latency and scaling rewrite RESULTS.md"
+        " existing RESULTS.md (so does dask), pool rewrites POOL.md, latency and scaling"
+        " rewrite RESULTS.md"
         " and results.json",
     )
     parser.set_defaults(func=main)
@@ -103,6 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_alone(part: str, out: Path, quick: bool) -> int:
     from gilfree._bench import arrays, pool, primitives
 
+    if part == "dask":
+        from gilfree._bench import dask
+
+        print("dask: the dask backend beside the process backend", flush=True)
+        return dask.run(out, quick)
     if part == "pool":
         print("pool: gilfree.Pool beside multiprocessing, concurrent.futures and peers", flush=True)
         return pool.run(out, quick)
