@@ -644,7 +644,10 @@ def _no_timeout(timeout: float | None, call: str) -> None:
 
 def _local_cluster(n_workers: int) -> distributed.LocalCluster:
     """A LocalCluster of ``n_workers`` one-thread processes on 127.0.0.1, no dashboard, and
-    no silent re-run of a task whose worker died (``allowed-failures`` 0)."""
+    no silent re-run of a task whose worker died (``allowed-failures`` 0).
+
+    Its nannies start the workers with multiprocessing's spawn, which also starts the stdlib's
+    ``resource_tracker`` process once per interpreter; that one ends when this process does."""
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         return distributed.LocalCluster(
             n_workers=n_workers,
@@ -652,6 +655,9 @@ def _local_cluster(n_workers: int) -> distributed.LocalCluster:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            # The scheduler serves its health and metrics routes even without a dashboard, by
+            # default on 0.0.0.0:8787: keep it on loopback, on a free port.
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
         )
 
 
