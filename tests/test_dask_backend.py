@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -279,8 +280,19 @@ def test_worker_exception_and_crash(address: str) -> None:
         w._outcome()
 
 
-def test_pool_without_address_starts_and_closes_its_own_cluster() -> None:
+def test_pool_without_address_uses_the_environment_variable(address: str) -> None:
+    with dask_backend.Pool() as p:
+        assert p.address == address
+        assert p._cluster is None  # connected, not started
+        assert p.submit(_square, 2).result(timeout=30) == 4
+
+
+def test_pool_without_address_starts_and_closes_its_own_cluster(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(dask_backend.ADDRESS_ENV)
     with dask_backend.Pool(max_workers=1) as p:
+        assert p.address != address
         assert p.address.startswith("tcp://127.0.0.1:")
         assert p.max_workers == 1
         assert p.submit(_square, 6).result(timeout=60) == 36
@@ -289,5 +301,25 @@ def test_pool_without_address_starts_and_closes_its_own_cluster() -> None:
         workers = [psutil.Process(pid) for pid in pids]
         assert all(w.ppid() == os.getpid() for w in workers)  # our own cluster's worker
     assert p._client is None and p._cluster is None
+    _gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive
+
+
+@pytest.mark.timeout(150)
+def test_pool_left_open_is_closed_at_interpreter_exit() -> None:
+    code = (
+        "import os\n"
+        "from gilfree._backends import dask as d\n"
+        "p = d.Pool(max_workers=1)\n"
+        "print(*p._client.run(os.getpid).values(), flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    pids = [int(pid) for pid in proc.stdout.split()]
+    assert len(pids) == 1
+    try:
+        workers = [psutil.Process(pids[0])]
+    except psutil.NoSuchProcess:
+        workers = []
     _gone, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive

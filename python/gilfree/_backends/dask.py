@@ -4,7 +4,8 @@
 bound to the loopback interface, and closes it with the pool; ``Pool(backend="dask",
 address="tcp://host:8786")`` connects to a running scheduler and leaves it running. A Worker
 with ``backend="dask"`` runs as one long task on the cluster named by ``GILFREE_DASK_ADDRESS``,
-or on a LocalCluster this process starts on first use and closes at exit.
+or on a LocalCluster this process starts on first use and closes at exit. (A Pool without
+``address=`` also uses ``GILFREE_DASK_ADDRESS`` when it is set.)
 
 How a task flows:
 
@@ -42,6 +43,7 @@ import pickle
 import sys
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future
 from concurrent.futures import wait as _wait_for
@@ -323,8 +325,8 @@ class Pool(_ProcessPool):
             each); by default one per CPU. With ``address=``, ignored: the cluster has the
             workers it has.
         address: A running scheduler's address (``"tcp://10.0.0.5:8786"``) to connect to; it is
-            left running at shutdown. ``None`` starts a LocalCluster on 127.0.0.1, closed with
-            the pool.
+            left running at shutdown. ``None``: the one ``GILFREE_DASK_ADDRESS`` names, if set;
+            else a LocalCluster on 127.0.0.1, started for this pool and closed with it.
         initializer, initargs, max_tasks_per_worker: Not available (see the module's doc).
 
     Futures are ``concurrent.futures.Future`` objects (``as_completed``, ``wait`` and
@@ -353,6 +355,8 @@ class Pool(_ProcessPool):
         self._scattered: dict[int, tuple[Any, distributed.Future]] = {}
         self._cluster: distributed.LocalCluster | None = None
         if address is None:
+            address = os.environ.get(ADDRESS_ENV) or None
+        if address is None:
             n = _runtime.default_workers() if max_workers is None else max_workers
             self._cluster = _local_cluster(n)
             address = self._cluster.scheduler_address
@@ -365,6 +369,7 @@ class Pool(_ProcessPool):
             raise
         self._max_workers = max(1, threads)
         self.address = address
+        _live_pools.add(self)
 
     # -- concurrent.futures.Executor --------------------------------------------------------
 
@@ -482,6 +487,8 @@ class Pool(_ProcessPool):
         self._close()
 
     def __del__(self) -> None:
+        # Unlike the process pool's, closing a client and cluster blocks on Dask's event loop:
+        # left to :func:`_close_live_pools` at exit rather than done in a finalizer.
         pass
 
     # -- internals ----------------------------------------------------------------------------
@@ -673,7 +680,7 @@ def default_pool() -> Pool:
     global _default
     with _default_lock:
         if _default is None or _default._client is None:
-            _default = Pool(address=os.environ.get(ADDRESS_ENV) or None)
+            _default = Pool()
         return _default
 
 
@@ -687,7 +694,21 @@ def close_default_pool() -> None:
         pool._close()
 
 
-_runtime.on_exit(close_default_pool)
+_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _close_live_pools() -> None:
+    """At interpreter exit: every pool not shut down is terminated, so no LocalCluster it
+    started outlives this process's Python."""
+    close_default_pool()
+    for pool in list(_live_pools):
+        try:
+            pool.terminate()
+        except Exception:
+            pass
+
+
+_runtime.on_exit(_close_live_pools)
 
 
 class WorkerRunner:
