@@ -195,12 +195,17 @@ def _run_chunk(fn_blob: bytes, calls_blob: bytes, *scattered: Any) -> tuple[list
 
 def _run_worker(
     cls_blob: bytes, state: dict[str, bytes], name: str, daemon: bool
-) -> tuple[bytes, str, str]:
+) -> tuple[bytes, str, str, int]:
     """Runs one Worker's ``run()`` on a Dask worker: the reply ``Worker._apply_reply`` reads
-    (see ``_protocol.encode_reply``), and what it printed."""
+    (see ``_protocol.encode_reply``), what it printed, and the Dask worker's pid.
+
+    The thread that runs it bears the Worker's name meanwhile, so ``current_thread().name``
+    inside ``run()`` is the Worker's, as on the other backends."""
     from gilfree.worker import _CALL_ATTRS, _State
 
     out, err = _capturing()
+    thread = threading.current_thread()
+    old_name, thread.name = thread.name, name
     try:
         cls = pickle.loads(cls_blob)
         obj = cls.__new__(cls)
@@ -237,7 +242,8 @@ def _run_worker(
         reply = _protocol.encode_reply(status, payload, changed, deleted, skipped)
     finally:
         _task_output.bufs = None
-    return reply, out.getvalue(), err.getvalue()
+        thread.name = old_name
+    return reply, out.getvalue(), err.getvalue(), os.getpid()
 
 
 # -- this side -------------------------------------------------------------------------------
@@ -300,14 +306,47 @@ def _bridge(dfut: distributed.Future, done: Callable[[Future[Any], Any], None]) 
     return fut
 
 
+def _executing(dask_worker: Any) -> list[str]:
+    """Runs on each Dask worker (``Client.run``): the keys of the tasks it executes now."""
+    return [str(ts.key) for ts in dask_worker.state.executing]
+
+
 class _DaskFuture(Future):
-    """A task's Future; ``cancel()`` also takes the task off the cluster."""
+    """A task's Future; ``cancel()`` also takes the task off the cluster.
+
+    ``running()`` and ``cancel()`` ask the workers whether the task executes now (one round
+    trip): a task that does is RUNNING, and ``cancel()`` refuses it, as in the stdlib. A task
+    that starts between that question and the cancel is cancelled anyway; it runs to its end
+    on its worker, and its result is dropped."""
 
     _gilfree_dask: distributed.Future | None = None
+
+    def _executing(self) -> bool:
+        dfut = self._gilfree_dask
+        if dfut is None or self.done():
+            return False
+        try:
+            found = dfut.client.run(_executing)
+        except Exception:  # the cluster is going away: nothing runs
+            return False
+        return any(str(dfut.key) in keys for keys in found.values())
+
+    def running(self) -> bool:
+        if super().running():
+            return True
+        if self._executing():
+            try:
+                self.set_running_or_notify_cancel()
+            except RuntimeError:  # another caller marked it, or it finished meanwhile
+                pass
+            return super().running()
+        return False
 
     def cancel(self) -> bool:
         if self.done():
             return self.cancelled()
+        if self.running():
+            return False
         if not super().cancel():
             return False
         self.set_running_or_notify_cancel()
@@ -708,7 +747,10 @@ def _close_live_pools() -> None:
             pass
 
 
-_runtime.on_exit(_close_live_pools)
+# threading's exit hook, as in ``_runtime``: before non-daemon threads are joined and before
+# atexit, while Dask's event loop still runs. (``_runtime.on_exit`` hooks run only in a process
+# that started the engine, which a dask-only program never does.)
+threading._register_atexit(_close_live_pools)  # type: ignore[attr-defined]
 
 
 class WorkerRunner:
@@ -717,6 +759,7 @@ class WorkerRunner:
     def __init__(self, worker: Any) -> None:
         self._worker = worker
         self._future: Future[Any] | None = None
+        self._pid: int | None = None  # the Dask worker process's, once run() returned
 
     def start(self) -> None:
         worker = self._worker
@@ -742,7 +785,7 @@ class WorkerRunner:
             )
 
             def done(fut: Future[Any], value: Any) -> None:
-                reply, out, err = value
+                reply, out, err, self._pid = value
                 _echo(out, err)
                 fut.set_result(reply)
 
@@ -779,8 +822,9 @@ class WorkerRunner:
 
     @property
     def ident(self) -> int | None:
-        return None
+        """The pid of the Dask worker process that ran the Worker, once it finished."""
+        return self._pid
 
     @property
     def native_id(self) -> int | None:
-        return None
+        return self._pid
