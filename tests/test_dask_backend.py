@@ -354,3 +354,22 @@ def test_pool_left_open_is_closed_at_interpreter_exit() -> None:
             pass
     _gone, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive
+
+
+def test_bench_part_is_skipped_by_name_without_distributed(tmp_path: Path) -> None:
+    from test_cli import run_gilfree
+
+    out = tmp_path / "out"
+    proc = run_gilfree(
+        "bench",
+        "--quick",
+        "--only",
+        "dask",
+        "--out",
+        str(out),
+        blocked=("distributed",),
+        tmp=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "dask: skipped (distributed is not installed" in proc.stdout
+    assert not (out / "RESULTS.md").exists()
