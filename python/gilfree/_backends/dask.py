@@ -29,8 +29,9 @@ How a task flows:
 
 Not available here (:class:`UnsupportedByBackend`): a per-task ``timeout=`` (Dask cannot stop
 a running task), ``Pool.cancel``/``Worker.terminate`` of a running task, ``initializer`` and
-``max_tasks_per_worker``. ``Future.cancel()`` takes a task off the cluster if it has not
-finished; one already running on a worker runs on there, and its result is dropped.
+``max_tasks_per_worker``. ``Future.cancel()`` takes a task that has not started off the
+cluster and, as in the stdlib, refuses one that runs (it asks the workers; see
+:class:`_DaskFuture`).
 """
 
 from __future__ import annotations
@@ -515,7 +516,8 @@ class Pool(_ProcessPool):
             return self._scatter(obj)
 
     def cancel(self, future: Future) -> bool:
-        """Cancels a task that has not finished; a running one cannot be stopped on Dask."""
+        """Cancels a task that has not started (``Future.cancel``): a running one cannot be
+        stopped on Dask, so this returns ``False`` for it rather than kill it."""
         if not isinstance(future, _DaskFuture):
             raise ValueError("this future does not belong to this pool")
         return future.cancel()
