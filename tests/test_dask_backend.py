@@ -330,16 +330,18 @@ def test_pool_without_address_starts_and_closes_its_own_cluster(
         workers = [psutil.Process(pid) for pid in pids]
         assert all(w.ppid() == os.getpid() for w in workers)  # our own cluster's worker
     assert p._client is None and p._cluster is None
-    _gone, alive = psutil.wait_procs(workers, timeout=30)
-    assert not alive
+    # Generous: on a loaded machine a Dask worker takes a while to wind down.
+    _gone, alive = psutil.wait_procs(workers, timeout=90)
+    assert not alive, [(w.pid, w.ppid(), w.cmdline()) for w in alive]
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)
 def test_pool_left_open_is_closed_at_interpreter_exit() -> None:
     code = (
         "import os\n"
         "from gilfree._backends import dask as d\n"
         "p = d.Pool(max_workers=1)\n"
+        "assert p._cluster is not None\n"
         "print(*p._client.run(os.getpid).values(), flush=True)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -352,8 +354,9 @@ def test_pool_left_open_is_closed_at_interpreter_exit() -> None:
             workers.append(psutil.Process(pid))
         except psutil.NoSuchProcess:
             pass
-    _gone, alive = psutil.wait_procs(workers, timeout=30)
-    assert not alive
+    # Generous: on a loaded machine a Dask worker takes a while to wind down.
+    _gone, alive = psutil.wait_procs(workers, timeout=90)
+    assert not alive, [(w.pid, w.ppid(), w.cmdline()) for w in alive]
 
 
 def test_bench_part_is_skipped_by_name_without_distributed(tmp_path: Path) -> None:
