@@ -40,20 +40,18 @@ def address() -> Iterator[str]:
 
     tracker = resource_tracker._resource_tracker
     tracker_was_running = tracker._fd is not None
+    environ = dict(os.environ)  # Dask's nannies add variables (OMP_NUM_THREADS, ...) here
     started = time.perf_counter()
     cluster = dask_backend._local_cluster(N_WORKERS)
     print(f"LocalCluster of {N_WORKERS} started in {time.perf_counter() - started:.2f} s")
-    old = os.environ.get(dask_backend.ADDRESS_ENV)
     os.environ[dask_backend.ADDRESS_ENV] = cluster.scheduler_address
     try:
         yield cluster.scheduler_address
     finally:
         dask_backend.close_default_pool()
-        if old is None:
-            del os.environ[dask_backend.ADDRESS_ENV]
-        else:
-            os.environ[dask_backend.ADDRESS_ENV] = old
         cluster.close()
+        os.environ.clear()
+        os.environ.update(environ)
         # The spawn start method of the nannies started the stdlib's resource tracker, which
         # lives as long as this interpreter; stop it so the suite's process check holds.
         if not tracker_was_running:
