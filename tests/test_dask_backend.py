@@ -342,7 +342,11 @@ def test_pool_left_open_is_closed_at_interpreter_exit() -> None:
         "assert p._cluster is not None\n"
         "print(*p._client.run(os.getpid).values(), flush=True)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = dict(os.environ)
+    env[dask_backend.ADDRESS_ENV] = ""  # empty: the child starts a cluster of its own
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     pids = [int(pid) for pid in proc.stdout.split()]
     assert pids, proc.stderr[-2000:]
