@@ -11,6 +11,8 @@ mean something on a busy machine:
 5. :mod:`~gilfree._bench.pool`: ``gilfree.Pool`` beside the stdlib and peer pools;
 6. :mod:`~gilfree._bench.containers`: ``SharedList``/``SharedDict`` beside Manager proxies.
 7. :mod:`~gilfree._bench.blas`: a numpy matmul map with the workers' BLAS pools capped and not.
+8. :mod:`~gilfree._bench.dask`: the dask backend beside the process backend (``--only dask``;
+   skipped by name when ``distributed`` is not installed).
 
 Parts 1 and 2 make ``RESULTS.md`` and ``results.json`` (:mod:`~gilfree._bench.summary`); 3, 4
 and 6 add their sections to it (:mod:`~gilfree._bench.report`); 5 writes ``POOL.md``, 7
@@ -32,9 +34,9 @@ from pathlib import Path
 from gilfree import _demo
 
 #: The parts of the suite, in the order a full run measures them.
-SECTIONS = ("latency", "scaling", "primitives", "arrays", "pool", "containers", "blas")
+SECTIONS = ("latency", "scaling", "primitives", "arrays", "pool", "containers", "blas", "dask")
 #: Parts that ``--only`` runs on their own, rewriting only their own section or file.
-STANDALONE = ("primitives", "arrays", "pool", "containers", "blas")
+STANDALONE = ("primitives", "arrays", "pool", "containers", "blas", "dask")
 
 
 def default_out(quick: bool) -> Path:
@@ -96,8 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only",
         choices=SECTIONS,
-        help="run only this part; primitives, arrays and containers replace their own section of an"
-        " existing RESULTS.md, pool rewrites POOL.md, blas rewrites BLAS.md, latency and scaling"
+        help="run only this part; primitives, arrays, containers and dask replace their own"
+        " section of an existing RESULTS.md, pool rewrites POOL.md, blas rewrites BLAS.md,"
+        " latency and scaling"
         " rewrite RESULTS.md"
         " and results.json",
     )
@@ -110,6 +113,11 @@ def _run_alone(part: str, out: Path, quick: bool) -> int:
     if part == "blas":
         print("blas: a numpy matmul map, workers' BLAS pools capped and uncapped", flush=True)
         return blas.run(out, quick)
+    if part == "dask":
+        from gilfree._bench import dask
+
+        print("dask: the dask backend beside the process backend", flush=True)
+        return dask.run(out, quick)
     if part == "pool":
         print("pool: gilfree.Pool beside multiprocessing, concurrent.futures and peers", flush=True)
         return pool.run(out, quick)

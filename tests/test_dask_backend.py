@@ -1,0 +1,388 @@
+"""The dask backend (``gilfree._backends.dask``) on a real LocalCluster.
+
+One LocalCluster (two one-thread worker processes on 127.0.0.1) serves the whole module; the
+pools here connect to it by address, except the test that checks a pool starts and closes a
+cluster of its own. Task functions travel by value (cloudpickle), so the Dask workers never
+import this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import as_completed, wait
+from pathlib import Path
+
+import cloudpickle
+import psutil
+import pytest
+
+distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+
+import gilfree  # noqa: E402
+from gilfree._backends import dask as dask_backend  # noqa: E402
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+N_WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def address() -> Iterator[str]:
+    """One LocalCluster for the module; Workers (``default_pool``) use it too."""
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker
+    tracker_was_running = tracker._fd is not None
+    environ = dict(os.environ)  # Dask's nannies add variables (OMP_NUM_THREADS, ...) here
+    started = time.perf_counter()
+    cluster = dask_backend._local_cluster(N_WORKERS)
+    print(f"LocalCluster of {N_WORKERS} started in {time.perf_counter() - started:.2f} s")
+    os.environ[dask_backend.ADDRESS_ENV] = cluster.scheduler_address
+    try:
+        yield cluster.scheduler_address
+    finally:
+        dask_backend.close_default_pool()
+        cluster.close()
+        os.environ.clear()
+        os.environ.update(environ)
+        # The spawn start method of the nannies started the stdlib's resource tracker, which
+        # lives as long as this interpreter; stop it so the suite's process check holds.
+        if not tracker_was_running:
+            tracker._stop()
+
+
+@pytest.fixture(scope="module")
+def pool(address: str) -> Iterator[dask_backend.Pool]:
+    with dask_backend.Pool(address=address) as p:
+        yield p
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+class Boom(ValueError):
+    pass
+
+
+def _fail(x: int) -> int:
+    if x == 3:
+        raise Boom(f"bad item {x}")
+    return x
+
+
+def test_pool_is_an_executor_sized_by_the_cluster(pool: dask_backend.Pool) -> None:
+    assert isinstance(pool, gilfree.Pool)
+    assert pool.max_workers == N_WORKERS
+    futures = [pool.submit(_square, i) for i in range(10)]
+    assert sorted(f.result(timeout=30) for f in as_completed(futures, timeout=30)) == [
+        i * i for i in range(10)
+    ]
+    done, not_done = wait(futures, timeout=30)
+    assert len(done) == 10 and not not_done
+
+
+def test_lambdas_kwargs_and_asyncio(pool: dask_backend.Pool) -> None:
+    offset = 7
+    assert pool.submit(lambda a, *, b: a + b + offset, 1, b=2).result(timeout=30) == 10
+
+    async def main() -> int:
+        return await asyncio.wrap_future(pool.submit(_square, 9))
+
+    assert asyncio.run(main()) == 81
+
+
+def test_exception_keeps_its_type_and_remote_traceback(pool: dask_backend.Pool) -> None:
+    future = pool.submit(_fail, 3)
+    with pytest.raises(Boom, match="bad item 3") as info:
+        future.result(timeout=30)
+    cause = info.value.__cause__
+    assert isinstance(cause, gilfree.RemoteTraceback)
+    assert "_fail" in cause.tb and "Boom: bad item 3" in cause.tb
+
+
+def test_unpicklable_argument_fails_at_submit(pool: dask_backend.Pool) -> None:
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pool.submit(_square, threading.Lock())
+
+
+def test_map_orders_results_over_chunks_and_raises_at_the_item(pool: dask_backend.Pool) -> None:
+    assert list(pool.map(_square, range(50))) == [i * i for i in range(50)]
+    assert list(pool.map(lambda a, b: a - b, range(5), range(5, 10), chunksize=2)) == [-5] * 5
+    results = pool.map(_fail, range(6), chunksize=1)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(Boom):
+        next(results)
+
+
+def test_imap_ordered_unordered_and_lazy(pool: dask_backend.Pool) -> None:
+    assert list(pool.imap(_square, range(20), chunksize=3)) == [i * i for i in range(20)]
+    assert sorted(pool.imap(_square, range(20), ordered=False)) == [i * i for i in range(20)]
+
+    taken = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal taken
+        while True:
+            taken += 1
+            yield taken
+
+    results = pool.imap(_square, endless())
+    assert [next(results) for _ in range(5)] == [1, 4, 9, 16, 25]
+    # Bounded look-ahead: a few chunks per worker thread, not the endless input.
+    assert taken <= 5 + N_WORKERS * dask_backend._LOOKAHEAD_PER_WORKER + 1
+    results.close()
+
+
+def test_worker_output_reaches_the_callers_streams(
+    pool: dask_backend.Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def chatty(x: int) -> int:
+        print(f"hello from task {x}")
+        print(f"warning from task {x}", file=sys.stderr)
+        return x
+
+    assert pool.submit(chatty, 1).result(timeout=30) == 1
+    assert list(pool.map(chatty, [2, 3])) == [2, 3]
+    out, err = capsys.readouterr()
+    for x in (1, 2, 3):
+        assert f"hello from task {x}\n" in out
+        assert f"warning from task {x}\n" in err
+
+
+def test_worker_death_fails_that_task_only_and_runs_it_once(
+    pool: dask_backend.Pool, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+
+    def die(path: str) -> None:
+        with open(path, "a") as f:
+            f.write("ran\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(gilfree.WorkerCrashedError, match="died"):
+        pool.submit(die, str(runs)).result(timeout=60)
+    assert runs.read_text() == "ran\n"  # not retried on another worker
+    # The pool goes on (the nanny restarts the worker).
+    assert list(pool.map(_square, range(8))) == [i * i for i in range(8)]
+    assert pool.submit(_square, 5).result(timeout=60) == 25
+
+
+def test_large_array_is_scattered_once_and_shared_by_tasks(pool: dask_backend.Pool) -> None:
+    np = pytest.importorskip("numpy")
+    big = np.arange(2 * dask_backend.SCATTER_BYTES // 8, dtype=np.int64)
+
+    def where(arr: object, i: int) -> tuple[int, int, int]:
+        return os.getpid(), id(arr), int(arr[i])  # type: ignore[index]
+
+    futures = [pool.submit(where, big, i) for i in range(2 * N_WORKERS + 1)]
+    seen: dict[int, set[int]] = {}
+    for i, f in enumerate(futures):
+        pid, ident, value = f.result(timeout=60)
+        assert value == i
+        seen.setdefault(pid, set()).add(ident)
+    # Pigeonhole: some worker ran two tasks; every task on one worker got the same object.
+    assert all(len(ids) == 1 for ids in seen.values()), seen
+    assert len(pool._scattered) == 1
+    # An explicit handle works as an argument too.
+    handle = pool.scatter(b"x" * 100)
+    assert pool.submit(len, handle).result(timeout=30) == 100
+
+
+def test_what_dask_cannot_do_is_refused_clearly(pool: dask_backend.Pool) -> None:
+    with pytest.raises(NotImplementedError, match="'dask' backend"):
+        pool.submit(_square, 1, timeout=1)
+    with pytest.raises(NotImplementedError, match="'dask' backend"):
+        list(pool.map(_square, [1], timeout=1))
+    with pytest.raises(NotImplementedError, match="initializer"):
+        dask_backend.Pool(address=pool.address, initializer=print)
+    with pytest.raises(NotImplementedError, match="retries"):
+        pool.submit(_square, 1, retries=2)
+    with pytest.raises(NotImplementedError, match="retries"):
+        list(pool.imap(_square, [1], retries=1))
+    with pytest.raises(NotImplementedError, match="max_memory_per_worker"):
+        dask_backend.Pool(address=pool.address, max_memory_per_worker="1GB")
+    assert pool.submit(_square, 3, retries=0).result(timeout=30) == 9
+
+
+def test_shutdown_with_address_leaves_the_cluster_running(address: str) -> None:
+    p = dask_backend.Pool(address=address)
+    assert p.submit(_square, 4).result(timeout=30) == 16
+    p.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        p.submit(_square, 1)
+    with dask_backend.Pool(address=address) as again:
+        assert again.submit(_square, 3).result(timeout=30) == 9
+
+
+def test_shutdown_cancel_futures_cancels_queued_tasks(address: str) -> None:
+    p = dask_backend.Pool(address=address)
+    name = f"gilfree-gate-{os.getpid()}"
+
+    def gated(_: int) -> int:
+        distributed.Event(name).wait(60)
+        return 1
+
+    futures = [p.submit(gated, i) for i in range(N_WORKERS * 6)]
+    p.shutdown(wait=False, cancel_futures=True)
+    with distributed.Client(address, set_as_default=False) as client:
+        # Left set, and this client kept until the tasks returned: the scheduler may drop an
+        # Event that no client holds.
+        distributed.Event(name, client=client).set()
+        wait(futures, timeout=60)
+    assert all(f.done() for f in futures), [f._state for f in futures]
+    assert any(f.cancelled() for f in futures)
+
+
+def test_cancel_refuses_a_running_task_and_cancels_a_queued_one(pool: dask_backend.Pool) -> None:
+    gate = f"gilfree-gate-{os.getpid()}-cancel"
+
+    def gated(i: int) -> int:
+        distributed.Event(f"{gate}-started-{i}").set()
+        distributed.Event(gate).wait(60)
+        return i
+
+    running = [pool.submit(gated, i) for i in range(N_WORKERS)]
+    with distributed.Client(pool.address, set_as_default=False) as client:
+        for i in range(N_WORKERS):  # handshake: both workers execute a gated task
+            assert distributed.Event(f"{gate}-started-{i}", client=client).wait(60)
+        queued = pool.submit(gated, 99)
+        assert all(f.running() for f in running)
+        assert not any(f.cancel() for f in running)
+        assert not queued.running()
+        assert queued.cancel() and queued.cancelled()
+        distributed.Event(gate, client=client).set()
+        assert [f.result(timeout=60) for f in running] == list(range(N_WORKERS))
+
+
+class Counter(gilfree.Worker):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def run(self) -> int:
+        print(f"counter {self.n} runs")
+        self.total = sum(range(self.n))
+        return self.n * 2
+
+
+def _run(worker: gilfree.Worker) -> dask_backend.WorkerRunner:
+    runner = dask_backend.WorkerRunner(worker)
+    runner.start()
+    assert runner.wait(60)
+    return runner
+
+
+def test_worker_runs_as_a_task_with_return_value_and_attributes(
+    address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = Counter(10)
+    runner = _run(w)
+    assert not runner.is_alive()
+    assert w._outcome() == 20
+    assert w.total == 45
+    assert runner.ident is not None and runner.ident != os.getpid()
+
+    def whoami() -> tuple[int, str]:
+        return os.getpid(), threading.current_thread().name
+
+    named = gilfree.Worker(target=whoami, name="crunch")
+    runner = _run(named)
+    assert named._outcome() == (runner.ident, "crunch")
+    assert "counter 10 runs\n" in capsys.readouterr().out
+
+
+def test_worker_exception_and_crash(address: str) -> None:
+    def bad() -> None:
+        raise Boom("from run")
+
+    w = gilfree.Worker(target=bad)
+    _run(w)
+    with pytest.raises(Boom) as info:
+        w._outcome()
+    assert "from run" in str(info.value.__cause__)
+
+    w = gilfree.Worker(target=lambda: os.kill(os.getpid(), signal.SIGKILL), name="dies")
+    _run(w)
+    with pytest.raises(gilfree.WorkerCrashedError, match="dies"):
+        w._outcome()
+
+
+def test_pool_without_address_uses_the_environment_variable(address: str) -> None:
+    with dask_backend.Pool() as p:
+        assert p.address == address
+        assert p._cluster is None  # connected, not started
+        assert p.submit(_square, 2).result(timeout=30) == 4
+
+
+def test_pool_without_address_starts_and_closes_its_own_cluster(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(dask_backend.ADDRESS_ENV)
+    with dask_backend.Pool(max_workers=1) as p:
+        assert p.address != address
+        assert p.address.startswith("tcp://127.0.0.1:")
+        assert p.max_workers == 1
+        assert p.submit(_square, 6).result(timeout=60) == 36
+        pids = list(p._client.run(os.getpid).values())
+        assert len(pids) == 1
+        workers = [psutil.Process(pid) for pid in pids]
+        assert all(w.ppid() == os.getpid() for w in workers)  # our own cluster's worker
+    assert p._client is None and p._cluster is None
+    # Generous: on a loaded machine a Dask worker takes a while to wind down.
+    _gone, alive = psutil.wait_procs(workers, timeout=90)
+    assert not alive, [(w.pid, w.ppid(), w.cmdline()) for w in alive]
+
+
+@pytest.mark.timeout(240)
+def test_pool_left_open_is_closed_at_interpreter_exit() -> None:
+    code = (
+        "import os\n"
+        "from gilfree._backends import dask as d\n"
+        "p = d.Pool(max_workers=1)\n"
+        "assert p._cluster is not None\n"
+        "print(*p._client.run(os.getpid).values(), flush=True)\n"
+    )
+    env = dict(os.environ)
+    env[dask_backend.ADDRESS_ENV] = ""  # empty: the child starts a cluster of its own
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    pids = [int(pid) for pid in proc.stdout.split()]
+    assert pids, proc.stderr[-2000:]
+    workers = []
+    for pid in pids:
+        try:
+            workers.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    # Generous: on a loaded machine a Dask worker takes a while to wind down.
+    _gone, alive = psutil.wait_procs(workers, timeout=90)
+    assert not alive, [(w.pid, w.ppid(), w.cmdline()) for w in alive]
+
+
+def test_bench_part_is_skipped_by_name_without_distributed(tmp_path: Path) -> None:
+    from test_cli import run_gilfree
+
+    out = tmp_path / "out"
+    proc = run_gilfree(
+        "bench",
+        "--quick",
+        "--only",
+        "dask",
+        "--out",
+        str(out),
+        blocked=("distributed",),
+        tmp=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "dask: skipped (distributed is not installed" in proc.stdout
+    assert not (out / "RESULTS.md").exists()
