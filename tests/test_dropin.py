@@ -486,3 +486,18 @@ def test_shared_state_doc_examples_print_what_they_say(code: str, tmp_path: Path
     assert res.stdout.strip() == expected[0]
     warns = "SharedStateWarning" in res.stderr
     assert warns == ("import gilfree as threading" in code), res.stderr
+
+
+def test_module_level_primitives_are_the_same_objects_in_workers() -> None:
+    # A helper module imported by name: a worker process runs its top-level code again, and
+    # must get the parent's objects, not new ones (a thread would see the same ones).
+    import module_level_objects as m
+
+    m.started.set()
+    w = gilfree.Worker(target=m.handles)
+    w.start()
+    assert w.join() == m.handles()
+    with gilfree.Pool(2) as pool:
+        assert pool.submit(m.see_and_change).result(timeout=60) == (True, 1)
+    assert m.counter.value == 1
+    assert m.queue.get(timeout=60) == "from the worker"

@@ -3,6 +3,7 @@ stress test, and a producer killed in the middle of a put."""
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import queue
@@ -52,6 +53,7 @@ def test_byte_capacity_makes_put_wait() -> None:
 
 def test_slot_and_heap_are_freed_with_the_last_handle() -> None:
     arena = _runtime.arena()
+    gc.collect()  # earlier tests' garbage must not be freed in the middle of this count
     before = arena.live_slots()
     q = gilfree.Queue()
     q.put(b"z" * 200_000)

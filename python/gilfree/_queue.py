@@ -24,7 +24,7 @@ from __future__ import annotations
 import queue
 from typing import Any
 
-from gilfree import _engine, _runtime, _serialize
+from gilfree import _engine, _module_objects, _runtime, _serialize
 
 __all__ = ["Queue"]
 
@@ -55,7 +55,9 @@ class Queue(_engine.Queue):
     def __new__(cls, maxsize: int = 0, *, maxbytes: int = DEFAULT_MAXBYTES) -> Queue:
         if maxbytes < 1:
             raise ValueError("maxbytes must be positive")
-        return super().__new__(cls, _runtime.arena(), max(maxsize, 0), maxbytes)
+        make = super().__new__
+        size = max(maxsize, 0)
+        return _module_objects.shared(cls, lambda: make(cls, _runtime.arena(), size, maxbytes))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.handle))

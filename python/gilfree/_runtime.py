@@ -140,10 +140,16 @@ def engine() -> _engine.Engine:
         if _exiting:
             raise RuntimeError("can't create new thread at interpreter shutdown")
         if _engine_instance is None:
+            from gilfree import _module_objects
+
+            # Workers find the parent's module-level primitives here (see _module_objects); in
+            # os.environ too, which the template's forks take theirs from.
+            registry = os.environ[_module_objects.ENV] = _module_objects.registry_env()
+            env = [*_worker_env(), (_module_objects.ENV, registry)]
             _engine_instance = _engine.Engine(
                 sys.executable,
                 ["-m", "gilfree._worker"],
-                _worker_env(),
+                env,
                 None,
                 default_workers(),
                 IDLE_TIMEOUT,

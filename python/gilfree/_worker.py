@@ -20,7 +20,15 @@ import time
 import traceback
 from typing import Any
 
-from gilfree import _engine, _protocol, _runtime, _serialize, _shared_state, _threading_api
+from gilfree import (
+    _engine,
+    _module_objects,
+    _protocol,
+    _runtime,
+    _serialize,
+    _shared_state,
+    _threading_api,
+)
 from gilfree.worker import _CALL_ATTRS, SHARED_STATE_KEY, Worker, _State
 
 
@@ -252,6 +260,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     endpoint = _engine.Endpoint.from_env()
     _runtime.adopt_inherited_arena()
+    _module_objects.enter_worker()
     # The engine removed these from the C environment; os.environ is an earlier snapshot.
     os.environ.pop("GILFREE_CHANNEL_FDS", None)
     os.environ.pop("GILFREE_PARENT_PID", None)

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gilfree import _engine, _runtime
+from gilfree import _engine, _module_objects, _runtime
 
 __all__ = [
     "Barrier",
@@ -80,7 +80,8 @@ class Lock(_engine.Lock):
     __slots__ = ()
 
     def __new__(cls) -> Lock:
-        return super().__new__(cls, _runtime.arena())
+        make = super().__new__
+        return _module_objects.shared(cls, lambda: make(cls, _runtime.arena()))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.handle))
@@ -100,7 +101,8 @@ class RLock(_engine.Lock):
     __slots__ = ()
 
     def __new__(cls) -> RLock:
-        return super().__new__(cls, _runtime.arena(), None, True)
+        make = super().__new__
+        return _module_objects.shared(cls, lambda: make(cls, _runtime.arena(), None, True))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.handle))
@@ -119,7 +121,8 @@ class Event(_engine.Event):
     __slots__ = ()
 
     def __new__(cls) -> Event:
-        return super().__new__(cls, _runtime.arena())
+        make = super().__new__
+        return _module_objects.shared(cls, lambda: make(cls, _runtime.arena()))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.handle))
@@ -145,7 +148,8 @@ class Semaphore(_engine.Semaphore):
     def __new__(cls, value: int = 1) -> Semaphore:
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
-        return super().__new__(cls, _runtime.arena(), value, False)
+        make = super().__new__
+        return _module_objects.shared(cls, lambda: make(cls, _runtime.arena(), value, False))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.handle))
@@ -167,7 +171,8 @@ class BoundedSemaphore(Semaphore):
     def __new__(cls, value: int = 1) -> BoundedSemaphore:
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
-        return _engine.Semaphore.__new__(cls, _runtime.arena(), value, True)
+        make = _engine.Semaphore.__new__
+        return _module_objects.shared(cls, lambda: make(cls, _runtime.arena(), value, True))
 
     def __repr__(self) -> str:
         return f"<{_name(self)} at {id(self):#x}: value={self._value}/{self._initial_value}>"
@@ -190,6 +195,7 @@ class Condition:
         elif not isinstance(lock, _engine.Lock):
             raise TypeError("gilfree.Condition needs a gilfree.Lock or gilfree.RLock")
         self._setup(lock, _engine.Condition(_runtime.arena()))
+        _module_objects.merge(self)
 
     def _setup(self, lock: _engine.Lock, word: _engine.Condition) -> None:
         self._lock = lock
@@ -273,6 +279,7 @@ class Barrier:
         if parties < 1:
             raise ValueError("parties must be >= 1")
         self._setup(_engine.Barrier(_runtime.arena(), parties), action, timeout)
+        _module_objects.merge(self)
 
     def _setup(
         self, raw: _engine.Barrier, action: Callable[[], Any] | None, timeout: float | None
@@ -369,6 +376,7 @@ class Value:
         initial = args[0] if args else fmt.unpack(bytes(fmt.size))[0]
         cell = _engine.Cell(_runtime.arena(), self._pack(fmt, initial))
         self._setup(code, cell, lock)
+        _module_objects.merge(self)
 
     def _setup(self, code: str, cell: _engine.Cell, lock: _engine.Lock | None) -> None:
         self._code = code
