@@ -22,10 +22,10 @@ pub fn template_serve(py: Python<'_>) -> Result<Option<Forked>, PyEngineError> {
             Ok(None) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        #[allow(unsafe_code)]
         // SAFETY: the template runs no threads of its own (it only imported modules and
         // waits here), and we hold the GIL; PyOS_BeforeFork / AfterFork_* are what `os.fork`
         // wraps around fork(2), so the interpreter's locks and fork hooks are handled.
-        #[allow(unsafe_code)]
         let forked = unsafe {
             pyo3::ffi::PyOS_BeforeFork();
             let forked = fork_sibling();

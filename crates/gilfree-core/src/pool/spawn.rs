@@ -94,23 +94,31 @@ impl Inheritable for crate::ipc::arena::Arena {
     }
 }
 
+/// What every process we start (a worker, or the template) begins with: `command`'s program
+/// with `args`, its environment and working directory, our pid for its orphan check
+/// ([`PARENT_PID_ENV`]), and stdin from `/dev/null`. The caller adds its fds and output.
+pub(crate) fn base_command(command: &WorkerCommand, args: &[OsString]) -> Command {
+    let mut cmd = Command::new(&command.program);
+    cmd.args(args)
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
+        .env(PARENT_PID_ENV, getpid().as_raw_nonzero().to_string())
+        .stdin(Stdio::null());
+    if let Some(cwd) = &command.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd
+}
+
 /// Steps 1–3: starts the process, without waiting for its handshake.
 pub(crate) fn spawn(
     command: &WorkerCommand,
     on_death: &Option<DeathHook>,
 ) -> Result<WorkerProcess, SpawnError> {
     let channel = Channel::create(command.ring_capacity)?;
-    let mut cmd = Command::new(&command.program);
-    cmd.args(&command.args)
-        .envs(command.env.iter().map(|(k, v)| (k, v)))
-        .env(CHANNEL_FDS_ENV, channel.child_fds().encode())
-        .env(PARENT_PID_ENV, getpid().as_raw_nonzero().to_string())
-        .stdin(Stdio::null())
+    let mut cmd = base_command(command, &command.args);
+    cmd.env(CHANNEL_FDS_ENV, channel.child_fds().encode())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(cwd) = &command.cwd {
-        cmd.current_dir(cwd);
-    }
     channel.set_inheritable(true)?;
     if let Err(e) = set_inheritable(&command.inherit_fds, true) {
         let _ = set_inheritable(&command.inherit_fds, false);

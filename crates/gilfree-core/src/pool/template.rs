@@ -41,17 +41,17 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::{fcntl_setfd, FdFlags};
 use rustix::process::{
-    getpid, getppid, pidfd_open, pidfd_send_signal, set_parent_process_death_signal, Pid,
-    PidfdFlags, Signal,
+    getppid, pidfd_open, pidfd_send_signal, set_parent_process_death_signal, Pid, PidfdFlags,
+    Signal,
 };
 
-use super::spawn::{WorkerCommand, HANDSHAKE_TIMEOUT, PARENT_PID_ENV};
+use super::spawn::{base_command, WorkerCommand, HANDSHAKE_TIMEOUT, PARENT_PID_ENV};
 use super::worker_main::ORPHAN_EXIT_CODE;
 
 /// Environment variable that carries the template's socket fd number.
@@ -327,17 +327,10 @@ impl Template {
     /// supervisor thread (the workers' parent-death signal is tied to it).
     pub(crate) fn start(command: &WorkerCommand, template: &TemplateCommand) -> io::Result<Self> {
         let (ours, theirs) = socket_pair()?;
-        let mut cmd = Command::new(&command.program);
-        cmd.args(&template.args)
-            .envs(command.env.iter().map(|(k, v)| (k, v)))
-            .env(TEMPLATE_FD_ENV, theirs.as_raw_fd().to_string())
-            .env(PARENT_PID_ENV, getpid().as_raw_nonzero().to_string())
-            .stdin(Stdio::null())
+        let mut cmd = base_command(command, &template.args);
+        cmd.env(TEMPLATE_FD_ENV, theirs.as_raw_fd().to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        if let Some(cwd) = &command.cwd {
-            cmd.current_dir(cwd);
-        }
         fcntl_setfd(&theirs, FdFlags::empty())?;
         let spawned = cmd.spawn();
         drop(theirs);
