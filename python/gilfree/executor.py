@@ -56,6 +56,15 @@ def _unpicklable(what: str, obj: Any, exc: BaseException) -> TypeError:
     return TypeError(f"{what} cannot be pickled: {_serialize.describe_failure(obj, exc)}")
 
 
+def _pool_size(max_workers: int | None) -> int:
+    """``max_workers`` checked, or one per CPU this process may use."""
+    if max_workers is None:
+        return _runtime.default_workers()
+    if max_workers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    return max_workers
+
+
 def _check_timeout(timeout: float | None) -> None:
     """Raises now what the engine would raise when the task is queued: the engine's one rule
     for its timeouts (``ValueError`` for a negative or NaN one; one beyond
@@ -683,10 +692,7 @@ class Pool(Executor):
         backend: str | None = None,
     ) -> None:
         max_memory = _memory_size(max_memory_per_worker)
-        if max_workers is None:
-            max_workers = _runtime.default_workers()
-        elif max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
+        max_workers = _pool_size(max_workers)
         if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
             raise ValueError("max_tasks_per_worker must be >= 1")
         if initializer is not None and not callable(initializer):
@@ -1060,9 +1066,7 @@ def _reusable_pool(workers: int | None) -> tuple[Pool, bool]:
     down).
     """
     global _default_pool, _default_engine, _default_users
-    want = _runtime.default_workers() if workers is None else workers
-    if want <= 0:
-        raise ValueError("max_workers must be greater than 0")
+    want = _pool_size(workers)
     with _default_lock:
         pool = _default_pool
         if pool is not None and (

@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
-from gilfree import _runtime
 from gilfree._backends import UnsupportedByBackend
 from gilfree.exceptions import BrokenPoolError, RemoteTraceback
 from gilfree.executor import Pool as _ProcessPool
-from gilfree.executor import _check_retries
+from gilfree.executor import _check_retries, _pool_size
 
 __all__ = ["NAME", "Pool", "WorkerRunner"]
 
@@ -277,10 +276,7 @@ class Pool(_ProcessPool):
             raise _unsupported(
                 "max_memory_per_worker", "threads share one process, so none can be replaced."
             )
-        if max_workers is None:
-            max_workers = _runtime.default_workers()
-        elif max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
+        max_workers = _pool_size(max_workers)
         if max_tasks_per_worker is not None:
             raise _unsupported(
                 "max_tasks_per_worker", "threads share one process, so replacing one frees nothing."
