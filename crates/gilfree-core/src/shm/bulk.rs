@@ -21,17 +21,21 @@
 //! | 8      | `id`            | `u64`           | the segment's identity, chosen by its owner    |
 //! | 16     | `capacity`      | `u64`           | data bytes                                     |
 //! | 24     | `generation`    | `u64`           | bumped by the owner at every refill            |
-//! | 32     | `pins`          | `u32`           | live receiver pins; bit 31: [`RECYCLING`]      |
+//! | 32     | `state`         | `u32`           | [`RECYCLING`] while the owner refills it       |
 //! | 36     | `tickets`       | `[u32; 32]`     | one word per blob in flight (below)            |
+//! | 168    | `holders`       | `[u64; 64]`     | `pid << 32 \| pins`: who pins it, how often    |
 //!
 //! A ticket word is `0` (free), `seq` (issued: a blob names it and nobody has loaded it yet;
-//! `0 < seq < 2^31`) or `seq | CLAIMED` (loaded at least once).
+//! `0 < seq < 2^31`) or `seq | CLAIMED` (loaded at least once). A holder entry with a zero
+//! count is free, whatever pid it last named.
 //!
 //! # Who writes what
 //! - `magic_version`, `id`, `capacity`: the owner, before the fd leaves the process.
-//! - `generation`, and data bytes while filling: the owner, only while it holds `RECYCLING`.
-//! - `pins`: receivers add and remove their own pin (CAS, never past `RECYCLING`); the owner
-//!   sets `RECYCLING` only by CAS from exactly `0` and clears it itself.
+//! - `state`, `generation`, and data bytes while filling: the owner only; `generation` and
+//!   the data only while `state` is `RECYCLING`.
+//! - A holder entry: the process it names (CAS its count up or down; CAS a free entry to
+//!   `me << 32 | 1`); the owner clears the entry of a process that is dead (`kill(pid, 0)`
+//!   fails with `ESRCH`), which cannot race with that process.
 //! - Ticket words: whoever sends a blob naming the segment issues one (CAS `0 → seq`) while it
 //!   keeps the segment alive (the owner; or a receiver re-sending what it maps, holding its
 //!   pin); the first receiver claims it (CAS `seq → seq | CLAIMED`); the issuer withdraws an
@@ -42,24 +46,26 @@
 //!
 //! # Protocol
 //! Filling (the owner, [`BulkPool::take`]): pick a segment of the right size class with no
-//! unclaimed ticket, CAS `pins` `0 → RECYCLING` (fails while any receiver pins it), check the
-//! tickets again (an issuer that let go of its pin after issuing shows here), bump
-//! `generation`, copy the bytes in. [`Fill::publish`] issues a ticket, then stores `pins = 0`
-//! (Release): the ticket now keeps the segment from being refilled.
+//! unclaimed ticket; store `state = RECYCLING`, `fence(SeqCst)`, read every holder entry
+//! (Acquire): a live holder with pins means busy (`state = 0`, try another); a dead one is
+//! cleared. Check the tickets again (an issuer that let go of its pin after issuing shows
+//! here), bump `generation`, copy the bytes in. [`Fill::publish`] issues a ticket, then stores
+//! `state = 0` (Release): the ticket now keeps the segment from being refilled.
 //!
 //! Loading (a receiver, [`attach`]):
-//! 1. Pin: CAS `pins` `p → p + 1`, refused while `RECYCLING` is set (the blob is stale).
-//! 2. Check `id` and `generation` (Acquire) against the [`BulkRef`]; on a mismatch unpin: stale.
+//! 1. Pin: add one to this process's holder entry (or take a free one), then `fence(SeqCst)`.
+//! 2. Check `state` (no `RECYCLING`), `id` and `generation` (Acquire) against the
+//!    [`BulkRef`]; otherwise unpin: the blob is stale.
 //! 3. Claim the ticket: CAS `seq → seq | CLAIMED` (AcqRel). Failing is fine (a second load of
 //!    the same blob): the pin of step 1 is what protects this load.
-//! 4. View the bytes. Dropping the [`Pinned`] removes the pin (Release).
+//! 4. View the bytes. Dropping the [`Pinned`] takes the pin back (Release).
 //!
-//! Why a view is never overwritten: the owner refills only after its CAS from `pins == 0`. A
-//! receiver pins (1) before it claims (3), so an owner that saw the claim (Acquire) also sees
-//! the pin and its CAS fails; an owner that did not see the claim sees an issued ticket and
-//! does not try. A receiver that pins after the owner's CAS sees `RECYCLING` and gives up; one
-//! that pins after the refill sees the new generation and gives up. Every path is in the loom
-//! models (`tests/loom_bulk.rs`).
+//! Why a view is never overwritten: pinning (store to a holder entry, fence, load `state`)
+//! and refilling (store `state`, fence, load the holders) are Dekker's pattern: the two
+//! `SeqCst` fences are ordered, so either the receiver sees `RECYCLING` and gives up, or the
+//! owner sees the pin and does not refill. A receiver that pins after a refill sees the new
+//! generation and gives up. A receiver pins (1) before it claims (3), so an owner that saw the
+//! claim also sees the pin. Every path is in the loom models (`tests/loom_bulk.rs`).
 //!
 //! # Size classes, retention, freeing
 //! A request of `n` bytes gets a segment whose capacity is `n` rounded up to a size class:
@@ -70,12 +76,16 @@
 //! its last view goes; a memfd lives in no filesystem, so nothing is ever left in `/dev/shm`.
 //!
 //! # Limits
-//! - A receiver that dies while pinning leaves its pin: the segment is never refilled, and is
-//!   freed with the pool. A blob that is never loaded leaves its ticket the same way unless its
-//!   issuer calls [`BulkPool::withdraw`].
+//! - A receiver that dies while pinning leaves its entry; the owner clears it once the process
+//!   is gone (reaped), at the next refill attempt. A pid reused by then keeps the segment busy
+//!   (never the wrong way round: a live pid is never cleared). At most [`HOLDERS`] processes
+//!   can pin one segment at once; a further load is refused as stale.
+//! - A blob that is never loaded keeps its ticket (and so its segment) until its issuer calls
+//!   [`BulkPool::withdraw`], or the pool is dropped.
 //! - At most [`TICKETS`] blobs per segment can be in flight at once; [`BulkPool::resend`] then
 //!   returns `None` and the caller copies into another segment.
 
+pub mod hub;
 pub mod local;
 #[cfg(all(test, not(loom)))]
 pub(crate) mod tests;
@@ -85,7 +95,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use super::segment::Segment;
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// `"GFBK"`: marks a bulk segment header.
 pub const BULK_MAGIC: u32 = u32::from_be_bytes(*b"GFBK");
@@ -98,8 +108,14 @@ pub const TICKETS: usize = 32;
 /// Ticket words per segment (fewer under loom, which explores every load of every word).
 #[cfg(loom)]
 pub const TICKETS: usize = 3;
-/// `pins` bit: the owner is refilling the segment; no receiver may pin it.
+/// `state` bit: the owner is refilling the segment; no receiver may pin it.
 pub const RECYCLING: u32 = 1 << 31;
+/// Holder entries per segment: processes that may pin one segment at once.
+#[cfg(not(loom))]
+pub const HOLDERS: usize = 64;
+/// Holder entries per segment (fewer under loom).
+#[cfg(loom)]
+pub const HOLDERS: usize = 2;
 /// Ticket word bit: the ticket was claimed by a receiver.
 pub const CLAIMED: u32 = 1 << 31;
 /// Where the data bytes start in a shared segment (one page).
@@ -112,12 +128,40 @@ pub struct BulkHeader {
     id: AtomicU64,
     capacity: AtomicU64,
     generation: AtomicU64,
-    pins: AtomicU32,
+    state: AtomicU32,
     tickets: [AtomicU32; TICKETS],
+    holders: [AtomicU64; HOLDERS],
 }
 
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<BulkHeader>() <= DATA_OFFSET);
+
+const fn holder_pid(w: u64) -> u32 {
+    (w >> 32) as u32
+}
+
+const fn holder_count(w: u64) -> u32 {
+    w as u32
+}
+
+/// Whether process `pid` may still hold a pin (alive, or a zombie not yet reaped).
+fn alive(pid: u32) -> bool {
+    #[cfg(loom)]
+    {
+        let _ = pid;
+        true
+    }
+    #[cfg(not(loom))]
+    {
+        let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+            return false;
+        };
+        !matches!(
+            rustix::process::test_kill_process(p),
+            Err(rustix::io::Errno::SRCH)
+        )
+    }
+}
 
 impl BulkHeader {
     /// A fresh header: generation 1, no pins, no tickets.
@@ -127,8 +171,9 @@ impl BulkHeader {
             id: AtomicU64::new(id),
             capacity: AtomicU64::new(capacity as u64),
             generation: AtomicU64::new(1),
-            pins: AtomicU32::new(0),
+            state: AtomicU32::new(0),
             tickets: std::array::from_fn(|_| AtomicU32::new(0)),
+            holders: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -142,9 +187,22 @@ impl BulkHeader {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Receivers' pins now (without the `RECYCLING` bit), for tests and statistics.
+    /// Receivers' pins now, over all processes, for tests and statistics.
     pub fn pins(&self) -> u32 {
-        self.pins.load(Ordering::Acquire) & !RECYCLING
+        self.holders
+            .iter()
+            .map(|h| holder_count(h.load(Ordering::Acquire)))
+            .sum()
+    }
+
+    /// Pins held by processes that may still be alive.
+    pub fn live_pins(&self) -> u32 {
+        self.holders
+            .iter()
+            .map(|h| h.load(Ordering::Acquire))
+            .filter(|&w| holder_count(w) > 0 && alive(holder_pid(w)))
+            .map(holder_count)
+            .sum()
     }
 
     /// Issued tickets not yet claimed.
@@ -182,52 +240,85 @@ impl BulkHeader {
         }
     }
 
-    /// Takes `RECYCLING` if nobody pins the segment and no ticket is unclaimed.
+    /// Takes `RECYCLING` if no live process pins the segment and no ticket is unclaimed
+    /// (owner only). A dead process's pins are cleared on the way.
     fn try_recycle(&self) -> bool {
         self.clear_claimed();
         if self.unclaimed() != 0 {
             return false;
         }
-        if self
-            .pins
-            .compare_exchange(0, RECYCLING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
+        self.state.store(RECYCLING, Ordering::Relaxed);
+        // Dekker with `pin`: either it sees RECYCLING, or we see its holder entry.
+        fence(Ordering::SeqCst);
+        for h in &self.holders {
+            let w = h.load(Ordering::Acquire);
+            if holder_count(w) == 0 {
+                continue;
+            }
+            if alive(holder_pid(w)) {
+                self.state.store(0, Ordering::Release);
+                return false;
+            }
+            // A dead process's views are gone with it; its CAS cannot race (it is dead).
+            let _ = h.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
         // An issuer that issued while pinning and has let go since shows here (its unpin is
-        // ordered after its issue, and our CAS read that unpin).
+        // ordered after its issue, and we read that unpin).
         if self.unclaimed() != 0 {
-            self.pins.store(0, Ordering::Release);
+            self.state.store(0, Ordering::Release);
             return false;
         }
         true
     }
 
-    /// Pins for a load of generation `generation`: step 1 and 2 of loading.
-    fn pin(&self, id: u64, generation: u64) -> Result<(), Stale> {
-        let mut p = self.pins.load(Ordering::Relaxed);
-        loop {
-            if p & RECYCLING != 0 || p == RECYCLING - 1 {
-                return Err(Stale);
+    /// Pins for a load of generation `generation` (steps 1 and 2 of loading); returns the
+    /// holder entry used.
+    fn pin(&self, id: u64, generation: u64) -> Result<usize, Stale> {
+        let me = std::process::id();
+        let slot = 'found: loop {
+            // This process's own entry first; only its threads change it while it lives.
+            for (i, h) in self.holders.iter().enumerate() {
+                let w = h.load(Ordering::Acquire);
+                if holder_pid(w) == me && holder_count(w) > 0 && holder_count(w) < u32::MAX {
+                    if h.compare_exchange(w, w + 1, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        break 'found i;
+                    }
+                    continue 'found;
+                }
             }
-            match self
-                .pins
-                .compare_exchange_weak(p, p + 1, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(now) => p = now,
+            // Else a free entry (count 0, whatever pid it last had).
+            let mut any = false;
+            for (i, h) in self.holders.iter().enumerate() {
+                let w = h.load(Ordering::Acquire);
+                if holder_count(w) == 0 {
+                    any = true;
+                    let mine = (u64::from(me) << 32) | 1;
+                    if h.compare_exchange(w, mine, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        break 'found i;
+                    }
+                }
             }
-        }
-        if self.id() != id || self.generation() != generation {
-            self.unpin();
+            if !any {
+                return Err(Stale); // HOLDERS processes map it at once: refuse, never corrupt
+            }
+        };
+        fence(Ordering::SeqCst);
+        if self.state.load(Ordering::Relaxed) & RECYCLING != 0
+            || self.id() != id
+            || self.generation() != generation
+        {
+            self.unpin(slot);
             return Err(Stale);
         }
-        Ok(())
+        Ok(slot)
     }
 
-    fn unpin(&self) {
-        self.pins.fetch_sub(1, Ordering::Release);
+    fn unpin(&self, slot: usize) {
+        self.holders[slot].fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -324,18 +415,30 @@ impl std::error::Error for Stale {}
 pub struct Pinned<S: BulkStorage> {
     storage: Arc<S>,
     generation: u64,
+    holder: usize,
 }
 
 /// Loads `r` from `storage` (steps 1-3 of loading): pins, checks, claims the ticket.
 pub fn attach<S: BulkStorage>(storage: Arc<S>, r: &BulkRef) -> Result<Pinned<S>, Stale> {
+    attach_with(storage, r, true)
+}
+
+/// [`attach`], claiming the ticket only if `claim`: a process loading a blob it made itself
+/// (a trial load) must leave the ticket for the real receiver.
+pub fn attach_with<S: BulkStorage>(
+    storage: Arc<S>,
+    r: &BulkRef,
+    claim: bool,
+) -> Result<Pinned<S>, Stale> {
     let h = storage.header();
-    h.pin(r.id, r.generation)?;
-    if let Some(word) = h.tickets.get(r.slot as usize) {
+    let holder = h.pin(r.id, r.generation)?;
+    if let Some(word) = h.tickets.get(r.slot as usize).filter(|_| claim) {
         let _ = word.compare_exchange(r.seq, r.seq | CLAIMED, Ordering::AcqRel, Ordering::Relaxed);
     }
     Ok(Pinned {
         storage,
         generation: r.generation,
+        holder,
     })
 }
 
@@ -368,6 +471,11 @@ impl<S: BulkStorage> Pinned<S> {
         })
     }
 
+    /// The generation this pin protects.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether the ticket `r` issued by [`resend`](Pinned::resend) no longer needs this pin.
     pub fn settled(&self, r: &BulkRef) -> bool {
         self.storage.header().tickets[r.slot as usize].load(Ordering::Acquire) != r.seq
@@ -376,7 +484,7 @@ impl<S: BulkStorage> Pinned<S> {
 
 impl<S: BulkStorage> Drop for Pinned<S> {
     fn drop(&mut self) {
-        self.storage.header().unpin();
+        self.storage.header().unpin(self.holder);
     }
 }
 
@@ -442,7 +550,7 @@ impl<S: BulkStorage> Fill<'_, S> {
             slot,
             seq,
         };
-        h.pins.store(0, Ordering::Release);
+        h.state.store(0, Ordering::Release);
         self.published = true;
         r
     }
@@ -451,7 +559,7 @@ impl<S: BulkStorage> Fill<'_, S> {
 impl<S: BulkStorage> Drop for Fill<'_, S> {
     fn drop(&mut self) {
         if !self.published {
-            self.storage.header().pins.store(0, Ordering::Release);
+            self.storage.header().state.store(0, Ordering::Release);
         }
     }
 }
@@ -468,7 +576,7 @@ pub struct BulkStats {
     pub segments: usize,
     /// Their data bytes.
     pub bytes: usize,
-    /// Those no receiver pins and no ticket holds.
+    /// Those no live process pins and no ticket holds.
     pub free: usize,
     /// Unclaimed tickets over all segments.
     pub unclaimed: usize,
@@ -541,7 +649,7 @@ impl<F: BulkFactory> BulkPool<F> {
     fn is_free(&self, s: &Owned<F::Storage>) -> bool {
         let h = s.storage.header();
         h.clear_claimed();
-        h.pins.load(Ordering::Acquire) == 0 && h.unclaimed() == 0
+        h.live_pins() == 0 && h.unclaimed() == 0
     }
 
     /// Issues another ticket on an owned segment, to send what it holds again by reference.
@@ -575,6 +683,18 @@ impl<F: BulkFactory> BulkPool<F> {
         let word = &s.storage.header().tickets[r.slot as usize % TICKETS];
         word.compare_exchange(r.seq, 0, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
+    }
+
+    /// Every owned segment, least recently used first.
+    pub fn segments(&self) -> impl Iterator<Item = &Arc<F::Storage>> {
+        self.segments.iter().map(|s| &s.storage)
+    }
+
+    /// Whether the owned segment `s` is busy (pinned by a live process or named by an unclaimed
+    /// ticket): what a peer may still need to map.
+    pub fn busy(s: &F::Storage) -> bool {
+        let h = s.header();
+        h.live_pins() != 0 || h.unclaimed() != 0
     }
 
     /// The owned segment `id`.

@@ -105,6 +105,22 @@ pub fn send_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io
 /// one arrives. `Ok(None)` at end of stream (the peer closed its end). A truncated message or
 /// fd list is an error (the fds that came are closed).
 pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    recv_fds_flags(sock, buf, 0)
+}
+
+/// [`recv_fds`] that never blocks: `WouldBlock` when no message is waiting.
+pub fn try_recv_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    recv_fds_flags(sock, buf, libc::MSG_DONTWAIT)
+}
+
+fn recv_fds_flags(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
     // SAFETY: CMSG_SPACE only computes a size.
     let space =
         unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
@@ -121,7 +137,8 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usiz
     msg.msg_controllen = space as _;
     let n = loop {
         // SAFETY: `msg` points at `iov` (over `buf`) and `control`, alive for the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let n =
+            unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
         if n >= 0 {
             break n as usize;
         }
@@ -190,6 +207,8 @@ mod tests {
         let mut small = [0u8; 4];
         let err = recv_fds(b.as_fd(), &mut small).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let err = try_recv_fds(b.as_fd(), &mut small).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         drop(a);
         assert!(recv_fds(b.as_fd(), &mut small).unwrap().is_none());
     }

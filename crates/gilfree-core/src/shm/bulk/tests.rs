@@ -169,6 +169,26 @@ conformance! {
         assert_eq!(st.free, 2);
     }
 
+    a_dead_holders_pins_are_cleared_a_live_ones_kept(factory) {
+        let mut pool = BulkPool::new(factory, 0, 4);
+        let (r, s) = fill(&mut pool, &[1; 10]);
+        drop(attach(s.clone(), &r).unwrap());
+        let dead = dead_pid();
+        s.header().holders[3].store((u64::from(dead) << 32) | 2, Ordering::Release);
+        assert_eq!(s.header().pins(), 2);
+        // Its process is gone: the refill clears its entry and reuses the segment.
+        let (r2, _) = fill(&mut pool, &[2; 10]);
+        assert_eq!(r2.id, r.id);
+        assert_eq!(s.header().pins(), 0);
+        drop(attach(s.clone(), &r2).unwrap());
+        // A live process's pin (our parent's pid stands in) keeps it.
+        let live = rustix::process::getppid().unwrap().as_raw_nonzero().get() as u32;
+        s.header().holders[5].store((u64::from(live) << 32) | 1, Ordering::Release);
+        let (r3, _) = fill(&mut pool, &[3; 10]);
+        assert_ne!(r3.id, r.id);
+        assert_eq!(s.header().pins(), 1);
+    }
+
     a_dropped_fill_frees_the_segment(factory) {
         let mut pool = BulkPool::new(factory, 0, 4);
         drop(pool.take(100).unwrap());
@@ -230,4 +250,12 @@ fn a_segment_crosses_a_socket_and_shares_bytes() {
         ShmBulk::open(dup, Some(got.id + 1)).err().unwrap().kind(),
         io::ErrorKind::InvalidData
     );
+}
+
+/// The pid of a process that existed and is gone (reaped).
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
 }
