@@ -4,6 +4,7 @@ from collections.abc import Callable, Sequence
 from typing import Self, final
 
 __all__ = [
+    "BULK_MAGIC",
     "CANCEL_CANCELLED",
     "CANCEL_KILLED",
     "CANCEL_NOT_FOUND",
@@ -17,6 +18,7 @@ __all__ = [
     "Arena",
     "Barrier",
     "Blob",
+    "BulkView",
     "Cell",
     "Condition",
     "Endpoint",
@@ -27,6 +29,12 @@ __all__ = [
     "Queue",
     "Semaphore",
     "TaskPool",
+    "bulk_discard",
+    "bulk_is_shared",
+    "bulk_pack",
+    "bulk_shared",
+    "bulk_stats",
+    "bulk_unpack",
     "check_timeout",
     "template_serve",
 ]
@@ -49,6 +57,29 @@ def check_timeout(timeout: float | None) -> None:
     """Raises ``ValueError`` for a timeout the engine rejects (negative or NaN)."""
 
 def template_serve() -> tuple[str, list[tuple[str, str]]] | None: ...
+
+# Bulk buffers (shared segments for pickle's out-of-band buffers; see gilfree._oob).
+BULK_MAGIC: bytes
+
+@final
+class BulkView:
+    """Writable bytes in a shared segment, kept mapped while this object or a buffer of it
+    lives."""
+
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    @property
+    def address(self) -> int: ...
+    @property
+    def segment(self) -> int: ...
+
+def bulk_is_shared(buffer: object) -> bool: ...
+def bulk_pack(buffers: Sequence[object], stream: object) -> bytes: ...
+def bulk_unpack(blob: object) -> tuple[list[BulkView], int] | None: ...
+def bulk_discard(blob: bytes) -> None: ...
+def bulk_shared(nbytes: int) -> BulkView: ...
+def bulk_stats() -> dict[str, int]: ...
 
 @final
 class Engine:

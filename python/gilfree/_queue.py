@@ -74,7 +74,9 @@ class Queue(_engine.Queue):
         Raises:
             queue.Full: No room (``block`` false, or the timeout passed).
         """
-        if not self._put(_serialize.dumps(item), block, timeout):
+        # In-band: a queue item does not travel over a channel, which is how shared segments
+        # reach another process (see _oob).
+        if not self._put(_serialize.dumps(item, inband=True), block, timeout):
             raise queue.Full
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:

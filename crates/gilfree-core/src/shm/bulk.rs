@@ -21,7 +21,7 @@
 //! | 8      | `id`            | `u64`           | the segment's identity, chosen by its owner    |
 //! | 16     | `capacity`      | `u64`           | data bytes                                     |
 //! | 24     | `generation`    | `u64`           | bumped by the owner at every refill            |
-//! | 32     | `state`         | `u32`           | [`RECYCLING`] while the owner refills it       |
+//! | 32     | `state`         | `u32`           | pins; bit 31 [`RECYCLING`], bit 30 [`RETIRED`] |
 //! | 36     | `tickets`       | `[u32; 32]`     | one word per blob in flight (below)            |
 //! | 168    | `holders`       | `[u64; 64]`     | `pid << 32 \| pins`: who pins it, how often    |
 //!
@@ -31,11 +31,15 @@
 //!
 //! # Who writes what
 //! - `magic_version`, `id`, `capacity`: the owner, before the fd leaves the process.
-//! - `state`, `generation`, and data bytes while filling: the owner only; `generation` and
-//!   the data only while `state` is `RECYCLING`.
-//! - A holder entry: the process it names (CAS its count up or down; CAS a free entry to
-//!   `me << 32 | 1`); the owner clears the entry of a process that is dead (`kill(pid, 0)`
-//!   fails with `ESRCH`), which cannot race with that process.
+//! - `state`: receivers add and remove their own pins (CAS, never while `RECYCLING` is set);
+//!   the owner sets `RECYCLING` only by CAS from exactly `0`, clears it itself, and takes
+//!   back a dead process's pins; it sets `RETIRED` when it frees the segment (receivers then
+//!   drop the fd or mapping they keep of it, and later loads are stale). `generation` and the data while filling: the owner only,
+//!   while it holds `RECYCLING`.
+//! - A holder entry (bookkeeping for crashes only): the process it names (its count up after
+//!   its `state` pin, down before its `state` unpin; CAS a free entry to `me << 32 | 1`); the
+//!   owner clears the entry of a process that is dead (`kill(pid, 0)` fails with `ESRCH`),
+//!   which cannot race with that process, and subtracts its count from `state`.
 //! - Ticket words: whoever sends a blob naming the segment issues one (CAS `0 → seq`) while it
 //!   keeps the segment alive (the owner; or a receiver re-sending what it maps, holding its
 //!   pin); the first receiver claims it (CAS `seq → seq | CLAIMED`); the issuer withdraws an
@@ -46,25 +50,24 @@
 //!
 //! # Protocol
 //! Filling (the owner, [`BulkPool::take`]): pick a segment of the right size class with no
-//! unclaimed ticket; store `state = RECYCLING`, `fence(SeqCst)`, read every holder entry
-//! (Acquire): a live holder with pins means busy (`state = 0`, try another); a dead one is
-//! cleared. Check the tickets again (an issuer that let go of its pin after issuing shows
-//! here), bump `generation`, copy the bytes in. [`Fill::publish`] issues a ticket, then stores
+//! unclaimed ticket; take back the pins of dead holders; CAS `state` `0 → RECYCLING` (fails
+//! while any process pins it). Check the tickets again (an issuer that let go of its pin
+//! after issuing shows here), bump `generation`, copy the bytes in. [`Fill::publish`] issues a ticket, then stores
 //! `state = 0` (Release): the ticket now keeps the segment from being refilled.
 //!
 //! Loading (a receiver, [`attach`]):
-//! 1. Pin: add one to this process's holder entry (or take a free one), then `fence(SeqCst)`.
-//! 2. Check `state` (no `RECYCLING`), `id` and `generation` (Acquire) against the
-//!    [`BulkRef`]; otherwise unpin: the blob is stale.
+//! 1. Pin: CAS `state` `p → p + 1`, refused while `RECYCLING` is set (the blob is stale);
+//!    then add one to this process's holder entry (or take a free one).
+//! 2. Check `id` and `generation` (Acquire) against the [`BulkRef`]; on a mismatch unpin:
+//!    the blob is stale.
 //! 3. Claim the ticket: CAS `seq → seq | CLAIMED` (AcqRel). Failing is fine (a second load of
 //!    the same blob): the pin of step 1 is what protects this load.
 //! 4. View the bytes. Dropping the [`Pinned`] takes the pin back (Release).
 //!
-//! Why a view is never overwritten: pinning (store to a holder entry, fence, load `state`)
-//! and refilling (store `state`, fence, load the holders) are Dekker's pattern: the two
-//! `SeqCst` fences are ordered, so either the receiver sees `RECYCLING` and gives up, or the
-//! owner sees the pin and does not refill. A receiver that pins after a refill sees the new
-//! generation and gives up. A receiver pins (1) before it claims (3), so an owner that saw the
+//! Why a view is never overwritten: pins and `RECYCLING` live in one word, changed only by
+//! read-modify-writes, so either the receiver's pin comes first (and the owner's CAS from 0
+//! fails) or the owner's does (and the receiver sees `RECYCLING` and gives up). A receiver
+//! that pins after a refill sees the new generation and gives up. A receiver pins (1) before it claims (3), so an owner that saw the
 //! claim also sees the pin. Every path is in the loom models (`tests/loom_bulk.rs`).
 //!
 //! # Size classes, retention, freeing
@@ -76,10 +79,12 @@
 //! its last view goes; a memfd lives in no filesystem, so nothing is ever left in `/dev/shm`.
 //!
 //! # Limits
-//! - A receiver that dies while pinning leaves its entry; the owner clears it once the process
-//!   is gone (reaped), at the next refill attempt. A pid reused by then keeps the segment busy
-//!   (never the wrong way round: a live pid is never cleared). At most [`HOLDERS`] processes
-//!   can pin one segment at once; a further load is refused as stale.
+//! - A receiver that dies while pinning leaves its entry; the owner takes its pins back once
+//!   the process is gone (reaped), at the next refill attempt. A pid reused by then keeps the
+//!   segment busy (never the wrong way round: a live pid is never cleared). A process that
+//!   dies between its `state` pin and its entry update (or with no entry free: more than
+//!   [`HOLDERS`] processes at once) leaves one pin for good: that segment is freed with the
+//!   pool, never refilled.
 //! - A blob that is never loaded keeps its ticket (and so its segment) until its issuer calls
 //!   [`BulkPool::withdraw`], or the pool is dropped.
 //! - At most [`TICKETS`] blobs per segment can be in flight at once; [`BulkPool::resend`] then
@@ -95,7 +100,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use super::segment::Segment;
-use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// `"GFBK"`: marks a bulk segment header.
 pub const BULK_MAGIC: u32 = u32::from_be_bytes(*b"GFBK");
@@ -110,6 +115,10 @@ pub const TICKETS: usize = 32;
 pub const TICKETS: usize = 3;
 /// `state` bit: the owner is refilling the segment; no receiver may pin it.
 pub const RECYCLING: u32 = 1 << 31;
+/// `state` bit: the owner let go of the segment for good; receivers drop what they keep of it
+/// and new loads are stale.
+pub const RETIRED: u32 = 1 << 30;
+const FLAGS: u32 = RECYCLING | RETIRED;
 /// Holder entries per segment: processes that may pin one segment at once.
 #[cfg(not(loom))]
 pub const HOLDERS: usize = 64;
@@ -189,20 +198,24 @@ impl BulkHeader {
 
     /// Receivers' pins now, over all processes, for tests and statistics.
     pub fn pins(&self) -> u32 {
-        self.holders
-            .iter()
-            .map(|h| holder_count(h.load(Ordering::Acquire)))
-            .sum()
+        self.state.load(Ordering::Acquire) & !FLAGS
+    }
+
+    /// Whether the owner let go of the segment for good.
+    pub fn retired(&self) -> bool {
+        self.state.load(Ordering::Acquire) & RETIRED != 0
     }
 
     /// Pins held by processes that may still be alive.
     pub fn live_pins(&self) -> u32 {
-        self.holders
+        let dead: u32 = self
+            .holders
             .iter()
             .map(|h| h.load(Ordering::Acquire))
-            .filter(|&w| holder_count(w) > 0 && alive(holder_pid(w)))
+            .filter(|&w| holder_count(w) > 0 && !alive(holder_pid(w)))
             .map(holder_count)
-            .sum()
+            .sum();
+        self.pins().saturating_sub(dead)
     }
 
     /// Issued tickets not yet claimed.
@@ -241,29 +254,32 @@ impl BulkHeader {
     }
 
     /// Takes `RECYCLING` if no live process pins the segment and no ticket is unclaimed
-    /// (owner only). A dead process's pins are cleared on the way.
+    /// (owner only). A dead process's pins are taken back on the way.
     fn try_recycle(&self) -> bool {
         self.clear_claimed();
         if self.unclaimed() != 0 {
             return false;
         }
-        self.state.store(RECYCLING, Ordering::Relaxed);
-        // Dekker with `pin`: either it sees RECYCLING, or we see its holder entry.
-        fence(Ordering::SeqCst);
         for h in &self.holders {
             let w = h.load(Ordering::Acquire);
-            if holder_count(w) == 0 {
-                continue;
+            if holder_count(w) > 0
+                && !alive(holder_pid(w))
+                && h.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                // Its views died with it; it cannot race (it is dead).
+                self.state.fetch_sub(holder_count(w), Ordering::AcqRel);
             }
-            if alive(holder_pid(w)) {
-                self.state.store(0, Ordering::Release);
-                return false;
-            }
-            // A dead process's views are gone with it; its CAS cannot race (it is dead).
-            let _ = h.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        if self
+            .state
+            .compare_exchange(0, RECYCLING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
         }
         // An issuer that issued while pinning and has let go since shows here (its unpin is
-        // ordered after its issue, and we read that unpin).
+        // ordered after its issue, and our CAS read that unpin).
         if self.unclaimed() != 0 {
             self.state.store(0, Ordering::Release);
             return false;
@@ -272,23 +288,47 @@ impl BulkHeader {
     }
 
     /// Pins for a load of generation `generation` (steps 1 and 2 of loading); returns the
-    /// holder entry used.
+    /// holder entry used ([`NO_ENTRY`] if every entry is taken).
     fn pin(&self, id: u64, generation: u64) -> Result<usize, Stale> {
+        let mut p = self.state.load(Ordering::Relaxed);
+        loop {
+            if p & FLAGS != 0 || p == RETIRED - 1 {
+                return Err(Stale);
+            }
+            match self
+                .state
+                .compare_exchange_weak(p, p + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => p = now,
+            }
+        }
+        let slot = self.record_holder();
+        if self.id() != id || self.generation() != generation {
+            self.unpin(slot);
+            return Err(Stale);
+        }
+        Ok(slot)
+    }
+
+    /// Adds one to this process's holder entry (or takes a free one); [`NO_ENTRY`] if none is
+    /// free (the pin then counts, but a crash of this process would leave it).
+    fn record_holder(&self) -> usize {
         let me = std::process::id();
-        let slot = 'found: loop {
+        'retry: loop {
             // This process's own entry first; only its threads change it while it lives.
             for (i, h) in self.holders.iter().enumerate() {
                 let w = h.load(Ordering::Acquire);
-                if holder_pid(w) == me && holder_count(w) > 0 && holder_count(w) < u32::MAX {
+                if holder_pid(w) == me && holder_count(w) > 0 {
                     if h.compare_exchange(w, w + 1, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
                     {
-                        break 'found i;
+                        return i;
                     }
-                    continue 'found;
+                    continue 'retry;
                 }
             }
-            // Else a free entry (count 0, whatever pid it last had).
+            // Else a free entry (count 0, whatever pid it last named).
             let mut any = false;
             for (i, h) in self.holders.iter().enumerate() {
                 let w = h.load(Ordering::Acquire);
@@ -298,29 +338,26 @@ impl BulkHeader {
                     if h.compare_exchange(w, mine, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
                     {
-                        break 'found i;
+                        return i;
                     }
                 }
             }
             if !any {
-                return Err(Stale); // HOLDERS processes map it at once: refuse, never corrupt
+                return NO_ENTRY;
             }
-        };
-        fence(Ordering::SeqCst);
-        if self.state.load(Ordering::Relaxed) & RECYCLING != 0
-            || self.id() != id
-            || self.generation() != generation
-        {
-            self.unpin(slot);
-            return Err(Stale);
         }
-        Ok(slot)
     }
 
     fn unpin(&self, slot: usize) {
-        self.holders[slot].fetch_sub(1, Ordering::Release);
+        if slot != NO_ENTRY {
+            self.holders[slot].fetch_sub(1, Ordering::AcqRel);
+        }
+        self.state.fetch_sub(1, Ordering::Release);
     }
 }
+
+/// [`BulkHeader::pin`]'s answer when no holder entry was free.
+const NO_ENTRY: usize = usize::MAX;
 
 /// Where a bulk segment's header and data bytes live.
 ///
@@ -633,6 +670,11 @@ impl<F: BulkFactory> BulkPool<F> {
         })
     }
 
+    /// Frees every free segment (busy ones stay until their pins and tickets go).
+    pub fn release_free(&mut self) {
+        self.trim(0, false);
+    }
+
     /// Frees free segments beyond `keep`, least recently used first (never the last one when
     /// `skip_last`: it is being filled).
     fn trim(&mut self, keep: usize, skip_last: bool) {
@@ -642,7 +684,8 @@ impl<F: BulkFactory> BulkPool<F> {
             .collect();
         let excess = free.len().saturating_sub(keep);
         for &i in free[..excess].iter().rev() {
-            self.segments.remove(i);
+            let s = self.segments.remove(i);
+            s.storage.header().state.fetch_or(RETIRED, Ordering::AcqRel);
         }
     }
 
@@ -798,7 +841,7 @@ unsafe impl BulkStorage for ShmBulk {
     }
 }
 
-/// Makes [`ShmBulk`] segments.
+/// Makes [`ShmBulk`] segments (memfds named `gilfree-bulk`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShmFactory;
 
@@ -806,7 +849,14 @@ impl BulkFactory for ShmFactory {
     type Storage = ShmBulk;
 
     fn create(&self, id: u64, capacity: usize) -> io::Result<ShmBulk> {
-        let seg = Segment::create(DATA_OFFSET + capacity)?;
+        ShmBulk::create(id, capacity, "gilfree-bulk")
+    }
+}
+
+impl ShmBulk {
+    /// A new segment with header `BulkHeader::new(id, capacity)`, its memfd named `name`.
+    pub fn create(id: u64, capacity: usize, name: &str) -> io::Result<ShmBulk> {
+        let seg = Segment::create_named(DATA_OFFSET + capacity, name)?;
         // SAFETY: the mapping is fresh, page aligned, at least DATA_OFFSET bytes, and no other
         // process or thread has it yet, so writing the header in place races with nothing.
         unsafe {

@@ -574,6 +574,7 @@ impl Channel {
 
 impl Drop for Channel {
     fn drop(&mut self) {
+        hub::channel_closing(&self.sock);
         let ((out, out_bells), (inc, in_bells)) = self.ends();
         out.close_producer(out_bells.data);
         inc.close_consumer(in_bells.space);

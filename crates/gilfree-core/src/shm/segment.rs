@@ -58,13 +58,19 @@ impl Segment {
     /// Creates a zero-filled segment of `len` bytes (`len > 0`), with a close-on-exec fd, and
     /// touches every page so that later first accesses are cheap.
     pub fn create(len: usize) -> io::Result<Segment> {
+        Self::create_named(len, "gilfree")
+    }
+
+    /// [`create`](Segment::create) with the memfd named `name` (shown as `/memfd:<name>` in
+    /// `/proc/<pid>/fd`, for diagnostics and leak checks).
+    pub fn create_named(len: usize, name: &str) -> io::Result<Segment> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "empty shared segment",
             ));
         }
-        let fd = memfd_create("gilfree", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        let fd = memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         ftruncate(&fd, len as u64)?;
         seal_size(&fd)?;
         let seg = Self::map(fd, len, MapFlags::SHARED)?;

@@ -24,14 +24,15 @@
 //! which is small. The check costs one atomic load when nothing new was issued.
 //!
 //! The receiver reads its sockets lazily: [`unpack`] looks an id up among the segments it
-//! maps, then among fds received and not yet mapped (at most [`MAX_PENDING`], oldest closed
-//! first), and only on a miss drains every registered socket without blocking. The push
+//! keeps (at most [`MAX_KNOWN`], oldest let go first, and any its owner retired), and only
+//! on a miss drains every registered socket without blocking. The push
 //! happened before the message was sent, so the fd is already there; a miss after the drain
 //! is a stale blob ([`Stale`]).
 //!
 //! # Retention
 //! A mapping of another process's segment lives exactly as long as the views of it
-//! ([`View`]); its pin with it. Fds received and never mapped are capped. Own segments are the
+//! ([`View`]); its pin with it. Besides, at most [`MAX_KNOWN`] received segments stay mapped
+//! (unpinned) for later blobs, until their owner retires them. Own segments are the
 //! [`BulkPool`]'s (at most [`MAX_FREE`] free ones kept); a [`shared`] segment (a
 //! `SharedArray`) lives while some handle of it does. Segments re-sent by reference from a
 //! mapping keep that mapping (and its pin) until their ticket is claimed.
@@ -50,8 +51,16 @@ use crate::sync::{GlobalMutex, Ordering};
 pub const ENVELOPE_MAGIC: &[u8; 4] = b"GFB1";
 /// Free own segments kept for reuse.
 pub const MAX_FREE: usize = 4;
-/// Received fds kept while not mapped.
-pub const MAX_PENDING: usize = 16;
+/// Unclaimed tickets on own segments kept beyond this many are withdrawn, oldest first (a
+/// blob that is never loaded elsewhere, say one loaded only in this process, must not keep
+/// its segment forever). Large: a Pool's queued tasks hold their tickets until they are sent,
+/// and a withdrawn ticket makes its blob stale once the segment is refilled.
+pub const MAX_UNCLAIMED: usize = 1024;
+/// Idle segments of other processes kept mapped after their last view went (so a later blob
+/// naming one finds it without a new push), least recently received first out; one whose
+/// owner retired it goes at once. Busy ones (pinned, or named by a blob in flight) are kept
+/// beyond this.
+pub const MAX_KNOWN: usize = 16;
 /// Buffers are placed at offsets that are multiples of this in a fresh segment.
 const ALIGN: usize = 64;
 
@@ -122,8 +131,13 @@ struct Hub {
     forwards: Vec<(Arc<Pinned<ShmBulk>>, BulkRef)>,
     /// id -> the latest ticket seq issued here naming it: what [`push`] offers.
     issued: HashMap<u64, u32>,
-    /// Fds pushed by peers, not mapped yet.
-    pending: VecDeque<(u64, OwnedFd)>,
+    /// Tickets issued here and not settled, `(id, slot) -> seq`: a load of one of them in
+    /// this process (a trial load of its own blob) must not claim it.
+    mine: HashMap<(u64, u32), u32>,
+    /// Own tickets in the order they were issued (for [`MAX_UNCLAIMED`]).
+    order: VecDeque<BulkRef>,
+    /// Segments pushed by peers (mapped), most recent last, at most [`MAX_KNOWN`].
+    known: VecDeque<(u64, Arc<ShmBulk>)>,
     /// Every channel socket of this process, drained on a miss.
     sockets: Vec<Weak<OwnedFd>>,
 }
@@ -150,7 +164,9 @@ fn with_hub<T>(f: impl FnOnce(&mut Hub) -> T) -> T {
             mapped: HashMap::new(),
             forwards: Vec::new(),
             issued: HashMap::new(),
-            pending: VecDeque::new(),
+            mine: HashMap::new(),
+            order: VecDeque::new(),
+            known: VecDeque::new(),
             sockets: Vec::new(),
         }
     });
@@ -169,14 +185,34 @@ impl Hub {
 
     fn note_issued(&mut self, r: &BulkRef) {
         self.issued.insert(r.id, r.seq);
+        self.mine.insert((r.id, r.slot), r.seq);
+        if self.pool.get(r.id).is_some() {
+            self.order.push_back(*r);
+            while self.order.len() > MAX_UNCLAIMED {
+                if let Some(old) = self.order.pop_front() {
+                    self.pool.withdraw(&old);
+                }
+            }
+        }
         EPOCH.fetch_add(1, Ordering::Release);
     }
 
     /// Drops settled forwards and dead weak entries.
     fn reap(&mut self) {
         self.forwards.retain(|(p, r)| !p.settled(r));
+        if self.mine.len() > 4 * super::TICKETS {
+            // Forget tickets whose segment is gone or whose word moved on (claimed, withdrawn).
+            let live: std::collections::HashSet<u64> = self
+                .pool
+                .segments()
+                .map(|s| s.header().id())
+                .chain(self.forwards.iter().map(|(_, r)| r.id))
+                .collect();
+            self.mine.retain(|(id, _), _| live.contains(id));
+        }
         self.shared.retain(|w| w.strong_count() > 0);
         self.mapped.retain(|_, w| w.strong_count() > 0);
+        self.known.retain(|(_, s)| !s.header().retired());
     }
 
     /// The segment (and our pin-able handle) that `[ptr, ptr + len)` lies in, if any.
@@ -205,7 +241,7 @@ impl Hub {
         None
     }
 
-    /// The storage for `id`, mapping a pending fd if needed; `None` if unknown here.
+    /// The storage for `id`; `None` if unknown here.
     fn storage(&mut self, id: u64) -> Option<(Arc<ShmBulk>, bool)> {
         if let Some(s) = self.pool.get(id) {
             return Some((s.clone(), true));
@@ -221,11 +257,8 @@ impl Hub {
         if let Some(p) = self.mapped.get(&id).and_then(Weak::upgrade) {
             return Some((p.storage().clone(), false));
         }
-        let at = self.pending.iter().rposition(|(i, _)| *i == id)?;
-        let (_, fd) = self.pending.remove(at)?;
-        ShmBulk::open(fd, Some(id))
-            .ok()
-            .map(|s| (Arc::new(s), false))
+        let (_, s) = self.known.iter().rev().find(|(i, _)| *i == id)?;
+        Some((s.clone(), false))
     }
 
     /// Reads every fd message waiting on this process's sockets (never blocks).
@@ -239,13 +272,24 @@ impl Hub {
                     .chunks_exact(8)
                     .map(|c| u64::from_le_bytes(c.try_into().unwrap()));
                 for (id, fd) in ids.zip(fds) {
-                    if self.mapped.get(&id).is_some_and(|w| w.strong_count() > 0) {
-                        continue; // mapped already: this fd is a duplicate, closed here
+                    if self.known.iter().any(|(i, _)| *i == id) {
+                        continue; // known already: this fd is a duplicate, closed here
                     }
-                    self.pending.retain(|(i, _)| *i != id);
-                    self.pending.push_back((id, fd));
-                    if self.pending.len() > MAX_PENDING {
-                        self.pending.pop_front();
+                    let Ok(s) = ShmBulk::open(fd, Some(id)) else {
+                        continue; // not a bulk segment: ignored (a stale blob, if named)
+                    };
+                    self.known.push_back((id, Arc::new(s)));
+                    if self.known.len() > MAX_KNOWN {
+                        // The oldest idle one goes (no pin, no blob in flight names it). Busy
+                        // ones stay: a queued blob may name one, and their owner keeps them
+                        // anyway, so keeping them here costs no memory.
+                        let idle = self.known.iter().position(|(_, s)| {
+                            let h = s.header();
+                            h.pins() == 0 && h.unclaimed() == 0
+                        });
+                        if let Some(at) = idle {
+                            self.known.remove(at);
+                        }
                     }
                 }
             }
@@ -262,6 +306,21 @@ enum Located {
 /// Registers a channel's socket: [`unpack`] drains it on a miss.
 pub fn register_socket(sock: &Arc<OwnedFd>) {
     with_hub(|hub| hub.sockets.push(Arc::downgrade(sock)));
+}
+
+/// A channel whose socket is `sock` is closing: when it is the process's last one, no peer
+/// can receive a segment any more, so the free own segments are freed (busy ones stay until
+/// their views and tickets go). A process whose pools are all closed keeps no segment.
+pub fn channel_closing(sock: &Arc<OwnedFd>) {
+    let mut guard = HUB.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(hub) = guard.as_mut() else { return };
+    hub.sockets
+        .retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(sock)));
+    if hub.sockets.is_empty() {
+        hub.reap();
+        hub.pool.release_free();
+        hub.known.clear();
+    }
 }
 
 /// Sends over `sock` the fds this channel has not been given yet (see the module doc).
@@ -482,7 +541,9 @@ pub fn unpack(blob: &[u8]) -> Result<(Vec<View>, usize), UnpackError> {
                 .filter(|p| p.generation() == r.generation);
             if let Some(p) = cached {
                 // Already pinned here for this generation: claim the ticket all the same.
-                let _ = attach_with(p.storage().clone(), r, true).map(drop);
+                if hub.mine.get(&(r.id, r.slot)) != Some(&r.seq) {
+                    let _ = attach_with(p.storage().clone(), r, true).map(drop);
+                }
                 pins.push(p);
                 continue;
             }
@@ -494,7 +555,8 @@ pub fn unpack(blob: &[u8]) -> Result<(Vec<View>, usize), UnpackError> {
                 }
             };
             let (storage, own) = found.ok_or(UnpackError::Stale)?;
-            let p = Arc::new(attach_with(storage, r, !own)?);
+            let claim = hub.mine.get(&(r.id, r.slot)) != Some(&r.seq);
+            let p = Arc::new(attach_with(storage, r, claim)?);
             if !own {
                 hub.mapped.insert(r.id, Arc::downgrade(&p));
             }
@@ -553,11 +615,7 @@ pub fn shared(nbytes: usize) -> io::Result<View> {
         hub.next_shared += 1;
         let id = hub.salt | hub.next_shared;
         let cap = nbytes.max(1).next_multiple_of(super::DATA_OFFSET);
-        let storage = Arc::new(<ShmFactory as super::BulkFactory>::create(
-            &ShmFactory,
-            id,
-            cap,
-        )?);
+        let storage = Arc::new(ShmBulk::create(id, cap, "gilfree-array")?);
         let r = BulkRef {
             id,
             generation: 1,
@@ -587,8 +645,8 @@ pub struct HubStats {
     pub pinned: usize,
     /// Other processes' segments mapped here now.
     pub mapped: usize,
-    /// Received fds not mapped yet.
-    pub pending: usize,
+    /// Other processes' segments kept mapped for later blobs.
+    pub known: usize,
     /// Standalone (SharedArray) segments made here and alive.
     pub shared: usize,
 }
@@ -604,7 +662,7 @@ pub fn stats() -> HubStats {
             free: p.free,
             pinned: p.unclaimed,
             mapped: hub.mapped.len(),
-            pending: hub.pending.len(),
+            known: hub.known.len(),
             shared: hub.shared.len(),
         }
     })

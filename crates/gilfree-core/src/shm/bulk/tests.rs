@@ -174,8 +174,11 @@ conformance! {
         let (r, s) = fill(&mut pool, &[1; 10]);
         drop(attach(s.clone(), &r).unwrap());
         let dead = dead_pid();
+        // What a process that pinned twice and died leaves: its entry and its state count.
         s.header().holders[3].store((u64::from(dead) << 32) | 2, Ordering::Release);
+        s.header().state.fetch_add(2, Ordering::AcqRel);
         assert_eq!(s.header().pins(), 2);
+        assert_eq!(s.header().live_pins(), 0);
         // Its process is gone: the refill clears its entry and reuses the segment.
         let (r2, _) = fill(&mut pool, &[2; 10]);
         assert_eq!(r2.id, r.id);
@@ -184,6 +187,7 @@ conformance! {
         // A live process's pin (our parent's pid stands in) keeps it.
         let live = rustix::process::getppid().unwrap().as_raw_nonzero().get() as u32;
         s.header().holders[5].store((u64::from(live) << 32) | 1, Ordering::Release);
+        s.header().state.fetch_add(1, Ordering::AcqRel);
         let (r3, _) = fill(&mut pool, &[3; 10]);
         assert_ne!(r3.id, r.id);
         assert_eq!(s.header().pins(), 1);
