@@ -218,6 +218,16 @@ class Hung(Exception):
     """A block ran past the watchdog (its process group was killed)."""
 
 
+def _env() -> dict[str, str]:
+    """A user's environment, as the pages assume it: the ``process`` backend by default (the
+    default where the GIL is on; a free-threaded interpreter would pick ``thread``, which cannot
+    kill a task or time one out), and no Dask scheduler named (a Dask example starts its own)."""
+    env = dict(os.environ)
+    env["GILFREE_BACKEND"] = "process"
+    env.pop("GILFREE_DASK_ADDRESS", None)
+    return env
+
+
 def _run(code: str, cwd: Path) -> tuple[int, str, str]:
     """Runs ``code`` as a script in ``cwd``; kills its whole process group on the watchdog."""
     script = cwd / "example.py"
@@ -225,6 +235,7 @@ def _run(code: str, cwd: Path) -> tuple[int, str, str]:
     with subprocess.Popen(
         [sys.executable, str(script)],
         cwd=cwd,
+        env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
