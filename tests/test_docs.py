@@ -156,6 +156,18 @@ def test_blocks_not_run_are_few_and_say_why() -> None:
         assert len((b.not_run or "").split()) >= 3, f"{b.id}: give a reason, not a word"
 
 
+def test_the_readmes_links_lead_somewhere() -> None:
+    """The README links the docs pages by path (the site's own links are checked by
+    ``mkdocs build --strict``): each relative link names a file of the checkout."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    local = [link for link in links if "://" not in link]
+    assert any(link.startswith("docs/") for link in local)
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
+    pages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md")}
+    assert not pages - set(local), f"docs pages the README does not link: {pages - set(local)}"
+
+
 def test_the_parser_reads_the_conventions(tmp_path: Path) -> None:
     """The conventions above, on a page made here: a check of the checker."""
     page = tmp_path / "page.md"
