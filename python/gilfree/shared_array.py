@@ -71,10 +71,10 @@ def _dtype(dtype: Any) -> tuple[Any, int, str | None]:
 def _shape(shape: Any) -> tuple[int, ...]:
     if isinstance(shape, int):
         shape = (shape,)
-    shape = tuple(int(n) for n in shape)
-    if any(n < 0 for n in shape):
-        raise ValueError(f"negative dimensions are not allowed: {shape}")
-    return shape
+    dims = tuple(int(n) for n in shape)
+    if any(n < 0 for n in dims):
+        raise ValueError(f"negative dimensions are not allowed: {dims}")
+    return dims
 
 
 class SharedArray:
@@ -157,7 +157,8 @@ class SharedArray:
         """A writable memoryview of the shared bytes, shaped and typed where the struct
         module can express the dtype, else flat bytes."""
         if self._fmt is not None and self._shape and 0 not in self._shape:
-            return self._data.cast(self._fmt, self._shape)
+            # The format comes from the dtype at run time; typeshed types cast() per literal.
+            return self._data.cast(self._fmt, self._shape)  # type: ignore[call-overload,no-any-return]  # pyright: ignore[reportCallIssue, reportArgumentType, reportUnknownVariableType]
         return self._data
 
     @property

@@ -32,7 +32,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from gilfree import _engine, _module_objects, _runtime
 
@@ -47,10 +47,13 @@ __all__ = [
     "Value",
 ]
 
+# What a Condition.wait_for predicate returns.
+_R = TypeVar("_R")
 
-def _rebuild(cls: type, handle: int) -> Any:
+
+def _rebuild(cls: type[Any], handle: int) -> Any:
     """Unpickles a primitive: attaches this process to the slot ``handle`` names."""
-    base = next(b for b in cls.__mro__ if b.__module__ == "gilfree._engine")
+    base: Any = next(b for b in cls.__mro__ if b.__module__ == "gilfree._engine")
     return base.__new__(cls, _runtime.arena(), handle=handle)
 
 
@@ -225,7 +228,7 @@ class Condition:
             raise RuntimeError("cannot wait on un-acquired lock")
         return self._word._wait(self._lock, timeout)
 
-    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+    def wait_for(self, predicate: Callable[[], _R], timeout: float | None = None) -> _R:
         """Waits until ``predicate()`` is true (or ``timeout`` passes); returns its last value."""
         endtime = None
         waittime = timeout
@@ -418,7 +421,8 @@ class Value:
         """The lock that guards the value."""
         if self._lock is None:
             raise AttributeError("this gilfree.Value was created with lock=False")
-        return self._lock  # type: ignore[return-value]
+        # _setup's lock is the engine's base class; Value only ever stores a Lock or an RLock.
+        return self._lock  # type: ignore[return-value]  # pyright: ignore[reportReturnType]
 
     def get_obj(self) -> Value:
         """The value itself (for ``multiprocessing.Value`` compatibility)."""

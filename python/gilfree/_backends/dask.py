@@ -48,7 +48,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future
 from concurrent.futures import wait as _wait_for
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import cloudpickle
 import dask
@@ -60,7 +60,15 @@ from gilfree._dispatch import _check_retries, _decode_frame
 from gilfree.exceptions import WorkerCrashedError
 from gilfree.executor import Pool as _ProcessPool
 
+if TYPE_CHECKING:
+    from gilfree._backends import BackendName
+
 __all__ = ["NAME", "SCATTER_BYTES", "Pool", "WorkerRunner"]
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+_P = ParamSpec("_P")
 
 NAME = "dask"
 
@@ -376,7 +384,7 @@ class Pool(_ProcessPool):
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | str | None = None,
         address: str | None = None,
-        backend: str | None = None,
+        backend: BackendName | None = None,
     ) -> None:
         if max_memory_per_worker is not None:
             raise _unsupported(
@@ -412,15 +420,43 @@ class Pool(_ProcessPool):
 
     # -- concurrent.futures.Executor --------------------------------------------------------
 
+    @overload
     def submit(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        timeout: float | None,
+        retries: int = 0,
+        **kwargs: Any,
+    ) -> Future[_T]: ...
+    @overload
+    def submit(
+        self,
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        retries: int,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Future[_T]: ...
+    @overload
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Future[_T]: ...
+    # mypy cannot match the ParamSpec overload to this implementation (its keyword-only
+    # timeout/retries beside **kwargs, which PEP 612 forbids in that overload); it accepts
+    # every call the overloads allow. These are gilfree.Pool.submit's overloads, restated;
+    # pyright does not match ParamSpec overloads across the two classes.
+    def submit(  # type: ignore[misc]  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+        fn: Callable[..., _T],
         /,
         *args: Any,
         timeout: float | None = None,
         retries: int = 0,
         **kwargs: Any,
-    ) -> Future:
+    ) -> Future[_T]:
         """Schedules ``fn(*args, **kwargs)`` on the cluster and returns its Future.
 
         Raises:
@@ -451,14 +487,47 @@ class Pool(_ProcessPool):
         future.add_done_callback(self._pending.discard)
         return future
 
-    def map(  # type: ignore[override]
+    @overload
+    def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[[_A], _T],
+        iterable: Iterable[_A],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[_A, _B], _T],
+        iterable: Iterable[_A],
+        iterable2: Iterable[_B],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., _T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
         retries: int = 0,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]: ...
+    # gilfree.Pool.map's overloads, restated (pyright does not match them across classes).
+    def map(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]:
         """Runs ``fn`` over the items on the cluster, in chunks, and yields results in order.
 
         All chunks are submitted at once (as ``Executor.map``); an exception is raised when
@@ -496,14 +565,14 @@ class Pool(_ProcessPool):
 
     def imap(
         self,
-        fn: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        fn: Callable[[_A], _T],
+        iterable: Iterable[_A],
         *,
         ordered: bool = True,
         chunksize: int | None = None,
         timeout: float | None = None,
         retries: int = 0,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]:
         """A lazy ``map`` of one-argument ``fn``, with a bounded number of chunks in flight.
 
         ``chunksize=None`` cuts a sized input into a few chunks per worker, and an unsized one
@@ -525,7 +594,7 @@ class Pool(_ProcessPool):
             self._check_open()
             return self._scatter(obj)
 
-    def cancel(self, future: Future) -> bool:
+    def cancel(self, future: Future[Any]) -> bool:
         """Cancels a task that has not started (``Future.cancel``): a running one cannot be
         stopped on Dask, so this returns ``False`` for it rather than kill it."""
         if not isinstance(future, _DaskFuture):
