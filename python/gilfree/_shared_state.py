@@ -65,6 +65,7 @@ _STORE_OPS = (bytes([dis.opmap["STORE_GLOBAL"]]), bytes([dis.opmap["DELETE_GLOBA
 
 def _global_stores(code: types.CodeType) -> set[str]:
     raw = code.co_code
+    found: set[str]
     if any(op in raw for op in _STORE_OPS):
         found = {
             ins.argval
@@ -90,10 +91,11 @@ def _differs(before: Any, now: Any) -> bool:
         pass
     if len(before) != len(now):
         return True
+    # The containers' elements are of any type (pyright: unknown once narrowed from Any).
     if isinstance(now, list):
-        return not all(map(operator.is_, before, now))
+        return not all(map(operator.is_, before, now))  # pyright: ignore[reportUnknownArgumentType]
     if isinstance(now, dict):
-        get = now.get
+        get = now.get  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
         return any(get(k, _MISSING) is not v for k, v in before.items())
     return True
 
@@ -131,9 +133,10 @@ class Watch:
         found: list[tuple[str, str, str, str]] = []
         if not self.entries:
             return found
+        now: Any
         for where, name, holder, before, copied, rebind in self.entries:
             if isinstance(holder, dict):
-                now = holder.get(name, _MISSING)
+                now = holder.get(name, _MISSING)  # pyright: ignore[reportUnknownMemberType]
                 kind = "global"
             else:
                 try:
@@ -150,7 +153,8 @@ class Watch:
 
 
 def _methods(cls: type, stop: type) -> list[types.FunctionType]:
-    found = []
+    found: list[types.FunctionType] = []
+    value: Any
     for klass in cls.__mro__:
         if klass is stop or klass is object:
             break
@@ -176,20 +180,21 @@ _PLANS_MAX = 256
 _NOTHING = Watch()
 
 
-def watch(worker: Any, base: type) -> Watch:
+def watch(worker: Any, base: type[Any]) -> Watch:
     """Records the state ``worker.run()`` could change without the parent seeing it.
 
     A diagnostic: if looking fails (an object whose ``copy`` raises, say), nothing is
     watched and the Worker runs as it would have."""
     try:
         target = worker.__dict__.get("_target")
-        cls = type(worker)
+        cls: type[Any] = type(worker)
         plan: _Plan = _plan(target, base) if target is not None else ()
         if cls.run is not base.run:
             plan += _plan(cls, base)
         if not plan:
             return _NOTHING
         w = Watch()
+        value: Any
         for where, name, holder, rebind in plan:
             if type(holder) is dict:
                 value = holder.get(name, _MISSING)
