@@ -7,11 +7,13 @@ refuse: each carries mypy's ``# type: ignore[code]`` and pyright's ``# pyright: 
 and both checkers fail on an ignore comment that is not needed (mypy's ``warn_unused_ignores``,
 pyright's ``reportUnnecessaryTypeIgnoreComment``), so a signature that stops catching them
 fails lint. It is never called. (``pool.map(half, ["x"])`` is not among them: ``Pool.map``'s
-last overload, ``Executor.map``'s own ``Callable[..., T]``, accepts it.)
+last overload, ``Executor.map``'s own ``Callable[..., T]``, accepts it; nor is
+``Value("i", 1.5)``: ``Value``'s last overload takes any typecode string and any value.)
 """
 
 from __future__ import annotations
 
+import ctypes
 import queue
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -151,9 +153,17 @@ def test_primitives_and_config() -> None:
     assert_type(sem.acquire(), bool)
     sem.release()
     counter = gilfree.Value("i", 3)
+    assert_type(counter, gilfree.Value[int])
     with counter.get_lock():
         counter.value += 1
+    assert_type(counter.value, int)
     assert counter.value == 4
+    ratio = gilfree.Value(ctypes.c_double, 0.5, lock=False)
+    assert_type(ratio.value, float)
+    assert ratio.value == 0.5
+    flag = gilfree.Value("?")
+    assert_type(flag.value, bool)
+    assert flag.value is False
     with gilfree.config(backend="thread"):
         assert gilfree.map(half, [4], workers=1) == [2.0]
 
