@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from typing import Any, assert_type
 
 import pytest
+from numpy.typing import NDArray
 
 import gilfree
 from gilfree.exceptions import WorkerCrashedError
@@ -164,6 +165,11 @@ def test_primitives_and_config() -> None:
     flag = gilfree.Value("?")
     assert_type(flag.value, bool)
     assert flag.value is False
+    arr = gilfree.SharedArray(3, dtype="int64")
+    view = arr.array
+    assert_type(view, NDArray[Any])
+    view[:] = [1, 2, 3]
+    assert arr.array.sum() == 6
     with gilfree.config(backend="thread"):
         assert gilfree.map(half, [4], workers=1) == [2.0]
 
