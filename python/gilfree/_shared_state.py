@@ -57,6 +57,10 @@ def _analyse(code: types.CodeType) -> tuple[frozenset[str], frozenset[str]]:
     return names, stores
 
 
+# This module inspects objects of any type (globals, closure cells, containers): where a
+# type check narrows such an Any to a container, pyright strict calls the items unknown, and
+# the ``# pyright: ignore[reportUnknown...]`` comments below say so on those lines.
+
 # The opcodes that rebind a global, as bytes: a code object whose bytecode holds neither byte
 # (at any offset, arguments included) has no such instruction, and needs no disassembly (the
 # cost of a target that travelled by value, looked at afresh at each start).
@@ -110,7 +114,7 @@ def _unwrap(fn: Any) -> list[types.FunctionType]:
         elif hasattr(fn, "func") and hasattr(fn, "keywords"):  # functools.partial
             fn = fn.func
         elif fn is not None and not isinstance(fn, type):
-            call = getattr(type(fn), "__call__", None)  # noqa: B004
+            call = getattr(type(fn), "__call__", None)  # noqa: B004  # pyright: ignore[reportUnknownArgumentType]
             return _unwrap(call) if isinstance(call, types.FunctionType) else []
         else:
             return []
@@ -136,7 +140,7 @@ class Watch:
         now: Any
         for where, name, holder, before, copied, rebind in self.entries:
             if isinstance(holder, dict):
-                now = holder.get(name, _MISSING)  # pyright: ignore[reportUnknownMemberType]
+                now = holder.get(name, _MISSING)  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
                 kind = "global"
             else:
                 try:
@@ -148,7 +152,7 @@ class Watch:
                 if rebind:
                     found.append(("rebound", kind, where, name))
             elif copied is not None and _differs(copied, now):
-                found.append((type(now).__name__, kind, where, name))
+                found.append((type(now).__name__, kind, where, name))  # pyright: ignore[reportUnknownArgumentType]
         return found
 
 
@@ -160,7 +164,7 @@ def _methods(cls: type, stop: type) -> list[types.FunctionType]:
             break
         for value in vars(klass).values():
             if isinstance(value, staticmethod | classmethod):
-                value = value.__func__
+                value = value.__func__  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
             elif isinstance(value, property):
                 value = value.fget
             if isinstance(value, types.FunctionType):
@@ -187,7 +191,7 @@ def watch(worker: Any, base: type[Any]) -> Watch:
     watched and the Worker runs as it would have."""
     try:
         target = worker.__dict__.get("_target")
-        cls: type[Any] = type(worker)
+        cls: type[Any] = type(worker)  # pyright: ignore[reportUnknownVariableType]
         plan: _Plan = _plan(target, base) if target is not None else ()
         if cls.run is not base.run:
             plan += _plan(cls, base)
@@ -197,16 +201,16 @@ def watch(worker: Any, base: type[Any]) -> Watch:
         value: Any
         for where, name, holder, rebind in plan:
             if type(holder) is dict:
-                value = holder.get(name, _MISSING)
+                value = holder.get(name, _MISSING)  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
             else:
                 try:
                     value = holder.cell_contents
                 except ValueError:
                     value = _MISSING
-            if type(value) in _CONTAINERS:
-                w.entries.append((where, name, holder, value, value.copy(), rebind))
+            if type(value) in _CONTAINERS:  # pyright: ignore[reportUnknownArgumentType]
+                w.entries.append((where, name, holder, value, value.copy(), rebind))  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
             elif rebind:
-                w.entries.append((where, name, holder, value, None, True))
+                w.entries.append((where, name, holder, value, None, True))  # pyright: ignore[reportUnknownArgumentType]
         return w
     except Exception:
         return Watch()
