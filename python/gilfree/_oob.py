@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any
+from typing import Any, cast
 
 from gilfree import _engine
 
@@ -112,7 +112,8 @@ def is_shared(buf: Any) -> bool:
 def new_shared(nbytes: int) -> memoryview:
     """A fresh zero-filled shared segment of ``nbytes`` (a SharedArray's memory), as a
     writable memoryview; the memory lives while a view of it does."""
-    return memoryview(_engine.bulk_shared(nbytes))
+    # BulkView exports the buffer protocol from Rust (the stub cannot say so on 3.11).
+    return memoryview(cast("Any", _engine.bulk_shared(nbytes)))
 
 
 # -- reducers for buffers pickle keeps in-band by default -------------------------------------------
