@@ -435,6 +435,15 @@ impl BulkRef {
     }
 }
 
+/// Whether ticket `r` on `storage` was claimed or withdrawn (its word moved on).
+pub fn settled<S: BulkStorage>(storage: &S, r: &BulkRef) -> bool {
+    storage
+        .header()
+        .tickets
+        .get(r.slot as usize)
+        .is_none_or(|w| w.load(Ordering::Acquire) != r.seq)
+}
+
 /// A load that came too late: the segment was refilled or freed since the blob was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stale;
@@ -494,9 +503,9 @@ impl<S: BulkStorage> Pinned<S> {
         unsafe { self.storage.read(off, dst) };
     }
 
-    /// Issues a ticket to re-send this segment by reference; the caller keeps this pin until
-    /// [`settled`](Pinned::settled) says the ticket was claimed. `None` if every ticket word
-    /// is in use.
+    /// Issues a ticket to re-send this segment by reference. The ticket alone keeps the
+    /// owner from refilling the segment until a receiver claims it (having pinned first), so
+    /// this pin may go at once. `None` if every ticket word is in use.
     pub fn resend(&self, seq: u32) -> Option<BulkRef> {
         let h = self.storage.header();
         let slot = h.issue(seq & !CLAIMED)?;
@@ -513,9 +522,9 @@ impl<S: BulkStorage> Pinned<S> {
         self.generation
     }
 
-    /// Whether the ticket `r` issued by [`resend`](Pinned::resend) no longer needs this pin.
+    /// Whether the ticket `r` issued by [`resend`](Pinned::resend) was claimed or withdrawn.
     pub fn settled(&self, r: &BulkRef) -> bool {
-        self.storage.header().tickets[r.slot as usize].load(Ordering::Acquire) != r.seq
+        settled(&*self.storage, r)
     }
 }
 
@@ -775,7 +784,8 @@ impl ShmBulk {
     /// Maps a segment received from its owner (taking `fd`), checking its seals, magic,
     /// version and size; and its id when `expect_id` is given.
     pub fn open(fd: OwnedFd, expect_id: Option<u64>) -> io::Result<ShmBulk> {
-        let seg = Segment::open(fd)?;
+        // Not pre-faulted: a receiver often touches little of it (an identity task none).
+        let seg = Segment::open_lazy(fd)?;
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
         if seg.len() < DATA_OFFSET {
             return Err(bad("bulk segment too small"));

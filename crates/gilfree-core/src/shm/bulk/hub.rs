@@ -35,7 +35,8 @@
 //! (unpinned) for later blobs, until their owner retires them. Own segments are the
 //! [`BulkPool`]'s (at most [`MAX_FREE`] free ones kept); a [`shared`] segment (a
 //! `SharedArray`) lives while some handle of it does. Segments re-sent by reference from a
-//! mapping keep that mapping (and its pin) until their ticket is claimed.
+//! mapping keep that mapping (not a pin: the ticket protects them) until the ticket is
+//! claimed.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -127,8 +128,9 @@ struct Hub {
     shared: Vec<Weak<ShmBulk>>,
     /// Pins of other processes' segments, one per mapping, while some view lives.
     mapped: HashMap<u64, Weak<Pinned<ShmBulk>>>,
-    /// Re-sent mappings: kept pinned until their ticket is claimed.
-    forwards: Vec<(Arc<Pinned<ShmBulk>>, BulkRef)>,
+    /// Re-sent mappings: kept mapped (not pinned: the ticket protects them) until their
+    /// ticket is claimed, so that [`push`] can still hand over the fd.
+    forwards: Vec<(Arc<ShmBulk>, BulkRef)>,
     /// id -> the latest ticket seq issued here naming it: what [`push`] offers.
     issued: HashMap<u64, u32>,
     /// Tickets issued here and not settled, `(id, slot) -> seq`: a load of one of them in
@@ -199,7 +201,7 @@ impl Hub {
 
     /// Drops settled forwards and dead weak entries.
     fn reap(&mut self) {
-        self.forwards.retain(|(p, r)| !p.settled(r));
+        self.forwards.retain(|(s, r)| !super::settled(&**s, r));
         if self.mine.len() > 4 * super::TICKETS {
             // Forget tickets whose segment is gone or whose word moved on (claimed, withdrawn).
             let live: std::collections::HashSet<u64> = self
@@ -350,11 +352,11 @@ pub fn push(sock: BorrowedFd<'_>, pushed: &mut Pushed) -> io::Result<()> {
         }
     }
     for (p, r) in &hub.forwards {
-        if !p.settled(r) {
+        if !super::settled(&**p, r) {
             live.push((
                 r.id,
                 hub.issued.get(&r.id).copied().unwrap_or(r.seq),
-                p.storage().clone(),
+                p.clone(),
             ));
         }
     }
@@ -418,7 +420,7 @@ pub fn pack(bufs: &[&[u8]], stream: &[u8]) -> io::Result<Vec<u8>> {
                 Some(Located::Mapped(p, off)) => {
                     let seq = hub.seq();
                     p.resend(seq).map(|r| {
-                        hub.forwards.push((p.clone(), r));
+                        hub.forwards.push((p.storage().clone(), r));
                         (r, off)
                     })
                 }

@@ -128,18 +128,23 @@ conformance! {
         assert!(pool.withdraw(&again));
         assert!(!pool.withdraw(&again));
         assert_eq!(pool.stats().free, 1);
-        // A receiver re-sends what it maps: its pin stays until the ticket is claimed.
+        // A receiver re-sends what it maps and lets go of its pin: the unclaimed ticket keeps
+        // the segment from being refilled until the next receiver has pinned it.
         let (r2, s2) = fill(&mut pool, &[8; 10]);
         let mine = attach(s2.clone(), &r2).unwrap();
         let fwd = mine.resend(12345).unwrap();
         assert!(!mine.settled(&fwd));
-        let theirs = attach(s2.clone(), &fwd).unwrap();
-        assert!(mine.settled(&fwd));
         drop(mine);
-        assert_eq!(read(&theirs, 10), vec![8; 10]);
         assert_eq!(pool.stats().free, 0);
+        let (r3, _) = fill(&mut pool, &[7; 10]);
+        assert_ne!(r3.id, r2.id, "not refilled while the forwarded ticket is unclaimed");
+        assert!(pool.withdraw(&r3));
+        let theirs = attach(s2.clone(), &fwd).unwrap();
+        assert!(settled(&*s2, &fwd));
+        assert_eq!(read(&theirs, 10), vec![8; 10]);
+        assert_eq!(pool.stats().free, 1, "only r3's segment, withdrawn");
         drop(theirs);
-        assert_eq!(pool.stats().free, 1);
+        assert_eq!(pool.stats().free, 2);
     }
 
     tickets_run_out_gracefully(factory) {
