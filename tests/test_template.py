@@ -97,3 +97,24 @@ def test_ctrl_c_with_forked_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "KeyboardInterrupt" in err
     assert returncode != 0
     assert wait_gone(pids) == []
+
+
+def test_a_forked_worker_finds_cloudpickle_already_imported() -> None:
+    """A first task from ``__main__`` arrives by value and needs cloudpickle: the template
+    imports it once, so no new worker pays for that import. The probe itself travels by
+    reference (``eval`` is a builtin), so it loads nothing of its own."""
+    code = (
+        "import gilfree\n"
+        "w = gilfree.Worker(target=eval, args=(\"'cloudpickle' in __import__('sys').modules\",))\n"
+        "w.start()\n"
+        "print(w.join())\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        env={**os.environ, **ON},
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "True"

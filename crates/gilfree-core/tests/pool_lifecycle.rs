@@ -247,6 +247,31 @@ fn concurrent_acquires_each_get_their_own_process() {
 }
 
 #[test]
+fn a_spawn_for_a_caller_also_starts_extras_for_the_burst_behind_it() {
+    let _dog = Watchdog::new("a_spawn_for_a_caller_also_starts_extras_for_the_burst_behind_it");
+    let engine = Engine::start(config(2), Collect::new()).unwrap();
+    // Both warm processes busy: the third caller's spawn is the sign of a burst, and the
+    // round that starts its process also starts one extra per busy process (in parallel).
+    let a = engine.acquire(&mut step()).unwrap();
+    let b = engine.acquire(&mut step()).unwrap();
+    let c = engine.acquire(&mut step()).unwrap();
+    // The extras were registered in the same round as c's process, before c's handshake.
+    assert!(engine.pids().len() >= 5, "pids: {:?}", engine.pids());
+    // The next two callers claim those extras instead of asking for spawns of their own.
+    let d = engine.acquire(&mut step()).unwrap();
+    let e = engine.acquire(&mut step()).unwrap();
+    let pids: HashSet<u32> = [&a, &b, &c, &d, &e].iter().map(|l| l.pid()).collect();
+    assert_eq!(pids.len(), 5);
+    for lease in [&d, &e] {
+        lease.send(b"extra", &mut step()).unwrap();
+        assert_eq!(lease.recv(&mut step()).unwrap(), b"extra");
+    }
+    drop((a, b, c, d, e));
+    engine.shutdown();
+    assert!(engine.pids().is_empty());
+}
+
+#[test]
 fn acquire_deadline_keeps_the_started_process() {
     let _dog = Watchdog::new("acquire_deadline_keeps_the_started_process");
     let engine = Engine::start(config(0), Collect::new()).unwrap();

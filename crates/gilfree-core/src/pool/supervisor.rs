@@ -35,6 +35,10 @@ use crate::sync::unmodelled::{AtomicBool, Condvar, Mutex, MutexGuard};
 use crate::sync::Ordering;
 use crate::wait::Wait;
 
+/// The most extra processes one spawn round starts beyond what callers asked for (step 1 of
+/// the supervisor loop, "surge").
+const MAX_SURGE: usize = 16;
+
 /// How an [`Engine`] runs its workers.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -512,10 +516,25 @@ fn supervise(shared: &Arc<Shared>) {
         } else {
             warm.saturating_sub(st.live() + targets.len())
         };
-        targets.extend(std::iter::repeat_n(Target::Warm, refill));
+        // A caller found no idle worker and no warm-up to claim: a burst may be under way
+        // (say, 40 Workers started in a loop, each `start` an `acquire`). Start as many extra
+        // processes as are busy now, in the same round (they start up in parallel, and the
+        // next callers claim them as warm-ups), so the pool doubles per round and a burst of
+        // N costs about log2(N) spawn latencies instead of N. Extras beyond `warm` retire
+        // after `idle_timeout` like any idle process.
+        let surge = if targets.is_empty() || st.warm_broken {
+            0
+        } else {
+            st.all
+                .len()
+                .saturating_sub(st.idle.len())
+                .min(MAX_SURGE)
+                .saturating_sub(refill)
+        };
+        targets.extend(std::iter::repeat_n(Target::Warm, refill + surge));
         if !targets.is_empty() {
             st.forking += targets.len();
-            st.warming += refill;
+            st.warming += refill + surge;
             drop(st);
             let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> = targets
                 .into_iter()
