@@ -323,9 +323,12 @@ fn decode_request(msg: &[u8], fds: Vec<OwnedFd>) -> io::Result<ForkRequest> {
 }
 
 impl Template {
-    /// Step 1, parent side: starts the template and waits for its ready message. Call on the
-    /// supervisor thread (the workers' parent-death signal is tied to it).
-    pub(crate) fn start(command: &WorkerCommand, template: &TemplateCommand) -> io::Result<Self> {
+    /// Step 1, parent side, first half: starts the template process ([`wait_ready`] is the
+    /// second). Call on the supervisor thread: the workers' parent-death signal is tied to the
+    /// thread that started the template.
+    ///
+    /// [`wait_ready`]: Template::wait_ready
+    pub(crate) fn launch(command: &WorkerCommand, template: &TemplateCommand) -> io::Result<Self> {
         let (ours, theirs) = socket_pair()?;
         let mut cmd = base_command(command, &template.args);
         cmd.env(TEMPLATE_FD_ENV, theirs.as_raw_fd().to_string())
@@ -340,32 +343,43 @@ impl Template {
             .and_then(Pid::from_raw)
             .ok_or_else(|| io::Error::other("template pid out of range"))
             .and_then(|pid| Ok(pidfd_open(pid, PidfdFlags::empty())?));
-        let pidfd = match opened {
-            Ok(fd) => fd,
+        match opened {
+            Ok(pidfd) => Ok(Template {
+                child,
+                pidfd,
+                sock: ours,
+            }),
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(e);
+                Err(e)
             }
-        };
-        let template = Template {
-            child,
-            pidfd,
-            sock: ours,
-        };
-        wait_readable(
-            template.sock.as_fd(),
-            template.pidfd.as_fd(),
-            HANDSHAKE_TIMEOUT,
-        )?;
+        }
+    }
+
+    /// The template's pidfd: killing through it makes a [`wait_ready`](Template::wait_ready)
+    /// in progress return an error at once.
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The template's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Step 1, parent side, second half: waits for the ready message (the template's death
+    /// ends the wait). On error the template is killed and reaped.
+    pub(crate) fn wait_ready(self) -> io::Result<Self> {
+        wait_readable(self.sock.as_fd(), self.pidfd.as_fd(), HANDSHAKE_TIMEOUT)?;
         let mut buf = [0u8; 64];
-        match recv_with_fds(template.sock.as_fd(), &mut buf)? {
-            Some((n, fds)) if fds.is_empty() && &buf[..n] == TEMPLATE_READY => Ok(template),
+        match recv_with_fds(self.sock.as_fd(), &mut buf)? {
+            Some((n, fds)) if fds.is_empty() && &buf[..n] == TEMPLATE_READY => Ok(self),
             _ => Err(io::Error::other(
                 "the template's first message was not ready",
             )),
         }
-        // On error `template` is dropped: killed and reaped.
+        // On error `self` is dropped: killed and reaped.
     }
 
     /// Steps 2 and 5, parent side: asks for a worker that sees `env` and `cwd` and has each
