@@ -163,10 +163,17 @@ def test_a_program_that_never_uses_gilfree_leaves_no_process(mode: str) -> None:
     assert wait_gone(_tagged(tag)) == []
 
 
-def test_switch_off_starts_no_template_at_import() -> None:
-    res = run_script("prestart_probe.py", "exit", env={"GILFREE_TEMPLATE": "0"})
+@pytest.mark.parametrize("switch", [{"GILFREE_TEMPLATE": "0"}, {**ON, "GILFREE_PRESTART": "0"}])
+def test_switch_off_starts_no_template_at_import(switch: dict[str, str]) -> None:
+    res = run_script("prestart_probe.py", "exit", env=switch)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["template", "None"]
+
+
+def test_prestart_off_still_forks_workers_from_a_template() -> None:
+    out = _probe("tree", {**ON, "GILFREE_PRESTART": "0"})
+    assert out["template"] is not None
+    assert all(w["forked"] for w in out["workers"])
 
 
 def test_a_fork_child_before_first_use_starts_its_own_engine() -> None:

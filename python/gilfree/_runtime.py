@@ -124,10 +124,18 @@ def prestart() -> None:
 
     A program that never uses gilfree has the template killed and reaped at exit
     (``atexit``); if it dies instead, the template dies with it (its parent-death signal).
-    Skipped with ``GILFREE_TEMPLATE=0``, and in gilfree's own worker and template processes.
+    Skipped with ``GILFREE_TEMPLATE=0`` (no template at all) or ``GILFREE_PRESTART=0`` (the
+    template starts with the engine, at the first Worker or Pool: for a program that imports
+    gilfree in many short-lived processes and rarely uses it), and in gilfree's own worker and
+    template processes.
     """
     args = _template_args()
-    if args is None or not sys.executable or "GILFREE_PARENT_PID" in os.environ:
+    if (
+        args is None
+        or os.environ.get("GILFREE_PRESTART", "1") == "0"
+        or not sys.executable
+        or "GILFREE_PARENT_PID" in os.environ
+    ):
         return
     # Only what the template's own start needs: its forks take the environment, working
     # directory and fds the parent has at each fork.
