@@ -120,6 +120,27 @@ def test_a_forked_worker_finds_cloudpickle_already_imported() -> None:
     assert res.stdout.strip() == "True"
 
 
+def test_a_forked_worker_inherits_the_templates_heap_frozen() -> None:
+    """The template freezes its objects (``gc.freeze``) before forking, so a worker's
+    collections never write to them: its heap pages stay shared with the template instead of
+    being copied into every worker."""
+    code = (
+        "import gilfree\n"
+        "w = gilfree.Worker(target=eval, args=(\"__import__('gc').get_freeze_count()\",))\n"
+        "w.start()\n"
+        "print(w.join())\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        env={**os.environ, **ON},
+    )
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.strip()) > 0
+
+
 # --- The template started at ``import gilfree`` ---------------------------------------------
 
 

@@ -12,6 +12,7 @@ It never imports the user's main module (unlike multiprocessing's spawn), so a s
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -296,6 +297,11 @@ def template_main() -> None:
     # cloudpickle (inspect, ast, dataclasses, logging, ...: ~10-20 ms of CPU in every new
     # worker). Imported once here, every fork has it for free.
     _serialize._cloud_pickler_class()
+    # Out of the collector's reach from now on: a forked worker's first collection would
+    # otherwise write to every object's header, copying each page of the template's heap
+    # (copy-on-write) into every worker.
+    gc.collect()
+    gc.freeze()
     forked = _engine.template_serve()
     if forked is None:
         return
