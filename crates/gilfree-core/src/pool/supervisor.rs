@@ -484,20 +484,59 @@ impl Drop for EngineHandle {
     }
 }
 
-/// One new worker: forked by the template if there is one (which is dropped, for good, if it
-/// fails), else started directly.
-fn spawn_one(
+/// `n` new workers: forked by the template if there is one (which is dropped, for good, if
+/// it fails), else started directly (every one the template did not fork).
+///
+/// The template's requests are pipelined: every request is sent before any reply is read, so
+/// the template forks them back to back and a round of `n` costs two wake-ups of each side,
+/// not `2n` (on a loaded machine each wake-up can cost milliseconds). Replies come in request
+/// order. After any failure the template is killed, and the replies it sent before dying are
+/// still read, so no process it forked is left unregistered.
+fn spawn_many(
     template: &mut Option<Template>,
     command: &WorkerCommand,
     on_death: &Option<DeathHook>,
-) -> Result<WorkerProcess, SpawnError> {
+    n: usize,
+) -> Vec<Result<WorkerProcess, SpawnError>> {
+    let mut out = Vec::with_capacity(n);
     if let Some(t) = template.as_ref() {
-        match spawn::spawn_from_template(t, command, on_death) {
-            Ok(worker) => return Ok(worker),
-            Err(_) => *template = None,
+        let mut failed = false;
+        let mut sent = Vec::with_capacity(n);
+        for _ in 0..n {
+            let Ok(plan) = spawn::plan_fork(command) else {
+                failed = true;
+                break;
+            };
+            if spawn::request_fork(t, &plan).is_err() {
+                failed = true;
+                break;
+            }
+            sent.push(plan);
+        }
+        if failed {
+            t.kill();
+        }
+        for plan in sent {
+            match t.fork_reply() {
+                Ok(pid) => match spawn::finish_fork(plan, pid, on_death) {
+                    Ok(worker) => out.push(Ok(worker)),
+                    Err(_) => failed = true,
+                },
+                Err(_) => {
+                    // Its later replies, if any, were sent before it died: keep reading.
+                    t.kill();
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            *template = None;
         }
     }
-    spawn::spawn(command, on_death)
+    while out.len() < n {
+        out.push(spawn::spawn(command, on_death));
+    }
+    out
 }
 
 /// The supervisor thread: forks requested and warm-up processes (from `template` while it
@@ -561,15 +600,14 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
             st.forking += targets.len();
             st.warming += refill + surge;
             drop(st);
-            let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> = targets
-                .into_iter()
-                .map(|t| {
-                    (
-                        t,
-                        spawn_one(&mut template, &shared.config.command, &on_death),
-                    )
-                })
-                .collect();
+            let made = spawn_many(
+                &mut template,
+                &shared.config.command,
+                &on_death,
+                targets.len(),
+            );
+            let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> =
+                targets.into_iter().zip(made).collect();
             st = lock(&shared.state);
             let mut doomed = Vec::new();
             for (target, result) in spawned {

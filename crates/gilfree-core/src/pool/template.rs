@@ -384,12 +384,26 @@ impl Template {
 
     /// Steps 2 and 5, parent side: asks for a worker that sees `env` and `cwd` and has each
     /// `(fd, number)` of `fds` at `number`; returns its pid (a child of this process).
+    #[cfg(test)]
     pub(crate) fn fork(
         &self,
         env: &[(OsString, OsString)],
         cwd: &Path,
         fds: &[(RawFd, RawFd)],
     ) -> io::Result<Pid> {
+        self.request_fork(env, cwd, fds)?;
+        self.fork_reply()
+    }
+
+    /// Step 2 alone: sends a fork request without waiting for the reply, so that several can
+    /// be in flight (the template forks them back to back; replies come in request order).
+    /// The fds must stay open until the reply is read.
+    pub(crate) fn request_fork(
+        &self,
+        env: &[(OsString, OsString)],
+        cwd: &Path,
+        fds: &[(RawFd, RawFd)],
+    ) -> io::Result<()> {
         let targets: Vec<RawFd> = fds.iter().map(|&(_, t)| t).collect();
         let req = encode_request(&targets, cwd, env);
         if req.len() > MAX_REQUEST {
@@ -398,7 +412,12 @@ impl Template {
             ));
         }
         let raw: Vec<RawFd> = fds.iter().map(|&(fd, _)| fd).collect();
-        send_with_fds(self.sock.as_fd(), &req, &raw)?;
+        send_with_fds(self.sock.as_fd(), &req, &raw)
+    }
+
+    /// Step 5 alone: the reply to the oldest request not yet answered. Replies the template
+    /// sent before it died are still read; after them, its death is an error.
+    pub(crate) fn fork_reply(&self) -> io::Result<Pid> {
         wait_readable(self.sock.as_fd(), self.pidfd.as_fd(), HANDSHAKE_TIMEOUT)?;
         let mut buf = [0u8; 8];
         let reply = match recv_with_fds(self.sock.as_fd(), &mut buf)? {
@@ -411,6 +430,12 @@ impl Template {
             return Err(io::Error::from_raw_os_error(-reply));
         }
         Pid::from_raw(reply).ok_or_else(|| io::Error::other("the template replied pid 0"))
+    }
+
+    /// Kills the template (not yet reaped: that is `Drop`'s), so that every later
+    /// [`fork_reply`](Template::fork_reply) returns at once.
+    pub(crate) fn kill(&self) {
+        let _ = pidfd_send_signal(&self.pidfd, Signal::KILL);
     }
 }
 
