@@ -382,19 +382,6 @@ impl Template {
         // On error `self` is dropped: killed and reaped.
     }
 
-    /// Steps 2 and 5, parent side: asks for a worker that sees `env` and `cwd` and has each
-    /// `(fd, number)` of `fds` at `number`; returns its pid (a child of this process).
-    #[cfg(test)]
-    pub(crate) fn fork(
-        &self,
-        env: &[(OsString, OsString)],
-        cwd: &Path,
-        fds: &[(RawFd, RawFd)],
-    ) -> io::Result<Pid> {
-        self.request_fork(env, cwd, fds)?;
-        self.fork_reply()
-    }
-
     /// Step 2 alone: sends a fork request without waiting for the reply, so that several can
     /// be in flight (the template forks them back to back; replies come in request order).
     /// The fds must stay open until the reply is read.
