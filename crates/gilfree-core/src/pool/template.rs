@@ -16,7 +16,9 @@
 //!    environment now, plus the worker command's variables and the channel's), the working
 //!    directory, and fds with `SCM_RIGHTS`: the write ends of the worker's stdout and stderr
 //!    pipes, the channel's fds and the command's inherited fds, each with the number it must
-//!    have in the worker (its number in the parent).
+//!    have in the worker (its number in the parent). Several requests may be in flight (the
+//!    supervisor sends a whole spawn round before reading any reply); the template serves
+//!    them in order, and replies come in request order.
 //! 3. The template forks with `clone3(CLONE_PARENT)` ([`fork_sibling`]): the new process is a
 //!    child of the *parent* (of the supervisor thread that started the template), never of
 //!    the template. So everything the parent relies on for a directly spawned worker holds
