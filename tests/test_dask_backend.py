@@ -1,7 +1,8 @@
 """The dask backend (``gilfree._backends.dask``) on a real LocalCluster.
 
-One LocalCluster (two one-thread worker processes on 127.0.0.1) serves the whole module; the
-pools here connect to it by address, except the test that checks a pool starts and closes a
+The session's LocalCluster (``dask_cluster`` in tests/conftest.py: two one-thread worker
+processes on 127.0.0.1) serves these tests and the dask runs of the backend-neutral ones; the
+pools here connect to it by address, except the tests that check a pool starts and closes a
 cluster of its own. Task functions travel by value (cloudpickle), so the Dask workers never
 import this module.
 """
@@ -14,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import as_completed, wait
 from pathlib import Path
@@ -28,39 +28,23 @@ distributed = pytest.importorskip("distributed", reason="the dask extra is not i
 import gilfree  # noqa: E402
 from gilfree._backends import dask as dask_backend  # noqa: E402
 
+from conftest import DASK_WORKERS  # noqa: E402
+
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-N_WORKERS = 2
+N_WORKERS = DASK_WORKERS
+
+
+@pytest.fixture
+def address(dask_address: str) -> str:
+    """The session's LocalCluster (tests/conftest.py), also ``GILFREE_DASK_ADDRESS`` for the
+    test, so Workers (``default_pool``) run on it too."""
+    return dask_address
 
 
 @pytest.fixture(scope="module")
-def address() -> Iterator[str]:
-    """One LocalCluster for the module; Workers (``default_pool``) use it too."""
-    from multiprocessing import resource_tracker
-
-    tracker = resource_tracker._resource_tracker
-    tracker_was_running = tracker._fd is not None
-    environ = dict(os.environ)  # Dask's nannies add variables (OMP_NUM_THREADS, ...) here
-    started = time.perf_counter()
-    cluster = dask_backend._local_cluster(N_WORKERS)
-    print(f"LocalCluster of {N_WORKERS} started in {time.perf_counter() - started:.2f} s")
-    os.environ[dask_backend.ADDRESS_ENV] = cluster.scheduler_address
-    try:
-        yield cluster.scheduler_address
-    finally:
-        dask_backend.close_default_pool()
-        cluster.close()
-        os.environ.clear()
-        os.environ.update(environ)
-        # The spawn start method of the nannies started the stdlib's resource tracker, which
-        # lives as long as this interpreter; stop it so the suite's process check holds.
-        if not tracker_was_running:
-            tracker._stop()
-
-
-@pytest.fixture(scope="module")
-def pool(address: str) -> Iterator[dask_backend.Pool]:
-    with dask_backend.Pool(address=address) as p:
+def pool(dask_cluster: str) -> Iterator[dask_backend.Pool]:
+    with dask_backend.Pool(address=dask_cluster) as p:
         yield p
 
 
