@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import as_completed, wait
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import psutil
@@ -35,10 +36,10 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 N_WORKERS = DASK_WORKERS
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def address(dask_address: str) -> str:
-    """The session's LocalCluster (tests/conftest.py), also ``GILFREE_DASK_ADDRESS`` for the
-    test, so Workers (``default_pool``) run on it too."""
+    """The session's LocalCluster (tests/conftest.py), with all its workers up, and also
+    ``GILFREE_DASK_ADDRESS`` for the test, so Workers (``default_pool``) run on it too."""
     return dask_address
 
 
@@ -175,9 +176,36 @@ def test_large_array_is_scattered_once_and_shared_by_tasks(pool: dask_backend.Po
     # Pigeonhole: some worker ran two tasks; every task on one worker got the same object.
     assert all(len(ids) == 1 for ids in seen.values()), seen
     assert len(pool._scattered) == 1
+    # On the scheduler: every task depends on one and the same key, which holds the array,
+    # and no task carries the array in itself.
+    keys = [f._gilfree_dask.key for f in futures]  # type: ignore[attr-defined]
+    deps, sizes = pool._client.run_on_scheduler(_dependencies, keys)
+    (shared,) = {dep for task_deps in deps for dep in task_deps}
+    assert all(task_deps == [shared] for task_deps in deps)
+    assert sizes[shared] >= big.nbytes
+    assert all(0 <= sizes[str(k)] < big.nbytes // 100 for k in keys), sizes
+    # On the workers: a copy of the array at most once each.
+    held = pool._client.run(_big_values, big.nbytes)
+    assert all(len(keys_there) <= 1 for keys_there in held.values()), held
+    assert {k for keys_there in held.values() for k in keys_there} == {shared}
     # An explicit handle works as an argument too.
     handle = pool.scatter(b"x" * 100)
     assert pool.submit(len, handle).result(timeout=30) == 100
+
+
+def _dependencies(
+    keys: list[Any], dask_scheduler: Any = None
+) -> tuple[list[list[str]], dict[str, int]]:
+    """On the scheduler: each task's dependencies, and the size of every key involved."""
+    tasks = [dask_scheduler.tasks[k] for k in keys]
+    deps = [sorted(str(d.key) for d in ts.dependencies) for ts in tasks]
+    involved = {ts for t in tasks for ts in (t, *t.dependencies)}
+    return deps, {str(ts.key): ts.nbytes for ts in involved}
+
+
+def _big_values(nbytes: int, dask_worker: Any = None) -> list[str]:
+    """On a worker: the keys of the values of ``nbytes`` or more it holds."""
+    return [str(k) for k, v in dask_worker.data.items() if getattr(v, "nbytes", 0) >= nbytes]
 
 
 def test_what_dask_cannot_do_is_refused_clearly(pool: dask_backend.Pool) -> None:
@@ -319,6 +347,17 @@ def test_pool_without_address_starts_and_closes_its_own_cluster(
         assert len(pids) == 1
         workers = [psutil.Process(pid) for pid in pids]
         assert all(w.ppid() == os.getpid() for w in workers)  # our own cluster's worker
+        # Bound to the loopback interface: every socket the cluster listens on (its scheduler
+        # in this process, its nanny and worker processes) is on 127.0.0.1, none on 0.0.0.0.
+        cluster_procs = [psutil.Process(), *workers, *(w.parent() for w in workers)]
+        listening = [
+            conn.laddr
+            for proc in cluster_procs
+            for conn in proc.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        ]
+        assert any(addr.port == int(p.address.rsplit(":", 1)[1]) for addr in listening)
+        assert all(addr.ip == "127.0.0.1" for addr in listening), listening
     assert p._client is None and p._cluster is None
     # Generous: on a loaded machine a Dask worker takes a while to wind down.
     _gone, alive = psutil.wait_procs(workers, timeout=90)
