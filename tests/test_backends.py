@@ -126,6 +126,7 @@ CANNOT: dict[str, dict[str, str]] = {
         "dask": "Dask manages its workers' lifetimes",
     },
     "initializer": {"dask": "a Dask worker is shared by every client"},
+    "retries": {"dask": "Dask tells no task that raised from one whose worker died"},
     "crash isolation": {"thread": "a crash takes the whole program down"},
     "shared primitives": {"dask": "they live in one machine's shared memory"},
 }
