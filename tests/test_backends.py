@@ -417,8 +417,9 @@ def test_pool_cancel_of_a_running_task(backend: str, gate: Gate) -> None:
         gate.release()
         rest = blockers if cannot(backend, "kill a running task") else blockers[1:]
         assert all(f.result(timeout=WATCHDOG).startswith("blocker") for f in rest)
-        assert not pool.cancel(blockers[-1])  # finished: nothing to stop, never raises
-        assert pool.submit(helpers.square, 3).result(timeout=WATCHDOG) == 9
+        finished = pool.submit(helpers.square, 3)
+        assert finished.result(timeout=WATCHDOG) == 9
+        assert not pool.cancel(finished)  # finished: nothing to stop, never raises
 
 
 def test_pool_shutdown_cancel_futures(backend: str, gate: Gate) -> None:
