@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import as_completed, wait
 from pathlib import Path
@@ -29,7 +30,7 @@ distributed = pytest.importorskip("distributed", reason="the dask extra is not i
 import gilfree  # noqa: E402
 from gilfree._backends import dask as dask_backend  # noqa: E402
 
-from conftest import DASK_WORKERS  # noqa: E402
+from conftest import DASK_WORKERS, WATCHDOG  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -158,6 +159,58 @@ def test_worker_death_fails_that_task_only_and_runs_it_once(
     # The pool goes on (the nanny restarts the worker).
     assert list(pool.map(_square, range(8))) == [i * i for i in range(8)]
     assert pool.submit(_square, 5).result(timeout=60) == 25
+
+
+def test_a_result_lost_with_its_worker_is_computed_again(pool: dask_backend.Pool) -> None:
+    """A task finished, then its worker died before this process fetched the result: Dask
+    computes it again, and the Future resolves with that result (it used to stay pending)."""
+    # Keep Dask's one callback thread busy, so the task's Future cannot fetch its result yet.
+    hold, entered = threading.Event(), threading.Event()
+    plug = pool._client.submit(_square, 0, pure=False)
+    plug.add_done_callback(lambda _: (entered.set(), hold.wait(WATCHDOG)))
+    try:
+        assert entered.wait(WATCHDOG)
+        future = pool.submit(os.getpid)
+        dfut = future._gilfree_dask  # type: ignore[attr-defined]
+        # Finished on a worker, not fetched (``distributed.wait`` wants a default client).
+        pool._client.sync(distributed.client._wait, [dfut], timeout=WATCHDOG)
+        (holder,) = pool._client.who_has([dfut])[dfut.key]
+        (victim,) = pool._client.run(os.getpid, workers=[holder]).values()
+        os.kill(victim, signal.SIGKILL)
+        # A condition, not a time: the scheduler has learnt the result is gone.
+        deadline = time.monotonic() + WATCHDOG
+        while dfut.status == "finished" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert dfut.status != "finished"
+    finally:
+        hold.set()
+    pid = future.result(timeout=WATCHDOG)
+    assert isinstance(pid, int) and pid != victim
+
+
+class _LostThenRecomputed:
+    """A Dask future as the bridge's callback can find it: finished once, its result then
+    lost with its worker (status "lost"), computed again while ``exception()`` waits."""
+
+    status = "lost"
+
+    def add_done_callback(self, callback: Any) -> None:
+        self.callback = callback
+
+    def exception(self) -> None:
+        self.status = "finished"
+        return None
+
+    def result(self) -> int:
+        assert self.status == "finished"
+        return 42
+
+
+def test_the_bridge_waits_for_a_lost_result_to_be_computed_again() -> None:
+    dfut = _LostThenRecomputed()
+    fut = dask_backend._bridge(dfut, lambda f, value: f.set_result(value))  # type: ignore[arg-type]
+    dfut.callback(dfut)
+    assert fut.result(timeout=0) == 42
 
 
 def test_large_array_is_scattered_once_and_shared_by_tasks(pool: dask_backend.Pool) -> None:

@@ -28,7 +28,9 @@ How a task flows:
    ``distributed.scheduler.worker-saturation`` to 1.0: a worker holds no task beyond the ones
    its threads execute (Dask's default, 1.1, queues one more on a one-thread worker, and that
    task would die with it, with ``KilledWorker`` too). A scheduler of your own (``address=``)
-   applies its own settings: set both there for the same guarantees.
+   applies its own settings: set both there for the same guarantees. One case Dask itself
+   re-runs: a task that had finished on the dying worker but whose result this process had not
+   fetched yet (the result died with the worker; the scheduler computes it again).
 
 Not available here (:class:`UnsupportedByBackend`): a per-task ``timeout=`` (Dask cannot stop
 a running task), ``Pool.cancel``/``Worker.terminate`` of a running task (as on the thread
