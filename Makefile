@@ -14,6 +14,8 @@ SHELL := bash
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
+# The CPython versions `make test-matrix` runs the suite on, e.g. `make test-matrix PYTHONS=3.13`.
+PYTHONS ?= 3.11 3.12 3.13
 # Extra arguments for `make bench`, e.g. `make bench BENCH_ARGS=--quick`.
 BENCH_ARGS ?=
 # `make soak`: tasks per chaos run, and the seeds to run.
@@ -65,7 +67,10 @@ demo: install  ## run the tutorial on gilfree, then threading vs gilfree on a CP
 	$(VPY) -m gilfree demo
 
 .PHONY: test
-test: install  ## run every test: Rust (gilfree-core, without Python), then pytest
+test: test-rust test-python  ## run every test: Rust (gilfree-core, without Python), then pytest
+
+.PHONY: test-rust
+test-rust:  ## the Rust tests of gilfree-core (nextest where installed, then the doctests)
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		echo "cargo nextest run -p gilfree-core --no-tests=warn"; \
 		cargo nextest run -p gilfree-core --no-tests=warn; \
@@ -75,12 +80,49 @@ test: install  ## run every test: Rust (gilfree-core, without Python), then pyte
 		echo "cargo test -p gilfree-core"; \
 		cargo test -p gilfree-core; \
 	fi
+
+# The Python half of `make test`, shared with `make test-matrix` (which runs it once per version
+# with VENV=.venv-3.X): pytest in $(VENV), then the process table.
+.PHONY: test-python
+test-python: install  ## pytest in .venv, then check that no gilfree worker outlived the suite
 	$(VPY) -m pytest
 	@# The process table after the suite: no worker process of ours may outlive it. Ours are
 	@# the ones this checkout's interpreter runs (other checkouts on the machine may be busy).
 	@left=$$(pgrep -af '^$(abspath $(VENV))/bin/python[0-9.]* -m gilfree[._]_?worker' || true); \
 	if [ -n "$$left" ]; then echo "worker processes left behind:"; echo "$$left"; exit 1; fi; \
 	echo "process table: no gilfree worker left"
+
+# Finds the interpreter for version $$1 (3.12, or 3.13t for a free-threaded build): the newest
+# pyenv install of it (pyenv root, else ~/.pyenv), else python$$1 on PATH. A candidate counts only
+# if it runs and reports that version and build, so a pyenv shim that does not resolve is skipped.
+define FIND_PYTHON
+find_python() { \
+	local want=$$1 minor=$${1%t} ft=0 root cand; \
+	[ "$$want" != "$$minor" ] && ft=1; \
+	root=$$(pyenv root 2>/dev/null || echo "$$HOME/.pyenv"); \
+	for cand in $$(ls -d "$$root/versions/$$minor".* 2>/dev/null | sort -rV) "$$(command -v python$$want || true)"; do \
+		[ -d "$$cand" ] && cand=$$cand/bin/python$$want; \
+		[ -x "$$cand" ] || continue; \
+		if "$$cand" -c "import sys, sysconfig; ok = '%d.%d' % sys.version_info[:2] == '$$minor' and bool(sysconfig.get_config_var('Py_GIL_DISABLED')) == bool($$ft); sys.exit(not ok)" 2>/dev/null; then \
+			echo "$$cand"; return 0; \
+		fi; \
+	done; \
+	echo "make test-matrix: no CPython $$want found (looked in $$root/versions/$$minor.* and for python$$want on PATH); install it (pyenv install $$minor) or drop it from PYTHONS" >&2; \
+	return 1; \
+}
+endef
+
+.PHONY: test-matrix
+test-matrix:  ## pytest + process table on each CPython in PYTHONS (venvs .venv-3.X, target/py3.X)
+	@$(FIND_PYTHON); \
+	for v in $(PYTHONS); do find_python "$$v" >/dev/null; done; \
+	for v in $(PYTHONS); do \
+		py=$$(find_python "$$v"); \
+		echo "==> Python $$v: $$py"; \
+		CARGO_TARGET_DIR=$(abspath target)/py$$v $(MAKE) --no-print-directory test-python \
+			VENV=.venv-$$v PYTHON="$$py"; \
+		echo "==> Python $$v: ok"; \
+	done
 
 .PHONY: loom
 loom:  ## loom models (tests/loom_*.rs): ring, arena free list, event, semaphore, condition, barrier, queue
@@ -118,10 +160,12 @@ bench: install $(BENCH_STAMP)  ## benchmarks beside peers -> benchmarks/results/
 	$(VPY) benchmarks/run.py $(BENCH_ARGS)
 
 .PHONY: clean
-clean:  ## remove build outputs, caches and install stamps (keeps .venv)
+clean:  ## remove build outputs, caches and install stamps (keeps .venv and the .venv-3.X)
 	rm -rf target .pytest_cache .ruff_cache .hypothesis benchmarks/results/*.tmp
 	rm -f python/gilfree/_engine*.so $(DEPS_STAMP) $(BUILD_STAMP) $(BENCH_STAMP)
-	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	@# The matrix venvs' extensions were in python/gilfree too: they must be built again.
+	rm -f .venv-*/.build.stamp
+	find . -path './.venv*' -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: all
 all: format lint test  ## the pre-merge check (test builds through install; loom runs on its own)
