@@ -81,11 +81,34 @@ test-rust:  ## the Rust tests of gilfree-core (nextest where installed, then the
 		cargo test -p gilfree-core; \
 	fi
 
+# `ABI3=1` (e.g. `make test-matrix PYTHONS=3.13 ABI3=1`): test-python runs the suite on the abi3
+# release wheel (docs/wheels.md) instead of the editable per-version build: built with maturin
+# (its own CARGO_TARGET_DIR, target/abi3) and unpacked into $(VENV)/abi3-site, which goes first
+# on PYTHONPATH (workers inherit it). The wheel holds python/ too, so it is rebuilt when that
+# changes.
+ABI3 ?=
+ABI3_SITE := $(VENV)/abi3-site
+ABI3_STAMP := $(VENV)/.abi3.stamp
+PY_SOURCES := $(shell find python -name '*.py' -o -name '*.pyi' -o -name py.typed)
+
+$(ABI3_STAMP): $(DEPS_STAMP) $(RUST_SOURCES) $(PY_SOURCES)
+	rm -rf $(VENV)/abi3-wheel $(ABI3_SITE)
+	CARGO_TARGET_DIR=$(abspath target)/abi3 $(MATURIN) build --release --features abi3 \
+		--interpreter $(VPY) --out $(VENV)/abi3-wheel
+	$(VPY) -m pip install --no-deps --target $(ABI3_SITE) $(VENV)/abi3-wheel/*-abi3-*.whl
+	touch $@
+
 # The Python half of `make test`, shared with `make test-matrix` (which runs it once per version
 # with VENV=.venv-3.X): pytest in $(VENV), then the process table.
 .PHONY: test-python
-test-python: install  ## pytest in .venv, then check that no gilfree worker outlived the suite
+test-python: $(if $(ABI3),$(ABI3_STAMP),install)  ## pytest in .venv, then check that no gilfree worker outlived the suite
+ifneq ($(ABI3),)
+	PYTHONPATH=$(abspath $(ABI3_SITE)) $(VPY) -c \
+		"import gilfree._engine as e; print('testing', e.__file__); assert '/abi3-site/' in e.__file__"
+	PYTHONPATH=$(abspath $(ABI3_SITE)) $(VPY) -m pytest
+else
 	$(VPY) -m pytest
+endif
 	@# The process table after the suite: no worker process of ours may outlive it. Ours are
 	@# the ones this checkout's interpreter runs (other checkouts on the machine may be busy).
 	@left=$$(pgrep -af '^$(abspath $(VENV))/bin/python[0-9.]* -m gilfree[._]_?worker' || true); \
