@@ -1,10 +1,12 @@
 # The one entry point for humans and CI. `make help` lists the targets.
 #
-# Everything Python lives in .venv, created on first use. Three stamp files in .venv record what
+# Everything Python lives in .venv, created on first use. Stamp files in .venv record what
 # is already done, so `make install` costs nothing when nothing changed:
 #   .deps.stamp   requirements/dev.txt is installed        (redone when that file changes)
 #   .build.stamp  the extension is built in release mode   (redone when Rust sources change)
 #   .bench.stamp  requirements/bench.txt is installed      (redone when that file changes)
+#   .abi3.stamp   the abi3 wheel is built and unpacked     (only for ABI3=1; see test-python)
+# `make test-matrix` keeps the same stamps in each .venv-3.X.
 # Python sources need no rebuild: maturin develop installs python/ in editable mode.
 
 .DEFAULT_GOAL := help
@@ -115,8 +117,8 @@ endif
 	if [ -n "$$left" ]; then echo "worker processes left behind:"; echo "$$left"; exit 1; fi; \
 	echo "process table: no gilfree worker left"
 
-# Finds the interpreter for version $$1 (3.12, or 3.13t for a free-threaded build): the newest
-# pyenv install of it (pyenv root, else ~/.pyenv), else python$$1 on PATH. A candidate counts only
+# Finds the interpreter for version $1 (3.12, or 3.13t for a free-threaded build): the newest
+# pyenv install of it (pyenv root, else ~/.pyenv), else python$1 on PATH. A candidate counts only
 # if it runs and reports that version and build, so a pyenv shim that does not resolve is skipped.
 define FIND_PYTHON
 find_python() { \
