@@ -1,11 +1,13 @@
 # The one entry point for humans and CI. `make help` lists the targets.
 #
-# Everything Python lives in .venv, created on first use. Three stamp files in .venv record what
+# Everything Python lives in .venv, created on first use. Stamp files in .venv record what
 # is already done, so `make install` costs nothing when nothing changed:
 #   .deps.stamp   requirements/dev.txt is installed        (redone when that file changes)
 #   .build.stamp  the extension is built in release mode   (redone when Rust sources change)
 #   .bench.stamp  requirements/bench.txt is installed      (redone when that file changes)
 #   .docs.stamp   requirements/docs.txt is installed       (redone when that file changes)
+#   .abi3.stamp   the abi3 wheel is built and unpacked     (only for ABI3=1; see test-python)
+# `make test-matrix` keeps the same stamps in each .venv-3.X.
 # Python sources need no rebuild: maturin develop installs python/ in editable mode.
 
 .DEFAULT_GOAL := help
@@ -15,6 +17,8 @@ SHELL := bash
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
+# The CPython versions `make test-matrix` runs the suite on, e.g. `make test-matrix PYTHONS=3.13`.
+PYTHONS ?= 3.11 3.12 3.13
 # Extra arguments for `make bench`, e.g. `make bench BENCH_ARGS=--quick`.
 BENCH_ARGS ?=
 # `make soak`: tasks per chaos run, and the seeds to run.
@@ -71,7 +75,10 @@ demo: install  ## run the tutorial on gilfree, then threading vs gilfree on a CP
 	$(VPY) -m gilfree demo
 
 .PHONY: test
-test: install  ## run every test: Rust (gilfree-core, without Python), then pytest
+test: test-rust test-python  ## run every test: Rust (gilfree-core, without Python), then pytest
+
+.PHONY: test-rust
+test-rust:  ## the Rust tests of gilfree-core (nextest where installed, then the doctests)
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		echo "cargo nextest run -p gilfree-core --no-tests=warn"; \
 		cargo nextest run -p gilfree-core --no-tests=warn; \
@@ -81,12 +88,72 @@ test: install  ## run every test: Rust (gilfree-core, without Python), then pyte
 		echo "cargo test -p gilfree-core"; \
 		cargo test -p gilfree-core; \
 	fi
+
+# `ABI3=1` (e.g. `make test-matrix PYTHONS=3.13 ABI3=1`): test-python runs the suite on the abi3
+# release wheel (docs/wheels.md) instead of the editable per-version build: built with maturin
+# (its own CARGO_TARGET_DIR, target/abi3) and unpacked into $(VENV)/abi3-site, which goes first
+# on PYTHONPATH (workers inherit it). The wheel holds python/ too, so it is rebuilt when that
+# changes.
+ABI3 ?=
+ABI3_SITE := $(VENV)/abi3-site
+ABI3_STAMP := $(VENV)/.abi3.stamp
+PY_SOURCES := $(shell find python -name '*.py' -o -name '*.pyi' -o -name py.typed)
+
+$(ABI3_STAMP): $(DEPS_STAMP) $(RUST_SOURCES) $(PY_SOURCES)
+	rm -rf $(VENV)/abi3-wheel $(ABI3_SITE)
+	CARGO_TARGET_DIR=$(abspath target)/abi3 $(MATURIN) build --release --features abi3 \
+		--interpreter $(VPY) --out $(VENV)/abi3-wheel
+	$(VPY) -m pip install --no-deps --target $(ABI3_SITE) $(VENV)/abi3-wheel/*-abi3-*.whl
+	touch $@
+
+# The Python half of `make test`, shared with `make test-matrix` (which runs it once per version
+# with VENV=.venv-3.X): pytest in $(VENV), then the process table.
+.PHONY: test-python
+test-python: $(if $(ABI3),$(ABI3_STAMP),install)  ## pytest in .venv, then check that no gilfree worker outlived the suite
+ifneq ($(ABI3),)
+	PYTHONPATH=$(abspath $(ABI3_SITE)) $(VPY) -c \
+		"import gilfree._engine as e; print('testing', e.__file__); assert '/abi3-site/' in e.__file__"
+	PYTHONPATH=$(abspath $(ABI3_SITE)) $(VPY) -m pytest
+else
 	$(VPY) -m pytest
+endif
 	@# The process table after the suite: no worker process of ours may outlive it. Ours are
 	@# the ones this checkout's interpreter runs (other checkouts on the machine may be busy).
 	@left=$$(pgrep -af '^$(abspath $(VENV))/bin/python[0-9.]* -m gilfree[._]_?worker' || true); \
 	if [ -n "$$left" ]; then echo "worker processes left behind:"; echo "$$left"; exit 1; fi; \
 	echo "process table: no gilfree worker left"
+
+# Finds the interpreter for version $1 (3.12, or 3.13t for a free-threaded build): the newest
+# pyenv install of it (pyenv root, else ~/.pyenv), else python$1 on PATH. A candidate counts only
+# if it runs and reports that version and build, so a pyenv shim that does not resolve is skipped.
+define FIND_PYTHON
+find_python() { \
+	local want=$$1 minor=$${1%t} ft=0 root cand; \
+	[ "$$want" != "$$minor" ] && ft=1; \
+	root=$$(pyenv root 2>/dev/null || echo "$$HOME/.pyenv"); \
+	for cand in $$(ls -d "$$root/versions/$$minor".* 2>/dev/null | sort -rV) "$$(command -v python$$want || true)"; do \
+		[ -d "$$cand" ] && cand=$$cand/bin/python$$want; \
+		[ -x "$$cand" ] || continue; \
+		if "$$cand" -c "import sys, sysconfig; ok = '%d.%d' % sys.version_info[:2] == '$$minor' and bool(sysconfig.get_config_var('Py_GIL_DISABLED')) == bool($$ft); sys.exit(not ok)" 2>/dev/null; then \
+			echo "$$cand"; return 0; \
+		fi; \
+	done; \
+	echo "make test-matrix: no CPython $$want found (looked in $$root/versions/$$minor.* and for python$$want on PATH); install it (pyenv install $$minor) or drop it from PYTHONS" >&2; \
+	return 1; \
+}
+endef
+
+.PHONY: test-matrix
+test-matrix:  ## pytest + process table on each CPython in PYTHONS (venvs .venv-3.X, target/py3.X)
+	@$(FIND_PYTHON); \
+	for v in $(PYTHONS); do find_python "$$v" >/dev/null; done; \
+	for v in $(PYTHONS); do \
+		py=$$(find_python "$$v"); \
+		echo "==> Python $$v: $$py"; \
+		CARGO_TARGET_DIR=$(abspath target)/py$$v $(MAKE) --no-print-directory test-python \
+			VENV=.venv-$$v PYTHON="$$py"; \
+		echo "==> Python $$v: ok"; \
+	done
 
 .PHONY: loom
 loom:  ## loom models (tests/loom_*.rs): ring, arena free list, event, semaphore, condition, barrier, queue
@@ -137,11 +204,13 @@ docs: $(DOCS_STAMP)  ## build the docs site (mkdocs.yml) into site/, warnings as
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 .PHONY: clean
-clean:  ## remove build outputs, caches and install stamps (keeps .venv)
+clean:  ## remove build outputs, caches and install stamps (keeps .venv and the .venv-3.X)
 	rm -rf target .pytest_cache .ruff_cache .hypothesis benchmarks/results/*.tmp
 	rm -f python/gilfree/_engine*.so $(DEPS_STAMP) $(BUILD_STAMP) $(BENCH_STAMP) $(DOCS_STAMP)
 	rm -rf site
-	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	@# The matrix venvs' extensions were in python/gilfree too: they must be built again.
+	rm -f .venv-*/.build.stamp
+	find . -path './.venv*' -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: all
 all: format lint test  ## the pre-merge check (test builds through install; loom runs on its own)

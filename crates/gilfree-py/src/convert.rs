@@ -20,7 +20,8 @@ pub const TIMEOUT_MAX: f64 = 9_223_372_036.0;
 /// What a negative timeout means to the calling primitive (`threading` differs per call).
 #[derive(Clone, Copy)]
 pub enum Negative {
-    /// An error with this message (`Lock.acquire`, `Queue.get`/`put`). NaN is an error too.
+    /// An error with this message (`Queue.get`/`put`, the engine's own waits). NaN is an error
+    /// too. (`Lock.acquire` has its own rule: [`lock_timeout`].)
     Reject(&'static str),
     /// Do not wait at all (`Event.wait`, `Condition.wait`, `Semaphore.acquire`,
     /// `Barrier.wait`: `threading` computes a remaining time and stops when it is <= 0). NaN
@@ -66,7 +67,11 @@ pub fn sync_timeout(secs: Option<f64>, negative: Negative) -> PyResult<Option<Du
 
 /// `blocking`/`timeout` as `threading.Lock.acquire` takes them (`-1`: forever). `None`: do
 /// not wait at all; `Some(t)`: wait for `t` (`None`: forever).
-pub fn lock_timeout(blocking: bool, timeout: f64) -> PyResult<Option<Option<Duration>>> {
+pub fn lock_timeout(
+    py: Python<'_>,
+    blocking: bool,
+    timeout: f64,
+) -> PyResult<Option<Option<Duration>>> {
     const FOREVER: f64 = -1.0;
     if timeout.is_nan() {
         return Err(PyValueError::new_err("Invalid value NaN (not a number)"));
@@ -87,10 +92,18 @@ pub fn lock_timeout(blocking: bool, timeout: f64) -> PyResult<Option<Option<Dura
     if timeout == FOREVER {
         return Ok(Some(None));
     }
-    Ok(Some(sync_timeout(
-        Some(timeout),
-        Negative::Reject("timeout value must be positive"),
-    )?))
+    if timeout < 0.0 {
+        // CPython 3.13 reworded `threading`'s message. One abi3 build runs on every version,
+        // so the running interpreter decides, not the one we were built for.
+        let msg = if py.version_info() >= (3, 13) {
+            "timeout value must be a non-negative number"
+        } else {
+            "timeout value must be positive"
+        };
+        return Err(PyValueError::new_err(msg));
+    }
+    // Cannot fail: `timeout` is finite and in 0..=TIMEOUT_MAX (checked above).
+    Ok(Some(Some(Duration::from_secs_f64(timeout))))
 }
 
 /// Runs a blocking core call with the GIL released and Ctrl-C honoured: `f` gets a [`Wait`]

@@ -108,7 +108,7 @@ impl PyLock {
     /// `threading.Lock.acquire`.
     #[pyo3(signature = (blocking=true, timeout=-1.0))]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> Result<bool, PyEngineError> {
-        let wait_for = convert::lock_timeout(blocking, timeout)?;
+        let wait_for = convert::lock_timeout(py, blocking, timeout)?;
         let got = match self.inner.try_acquire()? {
             Some(got) => got,
             None => {
