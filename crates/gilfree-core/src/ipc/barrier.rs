@@ -309,7 +309,14 @@ pub struct ShmBarrier {
 // SAFETY: `ShmBarrier::new` initialises every Barrier slot as a `BarrierBody` (atomics and a
 // process-shared mutex, within a slot body).
 unsafe impl super::arena::SlotBody for BarrierBody {
-    const KIND: super::arena::Kind = super::arena::Kind::Barrier;
+    const KIND: super::arena::Kind = super::arena::Kind::new(5);
+    // `BarrierBody` is `#[repr(C)]` with its robust mutex first.
+    const BODY_STARTS_WITH_MUTEX: bool = true;
+
+    /// A party died: the barrier can never fill, so it breaks (waiters get `Broken`).
+    fn owner_died(&self, _held: i32) {
+        self.break_barrier();
+    }
 }
 
 #[cfg(not(loom))]
@@ -564,7 +571,7 @@ pub struct ShmCell {
 #[cfg(not(loom))]
 // SAFETY: `ShmCell::new` initialises every Cell slot as an `AtomicU64`.
 unsafe impl super::arena::SlotBody for crate::sync::AtomicU64 {
-    const KIND: super::arena::Kind = super::arena::Kind::Cell;
+    const KIND: super::arena::Kind = super::arena::Kind::new(6);
 }
 
 #[cfg(not(loom))]

@@ -217,7 +217,9 @@ pub struct ShmLock {
 // robust mutex and two atomics, within a slot body).
 #[cfg(not(loom))]
 unsafe impl super::arena::SlotBody for LockBody {
-    const KIND: super::arena::Kind = super::arena::Kind::Lock;
+    const KIND: super::arena::Kind = super::arena::Kind::new(1);
+    // `LockBody` is `#[repr(C)]` with its robust mutex first.
+    const BODY_STARTS_WITH_MUTEX: bool = true;
 }
 
 #[cfg(not(loom))]

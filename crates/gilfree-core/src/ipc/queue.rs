@@ -671,7 +671,16 @@ fn free_chain(heap: &Heap, mut chunk: u32) {
 // process-shared mutex and chunk indices, within a slot body).
 #[cfg(not(loom))]
 unsafe impl super::arena::SlotBody for QueueBody {
-    const KIND: super::arena::Kind = super::arena::Kind::Queue;
+    const KIND: super::arena::Kind = super::arena::Kind::new(7);
+    // `QueueBody` is `#[repr(C)]` with its robust mutex first.
+    const BODY_STARTS_WITH_MUTEX: bool = true;
+
+    /// The items still queued live in heap chunks: they go back with the slot.
+    fn retired(&self, heap: Option<&Heap>) {
+        if let Some(heap) = heap {
+            self.free_chunks(heap);
+        }
+    }
 }
 
 /// The shared-memory queue: a [`QueueBody`] in an arena slot, items in the arena's heap.
