@@ -419,10 +419,11 @@ impl LocalBarrier {
         held: LocalHeld<'a>,
         wait: &mut Wait<'_>,
     ) -> (LocalHeld<'a>, Result<(), WaitError>) {
-        if wait.remaining() == Some(std::time::Duration::ZERO) {
-            return (held, Err(WaitError::Timeout));
-        }
-        let Some(slice) = crate::ipc::notify::next_slice(wait) else {
+        let slice = match wait.slice() {
+            Ok(slice) => slice,
+            Err(ended) => return (held, Err(ended.into())),
+        };
+        let Some(slice) = slice else {
             let held = self.cond.wait(held).unwrap_or_else(|e| e.into_inner());
             return (held, Ok(()));
         };
@@ -434,13 +435,7 @@ impl LocalBarrier {
             return (held, Ok(()));
         }
         drop(held);
-        let r = if wait.interrupted() {
-            Err(WaitError::Interrupted)
-        } else if wait.remaining() == Some(std::time::Duration::ZERO) {
-            Err(WaitError::Timeout)
-        } else {
-            Ok(())
-        };
+        let r = wait.after_slice().map_err(WaitError::from);
         (self.lock(), r)
     }
 

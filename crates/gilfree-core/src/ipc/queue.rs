@@ -183,18 +183,16 @@ impl LocalQueue {
         st: crate::sync::MutexGuard<'a, LocalState>,
         wait: &mut Wait<'_>,
     ) -> Result<crate::sync::MutexGuard<'a, LocalState>, AcquireError> {
-        if wait.remaining() == Some(Duration::ZERO) {
-            return Err(AcquireError::Timeout);
-        }
-        let slice = crate::ipc::notify::next_slice(wait).unwrap_or(Duration::from_secs(3600));
-        let (st, _) = self
+        let slice = wait.slice()?.unwrap_or(Duration::from_secs(3600));
+        let (st, slept) = self
             .changed
             .wait_timeout(st, slice)
             .unwrap_or_else(|e| e.into_inner());
-        drop(st);
-        if wait.interrupted() {
-            return Err(AcquireError::Interrupted);
+        if !slept.timed_out() {
+            return Ok(st);
         }
+        drop(st);
+        wait.after_slice()?;
         Ok(self.state())
     }
 }
