@@ -3,7 +3,7 @@
 //!
 //! [`super::arena`] dispatches owner death and retirement on a slot's kind id through the
 //! [`SlotKind`] hooks it is given, so it names no primitive; each primitive implements
-//! [`SlotBody`](super::arena::SlotBody) in its own file. A new kind is one `SlotBody` impl
+//! [`SlotBody`] in its own file. A new kind is one `SlotBody` impl
 //! there and one line in [`ALL`] here. Every process of one tree must use the same table: the
 //! parent's [`Arena::create`] and the workers' [`Arena::from_env`] both take [`ALL`].
 
