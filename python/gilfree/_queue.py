@@ -24,7 +24,7 @@ from __future__ import annotations
 import queue
 from typing import Any
 
-from gilfree import _engine, _module_objects, _runtime, _serialize
+from gilfree import _engine, _module_objects, _runtime, _serialize, _sync_args
 
 __all__ = ["Queue"]
 
@@ -74,7 +74,8 @@ class Queue(_engine.Queue):
         Raises:
             queue.Full: No room (``block`` false, or the timeout passed).
         """
-        if not self._put(_serialize.dumps(item), block, timeout):
+        data = _serialize.dumps(item)
+        if not self._put(data, block, _sync_args.queue_wait(block, timeout)):
             raise queue.Full
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
@@ -83,7 +84,7 @@ class Queue(_engine.Queue):
         Raises:
             queue.Empty: No item (``block`` false, or the timeout passed).
         """
-        data = self._get(block, timeout)
+        data = self._get(block, _sync_args.queue_wait(block, timeout))
         if data is None:
             raise queue.Empty
         return _serialize.loads(data)
