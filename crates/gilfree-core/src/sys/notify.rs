@@ -132,6 +132,7 @@ impl Notifier {
 
 /// How long the next sleep may last: `None` is forever. Kept for the in-process ring's
 /// doorbell (`shm::ring::local`), which predates [`Wait::next_slice`]; new code calls that.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn next_slice(wait: &Wait<'_>) -> Option<Duration> {
     wait.next_slice()
 }
