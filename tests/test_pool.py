@@ -202,17 +202,17 @@ def test_bad_task_timeout_fails_at_the_call(pool: gilfree.Pool, bad: float) -> N
 
 
 def test_task_outcome_codes_come_from_the_engine() -> None:
-    from gilfree import _engine, executor
+    from gilfree import _dispatch, _engine
 
     ends = [_engine.END_DONE, _engine.END_CRASHED, _engine.END_TIMED_OUT]
     ends += [_engine.END_CANCELLED, _engine.END_BROKEN]
     assert len(set(ends)) == len(ends)
-    assert executor._CRASHED == _engine.END_CRASHED
-    assert executor._BROKEN == _engine.END_BROKEN
+    assert _dispatch._CRASHED == _engine.END_CRASHED
+    assert _dispatch._BROKEN == _engine.END_BROKEN
     cancels = [_engine.CANCEL_NOT_FOUND, _engine.CANCEL_CANCELLED]
     cancels += [_engine.CANCEL_RUNNING, _engine.CANCEL_KILLED]
     assert len(set(cancels)) == len(cancels)
-    assert executor._KILLED == _engine.CANCEL_KILLED
+    assert _dispatch._KILLED == _engine.CANCEL_KILLED
 
 
 def test_map_timeout_is_per_task(pool: gilfree.Pool) -> None:

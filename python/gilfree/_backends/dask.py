@@ -56,9 +56,9 @@ import distributed
 
 from gilfree import _protocol, _runtime
 from gilfree._backends import UnsupportedByBackend
+from gilfree._dispatch import _check_retries, _decode_frame
 from gilfree.exceptions import WorkerCrashedError
 from gilfree.executor import Pool as _ProcessPool
-from gilfree.executor import _check_retries, _decode_frame
 
 __all__ = ["NAME", "SCATTER_BYTES", "Pool", "WorkerRunner"]
 

@@ -21,9 +21,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
 from gilfree._backends import UnsupportedByBackend
+from gilfree._dispatch import _check_retries
 from gilfree.exceptions import BrokenPoolError, RemoteTraceback
 from gilfree.executor import Pool as _ProcessPool
-from gilfree.executor import _check_retries, _pool_size
+from gilfree.executor import _pool_size
 
 __all__ = ["NAME", "Pool", "WorkerRunner"]
 
