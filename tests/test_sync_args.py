@@ -151,3 +151,35 @@ def test_the_glue_takes_only_checked_waits() -> None:
     assert lock._acquire(0.0) is True
     assert lock._acquire(0.0) is False
     lock.release()
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (gilfree.Lock, threading.Lock),
+        (gilfree.RLock, threading.RLock),
+        (lambda: gilfree.BoundedSemaphore(1), lambda: threading.BoundedSemaphore(1)),
+    ],
+    ids=["Lock", "RLock", "BoundedSemaphore"],
+)
+def test_a_refused_release_says_what_threading_says(
+    ours: Callable[[], Any], theirs: Callable[[], Any]
+) -> None:
+    a, b = ours(), theirs()
+    assert outcome(a.release) == outcome(b.release)
+    assert outcome(lambda: a.__exit__(None, None, None)) == outcome(
+        lambda: b.__exit__(None, None, None)
+    )
+
+
+def test_task_done_too_often_says_what_queue_says() -> None:
+    assert outcome(gilfree.Queue().task_done) == outcome(queue.Queue().task_done)
+
+
+def test_refused_release_messages_are_pythons(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The glue picks the exception type; the words are the Python layer's.
+    from gilfree import _sync_args
+
+    monkeypatch.setitem(_sync_args.MESSAGES, "release_unlocked", "reworded")
+    with pytest.raises(RuntimeError, match=r"^reworded$"):
+        gilfree.Lock().release()

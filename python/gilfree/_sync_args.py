@@ -10,10 +10,32 @@ import math
 import operator
 import threading
 
-__all__ = ["TIMEOUT_MAX", "lock_wait", "queue_wait", "release_count", "semaphore_wait", "wait"]
+__all__ = [
+    "MESSAGES",
+    "TIMEOUT_MAX",
+    "lock_wait",
+    "queue_wait",
+    "release_count",
+    "semaphore_wait",
+    "wait",
+]
 
 #: ``threading.TIMEOUT_MAX``: longer timeouts raise ``OverflowError``, as ``threading``'s do.
 TIMEOUT_MAX: float = threading.TIMEOUT_MAX
+
+#: The words of the errors the native glue raises for a refused release (or ``task_done``), by name (it picks the
+#: exception type and reads the text here, on the error path only, so that a release that
+#: succeeds runs no Python code).
+MESSAGES: dict[str, str] = {
+    "release_unlocked": "release unlocked lock",
+    "release_unacquired": "cannot release un-acquired lock",
+    "release_not_owner": (
+        "cannot release a gilfree.Lock held by another thread or process "
+        "(unlike threading.Lock, only the owner may release it)"
+    ),
+    "semaphore_released_too_many": "Semaphore released too many times",
+    "task_done_too_many": "task_done() called too many times",
+}
 
 _NAN = "Invalid value NaN (not a number)"
 _TOO_LARGE = "timeout value is too large"
