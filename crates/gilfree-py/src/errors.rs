@@ -174,7 +174,9 @@ impl From<PyEngineError> for PyErr {
             Kind::Barrier(_) => BrokenBarrierError::new_err(()),
             Kind::Store(e @ StoreError::HeapFull) => PyMemoryError::new_err(e.to_string()),
             Kind::Store(e @ StoreError::TooLarge) => PyOverflowError::new_err(e.to_string()),
-            Kind::TaskDone(_) => PyValueError::new_err(python_words("task_done_too_many")),
+            Kind::TaskDone(TaskDoneError::TooMany) => {
+                PyValueError::new_err(python_words("task_done_too_many"))
+            }
             Kind::Recv(e) => PyRuntimeError::new_err(e.to_string()),
             Kind::Send(e) => PyRuntimeError::new_err(e.to_string()),
             Kind::Spawn(e) => PyRuntimeError::new_err(e.to_string()),
