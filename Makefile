@@ -5,6 +5,7 @@
 #   .deps.stamp   requirements/dev.txt is installed        (redone when that file changes)
 #   .build.stamp  the extension is built in release mode   (redone when Rust sources change)
 #   .bench.stamp  requirements/bench.txt is installed      (redone when that file changes)
+#   .docs.stamp   requirements/docs.txt is installed       (redone when that file changes)
 # Python sources need no rebuild: maturin develop installs python/ in editable mode.
 
 .DEFAULT_GOAL := help
@@ -23,6 +24,7 @@ SOAK_SEEDS ?= 11,12,13
 DEPS_STAMP := $(VENV)/.deps.stamp
 BUILD_STAMP := $(VENV)/.build.stamp
 BENCH_STAMP := $(VENV)/.bench.stamp
+DOCS_STAMP := $(VENV)/.docs.stamp
 RUST_SOURCES := Cargo.toml pyproject.toml $(shell find crates -name Cargo.toml -o -name build.rs -o -path '*/src/*.rs')
 MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin
 
@@ -44,6 +46,10 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(RUST_SOURCES)
 
 $(BENCH_STAMP): requirements/bench.txt $(DEPS_STAMP)
 	$(VPY) -m pip install -r requirements/bench.txt
+	touch $@
+
+$(DOCS_STAMP): requirements/docs.txt $(DEPS_STAMP)
+	$(VPY) -m pip install -r requirements/docs.txt
 	touch $@
 
 .PHONY: install
@@ -117,10 +123,17 @@ format: $(DEPS_STAMP)  ## format and autofix: cargo fmt, ruff check --fix, ruff 
 bench: install $(BENCH_STAMP)  ## benchmarks beside peers -> benchmarks/results/ (BENCH_ARGS=--quick)
 	$(VPY) benchmarks/run.py $(BENCH_ARGS)
 
+.PHONY: docs
+docs: $(DOCS_STAMP)  ## build the docs site (mkdocs.yml) into site/, warnings as errors
+	@# The API reference reads python/ statically (griffe, with the _engine.pyi stub): no build
+	@# of the extension is needed. The theme's notice about its own end of life is not ours.
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 .PHONY: clean
 clean:  ## remove build outputs, caches and install stamps (keeps .venv)
 	rm -rf target .pytest_cache .ruff_cache .hypothesis benchmarks/results/*.tmp
-	rm -f python/gilfree/_engine*.so $(DEPS_STAMP) $(BUILD_STAMP) $(BENCH_STAMP)
+	rm -f python/gilfree/_engine*.so $(DEPS_STAMP) $(BUILD_STAMP) $(BENCH_STAMP) $(DOCS_STAMP)
+	rm -rf site
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: all

@@ -538,7 +538,7 @@ def map(
         backend: Where to run (see :class:`Pool`); by default the configured one.
 
     Raises:
-        Whatever the first failing item raised, when the results reach it.
+        Exception: whatever the first failing item raised, when the results reach it.
     """
     total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
     bar = None
