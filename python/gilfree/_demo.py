@@ -90,7 +90,7 @@ def split(data: Sequence[int], parts: int) -> list[list[int]]:
 # --- The tutorial's worker ----------------------------------------------------------------------
 
 
-class Worker(gilfree.Worker):
+class Worker(gilfree.Worker[None]):
     """The tutorial's worker, on gilfree: prints ``n, i`` for ``i`` in ``range(10)``.
 
     Before each line it does a few milliseconds of pure-Python work (the tutorial's ``run()``
@@ -137,7 +137,7 @@ class SliceThread(threading.Thread):
         self.result = job(self.chunk)
 
 
-class SliceWorker(gilfree.Worker):
+class SliceWorker(gilfree.Worker[int]):
     """A gilfree worker that runs :func:`job` over its slice; ``join()`` returns the result."""
 
     def __init__(self, chunk: list[int]) -> None:

@@ -27,7 +27,7 @@ import signal as _signal
 import threading
 import weakref
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gilfree import _engine, _protocol, _serialize
 from gilfree.exceptions import BrokenPoolError, RemoteTraceback, WorkerCrashedError
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from gilfree.executor import Pool
+
+_T = TypeVar("_T")
 
 # How a task ended, and what a cancel did: the engine's codes (crates/gilfree-py/src/pool.rs).
 _DONE, _CRASHED, _TIMED_OUT = _engine.END_DONE, _engine.END_CRASHED, _engine.END_TIMED_OUT
@@ -139,6 +141,7 @@ def _end_error(
     as part of a new chunk: the caller knows its runs across chunks). ``max_memory``: the
     pool's limit, to tell an out-of-memory kill in the message."""
     if end == _CRASHED:
+        runs: int
         pid, exitcode, signal, runs, peak_rss, death = info
         if attempts is None:
             attempts = runs
@@ -185,12 +188,12 @@ def _decode_init_failure(frame: bytes) -> BaseException:
     if frame[:1] == _protocol.ENGINE_FAILURE:
         return RuntimeError(frame[1:].decode("utf-8", "replace"))
     exc_blob, tb_text = _serialize.loads(frame[1:])
-    exc = _serialize.loads(exc_blob)
+    exc: BaseException = _serialize.loads(exc_blob)
     exc.__cause__ = RemoteTraceback(tb_text)
     return exc
 
 
-class _PoolFuture(Future):
+class _PoolFuture(Future[_T]):
     """The Future of a :meth:`Pool.submit` task, with the ``concurrent.futures`` states.
 
     - PENDING while the task is queued. ``cancel()`` takes it out of the queue: the Future is
@@ -230,7 +233,7 @@ class _PoolFuture(Future):
     def _gilfree_stop(self) -> bool:
         """Resolves a Future whose task the pool stopped: cancelled if it was PENDING, else
         ``CancelledError`` as its exception. ``False`` if it had finished already."""
-        if Future.cancel(self):
+        if Future.cancel(self):  # pyright: ignore[reportUnknownMemberType]  (the base class's own cancel, unparameterised)
             self._gilfree_notify()
             return True
         try:
@@ -255,7 +258,7 @@ class _PoolFuture(Future):
             return self.cancelled()
         outcome = self._gilfree_pool._tp.cancel(self._gilfree_id, False)
         if outcome == _WAS_QUEUED:
-            if Future.cancel(self):
+            if Future.cancel(self):  # pyright: ignore[reportUnknownMemberType]  (the base class's own cancel, unparameterised)
                 self._gilfree_notify()
                 return True
             # Marked running by an earlier start, then put back in the queue: the pool's
@@ -268,7 +271,7 @@ class _PoolFuture(Future):
         # that worker, it can no longer be taken back without killing the worker.
         return self.cancelled()
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> _T:
         """As ``Future.result``; Ctrl-C while waiting also stops the task (kills its worker
         process if it runs), since nobody is left to want its result."""
         try:
@@ -283,7 +286,7 @@ class _FutureHandler:
 
     __slots__ = ("blob", "future", "timeout")
 
-    def __init__(self, future: _PoolFuture, timeout: float | None, body: bytes) -> None:
+    def __init__(self, future: _PoolFuture[Any], timeout: float | None, body: bytes) -> None:
         self.future = future
         self.timeout = timeout
         self.blob = _pinning(body)
@@ -627,7 +630,8 @@ def _collect(pool_ref: weakref.ref[Pool], tp: _engine.TaskPool, handlers: dict[i
                 pool = pool_ref()
                 if pool is not None and pool._broken is None:
                     try:
-                        pool._broken = _decode_init_failure(info)
+                        # A broken pool's info is the initializer's failure frame (bytes).
+                        pool._broken = _decode_init_failure(info)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
                     except Exception as exc:
                         pool._broken = exc
             try:

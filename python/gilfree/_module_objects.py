@@ -18,6 +18,7 @@ import os
 import pickle
 import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, TypeVar
 
 ENV = "GILFREE_MODULE_OBJECTS"
@@ -39,7 +40,7 @@ def registry_env() -> str:
 
         _making = True
         try:
-            _registry = SharedDict()
+            _registry = SharedDict[str, Any]()
         finally:
             _making = False
     return pickle.dumps(_registry).hex()
@@ -53,7 +54,7 @@ def enter_worker() -> None:
 
 def _key() -> str | None:
     """``module:line:n`` if the caller's caller is a module's top-level code (not a script's)."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None and frame.f_globals.get("__name__", "").startswith("gilfree."):
         frame = frame.f_back  # a gilfree constructor making another (Condition's lock, say)
     while frame is not None and frame.f_code.co_name in _COMPREHENSIONS:
@@ -79,7 +80,7 @@ def shared(cls: type[_T], make: Callable[[], _T]) -> _T:
     if _in_worker:
         found = _lookup(key)
         if type(found) is cls:
-            return found  # type: ignore[no-any-return]
+            return found
         return make()
     obj = make()
     registry_env()

@@ -101,7 +101,7 @@ def decode_task(msg: bytes) -> tuple[int, list[str], str, Any, memoryview]:
     (n,) = _LEN.unpack_from(view)
     raw = view[_LEN.size : _LEN.size + n]
     last = _last_context
-    if raw == last[0]:
+    if raw == last[0]:  # pyright: ignore[reportUnnecessaryComparison]  (a memoryview equals bytes of the same content)
         path, cwd = last[1], last[2]
     else:
         path_tuple, cwd = pickle.loads(raw)
@@ -128,4 +128,5 @@ def encode_reply(
 
 def decode_reply(msg: bytes) -> tuple[int, Any, dict[str, bytes], list[str], list[tuple[str, str]]]:
     """The inverse of :func:`encode_reply`."""
-    return pickle.loads(msg)
+    reply: tuple[int, Any, dict[str, bytes], list[str], list[tuple[str, str]]] = pickle.loads(msg)
+    return reply

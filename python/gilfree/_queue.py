@@ -22,21 +22,27 @@ Differences from ``queue.Queue`` (all come from being shared between processes):
 from __future__ import annotations
 
 import queue
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from gilfree import _engine, _module_objects, _runtime, _serialize, _sync_args
 
+if TYPE_CHECKING:
+    from typing import Self
+
 __all__ = ["Queue"]
+
+# The type of the items: ``gilfree.Queue[int]()`` (any picklable object travels).
+_T = TypeVar("_T")
 
 # The default byte capacity (pickled items plus an 8-byte header each).
 DEFAULT_MAXBYTES = 64 << 20
 
 
-def _rebuild(cls: type, handle: int) -> Any:
+def _rebuild(cls: type[Queue[Any]], handle: int) -> Queue[Any]:
     return _engine.Queue.__new__(cls, _runtime.arena(), handle=handle)
 
 
-class Queue(_engine.Queue):
+class Queue(_engine.Queue, Generic[_T]):
     """A process-shared FIFO queue with ``queue.Queue``'s API.
 
     Args:
@@ -52,7 +58,7 @@ class Queue(_engine.Queue):
 
     __slots__ = ()
 
-    def __new__(cls, maxsize: int = 0, *, maxbytes: int = DEFAULT_MAXBYTES) -> Queue:
+    def __new__(cls, maxsize: int = 0, *, maxbytes: int = DEFAULT_MAXBYTES) -> Self:
         if maxbytes < 1:
             raise ValueError("maxbytes must be positive")
         make = super().__new__
@@ -68,7 +74,7 @@ class Queue(_engine.Queue):
             f"maxsize={self.maxsize}, qsize={self.qsize()}>"
         )
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
         """Puts ``item`` at the back, waiting for room if ``block`` (at most ``timeout`` s).
 
         Raises:
@@ -78,7 +84,7 @@ class Queue(_engine.Queue):
         if not self._put(data, block, _sync_args.queue_wait(block, timeout)):
             raise queue.Full
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
         """Removes and returns the item at the front, waiting for one if ``block``.
 
         Raises:
@@ -87,13 +93,13 @@ class Queue(_engine.Queue):
         data = self._get(block, _sync_args.queue_wait(block, timeout))
         if data is None:
             raise queue.Empty
-        return _serialize.loads(data)
+        return cast("_T", _serialize.loads(data))
 
-    def put_nowait(self, item: Any) -> None:
+    def put_nowait(self, item: _T) -> None:
         """``put(item, block=False)``."""
         self.put(item, False)
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         """``get(block=False)``."""
         return self.get(False)
 

@@ -160,7 +160,7 @@ def engine() -> _engine.Engine:
             )
             # threading's own exit hook runs before non-daemon threads are joined and before
             # atexit, the same moment concurrent.futures uses; atexit is the fallback.
-            threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+            threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
             atexit.register(shutdown)
         return _engine_instance
 

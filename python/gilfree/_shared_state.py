@@ -57,6 +57,10 @@ def _analyse(code: types.CodeType) -> tuple[frozenset[str], frozenset[str]]:
     return names, stores
 
 
+# This module inspects objects of any type (globals, closure cells, containers): where a
+# type check narrows such an Any to a container, pyright strict calls the items unknown, and
+# the ``# pyright: ignore[reportUnknown...]`` comments below say so on those lines.
+
 # The opcodes that rebind a global, as bytes: a code object whose bytecode holds neither byte
 # (at any offset, arguments included) has no such instruction, and needs no disassembly (the
 # cost of a target that travelled by value, looked at afresh at each start).
@@ -65,6 +69,7 @@ _STORE_OPS = (bytes([dis.opmap["STORE_GLOBAL"]]), bytes([dis.opmap["DELETE_GLOBA
 
 def _global_stores(code: types.CodeType) -> set[str]:
     raw = code.co_code
+    found: set[str]
     if any(op in raw for op in _STORE_OPS):
         found = {
             ins.argval
@@ -90,10 +95,11 @@ def _differs(before: Any, now: Any) -> bool:
         pass
     if len(before) != len(now):
         return True
+    # The containers' elements are of any type (pyright: unknown once narrowed from Any).
     if isinstance(now, list):
-        return not all(map(operator.is_, before, now))
+        return not all(map(operator.is_, before, now))  # pyright: ignore[reportUnknownArgumentType]
     if isinstance(now, dict):
-        get = now.get
+        get = now.get  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
         return any(get(k, _MISSING) is not v for k, v in before.items())
     return True
 
@@ -108,7 +114,7 @@ def _unwrap(fn: Any) -> list[types.FunctionType]:
         elif hasattr(fn, "func") and hasattr(fn, "keywords"):  # functools.partial
             fn = fn.func
         elif fn is not None and not isinstance(fn, type):
-            call = getattr(type(fn), "__call__", None)  # noqa: B004
+            call = getattr(type(fn), "__call__", None)  # noqa: B004  # pyright: ignore[reportUnknownArgumentType]
             return _unwrap(call) if isinstance(call, types.FunctionType) else []
         else:
             return []
@@ -131,9 +137,10 @@ class Watch:
         found: list[tuple[str, str, str, str]] = []
         if not self.entries:
             return found
+        now: Any
         for where, name, holder, before, copied, rebind in self.entries:
             if isinstance(holder, dict):
-                now = holder.get(name, _MISSING)
+                now = holder.get(name, _MISSING)  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
                 kind = "global"
             else:
                 try:
@@ -145,18 +152,19 @@ class Watch:
                 if rebind:
                     found.append(("rebound", kind, where, name))
             elif copied is not None and _differs(copied, now):
-                found.append((type(now).__name__, kind, where, name))
+                found.append((type(now).__name__, kind, where, name))  # pyright: ignore[reportUnknownArgumentType]
         return found
 
 
 def _methods(cls: type, stop: type) -> list[types.FunctionType]:
-    found = []
+    found: list[types.FunctionType] = []
+    value: Any
     for klass in cls.__mro__:
         if klass is stop or klass is object:
             break
         for value in vars(klass).values():
             if isinstance(value, staticmethod | classmethod):
-                value = value.__func__
+                value = value.__func__  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
             elif isinstance(value, property):
                 value = value.fget
             if isinstance(value, types.FunctionType):
@@ -176,32 +184,33 @@ _PLANS_MAX = 256
 _NOTHING = Watch()
 
 
-def watch(worker: Any, base: type) -> Watch:
+def watch(worker: Any, base: type[Any]) -> Watch:
     """Records the state ``worker.run()`` could change without the parent seeing it.
 
     A diagnostic: if looking fails (an object whose ``copy`` raises, say), nothing is
     watched and the Worker runs as it would have."""
     try:
         target = worker.__dict__.get("_target")
-        cls = type(worker)
+        cls: type[Any] = type(worker)  # pyright: ignore[reportUnknownVariableType]
         plan: _Plan = _plan(target, base) if target is not None else ()
         if cls.run is not base.run:
             plan += _plan(cls, base)
         if not plan:
             return _NOTHING
         w = Watch()
+        value: Any
         for where, name, holder, rebind in plan:
             if type(holder) is dict:
-                value = holder.get(name, _MISSING)
+                value = holder.get(name, _MISSING)  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
             else:
                 try:
                     value = holder.cell_contents
                 except ValueError:
                     value = _MISSING
-            if type(value) in _CONTAINERS:
-                w.entries.append((where, name, holder, value, value.copy(), rebind))
+            if type(value) in _CONTAINERS:  # pyright: ignore[reportUnknownArgumentType]
+                w.entries.append((where, name, holder, value, value.copy(), rebind))  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
             elif rebind:
-                w.entries.append((where, name, holder, value, None, True))
+                w.entries.append((where, name, holder, value, None, True))  # pyright: ignore[reportUnknownArgumentType]
         return w
     except Exception:
         return Watch()

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import gilfree as _gilfree
 from gilfree import worker as _worker_mod
@@ -26,7 +26,7 @@ from gilfree.sync import Event
 from gilfree.worker import Worker
 
 # One list of threading's names: the package serves exactly these from here.
-__all__ = sorted(_gilfree._THREADING_NAMES)
+__all__ = sorted(_gilfree._THREADING_NAMES)  # pyright: ignore[reportUnsupportedDunderAll]  (the names are listed in gilfree/__init__.py)
 
 Thread = Worker
 TIMEOUT_MAX = threading.TIMEOUT_MAX
@@ -46,7 +46,7 @@ _main_thread = threading.main_thread
 
 # The Worker whose run() this process is running (in the worker process only), and the
 # ident of the thread that runs it.
-_task: Worker | None = None
+_task: Worker[Any] | None = None
 _task_thread = 0
 # Every gilfree.local of this process (reset between Worker tasks), and its __init__ arguments.
 # (A list of weak references, not a WeakSet: testing a list for emptiness costs nothing, and
@@ -55,7 +55,7 @@ _locals: list[weakref.ref[Any]] = []
 _init_args: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
-def _enter_task(worker: Worker, name: str) -> str:
+def _enter_task(worker: Worker[Any], name: str) -> str:
     """Called by the worker process before ``run()``: the Worker (named ``name``) becomes the
     current thread.
 
@@ -64,8 +64,10 @@ def _enter_task(worker: Worker, name: str) -> str:
     _task = worker
     _task_thread = _get_ident()
     main = _main_thread()
-    old = main._name  # the attribute behind Thread.name, set directly: this is per task
-    main._name = name
+    # _name: the attribute behind Thread.name, set directly (this is per task); typeshed
+    # does not declare it.
+    old = cast("str", main._name)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
+    main._name = name  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
     if _locals:
         alive = [loc for loc in (ref() for ref in _locals) if loc is not None]
         _locals[:] = [weakref.ref(loc) for loc in alive]
@@ -77,7 +79,7 @@ def _enter_task(worker: Worker, name: str) -> str:
 def _exit_task(old_name: str) -> None:
     global _task
     _task = None
-    _main_thread()._name = old_name
+    _main_thread()._name = old_name  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def current_thread() -> Any:
@@ -100,7 +102,8 @@ def get_ident() -> int:
     (its worker process's pid)."""
     task = _task
     if task is not None and threading.get_ident() == _task_thread:
-        return task.ident  # type: ignore[return-value]
+        # Set once the Worker started, which it has: it runs.
+        return task.ident  # type: ignore[return-value]  # pyright: ignore[reportReturnType]
     return threading.get_ident()
 
 
@@ -109,7 +112,7 @@ def get_native_id() -> int:
     ``native_id`` (its worker process's pid)."""
     task = _task
     if task is not None and threading.get_ident() == _task_thread:
-        return task.native_id  # type: ignore[return-value]
+        return task.native_id  # type: ignore[return-value]  # pyright: ignore[reportReturnType]
     return threading.get_native_id()
 
 
@@ -171,7 +174,7 @@ def stack_size(size: int = 0) -> int:
 # -- Timer and local ---------------------------------------------------------------------------
 
 
-class Timer(Worker):
+class Timer(Worker[None]):
     """``threading.Timer``: calls ``function(*args, **kwargs)`` in a worker process after
     ``interval`` seconds, unless :meth:`cancel` is called first (from any process)."""
 
@@ -179,13 +182,13 @@ class Timer(Worker):
         self,
         interval: float,
         function: Callable[..., Any],
-        args: Any = None,
+        args: Iterable[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.interval = interval
         self.function = function
-        self.args = args if args is not None else []
+        self.args: Iterable[Any] = args if args is not None else []
         self.kwargs = kwargs if kwargs is not None else {}
         self.finished = Event()
 

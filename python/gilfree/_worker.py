@@ -58,7 +58,7 @@ def _pickle_error(exc: BaseException, tb_text: str) -> bytes:
 
 # Worker classes this process has rebuilt, by their pickled bytes: loading a class shipped by
 # value costs ~100 µs, so it is done once per class per process.
-_classes: dict[bytes, type] = {}
+_classes: dict[bytes, type[Worker[Any]]] = {}
 
 
 def run_worker(meta: tuple[str, bool], body: memoryview) -> bytes:
@@ -68,7 +68,7 @@ def run_worker(meta: tuple[str, bool], body: memoryview) -> bytes:
     cls = _classes.get(cls_bytes)
     if cls is None:
         cls = _classes[cls_bytes] = _serialize.loads(cls_bytes)
-    obj: Worker = cls.__new__(cls)
+    obj: Worker[Any] = cls.__new__(cls)
     obj.__dict__.update({key: _serialize.loads(blob) for key, blob in state.items()})
     st = _State(name, daemon)
     st.started = st.in_worker = True
@@ -77,6 +77,7 @@ def run_worker(meta: tuple[str, bool], body: memoryview) -> bytes:
 
     watch = _shared_state.watch(obj, Worker)
     main_name = _threading_api._enter_task(obj, name)
+    payload: bytes | tuple[bytes, str] | str
     try:
         value = obj.run()
     except SystemExit:  # threading ignores SystemExit in run(); so do we

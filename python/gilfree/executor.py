@@ -15,9 +15,9 @@ import re
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from gilfree import _backends, _engine, _protocol, _runtime, _serialize
 from gilfree._dispatch import (
@@ -34,7 +34,17 @@ from gilfree._dispatch import (
 )
 from gilfree.exceptions import BrokenPoolError
 
+if TYPE_CHECKING:
+    from typing import Self
+
+    from gilfree._backends import BackendName
+
 __all__ = ["Pool", "map"]
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+_P = ParamSpec("_P")
 
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
@@ -109,10 +119,11 @@ class Pool(Executor):
     look-ahead, and a worker that dies fails only the task it was running.
     """
 
-    def __new__(cls, *args: Any, backend: str | None = None, **kwargs: Any) -> Pool:
+    def __new__(cls, *args: Any, backend: BackendName | None = None, **kwargs: Any) -> Self:
         # backend= picks the class; type() then calls that class's __init__ with the same args.
         if cls is Pool and (module := _backends.resolve(backend)) is not None:
-            return super().__new__(module.Pool)
+            pool: Self = super().__new__(module.Pool)
+            return pool
         return super().__new__(cls)
 
     def __init__(
@@ -123,7 +134,7 @@ class Pool(Executor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | str | None = None,
-        backend: str | None = None,
+        backend: BackendName | None = None,
     ) -> None:
         max_memory = _memory_size(max_memory_per_worker)
         max_workers = _pool_size(max_workers)
@@ -161,15 +172,46 @@ class Pool(Executor):
 
     # -- concurrent.futures.Executor --------------------------------------------------------
 
+    # The checkers see three signatures: two for calls that pass ``timeout=`` or ``retries=``,
+    # then ``fn``'s own (its arguments checked against its parameters). A ParamSpec admits no
+    # keyword between ``*args: P.args`` and ``**kwargs: P.kwargs`` (PEP 612), so with the
+    # pool's options ``fn``'s arguments go unchecked; the Future's result type is kept in all.
+    @overload
     def submit(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        timeout: float | None,
+        retries: int = 0,
+        **kwargs: Any,
+    ) -> Future[_T]: ...
+    @overload
+    def submit(
+        self,
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        retries: int,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Future[_T]: ...
+    @overload
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Future[_T]: ...
+    # mypy cannot match the ParamSpec overload to this implementation (its keyword-only
+    # timeout/retries beside **kwargs, which PEP 612 forbids in that overload); it accepts
+    # every call the overloads allow.
+    def submit(  # type: ignore[misc]
+        self,
+        fn: Callable[..., _T],
         /,
         *args: Any,
         timeout: float | None = None,
         retries: int = 0,
         **kwargs: Any,
-    ) -> Future:
+    ) -> Future[_T]:
         """Schedules ``fn(*args, **kwargs)`` and returns its Future.
 
         Args:
@@ -194,7 +236,7 @@ class Pool(Executor):
             self._check_open()
             body = self._pickle_call(fn, args, kwargs)
             task_id = next(self._ids)
-            future = _PoolFuture(self, task_id)
+            future: _PoolFuture[_T] = _PoolFuture(self, task_id)
             self._handlers[task_id] = _FutureHandler(future, timeout, body)
             msg = _protocol.encode_task(_protocol.POOL_CALL, self._call_meta(1), body)
             try:
@@ -204,14 +246,46 @@ class Pool(Executor):
                 raise
         return future
 
-    def map(  # type: ignore[override]
+    @overload
+    def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[[_A], _T],
+        iterable: Iterable[_A],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[_A, _B], _T],
+        iterable: Iterable[_A],
+        iterable2: Iterable[_B],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., _T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
         retries: int = 0,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]: ...
+    def map(
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]:
         """Runs ``fn`` over the items (in parallel, in chunks) and yields results in order.
 
         Like ``Executor.map``, the iterables are collected at once and every task runs even if
@@ -262,14 +336,14 @@ class Pool(Executor):
 
     def imap(
         self,
-        fn: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        fn: Callable[[_A], _T],
+        iterable: Iterable[_A],
         *,
         ordered: bool = True,
         chunksize: int | None = None,
         timeout: float | None = None,
         retries: int = 0,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]:
         """A lazy ``map`` of one-argument ``fn``: consumes ``iterable`` with bounded look-ahead.
 
         An endless generator works, and memory stays flat: no more than a few chunks per worker
@@ -283,7 +357,7 @@ class Pool(Executor):
             timeout: Per-task time limit in seconds (see :meth:`map`).
             retries: Re-runs of an item whose worker process died (see :meth:`map`).
         """
-        length = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        length = len(cast("Sized", iterable)) if hasattr(iterable, "__len__") else None
         source = ((item,) for item in iterable)
         results = self._start(
             fn,
@@ -298,7 +372,7 @@ class Pool(Executor):
         )
         return iter(results)
 
-    def cancel(self, future: Future) -> bool:
+    def cancel(self, future: Future[Any]) -> bool:
         """Stops a task even if it is running: a running task's worker process is killed (and
         replaced; the other tasks carry on).
 
@@ -365,8 +439,8 @@ class Pool(Executor):
         found = _serialize.find_unpicklable(args, kwargs)
         if found is None:
             raise TypeError("the call's arguments cannot be pickled")
-        label, arg, exc = found
-        raise _unpicklable(label, arg, exc) from exc
+        label, arg, err = found
+        raise _unpicklable(label, arg, err) from err
 
     def _start(
         self,
@@ -499,8 +573,8 @@ def _release_default_pool(pool: Pool) -> None:
 
 
 def map(
-    fn: Callable[[Any], Any],
-    iterable: Iterable[Any],
+    fn: Callable[[_A], _T],
+    iterable: Iterable[_A],
     *,
     workers: int | None = None,
     ordered: bool = True,
@@ -508,8 +582,8 @@ def map(
     timeout: float | None = None,
     progress: bool = False,
     retries: int = 0,
-    backend: str | None = None,
-) -> list[Any]:
+    backend: BackendName | None = None,
+) -> list[_T]:
     """Runs ``fn`` over ``iterable`` in parallel and returns the results as a list.
 
     Calls share one process-wide Pool, made on the first call and kept warm for the next (its
@@ -540,7 +614,7 @@ def map(
     Raises:
         Exception: whatever the first failing item raised, when the results reach it.
     """
-    total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+    total = len(cast("Sized", iterable)) if hasattr(iterable, "__len__") else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -559,7 +633,7 @@ def map(
         else:
             pool, shared = _reusable_pool(workers)
         try:
-            out = []
+            out: list[_T] = []
             update = bar.update if bar is not None else None
             if not shared and type(pool) is not Pool:  # another backend's Pool
                 for value in pool.imap(

@@ -19,7 +19,12 @@ import math
 import pickle
 import struct
 import sys
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # numpy is optional at run time (gilfree[numpy]); for the checkers it types the views.
+    from numpy.typing import DTypeLike, NDArray
 
 from gilfree import _oob
 
@@ -71,10 +76,10 @@ def _dtype(dtype: Any) -> tuple[Any, int, str | None]:
 def _shape(shape: Any) -> tuple[int, ...]:
     if isinstance(shape, int):
         shape = (shape,)
-    shape = tuple(int(n) for n in shape)
-    if any(n < 0 for n in shape):
-        raise ValueError(f"negative dimensions are not allowed: {shape}")
-    return shape
+    dims = tuple(int(n) for n in shape)
+    if any(n < 0 for n in dims):
+        raise ValueError(f"negative dimensions are not allowed: {dims}")
+    return dims
 
 
 class SharedArray:
@@ -96,7 +101,7 @@ class SharedArray:
 
     __slots__ = ("_data", "_dtype", "_fmt", "_itemsize", "_owner", "_shape", "_whole")
 
-    def __init__(self, shape: Any, dtype: Any = "float64") -> None:
+    def __init__(self, shape: int | Iterable[int], dtype: DTypeLike = "float64") -> None:
         shape = _shape(shape)
         dt, itemsize, fmt = _dtype(dtype)
         nbytes = math.prod(shape) * itemsize
@@ -122,7 +127,7 @@ class SharedArray:
         self._data = whole[_oob.PAGE : _oob.PAGE + nbytes]
 
     @classmethod
-    def zeros(cls, shape: Any, dtype: Any = "float64") -> SharedArray:
+    def zeros(cls, shape: int | Iterable[int], dtype: DTypeLike = "float64") -> SharedArray:
         """A new zero-filled SharedArray (the same as the constructor)."""
         return cls(shape, dtype)
 
@@ -157,16 +162,18 @@ class SharedArray:
         """A writable memoryview of the shared bytes, shaped and typed where the struct
         module can express the dtype, else flat bytes."""
         if self._fmt is not None and self._shape and 0 not in self._shape:
-            return self._data.cast(self._fmt, self._shape)
+            # The format comes from the dtype at run time; typeshed types cast() per literal.
+            return self._data.cast(self._fmt, self._shape)  # type: ignore[call-overload,no-any-return]  # pyright: ignore[reportCallIssue, reportArgumentType, reportUnknownVariableType]
         return self._data
 
     @property
-    def array(self) -> Any:
+    def array(self) -> NDArray[Any]:
         """A numpy array that views the shared memory (no copy); writes go to every holder."""
         np = _numpy()
         if np is None:
             raise TypeError("SharedArray.array needs numpy (pip install gilfree[numpy])")
-        return np.frombuffer(self._data, dtype=self._dtype).reshape(self._shape)
+        view: NDArray[Any] = np.frombuffer(self._data, dtype=self._dtype).reshape(self._shape)
+        return view
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
         a = self.array

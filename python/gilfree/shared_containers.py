@@ -49,8 +49,8 @@ import io
 import operator
 import pickle
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, SupportsIndex, TypeVar
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
+from typing import Any, Generic, SupportsIndex, TypeVar, cast, overload
 
 from gilfree import _engine, _runtime
 from gilfree.exceptions import OwnerDiedError
@@ -61,6 +61,7 @@ __all__ = ["SharedDict", "SharedList"]
 _T = TypeVar("_T")
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+_D = TypeVar("_D")
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _MISSING: Any = object()
@@ -205,7 +206,7 @@ class _Shared:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self._blob.handle, self._lock))
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
 
 
 def _rebuild(cls: type[_Shared], handle: int, lock: RLock) -> _Shared:
@@ -301,11 +302,19 @@ class SharedList(_Shared, Generic[_T]):
     def __len__(self) -> int:
         return self._peek(len)
 
-    def __getitem__(self, index: SupportsIndex | slice) -> Any:
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> _T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[_T]: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> _T | list[_T]:
         if isinstance(index, slice):
             return [pickle.loads(b) for b in self._peek(operator.itemgetter(index))]
-        return pickle.loads(self._peek(operator.itemgetter(operator.index(index))))
+        return cast("_T", pickle.loads(self._peek(operator.itemgetter(operator.index(index)))))
 
+    @overload
+    def __setitem__(self, index: SupportsIndex, value: _T) -> None: ...
+    @overload
+    def __setitem__(self, index: slice, value: Iterable[_T]) -> None: ...
     def __setitem__(self, index: SupportsIndex | slice, value: Any) -> None:
         if isinstance(index, slice):
             self._mutate(("s", index, [_dump(x) for x in value]))
@@ -355,7 +364,7 @@ class SharedList(_Shared, Generic[_T]):
 
     def pop(self, index: SupportsIndex = -1) -> _T:
         """Removes and returns the item at ``index`` (the last by default)."""
-        return pickle.loads(self._mutate(("p", operator.index(index))))
+        return cast("_T", pickle.loads(self._mutate(("p", operator.index(index)))))
 
     def remove(self, value: _T) -> None:
         """Removes the first item equal to ``value`` (``ValueError`` if there is none)."""
@@ -409,7 +418,18 @@ class SharedDict(_Shared, Generic[_K, _V]):
 
     __slots__ = ()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    @overload
+    def __init__(self) -> None: ...
+    @overload
+    def __init__(self: SharedDict[str, _V], **kwargs: _V) -> None: ...  # pyright: ignore[reportInvalidTypeVarUse]
+    @overload
+    def __init__(self, mapping: Mapping[_K, _V], /) -> None: ...
+    @overload
+    def __init__(self: SharedDict[str, _V], mapping: Mapping[str, _V], /, **kwargs: _V) -> None: ...  # pyright: ignore[reportInvalidTypeVarUse]
+    @overload
+    def __init__(self, iterable: Iterable[tuple[_K, _V]], /) -> None: ...
+    # mypy misreads the self-typed overloads as ones this signature does not accept.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]
         self._setup(_engine.Blob(_runtime.arena()), RLock())
         self._publish_all({k: _dump(v) for k, v in dict(*args, **kwargs).items()})
 
@@ -421,13 +441,15 @@ class SharedDict(_Shared, Generic[_K, _V]):
 
     def copy(self) -> dict[_K, _V]:
         """A plain dict holding a copy of every item."""
-        return {k: pickle.loads(b) for k, b in self._peek(dict.copy).items()}
+        # dict.copy of the cache, whose keys pyright cannot know here.
+        snapshot: dict[_K, bytes] = self._peek(dict.copy)  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType, reportUnknownArgumentType]
+        return {k: pickle.loads(b) for k, b in snapshot.items()}
 
     def __len__(self) -> int:
         return self._peek(len)
 
     def __getitem__(self, key: _K) -> _V:
-        return pickle.loads(self._peek(operator.itemgetter(key)))
+        return cast("_V", pickle.loads(self._peek(operator.itemgetter(key))))
 
     def __setitem__(self, key: _K, value: _V) -> None:
         self._mutate(("s", key, _dump(value)))
@@ -451,23 +473,33 @@ class SharedDict(_Shared, Generic[_K, _V]):
     def __repr__(self) -> str:
         return f"SharedDict({self.copy()!r})"
 
-    def keys(self) -> Any:
+    def keys(self) -> KeysView[_K]:
         """The keys of a snapshot (a plain ``dict_keys``)."""
         return self._peek(dict.fromkeys).keys()
 
-    def values(self) -> Any:
+    def values(self) -> ValuesView[_V]:
         """The values of a snapshot (a plain ``dict_values``)."""
         return self.copy().values()
 
-    def items(self) -> Any:
+    def items(self) -> ItemsView[_K, _V]:
         """The items of a snapshot (a plain ``dict_items``)."""
         return self.copy().items()
 
+    @overload
+    def get(self, key: _K, /) -> _V | None: ...
+    @overload
+    def get(self, key: _K, default: _V | _D, /) -> _V | _D: ...
     def get(self, key: _K, default: Any = None) -> Any:
         """``self[key]`` if ``key`` is there, else ``default``."""
         b = self._peek(lambda c: c.get(key, _MISSING))
         return default if b is _MISSING else pickle.loads(b)
 
+    @overload
+    def setdefault(
+        self: SharedDict[_K, _T | None], key: _K, default: None = None, /
+    ) -> _T | None: ...
+    @overload
+    def setdefault(self, key: _K, default: _V, /) -> _V: ...
     def setdefault(self, key: _K, default: Any = None) -> Any:
         """``self[key]``, after setting it to ``default`` if it was missing (atomically)."""
         item = _dump(default)
@@ -481,10 +513,14 @@ class SharedDict(_Shared, Generic[_K, _V]):
         finally:
             self._lock.release()
 
-    def update(self, *args: Any, **kwargs: Any) -> None:
+    def update(self, *args: Mapping[_K, _V] | Iterable[tuple[_K, _V]], **kwargs: _V) -> None:
         """Adds every item, as ``dict.update`` does (one publish for all of them)."""
         self._mutate(("u", {k: _dump(v) for k, v in dict(*args, **kwargs).items()}))
 
+    @overload
+    def pop(self, key: _K, /) -> _V: ...
+    @overload
+    def pop(self, key: _K, default: _V | _D, /) -> _V | _D: ...
     def pop(self, key: _K, default: Any = _MISSING) -> Any:
         """Removes ``key`` and returns its value (``default``, or ``KeyError``, if missing)."""
         self._acquire()

@@ -32,7 +32,27 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+if TYPE_CHECKING:
+    import ctypes
+    from typing import Literal, TypeAlias
+
+    # The typecodes and ctypes scalars gilfree.Value takes, by the Python type they hold.
+    _IntCode: TypeAlias = Literal["b", "B", "h", "H", "i", "I", "l", "L", "q", "Q", "n", "N"]
+    _IntCType: TypeAlias = (
+        ctypes.c_byte
+        | ctypes.c_ubyte
+        | ctypes.c_short
+        | ctypes.c_ushort
+        | ctypes.c_int
+        | ctypes.c_uint
+        | ctypes.c_long
+        | ctypes.c_ulong
+        | ctypes.c_longlong
+        | ctypes.c_ulonglong
+    )
+    _FloatCode: TypeAlias = Literal["e", "f", "d"]
 
 from gilfree import _engine, _module_objects, _runtime, _sync_args
 
@@ -47,10 +67,15 @@ __all__ = [
     "Value",
 ]
 
+# What a Condition.wait_for predicate returns.
+_R = TypeVar("_R")
+# What a Value holds: int, float, bool or bytes, from its typecode.
+_S = TypeVar("_S")
 
-def _rebuild(cls: type, handle: int) -> Any:
+
+def _rebuild(cls: type[Any], handle: int) -> Any:
     """Unpickles a primitive: attaches this process to the slot ``handle`` names."""
-    base = next(b for b in cls.__mro__ if b.__module__ == "gilfree._engine")
+    base: Any = next(b for b in cls.__mro__ if b.__module__ == "gilfree._engine")
     return base.__new__(cls, _runtime.arena(), handle=handle)
 
 
@@ -264,7 +289,7 @@ class Condition:
             raise RuntimeError("cannot wait on un-acquired lock")
         return self._word._wait(self._lock, _sync_args.wait(timeout))
 
-    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+    def wait_for(self, predicate: Callable[[], _R], timeout: float | None = None) -> _R:
         """Waits until ``predicate()`` is true (or ``timeout`` passes); returns its last value."""
         endtime = None
         waittime = timeout
@@ -387,8 +412,12 @@ def _rebuild_barrier(
     return barrier
 
 
-class Value:
+class Value(Generic[_S]):
     """A process-shared scalar, like ``multiprocessing.Value``.
+
+    Generic in the Python type of ``.value``, which the checkers take from the typecode:
+    ``Value("i")`` is a ``Value[int]``, ``Value("d")`` a ``Value[float]``, ``Value("?")`` a
+    ``Value[bool]``, ``Value("c")`` a ``Value[bytes]`` (likewise for ctypes scalars).
 
     Args:
         typecode_or_type: A ``struct``/``array`` typecode of at most 8 bytes (``"i"``, ``"d"``,
@@ -401,6 +430,51 @@ class Value:
     so guard it with ``with counter.get_lock():`` as with multiprocessing.
     """
 
+    @overload
+    def __init__(
+        self: Value[int],
+        typecode_or_type: _IntCode | type[_IntCType],
+        value: int = ...,
+        /,
+        *,
+        lock: bool | Lock | RLock = True,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Value[float],
+        typecode_or_type: _FloatCode | type[ctypes.c_float | ctypes.c_double],
+        value: float = ...,
+        /,
+        *,
+        lock: bool | Lock | RLock = True,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Value[bool],
+        typecode_or_type: Literal["?"] | type[ctypes.c_bool],
+        value: bool = ...,
+        /,
+        *,
+        lock: bool | Lock | RLock = True,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Value[bytes],
+        typecode_or_type: Literal["c"] | type[ctypes.c_char],
+        value: bytes = ...,
+        /,
+        *,
+        lock: bool | Lock | RLock = True,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Value[Any],
+        typecode_or_type: str | type[Any],
+        value: Any = ...,
+        /,
+        *,
+        lock: bool | Lock | RLock = True,
+    ) -> None: ...
     def __init__(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> None:
         code = getattr(typecode_or_type, "_type_", typecode_or_type)
         fmt = struct.Struct("=" + code)
@@ -427,8 +501,9 @@ class Value:
     def _pack(fmt: struct.Struct, value: Any) -> int:
         return int.from_bytes(fmt.pack(value).ljust(8, b"\0"), "little")
 
-    def _unpack(self, bits: int) -> Any:
-        return self._fmt.unpack(bits.to_bytes(8, "little")[: self._fmt.size])[0]
+    def _unpack(self, bits: int) -> _S:
+        item: _S = self._fmt.unpack(bits.to_bytes(8, "little")[: self._fmt.size])[0]
+        return item
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_value, (self._code, self._cell.handle, self._lock))
@@ -437,7 +512,7 @@ class Value:
         return f"<gilfree.Value({self._code!r}, {self.value!r})>"
 
     @property
-    def value(self) -> Any:
+    def value(self) -> _S:
         """The current value (read under the lock, if any)."""
         if self._lock is None:
             return self._unpack(self._cell._load())
@@ -445,7 +520,7 @@ class Value:
             return self._unpack(self._cell._load())
 
     @value.setter
-    def value(self, new: Any) -> None:
+    def value(self, new: _S) -> None:
         bits = self._pack(self._fmt, new)
         if self._lock is None:
             self._cell._store(bits)
@@ -457,14 +532,15 @@ class Value:
         """The lock that guards the value."""
         if self._lock is None:
             raise AttributeError("this gilfree.Value was created with lock=False")
-        return self._lock  # type: ignore[return-value]
+        # _setup's lock is the engine's base class; Value only ever stores a Lock or an RLock.
+        return self._lock  # type: ignore[return-value]  # pyright: ignore[reportReturnType]
 
-    def get_obj(self) -> Value:
+    def get_obj(self) -> Value[_S]:
         """The value itself (for ``multiprocessing.Value`` compatibility)."""
         return self
 
 
-def _rebuild_value(code: str, handle: int, lock: _engine.Lock | None) -> Value:
-    value = Value.__new__(Value)
+def _rebuild_value(code: str, handle: int, lock: _engine.Lock | None) -> Value[Any]:
+    value: Value[Any] = Value.__new__(Value)  # pyright: ignore[reportUnknownVariableType]  (Value[Unknown], bare __new__)
     value._setup(code, _engine.Cell(_runtime.arena(), handle=handle), lock)
     return value

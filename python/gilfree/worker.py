@@ -25,19 +25,27 @@ import time
 import traceback
 import warnings
 import weakref
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from gilfree import _backends, _protocol, _runtime, _serialize
 from gilfree.exceptions import RemoteTraceback, SharedStateWarning, WorkerCrashedError
+
+if TYPE_CHECKING:
+    from gilfree._backends import BackendName
 
 __all__ = ["Worker"]
 
 _counter = itertools.count(1)
 
+# What run() returns, and so what join() returns: ``class MyWorker(gilfree.Worker[int])``, or
+# inferred from ``target=``.
+_T = TypeVar("_T")
+
 # Started Workers whose outcome has not been read yet: kept alive, like running threads, and
 # joined (or, for daemons, killed) at interpreter exit.
 _live_lock = threading.Lock()
-_live: set[Worker] = set()
+_live: set[Worker[Any]] = set()
 
 # Attributes that describe the call rather than the Worker's own state: never copied back.
 _CALL_ATTRS = ("_target", "_args", "_kwargs")
@@ -80,8 +88,12 @@ class _State:
         self.runner: Any = None
 
 
-class Worker:
+class Worker(Generic[_T]):
     """A unit of work that runs in its own worker process, with ``threading.Thread``'s API.
+
+    ``Worker`` is generic in what ``run()`` returns, which is what ``join()`` returns: a
+    subclass names it (``class Sum(gilfree.Worker[int])`` with ``def run(self) -> int``), and
+    ``gilfree.Worker(target=f)`` takes it from ``f``'s return type.
 
     Args:
         group: Must be ``None``; kept so positional calls match ``threading.Thread``.
@@ -103,13 +115,13 @@ class Worker:
     def __init__(
         self,
         group: None = None,
-        target: Any = None,
+        target: Callable[..., _T] | None = None,
         name: str | None = None,
-        args: Any = (),
-        kwargs: dict[str, Any] | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
         *,
         daemon: bool | None = None,
-        backend: str | None = None,
+        backend: BackendName | None = None,
     ) -> None:
         if group is not None:
             raise AssertionError("group argument must be None for now")
@@ -125,7 +137,7 @@ class Worker:
             daemon = threading.current_thread().daemon
         self._target = target
         self._args = args
-        self._kwargs = {} if kwargs is None else kwargs
+        self._kwargs: Mapping[str, Any] = {} if kwargs is None else kwargs
         self._gilfree = _State(name, bool(daemon))
         backend_module = _backends.resolve(backend)
         if backend_module is not None:
@@ -138,14 +150,16 @@ class Worker:
 
     # -- what runs in the worker -------------------------------------------------------------
 
-    def run(self) -> Any:
+    def run(self) -> _T:
         """The Worker's activity; override it, or pass ``target=``.
 
         Runs in the worker process. Its return value is what ``join()`` returns.
         """
         if self._target is not None:
             return self._target(*self._args, **self._kwargs)
-        return None
+        # Neither target= nor an override: nothing runs, and join() returns None, as a
+        # Thread's does (such a Worker's type argument is left for the checker to infer).
+        return cast("_T", None)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -180,7 +194,11 @@ class Worker:
         with _live_lock:
             _live.add(self)
 
-    def join(self, timeout: float | None = None) -> Any:
+    @overload
+    def join(self, timeout: None = None) -> _T: ...
+    @overload
+    def join(self, timeout: float) -> _T | None: ...
+    def join(self, timeout: float | None = None) -> _T | None:
         """Waits until the Worker finishes, and returns what ``run()`` returned.
 
         Args:
@@ -202,7 +220,7 @@ class Worker:
             return None
         return self._outcome()
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> _T:
         """Like :meth:`join`, but raises ``TimeoutError`` if ``timeout`` passes first."""
         if not self._wait(timeout):
             raise TimeoutError(f"{self.name} did not finish within {timeout} seconds")
@@ -216,7 +234,8 @@ class Worker:
         if not st.started or st.done:
             return False
         if st.runner is not None:
-            return st.runner.is_alive()
+            alive: bool = st.runner.is_alive()
+            return alive
         lease = st.lease
         try:
             return lease is not None and not lease.has_incoming()
@@ -332,7 +351,8 @@ class Worker:
 
     def _state(self) -> _State:
         try:
-            return self.__dict__["_gilfree"]
+            state: _State = self.__dict__["_gilfree"]
+            return state
         except KeyError:
             raise RuntimeError("Worker.__init__() not called") from None
 
@@ -359,9 +379,9 @@ class Worker:
             what = "target"
         elif key in ("_args", "_kwargs"):
             args, kwargs = (value, None) if key == "_args" else ((), value)
-            found = _serialize.find_unpicklable(args, kwargs)
-            if found is not None:
-                label, item, item_exc = found
+            culprit = _serialize.find_unpicklable(args, kwargs)
+            if culprit is not None:
+                label, item, item_exc = culprit
                 return (
                     f"cannot start {self.name}: {label} cannot be pickled: "
                     + _serialize.describe_failure(item, item_exc)
@@ -429,9 +449,9 @@ class Worker:
             return True, _serialize.loads(value)
         if status == _protocol.RAISED:
             exc_blob, tb_text = value
-            exc = _serialize.loads(exc_blob)
-            exc.__cause__ = RemoteTraceback(tb_text)
-            return False, exc
+            raised: BaseException = _serialize.loads(exc_blob)
+            raised.__cause__ = RemoteTraceback(tb_text)
+            return False, raised
         return False, TypeError(
             f"{self.name}: run() returned a value that cannot be pickled: {value}"
         )
@@ -472,10 +492,11 @@ class Worker:
         with _live_lock:
             _live.discard(self)
 
-    def _outcome(self) -> Any:
-        ok, value = self._state().outcome  # type: ignore[misc]
+    def _outcome(self) -> _T:
+        # Set before done is (see _finish); the checkers cannot know that.
+        ok, value = self._state().outcome  # type: ignore[misc]  # pyright: ignore[reportGeneralTypeIssues, reportUnknownVariableType]
         if ok:
-            return value
+            return cast("_T", value)  # what run() returned, unpickled
         raise value
 
 
@@ -489,10 +510,12 @@ def _find_thread_only(key: str, value: Any) -> tuple[str, str] | None:
     Worker that could not be pickled, as ``(where, hint)``; ``None`` if there is none."""
     if key == "_target":
         return _serialize.find_thread_only(value, "target")
+    items: list[tuple[str, Any]]
     if key == "_args" and isinstance(value, list | tuple):
-        items = [(f"argument {i}", v) for i, v in enumerate(value)]
+        # isinstance narrows the Any to list/tuple/dict of unknown items; they are Any.
+        items = [(f"argument {i}", v) for i, v in enumerate(value)]  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
     elif key == "_kwargs" and isinstance(value, dict):
-        items = [(f"keyword argument {k!r}", v) for k, v in value.items()]
+        items = [(f"keyword argument {k!r}", v) for k, v in value.items()]  # pyright: ignore[reportUnknownVariableType]
     else:
         items = [(f"attribute {key!r}", value)]
     for label, item in items:

@@ -29,8 +29,15 @@ import contextvars
 import importlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Literal, TypeAlias
+
+    # The names ``backend=`` takes (``NAMES``), for the checkers.
+    BackendName: TypeAlias = Literal["auto", "process", "thread", "dask"]
 
 __all__ = ["ENV_VAR", "NAMES", "UnsupportedByBackend", "choose", "config", "resolve"]
 
@@ -67,7 +74,7 @@ def _gil_enabled() -> bool:
     return True if is_enabled is None else bool(is_enabled())
 
 
-def choose(backend: str | None = None) -> str:
+def choose(backend: BackendName | None = None) -> str:
     """The concrete backend (``"process"``, ``"thread"``, ...) for a call given ``backend=``.
 
     Raises:
@@ -87,7 +94,7 @@ def choose(backend: str | None = None) -> str:
     return name
 
 
-def resolve(name: str | None = None) -> ModuleType | None:
+def resolve(name: BackendName | None = None) -> ModuleType | None:
     """The module implementing the backend chosen by ``name`` (see :func:`choose`), imported on
     first use; ``None`` for ``"process"``, the built-in engine.
 
@@ -109,7 +116,7 @@ def resolve(name: str | None = None) -> ModuleType | None:
 
 
 @contextlib.contextmanager
-def config(*, backend: str) -> Iterator[None]:
+def config(*, backend: BackendName) -> Generator[None, None, None]:
     """Sets the default backend for the ``with`` block.
 
     Applies to ``Pool``, ``Worker`` and ``gilfree.map`` calls made in the block without

@@ -48,7 +48,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future
 from concurrent.futures import wait as _wait_for
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import cloudpickle
 import dask
@@ -60,7 +60,15 @@ from gilfree._dispatch import _check_retries, _decode_frame
 from gilfree.exceptions import WorkerCrashedError
 from gilfree.executor import Pool as _ProcessPool
 
+if TYPE_CHECKING:
+    from gilfree._backends import BackendName
+
 __all__ = ["NAME", "SCATTER_BYTES", "Pool", "WorkerRunner"]
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+_P = ParamSpec("_P")
 
 NAME = "dask"
 
@@ -82,7 +90,8 @@ def _unsupported(what: str, why: str) -> UnsupportedByBackend:
 
 
 def _dumps(obj: Any) -> bytes:
-    return cloudpickle.dumps(obj, protocol=_protocol.PROTOCOL)
+    blob: bytes = cloudpickle.dumps(obj, protocol=_protocol.PROTOCOL)
+    return blob
 
 
 # -- what runs on a Dask worker ----------------------------------------------------------------
@@ -113,7 +122,8 @@ class _Capture(io.TextIOBase):
         return bufs[self._which] if bufs is not None else self._original
 
     def write(self, text: str) -> int:
-        return self._target().write(text)
+        written: int = self._target().write(text)
+        return written
 
     def flush(self) -> None:
         target = self._target()
@@ -209,6 +219,7 @@ def _run_worker(
         st.started = st.in_worker = True
         st.pid = os.getpid()
         obj.__dict__["_gilfree"] = st
+        payload: bytes | str
         try:
             value = obj.run()
         except SystemExit:  # threading ignores SystemExit in run(); so do we
@@ -272,7 +283,7 @@ def _nbytes(obj: Any) -> int:
     return nbytes if isinstance(nbytes, int) else 0
 
 
-def _bridge(dfut: distributed.Future, done: Callable[[Future[Any], Any], None]) -> Future[Any]:
+def _bridge(dfut: distributed.Future[Any], done: Callable[[Future[Any], Any], None]) -> Future[Any]:
     """A ``concurrent.futures.Future`` that the Dask future resolves through ``done``.
 
     ``done(future, value)`` gets the task's return value; a task Dask could not finish
@@ -280,7 +291,7 @@ def _bridge(dfut: distributed.Future, done: Callable[[Future[Any], Any], None]) 
     fut: Future[Any] = Future()
     fut._gilfree_dask = dfut  # type: ignore[attr-defined]  # keeps the task wanted
 
-    def callback(d: distributed.Future) -> None:
+    def callback(d: distributed.Future[Any]) -> None:
         if fut.done():
             return
         try:
@@ -306,7 +317,7 @@ def _executing(dask_worker: Any) -> list[str]:
     return [str(ts.key) for ts in dask_worker.state.executing]
 
 
-class _DaskFuture(Future):
+class _DaskFuture(Future[Any]):
     """A task's Future; ``cancel()`` also takes the task off the cluster.
 
     ``running()`` and ``cancel()`` ask the workers whether the task executes now (one round
@@ -314,7 +325,7 @@ class _DaskFuture(Future):
     that starts between that question and the cancel is cancelled anyway; it runs to its end
     on its worker, and its result is dropped."""
 
-    _gilfree_dask: distributed.Future | None = None
+    _gilfree_dask: distributed.Future[Any] | None = None
 
     def _executing(self) -> bool:
         dfut = self._gilfree_dask
@@ -376,7 +387,7 @@ class Pool(_ProcessPool):
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | str | None = None,
         address: str | None = None,
-        backend: str | None = None,
+        backend: BackendName | None = None,
     ) -> None:
         if max_memory_per_worker is not None:
             raise _unsupported(
@@ -391,7 +402,7 @@ class Pool(_ProcessPool):
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
         self._pending: set[Future[Any]] = set()
-        self._scattered: dict[int, tuple[Any, distributed.Future]] = {}
+        self._scattered: dict[int, tuple[Any, distributed.Future[Any]]] = {}
         self._cluster: distributed.LocalCluster | None = None
         if address is None:
             address = os.environ.get(ADDRESS_ENV) or None
@@ -412,15 +423,43 @@ class Pool(_ProcessPool):
 
     # -- concurrent.futures.Executor --------------------------------------------------------
 
+    @overload
     def submit(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        timeout: float | None,
+        retries: int = 0,
+        **kwargs: Any,
+    ) -> Future[_T]: ...
+    @overload
+    def submit(
+        self,
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        retries: int,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Future[_T]: ...
+    @overload
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Future[_T]: ...
+    # mypy cannot match the ParamSpec overload to this implementation (its keyword-only
+    # timeout/retries beside **kwargs, which PEP 612 forbids in that overload); it accepts
+    # every call the overloads allow. These are gilfree.Pool.submit's overloads, restated;
+    # pyright does not match ParamSpec overloads across the two classes.
+    def submit(  # type: ignore[misc]  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+        fn: Callable[..., _T],
         /,
         *args: Any,
         timeout: float | None = None,
         retries: int = 0,
         **kwargs: Any,
-    ) -> Future:
+    ) -> Future[_T]:
         """Schedules ``fn(*args, **kwargs)`` on the cluster and returns its Future.
 
         Raises:
@@ -451,14 +490,47 @@ class Pool(_ProcessPool):
         future.add_done_callback(self._pending.discard)
         return future
 
-    def map(  # type: ignore[override]
+    @overload
+    def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[[_A], _T],
+        iterable: Iterable[_A],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[_A, _B], _T],
+        iterable: Iterable[_A],
+        iterable2: Iterable[_B],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., _T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
         retries: int = 0,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]: ...
+    # gilfree.Pool.map's overloads, restated (pyright does not match them across classes).
+    def map(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]:
         """Runs ``fn`` over the items on the cluster, in chunks, and yields results in order.
 
         All chunks are submitted at once (as ``Executor.map``); an exception is raised when
@@ -466,7 +538,9 @@ class Pool(_ProcessPool):
         """
         _no_timeout(timeout, "map()")
         _no_retries(retries, "map()")
-        items = [(args, {}) for args in zip(*iterables, strict=False)]
+        items: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (args, {}) for args in zip(*iterables, strict=False)
+        ]
         size = self._chunksize(chunksize, len(items))
         with self._shutdown_lock:
             self._check_open()
@@ -496,14 +570,14 @@ class Pool(_ProcessPool):
 
     def imap(
         self,
-        fn: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        fn: Callable[[_A], _T],
+        iterable: Iterable[_A],
         *,
         ordered: bool = True,
         chunksize: int | None = None,
         timeout: float | None = None,
         retries: int = 0,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]:
         """A lazy ``map`` of one-argument ``fn``, with a bounded number of chunks in flight.
 
         ``chunksize=None`` cuts a sized input into a few chunks per worker, and an unsized one
@@ -517,7 +591,7 @@ class Pool(_ProcessPool):
         window = self._max_workers * _LOOKAHEAD_PER_WORKER
         return self._imap(fn, iter(iterable), size, window, ordered)
 
-    def scatter(self, obj: Any) -> distributed.Future:
+    def scatter(self, obj: Any) -> distributed.Future[Any]:
         """Sends ``obj`` to the cluster once; pass the returned handle as an argument of
         ``submit``/``map`` and the task gets the object. (Arguments of ``SCATTER_BYTES`` or more
         are scattered this way by themselves.)"""
@@ -525,7 +599,7 @@ class Pool(_ProcessPool):
             self._check_open()
             return self._scatter(obj)
 
-    def cancel(self, future: Future) -> bool:
+    def cancel(self, future: Future[Any]) -> bool:
         """Cancels a task that has not started (``Future.cancel``): a running one cannot be
         stopped on Dask, so this returns ``False`` for it rather than kill it."""
         if not isinstance(future, _DaskFuture):
@@ -559,24 +633,25 @@ class Pool(_ProcessPool):
             return 1
         return max(1, -(-length // (self._max_workers * _CHUNKS_PER_WORKER)))
 
-    def _scatter(self, obj: Any) -> distributed.Future:
+    def _scatter(self, obj: Any) -> distributed.Future[Any]:
         known = self._scattered.get(id(obj))
         if known is not None and known[0] is obj:
             return known[1]
+        dfut: distributed.Future[Any]
         [dfut] = self._client.scatter([obj], broadcast=False, hash=False)
         self._scattered[id(obj)] = (obj, dfut)  # holds obj, so its id stays its own
         return dfut
 
     def _submit_chunk(
         self, fn: Any, calls: list[tuple[tuple[Any, ...] | list[Any], dict[str, Any]]]
-    ) -> distributed.Future:
+    ) -> distributed.Future[Any]:
         """Pickles ``fn`` and the calls here (scattering large arguments) and submits them as
         one task. Call with ``_shutdown_lock`` held."""
         try:
             fn_blob = _dumps(fn)
         except Exception as exc:
             raise TypeError(f"the function cannot be pickled: {exc!r}") from exc
-        handles: list[distributed.Future] = []
+        handles: list[distributed.Future[Any]] = []
         slots: dict[int, _Slot] = {}
 
         def slot(value: Any) -> Any:
@@ -623,7 +698,9 @@ class Pool(_ProcessPool):
         try:
             while True:
                 while not exhausted and len(inflight) < window:
-                    chunk = [((item,), {}) for item in itertools.islice(source, size)]
+                    chunk: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+                        ((item,), {}) for item in itertools.islice(source, size)
+                    ]
                     if not chunk:
                         exhausted = True
                         break
@@ -649,7 +726,8 @@ class Pool(_ProcessPool):
 
     def _close(self) -> None:
         with self._shutdown_lock:
-            client, self._client = self.__dict__.get("_client"), None
+            # Closed: nothing reaches the client after this (the pool refuses work first).
+            client, self._client = self.__dict__.get("_client"), None  # type: ignore[assignment]
             cluster, self._cluster = self.__dict__.get("_cluster"), None
             self._scattered.clear()
         if client is not None:

@@ -18,7 +18,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from gilfree._backends import UnsupportedByBackend
 from gilfree._dispatch import _check_retries
@@ -26,7 +26,15 @@ from gilfree.exceptions import BrokenPoolError, RemoteTraceback
 from gilfree.executor import Pool as _ProcessPool
 from gilfree.executor import _pool_size
 
+if TYPE_CHECKING:
+    from gilfree._backends import BackendName
+
 __all__ = ["NAME", "Pool", "WorkerRunner"]
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+_P = ParamSpec("_P")
 
 NAME = "thread"
 
@@ -110,7 +118,7 @@ def _check_timeout(timeout: float | None, call: str) -> None:
         )
 
 
-class _Future(Future):
+class _Future(Future[Any]):
     """A thread Pool's Future: ``cancel()`` of a queued task wakes ``wait``/``as_completed`` at
     once (the task's thread will skip it), under the pool's lock, so a task is either started or
     cancelled, never both."""
@@ -225,7 +233,7 @@ class _Core:
 
 
 def _run_task(
-    future: Future, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     try:
         result = fn(*args, **kwargs)
@@ -246,7 +254,7 @@ def _register_exit_hook() -> None:
         _exit_hook_registered = True
         # Called before threading joins non-daemon threads (as concurrent.futures does): lets the
         # idle threads of pools never shut down end, once the queued tasks have run.
-        threading._register_atexit(_stop_all_at_exit)  # type: ignore[attr-defined]
+        threading._register_atexit(_stop_all_at_exit)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
 
 
 def _stop_all_at_exit() -> None:
@@ -271,7 +279,7 @@ class Pool(_ProcessPool):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | str | None = None,
-        backend: str | None = None,
+        backend: BackendName | None = None,
     ) -> None:
         if max_memory_per_worker is not None:
             raise _unsupported(
@@ -287,15 +295,43 @@ class Pool(_ProcessPool):
         self._max_workers = max_workers
         self._core = _Core(max_workers, initializer, tuple(initargs))
 
+    @overload
     def submit(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        timeout: float | None,
+        retries: int = 0,
+        **kwargs: Any,
+    ) -> Future[_T]: ...
+    @overload
+    def submit(
+        self,
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        retries: int,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Future[_T]: ...
+    @overload
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Future[_T]: ...
+    # mypy cannot match the ParamSpec overload to this implementation (its keyword-only
+    # timeout/retries beside **kwargs, which PEP 612 forbids in that overload); it accepts
+    # every call the overloads allow. These are gilfree.Pool.submit's overloads, restated;
+    # pyright does not match ParamSpec overloads across the two classes.
+    def submit(  # type: ignore[misc]  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+        fn: Callable[..., _T],
         /,
         *args: Any,
         timeout: float | None = None,
         retries: int = 0,
         **kwargs: Any,
-    ) -> Future:
+    ) -> Future[_T]:
         """Schedules ``fn(*args, **kwargs)`` on a thread and returns its Future.
 
         ``retries`` is accepted for parity and has nothing to do here: a thread's worker cannot
@@ -312,14 +348,47 @@ class Pool(_ProcessPool):
             raise TypeError(f"{fn!r} is not callable")
         return self._core.submit(fn, args, kwargs)
 
-    def map(  # type: ignore[override]
+    @overload
+    def map(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[[_A], _T],
+        iterable: Iterable[_A],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[_A, _B], _T],
+        iterable: Iterable[_A],
+        iterable2: Iterable[_B],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., _T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
         retries: int = 0,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]: ...
+    # gilfree.Pool.map's overloads, restated (pyright does not match them across classes).
+    def map(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        retries: int = 0,
+    ) -> Iterator[_T]:
         """Runs ``fn`` over the items on the pool's threads; yields results in order.
 
         Every task is submitted at once; an exception is raised when iteration reaches its item.
@@ -332,14 +401,14 @@ class Pool(_ProcessPool):
 
     def imap(
         self,
-        fn: Callable[[Any], Any],
-        iterable: Iterable[Any],
+        fn: Callable[[_A], _T],
+        iterable: Iterable[_A],
         *,
         ordered: bool = True,
         chunksize: int | None = None,
         timeout: float | None = None,
         retries: int = 0,
-    ) -> Iterator[Any]:
+    ) -> Iterator[_T]:
         """A lazy ``map`` of one-argument ``fn``, with bounded look-ahead; results in input
         order (``ordered=True``) or as they finish."""
         _check_timeout(timeout, "Pool.imap()")
@@ -350,7 +419,7 @@ class Pool(_ProcessPool):
         window = self._max_workers * _LOOKAHEAD_PER_WORKER
         source = iter(iterable)
 
-        def submit_next() -> Future | None:
+        def submit_next() -> Future[Any] | None:
             for item in source:
                 return self.submit(fn, item)
             return None
@@ -362,7 +431,7 @@ class Pool(_ProcessPool):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._core.stop(wait, cancel_futures)
 
-    def cancel(self, future: Future) -> bool:
+    def cancel(self, future: Future[Any]) -> bool:
         """Cancels a task that has not started.
 
         Returns:
@@ -403,8 +472,8 @@ def _check_chunksize(chunksize: int | None) -> None:
 
 
 def _in_order(
-    pending: collections.deque[Future],
-    refill: tuple[Callable[[], Future | None], int] | None,
+    pending: collections.deque[Future[Any]],
+    refill: tuple[Callable[[], Future[Any] | None], int] | None,
 ) -> Iterator[Any]:
     try:
         if refill is not None:
@@ -421,8 +490,8 @@ def _in_order(
             f.cancel()
 
 
-def _as_finished(submit_next: Callable[[], Future | None], window: int) -> Iterator[Any]:
-    pending: set[Future] = set()
+def _as_finished(submit_next: Callable[[], Future[Any] | None], window: int) -> Iterator[Any]:
+    pending: set[Future[Any]] = set()
     try:
         while len(pending) < window and (f := submit_next()) is not None:
             pending.add(f)
