@@ -261,7 +261,7 @@ class Condition:
         self._setup(lock, _engine.Condition(_runtime.arena()))
         _module_objects.merge(self)
 
-    def _setup(self, lock: _engine.Lock, word: _engine.Condition) -> None:
+    def _setup(self, lock: Lock | RLock, word: _engine.Condition) -> None:
         self._lock = lock
         self._word = word
         self.acquire = lock.acquire
@@ -318,7 +318,7 @@ class Condition:
         self.notify(0xFFFFFFFF)
 
 
-def _rebuild_condition(lock: _engine.Lock, handle: int) -> Condition:
+def _rebuild_condition(lock: Lock | RLock, handle: int) -> Condition:
     cond = Condition.__new__(Condition)
     cond._setup(lock, _engine.Condition(_runtime.arena(), handle=handle))
     return cond
