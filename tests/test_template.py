@@ -97,3 +97,145 @@ def test_ctrl_c_with_forked_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "KeyboardInterrupt" in err
     assert returncode != 0
     assert wait_gone(pids) == []
+
+
+def test_a_forked_worker_finds_cloudpickle_already_imported() -> None:
+    """A first task from ``__main__`` arrives by value and needs cloudpickle: the template
+    imports it once, so no new worker pays for that import. The probe itself travels by
+    reference (``eval`` is a builtin), so it loads nothing of its own."""
+    code = (
+        "import gilfree\n"
+        "w = gilfree.Worker(target=eval, args=(\"'cloudpickle' in __import__('sys').modules\",))\n"
+        "w.start()\n"
+        "print(w.join())\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        env={**os.environ, **ON},
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "True"
+
+
+def test_a_forked_worker_inherits_the_templates_heap_frozen() -> None:
+    """The template freezes its objects (``gc.freeze``) before forking, so a worker's
+    collections never write to them: its heap pages stay shared with the template instead of
+    being copied into every worker."""
+    code = (
+        "import gilfree\n"
+        "w = gilfree.Worker(target=eval, args=(\"__import__('gc').get_freeze_count()\",))\n"
+        "w.start()\n"
+        "print(w.join())\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        env={**os.environ, **ON},
+    )
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.strip()) > 0
+
+
+# --- The template started at ``import gilfree`` ---------------------------------------------
+
+
+def _tagged(tag: str) -> list[int]:
+    """Live processes (zombies aside) whose environment carries ``GILFREE_TEST_TAG=tag``: the
+    probe script and anything it started, wherever they were re-parented."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("GILFREE_TEST_TAG") == tag and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+def _prestart_env(tag: str) -> dict[str, str]:
+    return {**ON, "GILFREE_TEST_TAG": tag}
+
+
+def test_import_starts_the_template_and_the_first_worker_is_forked_from_it() -> None:
+    res = run_script("prestart_probe.py", "adopt", env=_prestart_env("adopt"))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    template = int(lines[0].split()[1])
+    out = json.loads(lines[-1])
+    # The engine adopted the template started at import: the same process, and no other.
+    assert out["templates"] == [template]
+    assert out["still_prestarted"] is None
+    assert out["worker"]["forked"]
+    assert out["worker"]["ppid"] == out["parent"]
+
+
+@pytest.mark.parametrize("mode", ["exit", "exit_at_once"])
+def test_a_program_that_never_uses_gilfree_leaves_no_process(mode: str) -> None:
+    tag = f"never-used-{mode}-{os.getpid()}"
+    res = run_script("prestart_probe.py", mode, env=_prestart_env(tag))
+    assert res.returncode == 0, res.stderr
+    if mode == "exit":
+        assert int(res.stdout.split()[1]) > 0  # it was running before the exit
+    assert wait_gone(_tagged(tag)) == []
+
+
+@pytest.mark.parametrize("switch", [{"GILFREE_TEMPLATE": "0"}, {**ON, "GILFREE_PRESTART": "0"}])
+def test_switch_off_starts_no_template_at_import(switch: dict[str, str]) -> None:
+    res = run_script("prestart_probe.py", "exit", env=switch)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["template", "None"]
+
+
+def test_prestart_off_still_forks_workers_from_a_template() -> None:
+    out = _probe("tree", {**ON, "GILFREE_PRESTART": "0"})
+    assert out["template"] is not None
+    assert all(w["forked"] for w in out["workers"])
+
+
+def test_a_fork_child_before_first_use_starts_its_own_engine() -> None:
+    res = run_script("prestart_probe.py", "fork", env=_prestart_env("fork"))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    template = int(lines[0].split()[1])
+    out = json.loads(lines[-1])
+    assert out["child_status"] == 0
+    assert out["child"]["ok"], out
+    # The parent still adopts the template it started at import.
+    assert out["templates"] == [template]
+    assert out["parent"]["forked"]
+
+
+def test_killed_before_first_use_takes_the_template_with_it() -> None:
+    tag = f"killed-{os.getpid()}"
+    with subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "prestart_probe.py"), "killed"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **_prestart_env(tag)},
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            template = int(proc.stdout.readline().split()[1])
+            assert proc.stdout.readline().split() == ["pids", str(template)]
+            assert proc.stdout.readline().strip() == "waiting"
+            assert psutil.pid_exists(template)
+            proc.kill()
+            proc.wait(timeout=WATCHDOG)
+        finally:
+            proc.kill()
+    assert wait_gone([template, *_tagged(tag)]) == []
+
+
+def test_ctrl_c_before_first_use_leaves_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GILFREE_TEMPLATE", "1")
+    pids, _out, err, returncode = interrupt_script("prestart_probe.py", "ctrl_c", ready="waiting")
+    assert len(pids) == 1
+    assert "KeyboardInterrupt" in err
+    assert returncode != 0
+    assert wait_gone(pids) == []

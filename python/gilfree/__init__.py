@@ -134,3 +134,20 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY) | _THREADING_NAMES)
+
+
+def _prestart() -> None:
+    # The template process that forks workers starts now, in the background, so the first
+    # Worker does not wait for an interpreter start (see ``_runtime.prestart``). This loads
+    # the native engine (~1 ms) and ``threading``, never the heavy modules above.
+    try:
+        from gilfree import _runtime
+    except ImportError:  # no native engine: the first Worker will say so
+        return
+    try:
+        _runtime.prestart()
+    except OSError:  # no thread or process to be had now: the engine starts one later
+        pass
+
+
+_prestart()

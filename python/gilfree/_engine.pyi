@@ -27,7 +27,10 @@ __all__ = [
     "Queue",
     "Semaphore",
     "TaskPool",
+    "cancel_prestart",
     "check_timeout",
+    "prestart_template",
+    "prestarted_pid",
     "template_serve",
 ]
 
@@ -49,6 +52,14 @@ def check_timeout(timeout: float | None) -> None:
     """Raises ``ValueError`` for a timeout the engine rejects (negative or NaN)."""
 
 def template_serve() -> tuple[str, list[tuple[str, str]]] | None: ...
+def prestart_template(program: str, args: Sequence[str], env: Sequence[tuple[str, str]]) -> None:
+    """Starts the template (and the next engine's supervisor thread) now, without waiting."""
+
+def cancel_prestart() -> None:
+    """Kills a prestarted template that no engine adopted. Idempotent."""
+
+def prestarted_pid(timeout: float) -> int | None:
+    """The pid of the prestarted template that waits for its engine, once launched."""
 
 @final
 class Engine:

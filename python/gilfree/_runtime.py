@@ -103,12 +103,45 @@ def _blas_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> list[t
     return [(name, str(n)) for name in BLAS_ENV_VARS if not environ.get(name)]
 
 
-def _worker_env() -> list[tuple[str, str]]:
+def _pythonpath() -> str:
     # The worker must import this very gilfree, even when it was put on sys.path by hand.
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.environ.get("PYTHONPATH")
-    pythonpath = package_root if not path else package_root + os.pathsep + path
-    return [("PYTHONPATH", pythonpath), ("PYTHONUNBUFFERED", "1"), *_blas_env()]
+    return package_root if not path else package_root + os.pathsep + path
+
+
+def _worker_env() -> list[tuple[str, str]]:
+    return [("PYTHONPATH", _pythonpath()), ("PYTHONUNBUFFERED", "1"), *_blas_env()]
+
+
+def prestart() -> None:
+    """At ``import gilfree``: starts the template process in the background, so that it is
+    ready (interpreter started, imports done) by the time the program starts its first Worker
+    or Pool, instead of only then. Never blocks, never forks this process (the template is a
+    fresh interpreter), and runs no Python in the background: a native thread starts it, and
+    becomes the supervisor thread of the engine that the first Worker or Pool creates
+    (``Engine.prestart_template`` in ``gilfree_core::pool::supervisor``).
+
+    A program that never uses gilfree has the template killed and reaped at exit
+    (``atexit``); if it dies instead, the template dies with it (its parent-death signal).
+    Skipped with ``GILFREE_TEMPLATE=0`` (no template at all) or ``GILFREE_PRESTART=0`` (the
+    template starts with the engine, at the first Worker or Pool: for a program that imports
+    gilfree in many short-lived processes and rarely uses it), and in gilfree's own worker and
+    template processes.
+    """
+    args = _template_args()
+    if (
+        args is None
+        or os.environ.get("GILFREE_PRESTART", "1") == "0"
+        or not sys.executable
+        or "GILFREE_PARENT_PID" in os.environ
+    ):
+        return
+    # Only what the template's own start needs: its forks take the environment, working
+    # directory and fds the parent has at each fork.
+    env = [("PYTHONPATH", _pythonpath()), ("PYTHONUNBUFFERED", "1")]
+    _engine.prestart_template(sys.executable, args, env)
+    atexit.register(_engine.cancel_prestart)
 
 
 def _template_args() -> list[str] | None:
@@ -231,12 +264,14 @@ def _at_exit() -> None:
 
 
 def shutdown() -> None:
-    """Kills every worker process and stops the engine. Later use starts a fresh engine."""
+    """Kills every worker process (and a template started at import that no engine took) and
+    stops the engine. Later use starts a fresh engine."""
     global _engine_instance
     with _lock:
         eng, _engine_instance = _engine_instance, None
     if eng is not None:
         eng.shutdown()
+    _engine.cancel_prestart()
 
 
 def worker_pids() -> list[int]:

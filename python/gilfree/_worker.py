@@ -12,6 +12,7 @@ It never imports the user's main module (unlike multiprocessing's spawn), so a s
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -292,6 +293,16 @@ def template_main() -> None:
     needs is imported by now; fork workers on the parent's requests (``template_serve``) until
     the parent goes away. Each fork returns here as a new worker, with its fds in place."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What a worker's first task needs that importing this module did not load: a Worker class
+    # or function from the user's ``__main__`` arrives by value, and loading it imports
+    # cloudpickle (inspect, ast, dataclasses, logging, ...: ~10-20 ms of CPU in every new
+    # worker). Imported once here, every fork has it for free.
+    _serialize._cloud_pickler_class()
+    # Out of the collector's reach from now on: a forked worker's first collection would
+    # otherwise write to every object's header, copying each page of the template's heap
+    # (copy-on-write) into every worker.
+    gc.collect()
+    gc.freeze()
     forked = _engine.template_serve()
     if forked is None:
         return

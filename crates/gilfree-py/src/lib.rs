@@ -34,6 +34,9 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync::PyQueue>()?;
     m.add_class::<blob::PyBlob>()?;
     m.add_function(wrap_pyfunction!(template::template_serve, m)?)?;
+    m.add_function(wrap_pyfunction!(template::prestart_template, m)?)?;
+    m.add_function(wrap_pyfunction!(template::cancel_prestart, m)?)?;
+    m.add_function(wrap_pyfunction!(template::prestarted_pid, m)?)?;
     m.add_function(wrap_pyfunction!(convert::check_timeout, m)?)?;
     m.add("RING_CAPACITY_DEFAULT", convert::RING_CAPACITY_DEFAULT)?;
     m.add("END_DONE", pool::END_DONE)?;

@@ -1,10 +1,15 @@
-//! `template_serve`: the template process's loop (see `gilfree_core::pool::template`).
+//! `template_serve`: the template process's loop (see `gilfree_core::pool::template`); and
+//! `prestart_template` / `cancel_prestart`: the template started at `import gilfree`.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use gilfree_core::pool::template::{fork_sibling, TemplateServer};
+use gilfree_core::pool::{Engine, TemplateCommand, WorkerCommand};
 use pyo3::prelude::*;
 
+use crate::convert;
 use crate::errors::PyEngineError;
 
 /// What a new worker gets back: its working directory and its whole environment.
@@ -52,4 +57,40 @@ pub fn template_serve(py: Python<'_>) -> Result<Option<Forked>, PyEngineError> {
             }
         }
     }
+}
+
+/// Starts the template process (`program` with `args`, `env` on top of ours) on the thread that
+/// will be the next engine's supervisor, without waiting for it. Does nothing if one is
+/// already started.
+#[pyfunction]
+pub fn prestart_template(
+    py: Python<'_>,
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+) -> Result<(), PyEngineError> {
+    let command = WorkerCommand {
+        program,
+        args: vec![],
+        env,
+        cwd: None,
+        ring_capacity: 0,
+        inherit_fds: vec![],
+    };
+    let template = TemplateCommand { args };
+    Ok(py.detach(|| Engine::prestart_template(command, template))?)
+}
+
+/// Kills a prestarted template that no engine adopted. Idempotent.
+#[pyfunction]
+pub fn cancel_prestart(py: Python<'_>) {
+    py.detach(Engine::cancel_prestart);
+}
+
+/// The pid of the prestarted template that waits for its engine, once launched (waiting at
+/// most `timeout` seconds for the launch); `None` if there is none.
+#[pyfunction]
+pub fn prestarted_pid(py: Python<'_>, timeout: f64) -> Result<Option<u32>, PyEngineError> {
+    let timeout = convert::timeout(Some(timeout))?.unwrap_or(Duration::MAX);
+    Ok(py.detach(|| Engine::prestarted_template_pid(timeout)))
 }

@@ -124,3 +124,137 @@ def measure_latency(reps: int, process_cap: int = 100) -> list[LatencyRow]:
         warmup=100,
     )
     return [ours, *rows]
+
+
+# -- Cold paths (issue 10): program start and bursts of Workers -------------------------------
+# Run on their own: ``python -m gilfree._bench.latency [--reps N]`` prints the figures and
+# writes ``COLD_PATHS.md`` (a section per measure) into benchmarks/results.
+
+#: Goal: a program that imports gilfree and starts and joins two trivial Workers, beyond a bare
+#: interpreter, in milliseconds.
+GOAL_START_EXTRA_MS = 60.0
+#: Goal: 40 Workers that each sleep 0.3 s, started at once, all joined, in seconds.
+GOAL_BURST_S = 1.0
+
+_PROGRAMS = {
+    "bare interpreter": "pass",
+    "import gilfree": "import gilfree",
+    "threading: 2 Threads started and joined": (
+        "import threading\n"
+        "ts = [threading.Thread(target=abs, args=(-1,)) for _ in range(2)]\n"
+        "for t in ts: t.start()\n"
+        "for t in ts: t.join()\n"
+    ),
+    "gilfree: 2 Workers started and joined": (
+        "import gilfree\n"
+        "class W(gilfree.Worker):\n"
+        "    def run(self):\n"
+        "        return 1\n"
+        "ws = [W(), W()]\n"
+        "for w in ws: w.start()\n"
+        "assert [w.join() for w in ws] == [1, 1]\n"
+    ),
+}
+
+
+def measure_program_start(reps: int) -> list[tuple[str, float, float]]:
+    """Whole-program wall time of small programs in fresh interpreters (started, run, exited),
+    interleaved so that load on the machine hits every program alike.
+
+    Returns:
+        ``(program, median ms, min ms)`` per program.
+    """
+    import subprocess
+    import sys
+
+    times: dict[str, list[float]] = {name: [] for name in _PROGRAMS}
+    for _ in range(reps):
+        for name, code in _PROGRAMS.items():
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    rows = [(name, statistics.median(v), min(v)) for name, v in times.items()]
+    for name, med, low in rows:
+        print(f"  {name:<44} {med:>8.1f} ms median {low:>8.1f} ms min", flush=True)
+    return rows
+
+
+_BURST = (
+    "import sys, time\n"
+    "{imp}\n"
+    "class W({base}):\n"
+    "    def run(self):\n"
+    "        time.sleep(0.3)\n"
+    "ws = [W() for _ in range({n})]\n"
+    "t0 = time.perf_counter()\n"
+    "for w in ws: w.start()\n"
+    "for w in ws: w.join()\n"
+    "print(time.perf_counter() - t0)\n"
+)
+
+
+def measure_burst(reps: int, n: int = 40) -> list[tuple[str, float, float]]:
+    """``n`` Workers (Threads) that each sleep 0.3 s, started at once and joined, in a fresh
+    interpreter each time (the first Workers of a program, as a user meets them).
+
+    Returns:
+        ``(backend, median s, min s)`` per backend.
+    """
+    import subprocess
+    import sys
+
+    backends = {
+        "gilfree.Worker": ("import gilfree", "gilfree.Worker"),
+        "threading.Thread": ("import threading", "threading.Thread"),
+    }
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for _ in range(reps):
+        for name, (imp, base) in backends.items():
+            code = _BURST.format(imp=imp, base=base, n=n)
+            res = subprocess.run(
+                [sys.executable, "-c", code], check=True, timeout=120, capture_output=True
+            )
+            times[name].append(float(res.stdout.decode().split()[-1]))
+    rows = [(name, statistics.median(v), min(v)) for name, v in times.items()]
+    for name, med, low in rows:
+        print(f"  {n} x sleep(0.3): {name:<28} {med:>8.3f} s median {low:>8.3f} s min", flush=True)
+    return rows
+
+
+def render_cold(
+    start: list[tuple[str, float, float]], burst: list[tuple[str, float, float]]
+) -> str:
+    """The two measures as Markdown tables, with the goals."""
+    bare = next(med for name, med, _ in start if name == "bare interpreter")
+    out = [
+        "## Program start (fresh interpreter: start, run, exit)",
+        "",
+        f"Goal: 2 Workers cost at most {GOAL_START_EXTRA_MS:.0f} ms more than a bare interpreter.",
+        "",
+        "| program | median ms | min ms | beyond bare interpreter, ms |",
+        "|---|---:|---:|---:|",
+        *(f"| {n} | {m:.1f} | {lo:.1f} | {m - bare:+.1f} |" for n, m, lo in start),
+        "",
+        "## Burst: 40 Workers that each sleep 0.3 s, started at once",
+        "",
+        f"Goal: at most {GOAL_BURST_S:.1f} s.",
+        "",
+        "| backend | median s | min s |",
+        "|---|---:|---:|",
+        *(f"| {n} | {m:.3f} | {lo:.3f} |" for n, m, lo in burst),
+        "",
+    ]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Cold-path measures (program start, bursts).")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--no-burst", action="store_true")
+    args = parser.parse_args()
+    print("program start", flush=True)
+    start_rows = measure_program_start(args.reps)
+    burst_rows = [] if args.no_burst else measure_burst(max(1, args.reps // 2))
+    print(render_cold(start_rows, burst_rows))

@@ -218,14 +218,25 @@ pub(crate) fn handshake(worker: &WorkerProcess, sink: &dyn OutputSink) -> Result
     })
 }
 
-/// Steps 1–3 through the template ([`super::template`]): the same process as [`spawn`]
-/// would start (same fds at the same numbers, same environment and working directory, a child
-/// of this process), forked from the template instead of started from scratch.
-pub(crate) fn spawn_from_template(
-    template: &Template,
-    command: &WorkerCommand,
-    on_death: &Option<DeathHook>,
-) -> Result<WorkerProcess, SpawnError> {
+/// A worker to be forked by the template: its channel, its pipes, and the request's fds,
+/// environment and working directory ([`plan_fork`]).
+pub(crate) struct ForkPlan {
+    channel: Channel,
+    out_r: OwnedFd,
+    out_w: OwnedFd,
+    err_r: OwnedFd,
+    err_w: OwnedFd,
+    /// `(fd here, number in the worker)`; every fd is owned by this plan or by the command's
+    /// `inherit_fds` owners, so all stay open while the plan lives.
+    fds: Vec<(RawFd, RawFd)>,
+    env: Vec<(OsString, OsString)>,
+    cwd: PathBuf,
+}
+
+/// Steps 1–3 through the template ([`super::template`]), first part: what the parent needs to
+/// ask the template for the same process as [`spawn`] would start (same fds at the same
+/// numbers, same environment and working directory).
+pub(crate) fn plan_fork(command: &WorkerCommand) -> Result<ForkPlan, SpawnError> {
     let channel = Channel::create(command.ring_capacity)?;
     let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
     let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
@@ -254,9 +265,37 @@ pub(crate) fn spawn_from_template(
         Some(cwd) => cwd.clone(),
         None => std::env::current_dir()?,
     };
-    // `channel`, `out_w`, `err_w` and the owners of `inherit_fds` stay alive across the call,
-    // so every number in `fds` is open.
-    let pid = template.fork(&env, &cwd, &fds)?;
+    Ok(ForkPlan {
+        channel,
+        out_r,
+        out_w,
+        err_r,
+        err_w,
+        fds,
+        env,
+        cwd,
+    })
+}
+
+/// Second part: sends the plan's fork request (the reply is read by [`finish_fork`]'s caller).
+pub(crate) fn request_fork(template: &Template, plan: &ForkPlan) -> std::io::Result<()> {
+    template.request_fork(&plan.env, &plan.cwd, &plan.fds)
+}
+
+/// Last part: the template forked `pid` for `plan`.
+pub(crate) fn finish_fork(
+    plan: ForkPlan,
+    pid: Pid,
+    on_death: &Option<DeathHook>,
+) -> Result<WorkerProcess, SpawnError> {
+    let ForkPlan {
+        channel,
+        out_r,
+        out_w,
+        err_r,
+        err_w,
+        ..
+    } = plan;
     drop((out_w, err_w));
     // The process is our own unreaped child (CLONE_PARENT), so its pid names it until we reap
     // it; check that it is ours before trusting it.

@@ -18,10 +18,15 @@
 //!    already in flight that no other caller has claimed, or asks the supervisor for a new one.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
 use std::io;
-use std::sync::{Arc, PoisonError};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use rustix::process::{pidfd_send_signal, Signal};
 
 pub use super::process::ExitInfo;
 use super::process::{DeathHook, WorkerProcess};
@@ -34,6 +39,10 @@ use crate::output::{OutputHub, OutputSink};
 use crate::sync::unmodelled::{AtomicBool, Condvar, Mutex, MutexGuard};
 use crate::sync::Ordering;
 use crate::wait::Wait;
+
+/// The most extra processes one spawn round starts beyond what callers asked for (step 1 of
+/// the supervisor loop, "surge").
+const MAX_SURGE: usize = 16;
 
 /// How an [`Engine`] runs its workers.
 #[derive(Clone, Debug)]
@@ -149,6 +158,8 @@ struct Shared {
     config: EngineConfig,
     /// How to start the template that forks workers (`None`: every worker is a fresh `exec`).
     template: Option<TemplateCommand>,
+    /// The template while it starts, so that shutdown can kill it rather than wait for it.
+    starting: Arc<Starting>,
     hub: OutputHub,
     state: Mutex<State>,
     /// Signalled when an `acquire` call may make progress: a worker became idle, a request
@@ -235,10 +246,18 @@ impl Engine {
         sink: Arc<dyn OutputSink>,
         template: Option<TemplateCommand>,
     ) -> Result<Engine, SpawnError> {
+        // The supervisor thread started at `import gilfree`, with its template, if it was
+        // started for this very template command.
+        let adopted = template
+            .as_ref()
+            .and_then(|t| take_prestarted(&config.command.program, &t.args));
         let hub = OutputHub::start(sink)?;
         let shared = Arc::new(Shared {
             config,
             template,
+            starting: adopted
+                .as_ref()
+                .map_or_else(Arc::default, |p| Arc::clone(&p.starting)),
             hub,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -256,10 +275,21 @@ impl Engine {
                 shared.supervisor.notify_all();
             }
         }));
-        let for_thread = Arc::clone(&shared);
-        let supervisor = std::thread::Builder::new()
-            .name("gilfree-supervisor".into())
-            .spawn(move || supervise(&for_thread));
+        let supervisor = match adopted {
+            Some(prestarted) => prestarted.adopt(Arc::clone(&shared)),
+            None => {
+                let for_thread = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name("gilfree-supervisor".into())
+                    .spawn(move || {
+                        let template = for_thread
+                            .template
+                            .as_ref()
+                            .and_then(|t| for_thread.starting.start(&for_thread.config.command, t));
+                        supervise(&for_thread, template);
+                    })
+            }
+        };
         let supervisor = match supervisor {
             Ok(handle) => handle,
             Err(e) => {
@@ -422,6 +452,9 @@ impl EngineHandle {
             shared.supervisor.notify_all();
             st.all.drain().map(|(_, w)| w).collect()
         };
+        // A template still starting would hold up the supervisor (and so this shutdown) until
+        // its handshake: kill it now.
+        shared.starting.cancel();
         // Signal all first, then reap, so they die in parallel.
         for w in &workers {
             w.kill();
@@ -451,25 +484,64 @@ impl Drop for EngineHandle {
     }
 }
 
-/// One new worker: forked by the template if there is one (which is dropped, for good, if it
-/// fails), else started directly.
-fn spawn_one(
+/// `n` new workers: forked by the template if there is one (which is dropped, for good, if
+/// it fails), else started directly (every one the template did not fork).
+///
+/// The template's requests are pipelined: every request is sent before any reply is read, so
+/// the template forks them back to back and a round of `n` costs two wake-ups of each side,
+/// not `2n` (on a loaded machine each wake-up can cost milliseconds). Replies come in request
+/// order. After any failure the template is killed, and the replies it sent before dying are
+/// still read, so no process it forked is left unregistered.
+fn spawn_many(
     template: &mut Option<Template>,
     command: &WorkerCommand,
     on_death: &Option<DeathHook>,
-) -> Result<WorkerProcess, SpawnError> {
+    n: usize,
+) -> Vec<Result<WorkerProcess, SpawnError>> {
+    let mut out = Vec::with_capacity(n);
     if let Some(t) = template.as_ref() {
-        match spawn::spawn_from_template(t, command, on_death) {
-            Ok(worker) => return Ok(worker),
-            Err(_) => *template = None,
+        let mut failed = false;
+        let mut sent = Vec::with_capacity(n);
+        for _ in 0..n {
+            let Ok(plan) = spawn::plan_fork(command) else {
+                failed = true;
+                break;
+            };
+            if spawn::request_fork(t, &plan).is_err() {
+                failed = true;
+                break;
+            }
+            sent.push(plan);
+        }
+        if failed {
+            t.kill();
+        }
+        for plan in sent {
+            match t.fork_reply() {
+                Ok(pid) => match spawn::finish_fork(plan, pid, on_death) {
+                    Ok(worker) => out.push(Ok(worker)),
+                    Err(_) => failed = true,
+                },
+                Err(_) => {
+                    // Its later replies, if any, were sent before it died: keep reading.
+                    t.kill();
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            *template = None;
         }
     }
-    spawn::spawn(command, on_death)
+    while out.len() < n {
+        out.push(spawn::spawn(command, on_death));
+    }
+    out
 }
 
-/// The supervisor thread: forks requested and warm-up processes, starts their handshakes, and
-/// retires idle processes beyond `warm`.
-fn supervise(shared: &Arc<Shared>) {
+/// The supervisor thread: forks requested and warm-up processes (from `template` while it
+/// works), starts their handshakes, and retires idle processes beyond `warm`.
+fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
     let warm = shared.config.warm;
     let idle_timeout = shared.config.idle_timeout;
     // Every worker gets a death watch, hook or not, so that the output thread sees it die.
@@ -480,12 +552,8 @@ fn supervise(shared: &Arc<Shared>) {
             .clone()
             .unwrap_or_else(|| DeathHook(Arc::new(|_| {}))),
     );
-    // The template, if any, is started here: the workers it forks are children of this
-    // thread (their parent-death signal is tied to it). Dropped (killed) when we return.
-    let mut template = shared
-        .template
-        .as_ref()
-        .and_then(|t| Template::start(&shared.config.command, t).ok());
+    // The template, if any, was started on this thread: the workers it forks are children of
+    // this thread (their parent-death signal is tied to it). Dropped (killed) when we return.
     let mut st = lock(&shared.state);
     while !st.shut_down {
         // 0. Reap idle workers that died (leased ones are their lease holder's to reap).
@@ -512,20 +580,34 @@ fn supervise(shared: &Arc<Shared>) {
         } else {
             warm.saturating_sub(st.live() + targets.len())
         };
-        targets.extend(std::iter::repeat_n(Target::Warm, refill));
+        // A caller found no idle worker and no warm-up to claim: a burst may be under way
+        // (say, 40 Workers started in a loop, each `start` an `acquire`). Start as many extra
+        // processes as are busy now, in the same round (they start up in parallel, and the
+        // next callers claim them as warm-ups), so the pool doubles per round and a burst of
+        // N costs about log2(N) spawn latencies instead of N. Extras beyond `warm` retire
+        // after `idle_timeout` like any idle process.
+        let surge = if targets.is_empty() || st.warm_broken {
+            0
+        } else {
+            st.all
+                .len()
+                .saturating_sub(st.idle.len())
+                .min(MAX_SURGE)
+                .saturating_sub(refill)
+        };
+        targets.extend(std::iter::repeat_n(Target::Warm, refill + surge));
         if !targets.is_empty() {
             st.forking += targets.len();
-            st.warming += refill;
+            st.warming += refill + surge;
             drop(st);
-            let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> = targets
-                .into_iter()
-                .map(|t| {
-                    (
-                        t,
-                        spawn_one(&mut template, &shared.config.command, &on_death),
-                    )
-                })
-                .collect();
+            let made = spawn_many(
+                &mut template,
+                &shared.config.command,
+                &on_death,
+                targets.len(),
+            );
+            let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> =
+                targets.into_iter().zip(made).collect();
             st = lock(&shared.state);
             let mut doomed = Vec::new();
             for (target, result) in spawned {
@@ -611,6 +693,200 @@ fn supervise(shared: &Arc<Shared>) {
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner),
         };
+    }
+}
+
+/// A template being started (on the thread that will fork workers from it), so that another
+/// thread can kill it rather than wait up to `HANDSHAKE_TIMEOUT` for its handshake.
+#[derive(Default)]
+struct Starting {
+    state: Mutex<StartingState>,
+    /// Signalled once the launch has been tried (`settled`).
+    settled: Condvar,
+}
+
+#[derive(Default)]
+struct StartingState {
+    /// A duplicate of the template's pidfd while it starts.
+    pidfd: Option<OwnedFd>,
+    /// Nothing is to be started any more; a template starting now is killed.
+    cancelled: bool,
+    /// The launch was tried (or cancelled first); `pid` is the template's if it launched.
+    settled: bool,
+    pid: Option<u32>,
+}
+
+impl Starting {
+    /// Starts the template and waits for its ready message; `None` if it fails, or if
+    /// [`cancel`](Starting::cancel) comes first.
+    fn start(&self, command: &WorkerCommand, template: &TemplateCommand) -> Option<Template> {
+        let launched = if lock(&self.state).cancelled {
+            None
+        } else {
+            Template::launch(command, template).ok()
+        };
+        {
+            let mut st = lock(&self.state);
+            st.settled = true;
+            self.settled.notify_all();
+            let launched = launched.as_ref()?;
+            if st.cancelled {
+                return None; // `launched` is dropped: killed and reaped
+            }
+            st.pid = Some(launched.pid());
+            st.pidfd = launched.pidfd().try_clone_to_owned().ok();
+        }
+        let ready = launched.and_then(|t| t.wait_ready().ok());
+        lock(&self.state).pidfd = None;
+        ready
+    }
+
+    /// Waits (at most `timeout`) until the launch was tried; the template's pid if it was
+    /// started.
+    fn launched_pid(&self, timeout: Duration) -> Option<u32> {
+        let st = lock(&self.state);
+        let (st, _) = self
+            .settled
+            .wait_timeout_while(st, timeout, |st| !st.settled && !st.cancelled)
+            .unwrap_or_else(PoisonError::into_inner);
+        st.pid
+    }
+
+    /// Kills a template that is starting now, and keeps any from starting later. The pidfd
+    /// names exactly that process: it is unreaped until `start` drops it, after taking the
+    /// pidfd out of the state under the same lock.
+    fn cancel(&self) {
+        let mut st = lock(&self.state);
+        st.cancelled = true;
+        if let Some(fd) = &st.pidfd {
+            let _ = pidfd_send_signal(fd, Signal::KILL);
+        }
+    }
+}
+
+/// A supervisor thread started before its engine ([`Engine::prestart_template`]), with the
+/// template it starts at once; the next engine started for the same template command adopts
+/// both.
+struct Prestarted {
+    /// The process that started it: a `fork()` child has this memory but not the thread.
+    owner: rustix::process::Pid,
+    program: PathBuf,
+    args: Vec<OsString>,
+    starting: Arc<Starting>,
+    /// Hands the thread its engine; dropping it tells the thread there will be none.
+    handoff: mpsc::Sender<Arc<Shared>>,
+    thread: JoinHandle<()>,
+}
+
+static PRESTARTED: Mutex<Option<Prestarted>> = Mutex::new(None);
+
+impl Prestarted {
+    /// The thread becomes `shared`'s supervisor; returns its handle.
+    fn adopt(self, shared: Arc<Shared>) -> io::Result<JoinHandle<()>> {
+        // The thread only exits once `handoff` is dropped, so the send cannot fail while we
+        // hold it; if it ever did, the thread is ending and its handle is still the one to join.
+        let _ = self.handoff.send(shared);
+        Ok(self.thread)
+    }
+
+    /// Kills its template (starting or ready) and joins its thread.
+    fn cancel(self) {
+        self.starting.cancel();
+        drop(self.handoff);
+        let _ = self.thread.join();
+    }
+}
+
+/// The prestarted supervisor if it was started by this process for `program` and `args`. One
+/// started for another command is cancelled; a `fork()` child's copy is forgotten (its thread
+/// and template are the parent's).
+fn take_prestarted(program: &PathBuf, args: &[OsString]) -> Option<Prestarted> {
+    let taken = lock(&PRESTARTED).take()?;
+    if forked_away(taken.owner) {
+        std::mem::forget(taken);
+        return None;
+    }
+    if taken.program != *program || taken.args != args {
+        taken.cancel();
+        return None;
+    }
+    Some(taken)
+}
+
+impl Engine {
+    /// Starts, ahead of any engine, the thread that will be the next engine's supervisor
+    /// thread, and on it the template process (`command`'s program with `template`'s
+    /// arguments), so that the template is ready (its interpreter started, its imports done)
+    /// by the time the program first needs a worker. Returns at once. Meant for
+    /// `import gilfree`.
+    ///
+    /// The next [`Engine::start_with_template`] for the same program and template arguments
+    /// adopts both; the template's workers are then children of that engine's supervisor
+    /// thread, exactly as if it had started the template itself. The template forks with the
+    /// environment and working directory the parent has at each fork, so only the program and
+    /// its start-up environment (`command.env`) matter here. Does nothing if one is already
+    /// prestarted.
+    ///
+    /// A process that never starts an engine calls [`Engine::cancel_prestart`] at exit; if it
+    /// dies instead, the template dies with the thread (its parent-death signal).
+    pub fn prestart_template(
+        command: WorkerCommand,
+        template: TemplateCommand,
+    ) -> Result<(), SpawnError> {
+        let mut slot = lock(&PRESTARTED);
+        if let Some(old) = slot.take() {
+            if !forked_away(old.owner) {
+                *slot = Some(old);
+                return Ok(());
+            }
+            std::mem::forget(old);
+        }
+        let starting = Arc::new(Starting::default());
+        let (handoff, adopted) = mpsc::channel::<Arc<Shared>>();
+        let (program, args) = (command.program.clone(), template.args.clone());
+        let for_thread = Arc::clone(&starting);
+        let thread = std::thread::Builder::new()
+            .name("gilfree-supervisor".into())
+            .spawn(move || {
+                let ready = for_thread.start(&command, &template);
+                match adopted.recv() {
+                    Ok(shared) => supervise(&shared, ready),
+                    Err(_) => drop(ready), // no engine: killed and reaped
+                }
+            })?;
+        *slot = Some(Prestarted {
+            owner: rustix::process::getpid(),
+            program,
+            args,
+            starting,
+            handoff,
+            thread,
+        });
+        Ok(())
+    }
+
+    /// Kills and reaps a template that [`Engine::prestart_template`] started and no engine
+    /// adopted, and joins its thread. Idempotent; for interpreter exit.
+    pub fn cancel_prestart() {
+        let Some(taken) = lock(&PRESTARTED).take() else {
+            return;
+        };
+        if forked_away(taken.owner) {
+            std::mem::forget(taken);
+        } else {
+            taken.cancel();
+        }
+    }
+
+    /// The pid of the template that this process's prestarted supervisor (not yet adopted by
+    /// an engine) started, once it has (waiting at most `timeout` for the launch); `None` if
+    /// there is no such supervisor or it started nothing. For tests and diagnostics.
+    pub fn prestarted_template_pid(timeout: Duration) -> Option<u32> {
+        let starting = lock(&PRESTARTED)
+            .as_ref()
+            .filter(|p| !forked_away(p.owner))
+            .map(|p| Arc::clone(&p.starting))?;
+        starting.launched_pid(timeout)
     }
 }
 

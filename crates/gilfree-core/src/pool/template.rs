@@ -16,7 +16,9 @@
 //!    environment now, plus the worker command's variables and the channel's), the working
 //!    directory, and fds with `SCM_RIGHTS`: the write ends of the worker's stdout and stderr
 //!    pipes, the channel's fds and the command's inherited fds, each with the number it must
-//!    have in the worker (its number in the parent).
+//!    have in the worker (its number in the parent). Several requests may be in flight (the
+//!    supervisor sends a whole spawn round before reading any reply); the template serves
+//!    them in order, and replies come in request order.
 //! 3. The template forks with `clone3(CLONE_PARENT)` ([`fork_sibling`]): the new process is a
 //!    child of the *parent* (of the supervisor thread that started the template), never of
 //!    the template. So everything the parent relies on for a directly spawned worker holds
@@ -323,9 +325,12 @@ fn decode_request(msg: &[u8], fds: Vec<OwnedFd>) -> io::Result<ForkRequest> {
 }
 
 impl Template {
-    /// Step 1, parent side: starts the template and waits for its ready message. Call on the
-    /// supervisor thread (the workers' parent-death signal is tied to it).
-    pub(crate) fn start(command: &WorkerCommand, template: &TemplateCommand) -> io::Result<Self> {
+    /// Step 1, parent side, first half: starts the template process ([`wait_ready`] is the
+    /// second). Call on the supervisor thread: the workers' parent-death signal is tied to the
+    /// thread that started the template.
+    ///
+    /// [`wait_ready`]: Template::wait_ready
+    pub(crate) fn launch(command: &WorkerCommand, template: &TemplateCommand) -> io::Result<Self> {
         let (ours, theirs) = socket_pair()?;
         let mut cmd = base_command(command, &template.args);
         cmd.env(TEMPLATE_FD_ENV, theirs.as_raw_fd().to_string())
@@ -340,42 +345,54 @@ impl Template {
             .and_then(Pid::from_raw)
             .ok_or_else(|| io::Error::other("template pid out of range"))
             .and_then(|pid| Ok(pidfd_open(pid, PidfdFlags::empty())?));
-        let pidfd = match opened {
-            Ok(fd) => fd,
+        match opened {
+            Ok(pidfd) => Ok(Template {
+                child,
+                pidfd,
+                sock: ours,
+            }),
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(e);
+                Err(e)
             }
-        };
-        let template = Template {
-            child,
-            pidfd,
-            sock: ours,
-        };
-        wait_readable(
-            template.sock.as_fd(),
-            template.pidfd.as_fd(),
-            HANDSHAKE_TIMEOUT,
-        )?;
+        }
+    }
+
+    /// The template's pidfd: killing through it makes a [`wait_ready`](Template::wait_ready)
+    /// in progress return an error at once.
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The template's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Step 1, parent side, second half: waits for the ready message (the template's death
+    /// ends the wait). On error the template is killed and reaped.
+    pub(crate) fn wait_ready(self) -> io::Result<Self> {
+        wait_readable(self.sock.as_fd(), self.pidfd.as_fd(), HANDSHAKE_TIMEOUT)?;
         let mut buf = [0u8; 64];
-        match recv_with_fds(template.sock.as_fd(), &mut buf)? {
-            Some((n, fds)) if fds.is_empty() && &buf[..n] == TEMPLATE_READY => Ok(template),
+        match recv_with_fds(self.sock.as_fd(), &mut buf)? {
+            Some((n, fds)) if fds.is_empty() && &buf[..n] == TEMPLATE_READY => Ok(self),
             _ => Err(io::Error::other(
                 "the template's first message was not ready",
             )),
         }
-        // On error `template` is dropped: killed and reaped.
+        // On error `self` is dropped: killed and reaped.
     }
 
-    /// Steps 2 and 5, parent side: asks for a worker that sees `env` and `cwd` and has each
-    /// `(fd, number)` of `fds` at `number`; returns its pid (a child of this process).
-    pub(crate) fn fork(
+    /// Step 2 alone: sends a fork request without waiting for the reply, so that several can
+    /// be in flight (the template forks them back to back; replies come in request order).
+    /// The fds must stay open until the reply is read.
+    pub(crate) fn request_fork(
         &self,
         env: &[(OsString, OsString)],
         cwd: &Path,
         fds: &[(RawFd, RawFd)],
-    ) -> io::Result<Pid> {
+    ) -> io::Result<()> {
         let targets: Vec<RawFd> = fds.iter().map(|&(_, t)| t).collect();
         let req = encode_request(&targets, cwd, env);
         if req.len() > MAX_REQUEST {
@@ -384,7 +401,12 @@ impl Template {
             ));
         }
         let raw: Vec<RawFd> = fds.iter().map(|&(fd, _)| fd).collect();
-        send_with_fds(self.sock.as_fd(), &req, &raw)?;
+        send_with_fds(self.sock.as_fd(), &req, &raw)
+    }
+
+    /// Step 5 alone: the reply to the oldest request not yet answered. Replies the template
+    /// sent before it died are still read; after them, its death is an error.
+    pub(crate) fn fork_reply(&self) -> io::Result<Pid> {
         wait_readable(self.sock.as_fd(), self.pidfd.as_fd(), HANDSHAKE_TIMEOUT)?;
         let mut buf = [0u8; 8];
         let reply = match recv_with_fds(self.sock.as_fd(), &mut buf)? {
@@ -397,6 +419,12 @@ impl Template {
             return Err(io::Error::from_raw_os_error(-reply));
         }
         Pid::from_raw(reply).ok_or_else(|| io::Error::other("the template replied pid 0"))
+    }
+
+    /// Kills the template (not yet reaped: that is `Drop`'s), so that every later
+    /// [`fork_reply`](Template::fork_reply) returns at once.
+    pub(crate) fn kill(&self) {
+        let _ = pidfd_send_signal(&self.pidfd, Signal::KILL);
     }
 }
 

@@ -1,0 +1,100 @@
+"""Probes the template that ``import gilfree`` starts (run with GILFREE_TEMPLATE=1 and a
+GILFREE_TEST_TAG marker in the environment, which the template inherits).
+
+Prints ``template <pid>`` once the template is launched (``_engine.prestarted_pid`` waits for
+the launch: a handshake, not a sleep), then what the mode asks for."""
+
+import json
+import os
+import sys
+import threading
+
+import psutil
+
+import gilfree
+from gilfree import _engine, _runtime
+
+WAIT = 60.0
+
+
+def templates() -> list[int]:
+    """Our children that run the template's command line and are not workers (which the
+    template forked, keeping its command line), oldest first. Call when no fork is under way:
+    a worker is in ``worker_pids()`` from its fork's round on."""
+    workers = set(_runtime.worker_pids())
+    kids = [
+        p
+        for p in psutil.Process().children()
+        if "--template" in p.cmdline() and p.pid not in workers
+    ]
+    kids.sort(key=lambda p: (p.create_time(), p.pid))
+    return [p.pid for p in kids]
+
+
+class Report(gilfree.Worker):
+    def run(self):
+        return os.getpid(), os.getppid()
+
+
+def report() -> dict:
+    w = Report()
+    w.start()
+    pid, ppid = w.join()
+    return {"pid": pid, "ppid": ppid, "forked": "--template" in psutil.Process(pid).cmdline()}
+
+
+mode = sys.argv[1]
+if mode == "exit_at_once":
+    sys.exit(0)
+template = _engine.prestarted_pid(WAIT)
+print("template", template, flush=True)
+if mode == "exit":
+    pass
+elif mode == "adopt":
+    worker = report()
+    print(
+        json.dumps(
+            {
+                "parent": os.getpid(),
+                "worker": worker,
+                "templates": templates(),
+                "still_prestarted": _engine.prestarted_pid(0),
+            }
+        )
+    )
+elif mode == "fork":
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the fork child: the prestarted template is the parent's, not ours
+        code = 1
+        try:
+            os.close(r)
+            out = report()
+            ok = out["ppid"] == os.getpid() and template not in templates()
+            os.write(w, json.dumps({"ok": ok, **out}).encode())
+            code = 0
+        finally:
+            _runtime.shutdown()
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        from_child = json.loads(f.read())
+    _, status = os.waitpid(child, 0)
+    mine = report()
+    print(
+        json.dumps(
+            {
+                "child": from_child,
+                "child_status": os.waitstatus_to_exitcode(status),
+                "parent": mine,
+                "templates": templates(),
+            }
+        )
+    )
+elif mode in ("killed", "ctrl_c"):
+    print("pids", template, flush=True)
+    print("waiting", flush=True)
+    if mode == "killed":
+        sys.stdin.read()  # until the test kills us
+    else:
+        threading.Event().wait()  # until Ctrl-C
