@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -105,13 +106,90 @@ class Rendezvous:
         self.server.close()
 
 
-# The backends the public-API tests run on (tests/test_backends.py). The thread backend runs
-# everywhere (its tasks run in parallel only on a free-threaded build); a backend joins the
-# suite by adding its name here.
-BACKENDS = ["process", "thread"]
+# The backends the public-API tests run on (tests/test_backends.py and the public-API test
+# files). The thread backend runs everywhere (its tasks run in parallel only on a free-threaded
+# build); "dask" runs against one LocalCluster per session (``dask_cluster``); a backend joins
+# the suite by adding its name here.
+BACKENDS = ["process", "thread", "dask"]
+# Worker processes of the session's LocalCluster (one thread each).
+DASK_WORKERS = 2
+
+
+class DaskCluster:
+    """The session's LocalCluster: its address, and a client the fixtures use to see it."""
+
+    def __init__(self, address: str, client: Any) -> None:
+        self.address = address
+        self.client = client
+
+
+@pytest.fixture(scope="session")
+def dask_session() -> Iterator[DaskCluster]:
+    """One LocalCluster for the whole session, started on first use (so a run that selects no
+    dask test pays nothing) and closed at the end; pools made on it with ``address=`` leave it
+    running. Skips where the dask extra is not installed."""
+    distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+    from multiprocessing import resource_tracker
+
+    from gilfree._backends import dask as dask_backend
+
+    tracker = resource_tracker._resource_tracker
+    tracker_was_running = tracker._fd is not None
+    environ = dict(os.environ)
+    cluster = dask_backend._local_cluster(DASK_WORKERS)
+    # The nannies set variables (OMP_NUM_THREADS, PYTHONHASHSEED, ...) in this process's
+    # environment for the workers they spawn: the other backends' tests must not inherit them.
+    os.environ.clear()
+    os.environ.update(environ)
+    client = None
+    try:
+        client = distributed.Client(cluster.scheduler_address, set_as_default=False)
+        yield DaskCluster(cluster.scheduler_address, client)
+    finally:
+        dask_backend.close_default_pool()
+        if client is not None:
+            client.close()
+        cluster.close()
+        os.environ.clear()
+        os.environ.update(environ)
+        # The nannies' spawn start method started the stdlib's resource tracker, which lives as
+        # long as this interpreter; stop it so the suite's process check holds.
+        if not tracker_was_running:
+            tracker._stop()
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(dask_session: DaskCluster) -> str:
+    """The address of the session's LocalCluster (see ``dask_session``)."""
+    return dask_session.address
+
+
+@pytest.fixture
+def dask_address(dask_session: DaskCluster) -> Iterator[str]:
+    """The session cluster's address, also set as ``GILFREE_DASK_ADDRESS`` for the test: a
+    ``Pool(backend="dask")`` or ``Worker(backend="dask")`` without ``address=`` runs on it.
+
+    Every worker is up when the test starts (one a previous test killed has been restarted),
+    so a pool made now counts them all. The environment is restored after the test: the
+    nannies set their variables (OMP_NUM_THREADS, PYTHONHASHSEED, ...) in this process, at
+    start and again whenever they restart a worker, and the other backends' tests must not
+    inherit them."""
+    from gilfree._backends import dask as dask_backend
+
+    environ = dict(os.environ)
+    dask_session.client.wait_for_workers(DASK_WORKERS, timeout=WATCHDOG)
+    os.environ[dask_backend.ADDRESS_ENV] = dask_session.address
+    try:
+        yield dask_session.address
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """The name of each backend in turn, for a test written once against the public API."""
+    """The name of each backend in turn, for a test written once against the public API.
+    For "dask", the session's LocalCluster is the one every pool and Worker of the test uses."""
+    if request.param == "dask":
+        request.getfixturevalue("dask_address")
     return request.param

@@ -1,7 +1,8 @@
 """The dask backend (``gilfree._backends.dask``) on a real LocalCluster.
 
-One LocalCluster (two one-thread worker processes on 127.0.0.1) serves the whole module; the
-pools here connect to it by address, except the test that checks a pool starts and closes a
+The session's LocalCluster (``dask_cluster`` in tests/conftest.py: two one-thread worker
+processes on 127.0.0.1) serves these tests and the dask runs of the backend-neutral ones; the
+pools here connect to it by address, except the tests that check a pool starts and closes a
 cluster of its own. Task functions travel by value (cloudpickle), so the Dask workers never
 import this module.
 """
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import as_completed, wait
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import psutil
@@ -28,39 +30,23 @@ distributed = pytest.importorskip("distributed", reason="the dask extra is not i
 import gilfree  # noqa: E402
 from gilfree._backends import dask as dask_backend  # noqa: E402
 
+from conftest import DASK_WORKERS, WATCHDOG  # noqa: E402
+
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-N_WORKERS = 2
+N_WORKERS = DASK_WORKERS
+
+
+@pytest.fixture(autouse=True)
+def address(dask_address: str) -> str:
+    """The session's LocalCluster (tests/conftest.py), with all its workers up, and also
+    ``GILFREE_DASK_ADDRESS`` for the test, so Workers (``default_pool``) run on it too."""
+    return dask_address
 
 
 @pytest.fixture(scope="module")
-def address() -> Iterator[str]:
-    """One LocalCluster for the module; Workers (``default_pool``) use it too."""
-    from multiprocessing import resource_tracker
-
-    tracker = resource_tracker._resource_tracker
-    tracker_was_running = tracker._fd is not None
-    environ = dict(os.environ)  # Dask's nannies add variables (OMP_NUM_THREADS, ...) here
-    started = time.perf_counter()
-    cluster = dask_backend._local_cluster(N_WORKERS)
-    print(f"LocalCluster of {N_WORKERS} started in {time.perf_counter() - started:.2f} s")
-    os.environ[dask_backend.ADDRESS_ENV] = cluster.scheduler_address
-    try:
-        yield cluster.scheduler_address
-    finally:
-        dask_backend.close_default_pool()
-        cluster.close()
-        os.environ.clear()
-        os.environ.update(environ)
-        # The spawn start method of the nannies started the stdlib's resource tracker, which
-        # lives as long as this interpreter; stop it so the suite's process check holds.
-        if not tracker_was_running:
-            tracker._stop()
-
-
-@pytest.fixture(scope="module")
-def pool(address: str) -> Iterator[dask_backend.Pool]:
-    with dask_backend.Pool(address=address) as p:
+def pool(dask_cluster: str) -> Iterator[dask_backend.Pool]:
+    with dask_backend.Pool(address=dask_cluster) as p:
         yield p
 
 
@@ -175,6 +161,58 @@ def test_worker_death_fails_that_task_only_and_runs_it_once(
     assert pool.submit(_square, 5).result(timeout=60) == 25
 
 
+def test_a_result_lost_with_its_worker_is_computed_again(pool: dask_backend.Pool) -> None:
+    """A task finished, then its worker died before this process fetched the result: Dask
+    computes it again, and the Future resolves with that result (it used to stay pending)."""
+    # Keep Dask's one callback thread busy, so the task's Future cannot fetch its result yet.
+    hold, entered = threading.Event(), threading.Event()
+    plug = pool._client.submit(_square, 0, pure=False)
+    plug.add_done_callback(lambda _: (entered.set(), hold.wait(WATCHDOG)))
+    try:
+        assert entered.wait(WATCHDOG)
+        future = pool.submit(os.getpid)
+        dfut = future._gilfree_dask  # type: ignore[attr-defined]
+        # Finished on a worker, not fetched (``distributed.wait`` wants a default client).
+        pool._client.sync(distributed.client._wait, [dfut], timeout=WATCHDOG)
+        (holder,) = pool._client.who_has([dfut])[dfut.key]
+        (victim,) = pool._client.run(os.getpid, workers=[holder]).values()
+        os.kill(victim, signal.SIGKILL)
+        # A condition, not a time: the scheduler has learnt the result is gone.
+        deadline = time.monotonic() + WATCHDOG
+        while dfut.status == "finished" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert dfut.status != "finished"
+    finally:
+        hold.set()
+    pid = future.result(timeout=WATCHDOG)
+    assert isinstance(pid, int) and pid != victim
+
+
+class _LostThenRecomputed:
+    """A Dask future as the bridge's callback can find it: finished once, its result then
+    lost with its worker (status "lost"), computed again while ``exception()`` waits."""
+
+    status = "lost"
+
+    def add_done_callback(self, callback: Any) -> None:
+        self.callback = callback
+
+    def exception(self) -> None:
+        self.status = "finished"
+        return None
+
+    def result(self) -> int:
+        assert self.status == "finished"
+        return 42
+
+
+def test_the_bridge_waits_for_a_lost_result_to_be_computed_again() -> None:
+    dfut = _LostThenRecomputed()
+    fut = dask_backend._bridge(dfut, lambda f, value: f.set_result(value))  # type: ignore[arg-type]
+    dfut.callback(dfut)
+    assert fut.result(timeout=0) == 42
+
+
 def test_large_array_is_scattered_once_and_shared_by_tasks(pool: dask_backend.Pool) -> None:
     np = pytest.importorskip("numpy")
     big = np.arange(2 * dask_backend.SCATTER_BYTES // 8, dtype=np.int64)
@@ -191,9 +229,36 @@ def test_large_array_is_scattered_once_and_shared_by_tasks(pool: dask_backend.Po
     # Pigeonhole: some worker ran two tasks; every task on one worker got the same object.
     assert all(len(ids) == 1 for ids in seen.values()), seen
     assert len(pool._scattered) == 1
+    # On the scheduler: every task depends on one and the same key, which holds the array,
+    # and no task carries the array in itself.
+    keys = [f._gilfree_dask.key for f in futures]  # type: ignore[attr-defined]
+    deps, sizes = pool._client.run_on_scheduler(_dependencies, keys)
+    (shared,) = {dep for task_deps in deps for dep in task_deps}
+    assert all(task_deps == [shared] for task_deps in deps)
+    assert sizes[shared] >= big.nbytes
+    assert all(0 <= sizes[str(k)] < big.nbytes // 100 for k in keys), sizes
+    # On the workers: a copy of the array at most once each.
+    held = pool._client.run(_big_values, big.nbytes)
+    assert all(len(keys_there) <= 1 for keys_there in held.values()), held
+    assert {k for keys_there in held.values() for k in keys_there} == {shared}
     # An explicit handle works as an argument too.
     handle = pool.scatter(b"x" * 100)
     assert pool.submit(len, handle).result(timeout=30) == 100
+
+
+def _dependencies(
+    keys: list[Any], dask_scheduler: Any = None
+) -> tuple[list[list[str]], dict[str, int]]:
+    """On the scheduler: each task's dependencies, and the size of every key involved."""
+    tasks = [dask_scheduler.tasks[k] for k in keys]
+    deps = [sorted(str(d.key) for d in ts.dependencies) for ts in tasks]
+    involved = {ts for t in tasks for ts in (t, *t.dependencies)}
+    return deps, {str(ts.key): ts.nbytes for ts in involved}
+
+
+def _big_values(nbytes: int, dask_worker: Any = None) -> list[str]:
+    """On a worker: the keys of the values of ``nbytes`` or more it holds."""
+    return [str(k) for k, v in dask_worker.data.items() if getattr(v, "nbytes", 0) >= nbytes]
 
 
 def test_what_dask_cannot_do_is_refused_clearly(pool: dask_backend.Pool) -> None:
@@ -335,6 +400,17 @@ def test_pool_without_address_starts_and_closes_its_own_cluster(
         assert len(pids) == 1
         workers = [psutil.Process(pid) for pid in pids]
         assert all(w.ppid() == os.getpid() for w in workers)  # our own cluster's worker
+        # Bound to the loopback interface: every socket the cluster listens on (its scheduler
+        # in this process, its nanny and worker processes) is on 127.0.0.1, none on 0.0.0.0.
+        cluster_procs = [psutil.Process(), *workers, *(w.parent() for w in workers)]
+        listening = [
+            conn.laddr
+            for proc in cluster_procs
+            for conn in proc.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        ]
+        assert any(addr.port == int(p.address.rsplit(":", 1)[1]) for addr in listening)
+        assert all(addr.ip == "127.0.0.1" for addr in listening), listening
     assert p._client is None and p._cluster is None
     # Generous: on a loaded machine a Dask worker takes a while to wind down.
     _gone, alive = psutil.wait_procs(workers, timeout=90)

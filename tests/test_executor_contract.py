@@ -1,8 +1,9 @@
 """gilfree.Pool against the documented ``concurrent.futures`` Future/Executor protocol.
 
 States (PENDING → RUNNING → done), ``running()``/``done()``/``cancelled()``, done callbacks,
-``wait`` in its three modes, ``as_completed``, ``shutdown(wait, cancel_futures)``, ``map``
-timeouts; plus what gilfree adds: ``Pool.cancel`` of a running task, results that fail to
+``wait`` in its three modes, ``as_completed``, ``shutdown(wait, cancel_futures)``: these take
+the ``backend`` fixture and run on every backend. ``map`` timeouts, and what gilfree adds
+on processes: ``Pool.cancel`` of a running task, results that fail to
 unpickle, and at-most-once runs when workers are killed.
 
 No test sleeps to synchronise: tasks connect to a socket the test holds (``Gate``) when they
@@ -80,6 +81,14 @@ def sync(pool: gilfree.Pool) -> None:
     """Returns once every task start the pool reported before this call has been applied to
     its Future (needs a free worker)."""
     assert pool.submit(helpers.square, 3).result(timeout=WATCHDOG) == 9
+
+
+def block_all(pool: gilfree.Pool, gate: Gate) -> list[cf.Future[Any]]:
+    """Occupies every worker of the pool with a gated task, once all run. (A pool on the
+    session's Dask cluster has that cluster's workers, whatever size was asked.)"""
+    blockers = [pool.submit(helpers.rendezvous_wait, gate.port) for _ in range(pool.max_workers)]
+    gate.wait_running(len(blockers))
+    return blockers
 
 
 class Calls:
@@ -172,8 +181,8 @@ def runs(path: Path) -> list[int]:
 # -- states ---------------------------------------------------------------------------------
 
 
-def test_states_pending_running_finished(gate: Gate, no_critical_log: None) -> None:
-    with gilfree.Pool(2) as pool:
+def test_states_pending_running_finished(backend: str, gate: Gate, no_critical_log: None) -> None:
+    with gilfree.Pool(2, backend=backend) as pool:
         first = pool.submit(helpers.rendezvous_wait, gate.port)
         gate.wait_running()
         second = pool.submit(helpers.rendezvous_wait, gate.port)
@@ -195,10 +204,10 @@ def test_states_pending_running_finished(gate: Gate, no_critical_log: None) -> N
 
 
 def test_done_callback_fires_once_for_a_result_and_at_once_when_added_later(
-    no_critical_log: None,
+    backend: str, no_critical_log: None
 ) -> None:
     calls = Calls()
-    with gilfree.Pool(1) as pool:
+    with gilfree.Pool(1, backend=backend) as pool:
         f = pool.submit(helpers.square, 5)
         f.add_done_callback(calls)
         assert f.result(timeout=WATCHDOG) == 25
@@ -212,11 +221,10 @@ def test_done_callback_fires_once_for_a_result_and_at_once_when_added_later(
 
 
 def test_cancel_of_a_queued_future_wakes_wait_and_as_completed(
-    gate: Gate, no_critical_log: None
+    backend: str, gate: Gate, no_critical_log: None
 ) -> None:
-    with gilfree.Pool(1) as pool:
-        blocker = pool.submit(helpers.rendezvous_wait, gate.port)
-        gate.wait_running()
+    with gilfree.Pool(1, backend=backend) as pool:
+        blocker, *_ = block_all(pool, gate)
         queued = [pool.submit(helpers.square, i) for i in range(4)]
         calls = Calls()
         queued[-1].add_done_callback(calls)
@@ -298,10 +306,11 @@ def test_a_task_pipelined_behind_a_running_one(tmp_path: Path) -> None:
         gate.close()
 
 
-def test_pool_cancel_of_a_queued_future_cancels_it(gate: Gate, no_critical_log: None) -> None:
-    with gilfree.Pool(1) as pool:
-        pool.submit(helpers.rendezvous_wait, gate.port)
-        gate.wait_running()
+def test_pool_cancel_of_a_queued_future_cancels_it(
+    backend: str, gate: Gate, no_critical_log: None
+) -> None:
+    with gilfree.Pool(1, backend=backend) as pool:
+        block_all(pool, gate)
         queued = [pool.submit(helpers.square, i) for i in range(4)]
         assert pool.cancel(queued[-1])
         assert queued[-1].cancelled()
@@ -310,27 +319,30 @@ def test_pool_cancel_of_a_queued_future_cancels_it(gate: Gate, no_critical_log: 
         gate.release()
 
 
-def test_as_completed_yields_cancelled_futures_too(gate: Gate, no_critical_log: None) -> None:
-    with gilfree.Pool(1) as pool:
-        blocker = pool.submit(helpers.rendezvous_wait, gate.port)
-        gate.wait_running()
+def test_as_completed_yields_cancelled_futures_too(
+    backend: str, gate: Gate, no_critical_log: None
+) -> None:
+    with gilfree.Pool(1, backend=backend) as pool:
+        blockers = block_all(pool, gate)
         queued = [pool.submit(helpers.square, i) for i in range(5)]
         cancelled = {f for f in queued[2:] if f.cancel()}
         assert cancelled, "tasks behind a blocker are still queued"
         seen = []
-        for f in cf.as_completed([blocker, *queued], timeout=WATCHDOG):
+        for f in cf.as_completed([*blockers, *queued], timeout=WATCHDOG):
             seen.append(f)
             if len(seen) == len(cancelled):
                 assert set(seen) == cancelled, "cancelled ones come first, while others wait"
                 gate.release()
-        assert set(seen) == {blocker, *queued}
+        assert set(seen) == {*blockers, *queued}
 
 
 # -- wait -----------------------------------------------------------------------------------
 
 
-def test_wait_first_exception_all_completed(gate: Gate, no_critical_log: None) -> None:
-    with gilfree.Pool(2) as pool:
+def test_wait_first_exception_all_completed(
+    backend: str, gate: Gate, no_critical_log: None
+) -> None:
+    with gilfree.Pool(2, backend=backend) as pool:
         blocker = pool.submit(helpers.rendezvous_wait, gate.port)
         gate.wait_running()
         failing = pool.submit(helpers.die, "plain")
@@ -361,11 +373,12 @@ def test_wait_first_exception_all_completed(gate: Gate, no_critical_log: None) -
 # -- shutdown -------------------------------------------------------------------------------
 
 
-def test_shutdown_cancel_futures_notifies_waiters(gate: Gate, no_critical_log: None) -> None:
-    pool = gilfree.Pool(1)
+def test_shutdown_cancel_futures_notifies_waiters(
+    backend: str, gate: Gate, no_critical_log: None
+) -> None:
+    pool = gilfree.Pool(1, backend=backend)
     try:
-        blocker = pool.submit(helpers.rendezvous_wait, gate.port)
-        gate.wait_running()
+        blocker, *others = block_all(pool, gate)
         queued = [pool.submit(helpers.square, i) for i in range(6)]
         waiter_done: list[set[cf.Future[Any]]] = []
         waiting = threading.Event()
@@ -386,7 +399,7 @@ def test_shutdown_cancel_futures_notifies_waiters(gate: Gate, no_critical_log: N
         assert all(f.done() for f in queued)
         assert not blocker.done(), "a running task carries on"
         gate.release()
-        assert blocker.result(timeout=WATCHDOG) > 0
+        assert all(f.result(timeout=WATCHDOG) > 0 for f in [blocker, *others])
         pool.shutdown(wait=True)
         with pytest.raises(RuntimeError, match="after shutdown"):
             pool.submit(helpers.square, 1)
@@ -394,15 +407,16 @@ def test_shutdown_cancel_futures_notifies_waiters(gate: Gate, no_critical_log: N
         pool.terminate()
 
 
-def test_shutdown_wait_runs_everything_queued(gate: Gate, no_critical_log: None) -> None:
-    pool = gilfree.Pool(1)
-    blocker = pool.submit(helpers.rendezvous_wait, gate.port)
-    gate.wait_running()
+def test_shutdown_wait_runs_everything_queued(
+    backend: str, gate: Gate, no_critical_log: None
+) -> None:
+    pool = gilfree.Pool(1, backend=backend)
+    blockers = block_all(pool, gate)
     queued = [pool.submit(helpers.square, i) for i in range(5)]
     pool.shutdown(wait=False)
     gate.release()
     pool.shutdown(wait=True)
-    assert blocker.done()
+    assert all(f.done() for f in blockers)
     assert [f.result(timeout=0) for f in queued] == [0, 1, 4, 9, 16]
 
 

@@ -1,20 +1,18 @@
-"""gilfree.Pool and gilfree.map: the Executor contract, and failures that stay task-scoped."""
+"""gilfree.Pool and gilfree.map on the process backend: what the engine adds (per-task
+timeouts that kill, pipelining, crashes mid-chunk, initializers per process). The contract every
+backend keeps (results, exceptions, as_completed, cancel, crashes failing one task...) is in
+tests/test_backends.py."""
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
-import itertools
 import os
-import signal
 import socket
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import gilfree
 from gilfree import _runtime
@@ -61,23 +59,6 @@ def listener() -> Listener:
     lst.close()
 
 
-def test_is_an_executor_with_real_futures(pool: gilfree.Pool) -> None:
-    assert isinstance(pool, cf.Executor)
-    fut = pool.submit(helpers.add, 2, 3, scale=2)
-    assert isinstance(fut, cf.Future)
-    assert fut.result(timeout=WATCHDOG) == 10
-
-
-def test_lambdas_closures_and_local_functions(pool: gilfree.Pool) -> None:
-    k = 5
-
-    def local(x: int) -> int:
-        return x + k
-
-    assert pool.submit(lambda x: x * k, 3).result() == 15
-    assert list(pool.map(local, [1, 2])) == [6, 7]
-
-
 def test_map_keeps_order_and_takes_several_iterables(pool: gilfree.Pool) -> None:
     assert list(pool.map(helpers.add, range(50), range(50))) == [2 * i for i in range(50)]
     assert list(pool.map(helpers.square, range(1000), chunksize=7)) == [i * i for i in range(1000)]
@@ -87,37 +68,6 @@ def test_map_100k_tiny_tasks() -> None:
     with gilfree.Pool(2) as p:
         out = list(p.map(helpers.square, range(100_000)))
     assert out == [i * i for i in range(100_000)]
-
-
-def test_as_completed_wait_callbacks_and_asyncio(pool: gilfree.Pool) -> None:
-    futures = [pool.submit(helpers.square, i) for i in range(20)]
-    assert sorted(f.result() for f in cf.as_completed(futures, timeout=WATCHDOG)) == sorted(
-        i * i for i in range(20)
-    )
-    done, not_done = cf.wait(futures, timeout=WATCHDOG)
-    assert len(done) == 20 and not not_done
-
-    seen: list[int] = []
-    ev = threading.Event()
-    f = pool.submit(helpers.square, 9)
-    f.add_done_callback(lambda fut: (seen.append(fut.result()), ev.set()))
-    assert ev.wait(WATCHDOG) and seen == [81]
-
-    async def main() -> int:
-        return await asyncio.wrap_future(pool.submit(helpers.square, 12))
-
-    assert asyncio.run(main()) == 144
-
-
-def test_exception_reraised_with_remote_traceback(pool: gilfree.Pool) -> None:
-    with pytest.raises(ValueError, match="bad item 3") as info:
-        pool.submit(helpers.raise_value_error, 3).result()
-    assert isinstance(info.value.__cause__, gilfree.RemoteTraceback)
-    assert "raise_value_error" in str(info.value.__cause__)
-    it = pool.map(helpers.raise_value_error, range(6))
-    assert [next(it), next(it), next(it)] == [0, 1, 2]
-    with pytest.raises(ValueError, match="bad item 3"):
-        next(it)
 
 
 def test_unpicklable_argument_fails_at_submit(pool: gilfree.Pool) -> None:
@@ -137,27 +87,6 @@ def test_unpicklable_result_fails_its_future_and_worker_stays_usable(pool: gilfr
     with pytest.raises(TypeError, match="cannot be pickled"):
         pool.submit(threading.Lock).result()
     assert pool.submit(helpers.square, 4).result() == 16
-
-
-_DEATHS = {
-    "segv": f"was killed by signal {int(signal.SIGSEGV)}",
-    "exit3": "exited with code 3",
-    "kill": f"was killed by signal {int(signal.SIGKILL)}",
-}
-
-
-@pytest.mark.parametrize("how", ["segv", "exit3", "kill"])
-def test_crash_fails_only_that_task(pool: gilfree.Pool, how: str) -> None:
-    good = [pool.submit(helpers.square, i) for i in range(10)]
-    bad = pool.submit(helpers.die, how)
-    more = [pool.submit(helpers.square, i) for i in range(10, 20)]
-    with pytest.raises(gilfree.WorkerCrashedError) as info:
-        bad.result(timeout=WATCHDOG)
-    assert info.value.pid is not None
-    # The engine's one wording of a death, as a Worker's join() reports it.
-    assert str(info.value).startswith(f"worker process {info.value.pid} {_DEATHS[how]}")
-    assert [f.result(timeout=WATCHDOG) for f in good + more] == [i * i for i in range(20)]
-    assert pool.submit(helpers.square, 5).result() == 25
 
 
 def test_crash_mid_chunk_runs_nothing_twice(pool: gilfree.Pool, tmp_path: Path) -> None:
@@ -282,62 +211,6 @@ def test_failing_initializer_breaks_the_pool_without_respawn_loop() -> None:
         p.submit(helpers.square, 1)
     p.shutdown()
     assert len(_runtime.worker_pids()) <= before + 2 + _runtime.default_workers()
-
-
-def test_max_tasks_per_worker_replaces_processes() -> None:
-    with gilfree.Pool(1, max_tasks_per_worker=1) as p:
-        pids = [p.submit(helpers.getpid).result() for _ in range(3)]
-    assert len(set(pids)) == 3
-
-
-def test_imap_is_lazy_with_bounded_lookahead(pool: gilfree.Pool) -> None:
-    pulled = itertools.count()
-
-    def endless():
-        for i in itertools.count():
-            next(pulled)
-            yield i
-
-    out = []
-    for value in pool.imap(helpers.square, endless()):
-        out.append(value)
-        if len(out) == 2000:
-            break
-    assert out == [i * i for i in range(2000)]
-    assert next(pulled) < 2000 + 200_000  # bounded: a few chunks ahead, not everything
-
-
-def test_imap_unordered_yields_everything(pool: gilfree.Pool) -> None:
-    got = list(pool.imap(helpers.square, range(500), ordered=False))
-    assert sorted(got) == [i * i for i in range(500)]
-
-
-@settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    costs=st.lists(st.integers(min_value=0, max_value=3000), min_size=0, max_size=60),
-    chunksize=st.one_of(st.none(), st.integers(min_value=1, max_value=9)),
-    ordered=st.booleans(),
-)
-def test_map_order_property(
-    pool: gilfree.Pool, costs: list[int], chunksize: int | None, ordered: bool
-) -> None:
-    expected = [helpers.spin(c) for c in costs]
-    assert list(pool.map(helpers.spin, costs, chunksize=chunksize)) == expected
-    got = list(pool.imap(helpers.spin, costs, ordered=ordered, chunksize=chunksize))
-    assert got == expected if ordered else sorted(got) == sorted(expected)
-
-
-def test_gilfree_map_with_progress(capsys: pytest.CaptureFixture[str]) -> None:
-    assert gilfree.map(helpers.square, range(300), progress=True) == [i * i for i in range(300)]
-    assert "300/300" in capsys.readouterr().err
-    assert gilfree.map(helpers.square, range(30), ordered=False, workers=1) != []
-
-
-def test_gilfree_map_cleans_up_on_error() -> None:
-    with pytest.raises(ValueError):
-        gilfree.map(helpers.raise_value_error, range(10))
 
 
 def test_pool_never_delays_a_worker() -> None:

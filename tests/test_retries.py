@@ -1,5 +1,6 @@
 """``retries=``: a task whose worker process died is run again; nothing that may have finished,
-or that raised, ever is."""
+or that raised, ever is. (Process backend; the one test taking ``backend`` runs on every
+backend: threads accept ``retries=`` with nothing to retry, Dask refuses it.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from test_backends import cannot, refused
 
 import gilfree
 
@@ -81,10 +83,20 @@ def test_without_retries_a_crash_runs_once(pool: gilfree.Pool, tmp_path: Path) -
     assert runs(counter) == 1
 
 
-def test_a_task_that_raises_is_not_retried(pool: gilfree.Pool, tmp_path: Path) -> None:
+def test_a_task_that_raises_is_not_retried(backend: str, tmp_path: Path) -> None:
     counter = tmp_path / "runs"
-    with pytest.raises(ValueError, match="raised, not crashed"):
-        pool.submit(raise_always, str(counter), retries=3).result()
+    with gilfree.Pool(2, backend=backend) as pool:
+        if cannot(backend, "retries") is not None:
+            with refused(backend, "retries"):
+                pool.submit(raise_always, str(counter), retries=3)
+            with refused(backend, "retries"):
+                list(pool.map(raise_always, [str(counter)], retries=1))
+            with refused(backend, "retries"):
+                gilfree.map(raise_always, [str(counter)], retries=1, backend=backend)
+            assert runs(counter) == 0
+            return
+        with pytest.raises(ValueError, match="raised, not crashed"):
+            pool.submit(raise_always, str(counter), retries=3).result()
     assert runs(counter) == 1
 
 

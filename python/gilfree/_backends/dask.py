@@ -24,11 +24,17 @@ How a task flows:
    our LocalCluster with ``distributed.scheduler.allowed-failures`` set to 0, so a task that may
    have run is never silently run again) and raises ``KilledWorker``, which becomes
    :class:`~gilfree.WorkerCrashedError` on that task only; the nanny restarts the worker and the
-   pool goes on. A scheduler of your own (``address=``) applies its own ``allowed-failures``:
-   set it to 0 there for the same guarantee.
+   pool goes on. "Only" because the LocalCluster also sets
+   ``distributed.scheduler.worker-saturation`` to 1.0: a worker holds no task beyond the ones
+   its threads execute (Dask's default, 1.1, queues one more on a one-thread worker, and that
+   task would die with it, with ``KilledWorker`` too). A scheduler of your own (``address=``)
+   applies its own settings: set both there for the same guarantees. One case Dask itself
+   re-runs: a task that had finished on the dying worker but whose result this process had not
+   fetched yet (the result died with the worker; the scheduler computes it again).
 
 Not available here (:class:`UnsupportedByBackend`): a per-task ``timeout=`` (Dask cannot stop
-a running task), ``Pool.cancel``/``Worker.terminate`` of a running task, ``initializer`` and
+a running task), ``Pool.cancel``/``Worker.terminate`` of a running task (as on the thread
+backend), ``initializer`` and
 ``max_tasks_per_worker``. ``Future.cancel()`` takes a task that has not started off the
 cluster and, as in the stdlib, refuses one that runs (it asks the workers; see
 :class:`_DaskFuture`).
@@ -295,15 +301,20 @@ def _bridge(dfut: distributed.Future[Any], done: Callable[[Future[Any], Any], No
         if fut.done():
             return
         try:
-            if d.status == "finished":
-                done(fut, d.result())
-            elif d.status == "cancelled":
+            if d.status == "cancelled":
                 if not fut.cancel():
                     fut.set_exception(CancelledError())
                 else:
                     fut.set_running_or_notify_cancel()
+                return
+            # Not ``d.status``: a result lost with its worker after the task finished sets the
+            # Dask future back to pending until the scheduler has it again; ``exception()``
+            # waits for that.
+            exc = d.exception()
+            if exc is None:
+                done(fut, d.result())
             else:
-                fut.set_exception(_crash_error(d.exception()))
+                fut.set_exception(_crash_error(exc))
         except BaseException as exc:  # the result could not be read back
             if not fut.done():
                 fut.set_exception(exc)
@@ -600,11 +611,25 @@ class Pool(_ProcessPool):
             return self._scatter(obj)
 
     def cancel(self, future: Future[Any]) -> bool:
-        """Cancels a task that has not started (``Future.cancel``): a running one cannot be
-        stopped on Dask, so this returns ``False`` for it rather than kill it."""
+        """Cancels a task that has not started (``Future.cancel``).
+
+        Returns:
+            ``True`` if it was cancelled (now or before); ``False`` if it had finished.
+
+        Raises:
+            ValueError: if the future is not one of this pool's.
+            UnsupportedByBackend: if the task is running (Dask cannot stop it), as on the
+                thread backend.
+        """
         if not isinstance(future, _DaskFuture):
             raise ValueError("this future does not belong to this pool")
-        return future.cancel()
+        if future.cancel():
+            return True
+        if future.done():
+            return future.cancelled()
+        raise _unsupported(
+            "Pool.cancel() of a running task", "Dask cannot stop a task that runs on a worker."
+        )
 
     def terminate(self) -> None:
         """Cancels every unfinished task and closes the pool now."""
@@ -790,11 +815,17 @@ def _no_retries(retries: int, call: str) -> None:
 
 def _local_cluster(n_workers: int) -> distributed.LocalCluster:
     """A LocalCluster of ``n_workers`` one-thread processes on 127.0.0.1, no dashboard, and
-    no silent re-run of a task whose worker died (``allowed-failures`` 0).
+    no silent re-run of a task whose worker died (``allowed-failures`` 0), and no task waiting
+    on a worker beside the ones it runs (``worker-saturation`` 1.0), so that a worker's death
+    fails only the tasks it was running.
 
     Its nannies start the workers with multiprocessing's spawn, which also starts the stdlib's
     ``resource_tracker`` process once per interpreter; that one ends when this process does."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    settings = {
+        "distributed.scheduler.allowed-failures": 0,
+        "distributed.scheduler.worker-saturation": 1.0,
+    }
+    with dask.config.set(settings):
         return distributed.LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
