@@ -643,3 +643,6 @@ def _collect(pool_ref: weakref.ref[Pool], tp: _engine.TaskPool, handlers: dict[i
                 import traceback
 
                 traceback.print_exception(exc)
+        # Nothing of this batch stays referenced while we wait for the next one: a handler's
+        # future holds its result, which may view a shared segment the pool would reuse.
+        handler = None

@@ -4,6 +4,7 @@ from collections.abc import Callable, Sequence
 from typing import Self, final
 
 __all__ = [
+    "BULK_MAGIC",
     "CANCEL_CANCELLED",
     "CANCEL_KILLED",
     "CANCEL_NOT_FOUND",
@@ -17,6 +18,7 @@ __all__ = [
     "Arena",
     "Barrier",
     "Blob",
+    "BulkView",
     "Cell",
     "Condition",
     "Endpoint",
@@ -27,6 +29,12 @@ __all__ = [
     "Queue",
     "Semaphore",
     "TaskPool",
+    "bulk_discard",
+    "bulk_is_shared",
+    "bulk_pack",
+    "bulk_shared",
+    "bulk_stats",
+    "bulk_unpack",
     "cancel_prestart",
     "check_timeout",
     "prestart_template",
@@ -60,6 +68,27 @@ def cancel_prestart() -> None:
 
 def prestarted_pid(timeout: float) -> int | None:
     """The pid of the prestarted template that waits for its engine, once launched."""
+
+# Bulk buffers (shared segments for pickle's out-of-band buffers; see gilfree._oob).
+BULK_MAGIC: bytes
+
+@final
+class BulkView:
+    """Writable bytes in a shared segment, kept mapped while this object or a buffer of it
+    lives. Exports the buffer protocol (``memoryview(view)``; no ``__buffer__`` on 3.11)."""
+
+    def __len__(self) -> int: ...
+    @property
+    def address(self) -> int: ...
+    @property
+    def segment(self) -> int: ...
+
+def bulk_is_shared(buffer: object) -> bool: ...
+def bulk_pack(buffers: Sequence[object], stream: object) -> bytes: ...
+def bulk_unpack(blob: object) -> tuple[list[BulkView], int] | None: ...
+def bulk_discard(blob: bytes) -> None: ...
+def bulk_shared(nbytes: int) -> BulkView: ...
+def bulk_stats() -> dict[str, int]: ...
 
 @final
 class Engine:

@@ -80,7 +80,9 @@ class Queue(_engine.Queue, Generic[_T]):
         Raises:
             queue.Full: No room (``block`` false, or the timeout passed).
         """
-        data = _serialize.dumps(item)
+        # In-band: a queue item does not travel over a channel, which is how shared segments
+        # reach another process (see _oob).
+        data = _serialize.dumps(item, inband=True)
         if not self._put(data, block, _sync_args.queue_wait(block, timeout)):
             raise queue.Full
 

@@ -6,9 +6,9 @@ Plain pickle (protocol 5) is tried first where it is enough, because it is much 
 containers; cloudpickle is the fallback.
 
 Large buffers (numpy arrays, ``bytearray``, ``memoryview``, :class:`gilfree.SharedArray`) travel
-out-of-band through shared memory: see ``_oob`` for the format and the protocol. ``dumps``
-always returns ``bytes``; a blob with out-of-band buffers starts with ``_oob.MAGIC`` (a pickle
-stream never does), and ``loads`` accepts both.
+out-of-band through the engine's shared segments: see ``_oob``. ``dumps`` always returns
+``bytes``; a blob with out-of-band buffers is the engine's envelope and starts with
+``_oob.MAGIC`` (a pickle stream never does), and ``loads`` accepts both.
 """
 
 from __future__ import annotations
@@ -76,22 +76,24 @@ def _cloud_pickler_class() -> type[pickle.Pickler]:
     return _cloud_pickler
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, inband: bool = False) -> bytes:
     """Pickles ``obj``, by reference where possible and by value where needed.
 
     Out-of-band buffers of at least ``_oob.THRESHOLD`` bytes (and any that already live in
-    shared memory) are placed in shared memory rather than in the returned bytes.
+    shared memory) are placed in shared memory rather than in the returned bytes, unless
+    ``inband``: a blob that does not travel over a worker's channel (a ``gilfree.Queue``
+    item) cannot hand its segments over, so it carries its bytes.
 
     Raises:
         pickle.PicklingError, TypeError, AttributeError: ``obj`` cannot be pickled at all.
     """
     buf = io.BytesIO()
-    session = _oob.Session()
+    session = _oob.Session(inband)
     try:
         _PlainPickler(buf, PROTOCOL, buffer_callback=session.callback).dump(obj)
     except (pickle.PicklingError, TypeError, AttributeError):
         buf = io.BytesIO()
-        session = _oob.Session()
+        session = _oob.Session(inband)
         _cloud_pickler_class()(buf, protocol=PROTOCOL, buffer_callback=session.callback).dump(obj)
     if not session.buffers:
         return buf.getvalue()

@@ -1,9 +1,11 @@
 """``gilfree.SharedArray``: a buffer in shared memory that every process views without a copy.
 
-A SharedArray is one memfd (see ``_oob``: a segment of kind SHARED, page-aligned data after a
-one-page header). Passing it to a Worker or a Pool task (as an argument, an attribute, a return
-value) sends a handle, never the bytes: the receiver maps the same memory, so a worker's writes
-are visible to the parent and to every other holder at once, as a thread's would be.
+A SharedArray is a thin wrapper over one shared segment of the engine (a sealed memfd made by
+``gilfree_core::shm::bulk::hub::shared``; see ``_oob``). Passing it to a Worker or a Pool task
+(as an argument, an attribute, a return value) sends a handle, never the bytes: the receiver
+maps the same memory, so a worker's writes are visible to the parent and to every other holder
+at once, as a thread's would be. (A ``gilfree.Queue`` item travels in-band, so a SharedArray put
+in a Queue arrives as a private copy.)
 
 Its memory is freed when the last handle in any process is gone: the kernel keeps a memfd while
 some process holds a descriptor or a mapping of it, and drops it when the last one goes,
@@ -99,14 +101,13 @@ class SharedArray:
         ((2, 3), 48)
     """
 
-    __slots__ = ("_data", "_dtype", "_fmt", "_itemsize", "_owner", "_shape", "_whole")
+    __slots__ = ("_data", "_dtype", "_fmt", "_itemsize", "_shape", "_whole")
 
     def __init__(self, shape: int | Iterable[int], dtype: DTypeLike = "float64") -> None:
         shape = _shape(shape)
         dt, itemsize, fmt = _dtype(dtype)
         nbytes = math.prod(shape) * itemsize
-        owner, whole = _oob.new_shared(nbytes)
-        self._setup(whole, shape, dt, itemsize, fmt, owner)
+        self._setup(_oob.new_shared(nbytes), shape, dt, itemsize, fmt)
 
     def _setup(
         self,
@@ -115,16 +116,13 @@ class SharedArray:
         dt: Any,
         itemsize: int,
         fmt: str | None,
-        owner: Any,
     ) -> None:
         self._whole = whole
         self._shape = shape
         self._dtype = dt
         self._itemsize = itemsize
         self._fmt = fmt
-        self._owner = owner  # the creator's segment: its descriptor lives as long as this
-        nbytes = math.prod(shape) * itemsize
-        self._data = whole[_oob.PAGE : _oob.PAGE + nbytes]
+        self._data = whole[: math.prod(shape) * itemsize]
 
     @classmethod
     def zeros(cls, shape: int | Iterable[int], dtype: DTypeLike = "float64") -> SharedArray:
@@ -208,5 +206,5 @@ def _attach(whole: Any, shape: tuple[int, ...], dtype: Any) -> SharedArray:
         view = memoryview(bytearray(view))
     dt, itemsize, fmt = _dtype(dtype)
     shared = SharedArray.__new__(SharedArray)
-    shared._setup(view, tuple(shape), dt, itemsize, fmt, None)
+    shared._setup(view, tuple(shape), dt, itemsize, fmt)
     return shared

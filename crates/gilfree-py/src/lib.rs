@@ -7,6 +7,7 @@
 #![allow(clippy::disallowed_types)]
 
 mod blob;
+mod bulk;
 mod convert;
 mod endpoint;
 mod engine;
@@ -33,6 +34,17 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync::PyCell>()?;
     m.add_class::<sync::PyQueue>()?;
     m.add_class::<blob::PyBlob>()?;
+    m.add_class::<bulk::PyBulkView>()?;
+    m.add_function(wrap_pyfunction!(bulk::bulk_is_shared, m)?)?;
+    m.add_function(wrap_pyfunction!(bulk::bulk_pack, m)?)?;
+    m.add_function(wrap_pyfunction!(bulk::bulk_unpack, m)?)?;
+    m.add_function(wrap_pyfunction!(bulk::bulk_discard, m)?)?;
+    m.add_function(wrap_pyfunction!(bulk::bulk_shared, m)?)?;
+    m.add_function(wrap_pyfunction!(bulk::bulk_stats, m)?)?;
+    m.add(
+        "BULK_MAGIC",
+        pyo3::types::PyBytes::new(m.py(), bulk::BULK_MAGIC),
+    )?;
     m.add_function(wrap_pyfunction!(template::template_serve, m)?)?;
     m.add_function(wrap_pyfunction!(template::prestart_template, m)?)?;
     m.add_function(wrap_pyfunction!(template::cancel_prestart, m)?)?;

@@ -114,7 +114,7 @@ pub(crate) fn spawn(
     command: &WorkerCommand,
     on_death: &Option<DeathHook>,
 ) -> Result<WorkerProcess, SpawnError> {
-    let channel = Channel::create(command.ring_capacity)?;
+    let mut channel = Channel::create(command.ring_capacity)?;
     let mut cmd = base_command(command, &command.args);
     cmd.env(CHANNEL_FDS_ENV, channel.child_fds().encode())
         .stdout(Stdio::piped())
@@ -131,6 +131,7 @@ pub(crate) fn spawn(
         .map_err(SpawnError::from)
         .and(set_inheritable(&command.inherit_fds, false));
     let mut child = spawned?;
+    channel.close_child_end();
     let opened = restored.and_then(|()| {
         let raw = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
         let pid = raw.ok_or_else(|| std::io::Error::other("child pid out of range"))?;
@@ -244,6 +245,7 @@ pub(crate) fn plan_fork(command: &WorkerCommand) -> Result<ForkPlan, SpawnError>
     let mut fds: Vec<(RawFd, RawFd)> = vec![(out_w.as_raw_fd(), 1), (err_w.as_raw_fd(), 2)];
     fds.push((child_fds.memfd, child_fds.memfd));
     fds.extend(child_fds.events.iter().map(|&fd| (fd, fd)));
+    fds.push((child_fds.sock, child_fds.sock));
     for fd in command.inherit_fds.iter().flat_map(|o| o.fds_to_inherit()) {
         fds.push((fd.as_raw_fd(), fd.as_raw_fd()));
     }
@@ -289,7 +291,7 @@ pub(crate) fn finish_fork(
     on_death: &Option<DeathHook>,
 ) -> Result<WorkerProcess, SpawnError> {
     let ForkPlan {
-        channel,
+        mut channel,
         out_r,
         out_w,
         err_r,
@@ -297,6 +299,7 @@ pub(crate) fn finish_fork(
         ..
     } = plan;
     drop((out_w, err_w));
+    channel.close_child_end();
     // The process is our own unreaped child (CLONE_PARENT), so its pid names it until we reap
     // it; check that it is ours before trusting it.
     let pidfd = pidfd_open(pid, PidfdFlags::empty())?;

@@ -14,15 +14,21 @@
 //! in [`ChannelFds::events`] order: down-data, down-space, up-data, up-space. Each has one
 //! sleeper (the side that waits for data or space) and one ringer (the other side).
 //!
+//! A channel also carries one end of a `SOCK_SEQPACKET` socket pair ([`ChannelFds::sock`]):
+//! the way [bulk segments](crate::shm::bulk::hub) reach the peer, as fds with `SCM_RIGHTS`,
+//! never through `/proc`. Every send first pushes the fds the peer may need
+//! ([`hub::push`](crate::shm::bulk::hub::push)); the peer reads them when it unpacks a blob.
+//!
 //! # Protocol: handing the child its end
 //! 1. The parent calls [`Channel::create`]; every fd is close-on-exec, so no other child
 //!    inherits them.
 //! 2. Just before spawning, [`Channel::set_inheritable`]`(true)` clears close-on-exec on the
-//!    five fds; the parent puts [`ChannelFds::encode`] of [`Channel::child_fds`] in the child's
+//!    six fds; the parent puts [`ChannelFds::encode`] of [`Channel::child_fds`] in the child's
 //!    environment and spawns it; right after, `set_inheritable(false)`. Spawns of the engine
 //!    happen on one thread, so no other engine child inherits the window; a process spawned
 //!    concurrently by unrelated code (say Python's `subprocess`) could, which is harmless to
-//!    the channel (it only keeps the memory alive longer).
+//!    the channel (it only keeps the memory alive longer). Once the child runs, the parent
+//!    closes its copy of the child's socket end ([`Channel::close_child_end`]).
 //! 3. The child calls [`Channel::from_env`], which decodes the variable and calls
 //!    [`Channel::open_inherited`] (`unsafe`: it turns numbers into owned fds), which takes
 //!    ownership of the fds, makes them close-on-exec again (so the worker's own children do
@@ -40,9 +46,12 @@ use std::io;
 use std::mem::{align_of, size_of};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
 
+use super::bulk::hub::{self, Pushed};
+use super::fdpass::socket_pair;
 use super::ring::{Bells, Consumer, Producer, Ring, RingHeader, Storage};
 use super::segment::Segment;
 use crate::sync::{AtomicU64, GlobalMutex, Mutex, Ordering};
@@ -82,16 +91,18 @@ pub struct ChannelFds {
     pub memfd: RawFd,
     /// The eventfds: down-data, down-space, up-data, up-space.
     pub events: [RawFd; 4],
+    /// The child's end of the fd socket.
+    pub sock: RawFd,
 }
 
 impl ChannelFds {
-    /// The five numbers, comma-separated (`"7,8,9,10,11"`), for an environment variable.
+    /// The six numbers, comma-separated (`"7,8,9,10,11,12"`), for an environment variable.
     pub fn encode(&self) -> String {
         let [a, b, c, d] = self.events;
-        format!("{},{a},{b},{c},{d}", self.memfd)
+        format!("{},{a},{b},{c},{d},{}", self.memfd, self.sock)
     }
 
-    /// Parses [`encode`](ChannelFds::encode)'s format: exactly five non-negative numbers.
+    /// Parses [`encode`](ChannelFds::encode)'s format: exactly six non-negative numbers.
     pub fn decode(s: &str) -> Option<Self> {
         let mut nums = s
             .split(',')
@@ -100,6 +111,7 @@ impl ChannelFds {
         let fds = ChannelFds {
             memfd: next()?,
             events: [next()?, next()?, next()?, next()?],
+            sock: next()?,
         };
         match nums.next() {
             None => Some(fds),
@@ -107,9 +119,9 @@ impl ChannelFds {
         }
     }
 
-    fn all(&self) -> [RawFd; 5] {
+    fn all(&self) -> [RawFd; 6] {
         let [a, b, c, d] = self.events;
-        [self.memfd, a, b, c, d]
+        [self.memfd, a, b, c, d, self.sock]
     }
 }
 
@@ -180,6 +192,12 @@ pub struct Channel {
     /// In [`ChannelFds::events`] order.
     bells: [Notifier; 4],
     role: Role,
+    /// This end of the fd socket (registered with the bulk hub, which drains it).
+    sock: Arc<OwnedFd>,
+    /// The parent's copy of the child's end, until the child has it.
+    child_sock: Option<OwnedFd>,
+    /// Which fds were pushed to the peer (locked inside the send lock).
+    pushed: Mutex<Pushed>,
     // Last: the rings point into it, so it must be unmapped after them.
     segment: Segment,
 }
@@ -237,11 +255,19 @@ impl Channel {
             Notifier::new()?,
             Notifier::new()?,
         ];
-        Self::attach(segment, bells, Role::Parent)
+        let (sock, child_sock) = socket_pair()?;
+        let mut ch = Self::attach(segment, bells, sock, Role::Parent)?;
+        ch.child_sock = Some(child_sock);
+        Ok(ch)
     }
 
     /// Builds either end over a mapped segment, checking its header against its size.
-    fn attach(segment: Segment, bells: [Notifier; 4], role: Role) -> io::Result<Channel> {
+    fn attach(
+        segment: Segment,
+        bells: [Notifier; 4],
+        sock: OwnedFd,
+        role: Role,
+    ) -> io::Result<Channel> {
         let bad =
             |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("channel: {what}"));
         if segment.len() < HEADERS_END {
@@ -294,12 +320,17 @@ impl Channel {
         let taken = || bad("ring end already taken");
         let tx = Mutex::new(out.producer().ok_or_else(taken)?);
         let rx = Mutex::new(inc.consumer().ok_or_else(taken)?);
+        let sock = Arc::new(sock);
+        hub::register_socket(&sock);
         Ok(Channel {
             tx,
             rx,
             rings,
             bells,
             role,
+            sock,
+            child_sock: None,
+            pushed: Mutex::new(Pushed::default()),
             segment,
         })
     }
@@ -314,7 +345,12 @@ impl Channel {
         let [a, b, c, d] = &parent.bells;
         let bells = [a, b, c, d].map(|n| dup(n.fd()).map(Notifier::from_fd));
         let [a, b, c, d] = bells;
-        let child = Self::attach(Segment::open(memfd)?, [a?, b?, c?, d?], Role::Child)?;
+        let mut parent = parent;
+        let sock = parent
+            .child_sock
+            .take()
+            .ok_or_else(|| io::Error::other("no child end"))?;
+        let child = Self::attach(Segment::open(memfd)?, [a?, b?, c?, d?], sock, Role::Child)?;
         Ok((parent, child))
     }
 
@@ -325,7 +361,13 @@ impl Channel {
         ChannelFds {
             memfd: self.segment.fd().as_raw_fd(),
             events: [a, b, c, d].map(|n| n.fd().as_raw_fd()),
+            sock: self.child_sock.as_ref().map_or(-1, |s| s.as_raw_fd()),
         }
+    }
+
+    /// Closes the parent's copy of the child's socket end, once the child has inherited it.
+    pub fn close_child_end(&mut self) {
+        self.child_sock = None;
     }
 
     /// Clears (`true`) or restores (`false`) close-on-exec on the fds of [`child_fds`]
@@ -340,6 +382,9 @@ impl Channel {
         fcntl_setfd(self.segment.fd(), flags)?;
         for bell in &self.bells {
             fcntl_setfd(bell.fd(), flags)?;
+        }
+        if let Some(sock) = &self.child_sock {
+            fcntl_setfd(sock, flags)?;
         }
         Ok(())
     }
@@ -384,7 +429,7 @@ impl Channel {
         if all.iter().any(|&fd| fd < 0) {
             return Err(invalid("negative fd in ChannelFds"));
         }
-        if (1..5).any(|i| all[..i].contains(&all[i])) {
+        if (1..all.len()).any(|i| all[..i].contains(&all[i])) {
             return Err(invalid("repeated fd in ChannelFds"));
         }
         {
@@ -416,11 +461,19 @@ impl Channel {
         let [a, b, c, d] = fds.events;
         let memfd = take(fds.memfd)?;
         let events = [take(a)?, take(b)?, take(c)?, take(d)?];
+        let sock = take(fds.sock)?;
         for ev in &events {
             check_eventfd(ev)?;
         }
+        let st = rustix::fs::fstat(&sock)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("ChannelFds: fd {} is not a socket", fds.sock),
+            ));
+        }
         let segment = Segment::open(memfd)?;
-        Self::attach(segment, events.map(Notifier::from_fd), Role::Child)
+        Self::attach(segment, events.map(Notifier::from_fd), sock, Role::Child)
     }
 
     /// (outgoing ring, its bells), (incoming ring, its bells) for this end.
@@ -455,6 +508,7 @@ impl Channel {
     pub fn send(&self, msg: &[u8], wait: &mut Wait<'_>) -> Result<(), SendError> {
         let ((ring, bells), _) = self.ends();
         let mut producer = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        self.push_fds();
         ring.send(&mut producer, msg, bells, wait)
     }
 
@@ -465,6 +519,7 @@ impl Channel {
     pub fn send_deferred(&self, msg: &[u8], wait: &mut Wait<'_>) -> Result<(), SendError> {
         let ((ring, bells), _) = self.ends();
         let mut producer = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        self.push_fds();
         ring.send_deferred(&mut producer, msg, bells, wait)
     }
 
@@ -473,7 +528,16 @@ impl Channel {
     pub fn try_send_deferred(&self, msg: &[u8]) -> Result<bool, SendError> {
         let ((ring, bells), _) = self.ends();
         let mut producer = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        self.push_fds();
         ring.try_send_deferred(&mut producer, msg, bells)
+    }
+
+    /// Pushes the bulk segment fds the peer may need before this message (see the module
+    /// doc). Called under the send lock, so pushes and messages keep their order. A failed
+    /// push (a dead peer) is not reported here: the message's own send reports it.
+    fn push_fds(&self) {
+        let mut pushed = self.pushed.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = hub::push(self.sock.as_fd(), &mut pushed);
     }
 
     /// Wakes the peer if it sleeps waiting for data that deferred sends published. Costs
@@ -510,6 +574,7 @@ impl Channel {
 
 impl Drop for Channel {
     fn drop(&mut self) {
+        hub::channel_closing(&self.sock);
         let ((out, out_bells), (inc, in_bells)) = self.ends();
         out.close_producer(out_bells.data);
         inc.close_consumer(in_bells.space);
@@ -557,15 +622,16 @@ mod tests {
         let fds = ChannelFds {
             memfd: 7,
             events: [8, 9, 10, 11],
+            sock: 12,
         };
-        assert_eq!(fds.encode(), "7,8,9,10,11");
-        assert_eq!(ChannelFds::decode("7,8,9,10,11"), Some(fds));
+        assert_eq!(fds.encode(), "7,8,9,10,11,12");
+        assert_eq!(ChannelFds::decode("7,8,9,10,11,12"), Some(fds));
         for bad in [
             "",
-            "7,8,9,10",
-            "7,8,9,10,11,12",
-            "7,8,x,10,11",
-            "7,8,-9,10,11",
+            "7,8,9,10,11",
+            "7,8,9,10,11,12,13",
+            "7,8,x,10,11,12",
+            "7,8,-9,10,11,12",
         ] {
             assert_eq!(ChannelFds::decode(bad), None, "{bad:?}");
         }
@@ -702,6 +768,7 @@ mod tests {
         let closed = ChannelFds {
             memfd: 100_000,
             events: [100_001, 100_002, 100_003, 100_004],
+            sock: 100_005,
         };
         // SAFETY: these numbers are far above anything this test process has open, so nothing
         // else owns them; the call is expected to refuse them before taking any.
@@ -716,6 +783,7 @@ mod tests {
             Channel::open_inherited(ChannelFds {
                 memfd: 5,
                 events: [5, 6, 7, 8],
+                sock: 9,
             })
         };
         assert_eq!(e.unwrap_err().kind(), io::ErrorKind::InvalidInput);
