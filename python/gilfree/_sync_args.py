@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 import threading
 
 __all__ = [
@@ -58,6 +59,9 @@ def lock_wait(blocking: bool, timeout: float) -> float | None:
     if timeout == -1:
         return None
     if timeout < 0:
+        # CPython 3.13 reworded this message; the running interpreter's wording is the one.
+        if sys.version_info >= (3, 13):
+            raise ValueError("timeout value must be a non-negative number")
         raise ValueError("timeout value must be positive")
     return float(timeout)
 
