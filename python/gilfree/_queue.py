@@ -24,7 +24,7 @@ from __future__ import annotations
 import queue
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from gilfree import _engine, _module_objects, _runtime, _serialize
+from gilfree import _engine, _module_objects, _runtime, _serialize, _sync_args
 
 if TYPE_CHECKING:
     from typing import Self
@@ -82,7 +82,8 @@ class Queue(_engine.Queue, Generic[_T]):
         """
         # In-band: a queue item does not travel over a channel, which is how shared segments
         # reach another process (see _oob).
-        if not self._put(_serialize.dumps(item, inband=True), block, timeout):
+        data = _serialize.dumps(item, inband=True)
+        if not self._put(data, block, _sync_args.queue_wait(block, timeout)):
             raise queue.Full
 
     def get(self, block: bool = True, timeout: float | None = None) -> _T:
@@ -91,7 +92,7 @@ class Queue(_engine.Queue, Generic[_T]):
         Raises:
             queue.Empty: No item (``block`` false, or the timeout passed).
         """
-        data = self._get(block, timeout)
+        data = self._get(block, _sync_args.queue_wait(block, timeout))
         if data is None:
             raise queue.Empty
         return cast("_T", _serialize.loads(data))

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     )
     _FloatCode: TypeAlias = Literal["e", "f", "d"]
 
-from gilfree import _engine, _module_objects, _runtime
+from gilfree import _engine, _module_objects, _runtime, _sync_args
 
 __all__ = [
     "Barrier",
@@ -83,6 +83,15 @@ def _state(locked: bool) -> str:
     return "locked" if locked else "unlocked"
 
 
+def _lock_acquire(self: _engine.Lock, blocking: bool = True, timeout: float = -1) -> bool:
+    """Takes the lock, waiting as ``threading.Lock.acquire`` would (``timeout=-1``: forever).
+
+    Returns:
+        Whether the lock was taken.
+    """
+    return self._acquire(_sync_args.lock_wait(blocking, timeout))
+
+
 def _name(obj: object) -> str:
     """``gilfree.Event`` for our classes (as ``threading.Event``), the full name for others."""
     cls = type(obj)
@@ -108,6 +117,8 @@ class Lock(_engine.Lock):
         make = super().__new__
         return _module_objects.shared(cls, lambda: make(cls, _runtime.arena()))
 
+    acquire = _lock_acquire
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.handle))
 
@@ -129,6 +140,8 @@ class RLock(_engine.Lock):
         make = super().__new__
         return _module_objects.shared(cls, lambda: make(cls, _runtime.arena(), None, True))
 
+    acquire = _lock_acquire
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.handle))
 
@@ -148,6 +161,16 @@ class Event(_engine.Event):
     def __new__(cls) -> Event:
         make = super().__new__
         return _module_objects.shared(cls, lambda: make(cls, _runtime.arena()))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits until the flag is set or ``timeout`` seconds pass.
+
+        Returns:
+            The flag (``False`` only on timeout).
+        """
+        if self.is_set():
+            return True
+        return self._wait(_sync_args.wait(timeout))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.handle))
@@ -175,6 +198,22 @@ class Semaphore(_engine.Semaphore):
             raise ValueError("semaphore initial value must be >= 0")
         make = super().__new__
         return _module_objects.shared(cls, lambda: make(cls, _runtime.arena(), value, False))
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Takes a permit, waiting as ``threading.Semaphore.acquire`` would.
+
+        Returns:
+            Whether a permit was taken.
+        """
+        if not blocking:
+            _sync_args.semaphore_wait(False, timeout)  # refuses a timeout
+            return self._try_acquire()
+        # As in `threading`, the timeout matters (and is checked) only if we must wait.
+        return self._try_acquire() or self._acquire(_sync_args.semaphore_wait(True, timeout))
+
+    def release(self, n: int = 1) -> None:
+        """Gives back ``n`` permits, waking as many waiters."""
+        self._release(_sync_args.release_count(n))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.handle))
@@ -222,7 +261,7 @@ class Condition:
         self._setup(lock, _engine.Condition(_runtime.arena()))
         _module_objects.merge(self)
 
-    def _setup(self, lock: _engine.Lock, word: _engine.Condition) -> None:
+    def _setup(self, lock: Lock | RLock, word: _engine.Condition) -> None:
         self._lock = lock
         self._word = word
         self.acquire = lock.acquire
@@ -248,7 +287,7 @@ class Condition:
         """
         if not self._lock._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
-        return self._word._wait(self._lock, timeout)
+        return self._word._wait(self._lock, _sync_args.wait(timeout))
 
     def wait_for(self, predicate: Callable[[], _R], timeout: float | None = None) -> _R:
         """Waits until ``predicate()`` is true (or ``timeout`` passes); returns its last value."""
@@ -279,7 +318,7 @@ class Condition:
         self.notify(0xFFFFFFFF)
 
 
-def _rebuild_condition(lock: _engine.Lock, handle: int) -> Condition:
+def _rebuild_condition(lock: Lock | RLock, handle: int) -> Condition:
     cond = Condition.__new__(Condition)
     cond._setup(lock, _engine.Condition(_runtime.arena(), handle=handle))
     return cond
@@ -330,7 +369,7 @@ class Barrier:
         """
         if timeout is None:
             timeout = self._timeout
-        index, last = self._raw._wait(timeout)
+        index, last = self._raw._wait(_sync_args.wait(timeout))
         if last:
             try:
                 if self._action is not None:

@@ -6,23 +6,27 @@
 //! unpickles what comes back.
 //!
 //! # Map: which module owns which invariant
-//! Lower modules come first; each depends only on those above it (`ipc::arena` and the
-//! primitives whose death it handles still know each other).
+//! Lower modules come first; each uses only those listed above it, and no two modules use each
+//! other (`tests/arch_layers.rs` checks both from the sources; one cycle inside `pool`, between
+//! `spawn`, `template` and `worker_main`, is listed there as known).
 //! - [`sync`](crate::sync): the only place that names `std::sync::atomic`, so loom can stand in
 //!   for std under `--cfg loom`.
+//! - [`error`]: one error enum per operation.
 //! - [`wait`]: how a blocking call waits: deadline, the peer's pidfd, and signal checks so that
-//!   a caller (Python) can stay interruptible.
+//!   a caller (Python) can stay interruptible; it owns the one sleep loop's steps (slice,
+//!   signal check, deadline) that every blocking loop takes.
 //! - [`sys`]: thin OS leaves. [`sys::notify`] owns the eventfd doorbell's protocol (a wake-up is
-//!   never lost between a waiter's last check and its sleep) and the wait slices every blocking
-//!   loop shares.
+//!   never lost between a waiter's last check and its sleep).
 //! - [`shm`]: shared memory. [`shm::segment`] maps `memfd` segments (nothing is ever created in
 //!   `/dev/shm`, so nothing can leak there; every segment is sealed against resizing);
 //!   [`shm::ring`] owns the single-producer / single-consumer ring's index and framing
 //!   invariants; [`shm::channel`] pairs two rings and their doorbells into one duplex link
 //!   between a parent and a worker.
 //! - [`ipc`]: process-shared primitives in an arena of slots. [`ipc::arena`] owns slot
-//!   lifetimes, refcounts and the reaping of a dead process's holdings; each primitive's file
-//!   owns its word's state machine and what a holder's death does to it.
+//!   lifetimes, refcounts and the reaping of a dead process's holdings, and knows only the
+//!   [`ipc::arena::SlotBody`] trait; each primitive's file owns its word's state machine and,
+//!   through that trait's hooks, what a holder's death and the slot's retirement do to it;
+//!   [`ipc::kinds`] lists the engine's kinds.
 //! - [`output`]: forwards each worker's stdout and stderr to a sink, line by line, never
 //!   reordering a worker's lines; its thread also polls death watches (anything that
 //!   implements `output::WatchedDeath`), knowing nothing of the pool.
@@ -32,7 +36,6 @@
 //!   ([`pool::supervisor`], [`pool::EngineConfig::share_arena`]), the task scheduler
 //!   ([`pool::scheduler`]: each task ends exactly once), and the worker-side end
 //!   ([`pool::worker_main`]).
-//! - [`error`]: one error enum per operation.
 //!
 //! # Platform
 //! Linux with glibc only, on a 64-bit target, and refused at compile time elsewhere: the engine

@@ -434,8 +434,11 @@ impl HubShared {
             let any_dead = !dead.is_empty();
             for w in dead {
                 // The process has exited and is not reaped before the hook returns (a reap
-                // runs `fire` first, which waits for this call).
-                w.fire();
+                // runs `fire` first, which waits for this call). A panicking watch must not end
+                // this thread: every other worker's pipes would fill and block their writers.
+                if std::panic::catch_unwind(AssertUnwindSafe(|| w.fire())).is_err() {
+                    eprintln!("gilfree: a death watch panicked on the output thread");
+                }
             }
             if any_dead {
                 let after = lock(&self.after_deaths).clone();
@@ -547,10 +550,32 @@ mod tests {
         assert_eq!(got, b"x\ny\n");
     }
 
+    /// A death watch that panics when it fires (the pool's `DeathWatch` catches its hook's
+    /// panics itself; the hub must not rely on that).
+    struct PanickingWatch {
+        pidfd: OwnedFd,
+        pid: u32,
+        fired: AtomicBool,
+        tx: Mutex<std::sync::mpsc::Sender<u32>>,
+    }
+
+    impl WatchedDeath for PanickingWatch {
+        fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+            Some(self.pidfd.as_fd())
+        }
+        fn fired(&self) -> bool {
+            self.fired.load(Ordering::SeqCst)
+        }
+        fn fire(&self) {
+            if !self.fired.swap(true, Ordering::SeqCst) {
+                let _ = lock(&self.tx).send(self.pid);
+                panic!("a buggy death watch");
+            }
+        }
+    }
+
     #[test]
-    fn hub_survives_a_panicking_death_hook() {
-        use crate::pool::process::DeathWatch;
-        use crate::pool::DeathHook;
+    fn hub_survives_a_panicking_death_watch() {
         use rustix::process::{pidfd_open, Pid, PidfdFlags};
 
         let sink = Arc::new(Collect::default());
@@ -559,21 +584,21 @@ mod tests {
         let out = Arc::new(out);
         out.release_held(&*sink);
         hub.register(Arc::clone(&out));
-        // A child that exits at once: its pidfd turns readable and the hub runs the hook.
+        // A child that exits at once: its pidfd turns readable and the hub fires the watch.
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
         let pidfd = pidfd_open(pid, PidfdFlags::empty()).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let tx = Mutex::new(tx);
-        let hook = DeathHook(Arc::new(move |pid| {
-            let _ = lock(&tx).send(pid);
-            panic!("a buggy death hook");
-        }));
-        let watch = DeathWatch::new(child.id(), Some(pidfd), hook);
+        let watch = Arc::new(PanickingWatch {
+            pidfd,
+            pid: child.id(),
+            fired: AtomicBool::new(false),
+            tx: Mutex::new(tx),
+        });
         hub.watch_death(watch.clone());
         let fired = rx.recv_timeout(std::time::Duration::from_secs(60));
         assert_eq!(fired.unwrap(), child.id());
-        // The hook's panic must not end the output thread: what is written now still arrives
+        // The watch's panic must not end the output thread: what is written now still arrives
         // (a dead thread would never deliver it, and workers would block on full pipes).
         rustix::io::write(&w1, b"after\n").unwrap();
         drop((w1, w2));

@@ -12,10 +12,34 @@
 //! 3. If it returns [`ControlFlow::Break`], the operation ends with `Interrupted`. For Python
 //!    this is where the glue runs `PyErr_CheckSignals`, so Ctrl-C during `join()` raises
 //!    `KeyboardInterrupt` promptly, even when the signal landed just before `poll` was entered.
+//!
+//! # The one sleep loop
+//! Every blocking loop of the engine, whatever it sleeps in (`poll`, a futex, a condvar, a
+//! robust mutex's timed lock), takes its steps from here, so they cannot drift apart:
+//! 1. [`Wait::slice`]: past the deadline → [`Ended::Timeout`] without sleeping; otherwise the
+//!    longest the next sleep may last ([`Wait::next_slice`]: the time to the deadline, cut to
+//!    [`Wait::signal_interval`] when a signal check is installed; `None` is "until woken").
+//! 2. The caller sleeps at most that long in its own primitive.
+//! 3. Woken: the caller re-checks its condition (every wake-up may be spurious). The slice
+//!    ended (or `EINTR`): [`Wait::after_slice`] runs the signal check (→
+//!    [`Ended::Interrupted`]), then the deadline (→ [`Ended::Timeout`]), with no lock held.
+//!
+//! A loop whose sleep is shared by many callers (a condvar every task's completion notifies)
+//! may be woken so often that its slices never end: it asks [`Wait::signal_check_due`], by
+//! time since its last check, instead of waiting for a slice to end.
 
 use std::ops::ControlFlow;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
+
+/// Why a wait ended before what it waited for happened (module doc, steps 1 and 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The deadline passed.
+    Timeout,
+    /// The signal check asked to stop.
+    Interrupted,
+}
 
 /// The longest a waiter sleeps before it runs its signal check again.
 pub const DEFAULT_SIGNAL_INTERVAL: Duration = Duration::from_millis(50);
@@ -74,6 +98,44 @@ impl<'a> Wait<'a> {
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
+    /// Step 1 of the sleep loop: [`Ended::Timeout`] once the deadline has passed, else the
+    /// longest the next sleep may last ([`Self::next_slice`]).
+    pub fn slice(&self) -> Result<Option<Duration>, Ended> {
+        if self.remaining() == Some(Duration::ZERO) {
+            return Err(Ended::Timeout);
+        }
+        Ok(self.next_slice())
+    }
+
+    /// How long the next sleep may last, the deadline not checked (`None`: until woken): the
+    /// time left, cut to [`Self::signal_interval`] when a signal check is installed.
+    pub fn next_slice(&self) -> Option<Duration> {
+        let remaining = self.remaining();
+        if self.on_signal.is_none() {
+            return remaining;
+        }
+        Some(remaining.map_or(self.signal_interval, |r| r.min(self.signal_interval)))
+    }
+
+    /// Step 3 of the sleep loop, after a slice that ended without a wake-up (or `EINTR`): the
+    /// signal check, then the deadline. Call it with no lock held (in Python the check takes
+    /// the GIL).
+    pub fn after_slice(&mut self) -> Result<(), Ended> {
+        if self.interrupted() {
+            return Err(Ended::Interrupted);
+        }
+        if self.remaining() == Some(Duration::ZERO) {
+            return Err(Ended::Timeout);
+        }
+        Ok(())
+    }
+
+    /// For a loop woken so often that its slices may never end: whether the signal check is
+    /// due, a [`Self::signal_interval`] or more after `last_check`.
+    pub fn signal_check_due(&self, last_check: Instant) -> bool {
+        self.on_signal.is_some() && last_check.elapsed() >= self.signal_interval
+    }
+
     /// A shorter-lived copy of this wait that also watches `peer` (the process layer adds the
     /// worker's pidfd this way).
     pub fn with_peer_reborrowed<'b>(&'b mut self, peer: BorrowedFd<'b>) -> Wait<'b> {
@@ -105,6 +167,51 @@ mod tests {
     fn an_unrepresentable_deadline_means_no_deadline() {
         assert!(Wait::timeout(Some(Duration::MAX)).deadline.is_none());
         assert!(Wait::timeout(Some(Duration::MAX)).remaining().is_none());
+    }
+
+    #[test]
+    fn a_passed_deadline_ends_before_any_sleep() {
+        let w = Wait::timeout(Some(Duration::ZERO));
+        assert_eq!(w.slice(), Err(Ended::Timeout));
+        assert_eq!(Wait::forever().slice(), Ok(None));
+    }
+
+    #[test]
+    fn a_signal_check_cuts_the_slice() {
+        let mut check = || ControlFlow::Continue(());
+        let mut w = Wait::forever().with_signal_check(&mut check);
+        w.signal_interval = Duration::from_millis(7);
+        assert_eq!(w.slice(), Ok(Some(Duration::from_millis(7))));
+        let long = Wait::timeout(Some(Duration::from_secs(3600)));
+        assert!(long.slice().unwrap().unwrap() > Duration::from_secs(3000));
+    }
+
+    #[test]
+    fn after_a_slice_the_signal_check_comes_before_the_deadline() {
+        let mut calls = 0;
+        let mut check = || {
+            calls += 1;
+            ControlFlow::Break(())
+        };
+        {
+            let mut w = Wait::timeout(Some(Duration::ZERO)).with_signal_check(&mut check);
+            assert_eq!(w.after_slice(), Err(Ended::Interrupted));
+        }
+        assert_eq!(calls, 1);
+        let mut w = Wait::timeout(Some(Duration::ZERO));
+        assert_eq!(w.after_slice(), Err(Ended::Timeout));
+        assert_eq!(Wait::forever().after_slice(), Ok(()));
+    }
+
+    #[test]
+    fn a_signal_check_is_due_by_elapsed_time() {
+        let mut check = || ControlFlow::Continue(());
+        let mut w = Wait::forever().with_signal_check(&mut check);
+        w.signal_interval = Duration::ZERO;
+        assert!(w.signal_check_due(Instant::now()));
+        w.signal_interval = Duration::from_secs(3600);
+        assert!(!w.signal_check_due(Instant::now()));
+        assert!(!Wait::forever().signal_check_due(Instant::now() - Duration::from_secs(1)));
     }
 
     #[test]

@@ -14,8 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use gilfree_core::ipc::arena::{self, Arena, Handle, Kind, Slot, ARENA_FD_ENV, TABLE_LEN};
+use gilfree_core::ipc::arena::{self, Arena, Handle, Slot, ARENA_FD_ENV, TABLE_LEN};
 use gilfree_core::ipc::error::AttachError;
+use gilfree_core::ipc::kinds;
 use gilfree_core::ipc::lock::{RawLock, ShmLock};
 use gilfree_core::ipc::refcount::Step;
 
@@ -26,7 +27,7 @@ const WATCHDOG: Duration = Duration::from_secs(60);
 const FAKE_PID: u32 = 1 << 23;
 
 fn cell(arena: &Arc<Arena>) -> Slot {
-    arena.alloc(Kind::Cell, |_| Ok(())).unwrap()
+    arena.alloc(kinds::CELL, |_| Ok(())).unwrap()
 }
 
 fn index(h: Handle) -> u32 {
@@ -51,12 +52,12 @@ fn child_entry() {
         }
         Step::AttachCounted => {
             arena::crash_at(Some(step));
-            let _ = arena.attach(handle, Kind::Cell);
+            let _ = arena.attach(handle, kinds::CELL);
         }
         Step::DetachEntry => {
             let twice = [
-                arena.attach(handle, Kind::Cell).unwrap(),
-                arena.attach(handle, Kind::Cell).unwrap(),
+                arena.attach(handle, kinds::CELL).unwrap(),
+                arena.attach(handle, kinds::CELL).unwrap(),
             ];
             arena::crash_at(Some(step));
             drop(twice);
@@ -64,13 +65,13 @@ fn child_entry() {
         Step::RetireCleared | Step::RetireUnlocked => {
             // The child's own slot, dropped: its retirement is where it dies.
             let mine = cell(&arena);
-            let _keep = arena.attach(handle, Kind::Cell).unwrap();
+            let _keep = arena.attach(handle, kinds::CELL).unwrap();
             arena::crash_at(Some(step));
             drop(mine);
         }
         Step::ReapEntry => {
             // The reaper dies: a (fake) dead process's entry is half reaped.
-            let ghost = arena.attach_as(handle, Kind::Cell, FAKE_PID).unwrap();
+            let ghost = arena.attach_as(handle, kinds::CELL, FAKE_PID).unwrap();
             std::mem::forget(ghost);
             arena::crash_at(Some(step));
             arena.reap(FAKE_PID);
@@ -123,7 +124,7 @@ fn assert_free_list_sound(arena: &Arc<Arena>, in_use: &[Handle]) {
     let mut taken = Vec::new();
     let mut seen = HashSet::new();
     loop {
-        match arena.alloc(Kind::Cell, |_| Ok(())) {
+        match arena.alloc(kinds::CELL, |_| Ok(())) {
             Ok(s) => {
                 let i = index(s.handle());
                 assert!(seen.insert(i), "slot {i} handed out twice");
@@ -150,7 +151,7 @@ fn a_kill_at_any_step_leaks_at_worst() {
         arena.reap(pid); // what the engine's death hook does
                          // The slot we hold is still ours: attachable, not recycled.
         let again = arena
-            .attach(h, Kind::Cell)
+            .attach(h, kinds::CELL)
             .unwrap_or_else(|e| panic!("our slot was freed after a kill at {step:?}: {e}"));
         drop(again);
         assert_free_list_sound(&arena, &[h]);
@@ -163,14 +164,14 @@ fn a_clean_attach_and_detach_leaves_nothing() {
     let arena = Arena::create().unwrap();
     let ours = cell(&arena);
     let h = ours.handle();
-    let other = arena.attach_as(h, Kind::Cell, FAKE_PID).unwrap();
+    let other = arena.attach_as(h, kinds::CELL, FAKE_PID).unwrap();
     drop(other);
     arena.reap(FAKE_PID);
     assert_eq!(arena.live_slots(), 1);
     drop(ours);
     assert_eq!(arena.live_slots(), 0);
     assert!(matches!(
-        arena.attach(h, Kind::Cell),
+        arena.attach(h, kinds::CELL),
         Err(AttachError::Stale)
     ));
 }
@@ -187,8 +188,8 @@ fn over_a_thousand_processes_attach_one_primitive() {
     for &pid in &pids {
         // Two attachments of one process share its entry.
         let both = [
-            arena.attach_as(h, Kind::Cell, pid).unwrap(),
-            arena.attach_as(h, Kind::Cell, pid).unwrap(),
+            arena.attach_as(h, kinds::CELL, pid).unwrap(),
+            arena.attach_as(h, kinds::CELL, pid).unwrap(),
         ];
         per_pid.push(both);
     }
@@ -227,12 +228,12 @@ fn a_slot_whose_lock_is_held_is_not_recycled_until_its_owner_dies() {
     assert_eq!(arena.live_slots(), 0);
     assert_eq!(arena.retired_held_slots(), 1);
     assert!(matches!(
-        arena.attach(h, Kind::Lock),
+        arena.attach(h, kinds::LOCK),
         Err(AttachError::Stale)
     ));
     // While the owner lives, no allocation gets that slot, even with the free list drained.
     let mut taken = Vec::new();
-    while let Ok(s) = arena.alloc(Kind::Cell, |_| Ok(())) {
+    while let Ok(s) = arena.alloc(kinds::CELL, |_| Ok(())) {
         assert_ne!(
             index(s.handle()),
             index(h),

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use gilfree_core::ipc::arena::{Arena, Kind};
+use gilfree_core::ipc::arena::Arena;
 use gilfree_core::ipc::error::{Acquired, AttachError, ReleaseError};
 use gilfree_core::ipc::event::{Event, LocalEvent, ShmEvent};
+use gilfree_core::ipc::kinds;
 use gilfree_core::ipc::lock::{LocalLock, RawLock, ShmLock};
 use gilfree_core::ipc::semaphore::{LocalSemaphore, Semaphore, ShmSemaphore};
 use gilfree_core::Wait;
@@ -297,7 +298,7 @@ fn arena_reap_drops_refs_of_a_dead_pid() {
     a.reap(std::process::id());
     assert_eq!(a.live_slots(), 0);
     assert!(matches!(
-        a.attach(handle, Kind::Semaphore),
+        a.attach(handle, kinds::SEMAPHORE),
         Err(AttachError::Stale)
     ));
 }

@@ -116,6 +116,19 @@ fn os_error(e: &std::io::Error) -> PyErr {
     PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
 }
 
+/// The Python layer's words for the error named `name` (`gilfree._sync_args.MESSAGES`:
+/// `threading`'s texts live in Python; this match only picks the exception type). Read on the
+/// error path only; the name itself if the table cannot be read.
+fn python_words(name: &str) -> String {
+    Python::attach(|py| {
+        py.import("gilfree._sync_args")
+            .and_then(|m| m.getattr("MESSAGES"))
+            .and_then(|table| table.get_item(name))
+            .and_then(|text| text.extract::<String>())
+            .unwrap_or_else(|_| name.to_owned())
+    })
+}
+
 impl From<PyEngineError> for PyErr {
     fn from(e: PyEngineError) -> PyErr {
         match e.0 {
@@ -149,20 +162,21 @@ impl From<PyEngineError> for PyErr {
             Kind::Attach(e @ AttachError::Full) => PyMemoryError::new_err(e.to_string()),
             Kind::Put(e @ PutError::TooLarge) => PyMemoryError::new_err(e.to_string()),
             Kind::Release(ReleaseError::TooMany, _) => {
-                PyValueError::new_err("Semaphore released too many times")
+                PyValueError::new_err(python_words("semaphore_released_too_many"))
             }
-            Kind::Release(_, true) => PyRuntimeError::new_err("cannot release un-acquired lock"),
+            Kind::Release(_, true) => PyRuntimeError::new_err(python_words("release_unacquired")),
             Kind::Release(ReleaseError::Unlocked, false) => {
-                PyRuntimeError::new_err("release unlocked lock")
+                PyRuntimeError::new_err(python_words("release_unlocked"))
             }
-            Kind::Release(ReleaseError::NotOwner, false) => PyRuntimeError::new_err(
-                "cannot release a gilfree.Lock held by another thread or process \
-                 (unlike threading.Lock, only the owner may release it)",
-            ),
+            Kind::Release(ReleaseError::NotOwner, false) => {
+                PyRuntimeError::new_err(python_words("release_not_owner"))
+            }
             Kind::Barrier(_) => BrokenBarrierError::new_err(()),
             Kind::Store(e @ StoreError::HeapFull) => PyMemoryError::new_err(e.to_string()),
             Kind::Store(e @ StoreError::TooLarge) => PyOverflowError::new_err(e.to_string()),
-            Kind::TaskDone(e) => PyValueError::new_err(e.to_string()),
+            Kind::TaskDone(TaskDoneError::TooMany) => {
+                PyValueError::new_err(python_words("task_done_too_many"))
+            }
             Kind::Recv(e) => PyRuntimeError::new_err(e.to_string()),
             Kind::Send(e) => PyRuntimeError::new_err(e.to_string()),
             Kind::Spawn(e) => PyRuntimeError::new_err(e.to_string()),

@@ -15,10 +15,9 @@ use gilfree_core::ipc::event::{Event, ShmEvent};
 use gilfree_core::ipc::lock::{RawLock, ShmLock};
 use gilfree_core::ipc::queue::{ByteQueue, ShmQueue};
 use gilfree_core::ipc::semaphore::{Semaphore, ShmSemaphore};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::convert::{self, blocking, Negative};
+use crate::convert::{self, blocking};
 use crate::errors::{OwnerDiedError, PyEngineError};
 
 /// The shared-primitive arena of this process tree.
@@ -105,17 +104,18 @@ impl PyLock {
         self.inner.handle()
     }
 
-    /// `threading.Lock.acquire`.
-    #[pyo3(signature = (blocking=true, timeout=-1.0))]
-    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> Result<bool, PyEngineError> {
-        let wait_for = convert::lock_timeout(py, blocking, timeout)?;
+    /// Takes the lock, waiting at most `timeout` seconds (`None`: forever; `0`: not at all),
+    /// checked by `Lock.acquire` in Python.
+    #[pyo3(signature = (timeout=None))]
+    fn _acquire(&self, py: Python<'_>, timeout: Option<f64>) -> Result<bool, PyEngineError> {
+        let timeout = convert::secs(timeout)?;
         let got = match self.inner.try_acquire()? {
             Some(got) => got,
             None => {
-                let Some(t) = wait_for else {
+                if timeout == Some(Duration::ZERO) {
                     return Ok(false);
-                };
-                match blocking_acquire(py, &self.inner, t)? {
+                }
+                match blocking_acquire(py, &self.inner, timeout)? {
                     Some(got) => got,
                     None => return Ok(false),
                 }
@@ -138,7 +138,7 @@ impl PyLock {
     }
 
     fn __enter__(&self, py: Python<'_>) -> Result<bool, PyEngineError> {
-        self.acquire(py, true, -1.0)
+        self._acquire(py, None)
     }
 
     #[pyo3(signature = (*_args))]
@@ -226,13 +226,14 @@ impl PyEvent {
         self.inner.waiters()
     }
 
-    /// Waits until the flag is set or `timeout` seconds pass; returns the flag.
+    /// Waits until the flag is set or `timeout` seconds pass (checked by `Event.wait` in
+    /// Python); returns the flag.
     #[pyo3(signature = (timeout=None))]
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> Result<bool, PyEngineError> {
+    fn _wait(&self, py: Python<'_>, timeout: Option<f64>) -> Result<bool, PyEngineError> {
         if self.inner.is_set() {
             return Ok(true);
         }
-        let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
+        let timeout = convert::secs(timeout)?;
         match blocking(py, timeout, |w| self.inner.wait(w)) {
             (Ok(set), _) => Ok(set),
             (Err(e), pending) => Err(PyEngineError::waited(e, pending)),
@@ -275,51 +276,39 @@ impl PySemaphore {
         self.inner.handle()
     }
 
-    /// `threading.Semaphore.acquire`.
-    #[pyo3(signature = (blocking=true, timeout=None))]
-    fn acquire(
-        &self,
-        py: Python<'_>,
-        blocking: bool,
-        timeout: Option<f64>,
-    ) -> Result<bool, PyEngineError> {
-        if !blocking && timeout.is_some() {
-            return Err(
-                PyValueError::new_err("can't specify timeout for non-blocking acquire").into(),
-            );
-        }
+    /// Takes a permit if one is free, without waiting.
+    fn _try_acquire(&self) -> bool {
+        self.inner.try_acquire()
+    }
+
+    /// Takes a permit, waiting at most `timeout` seconds (`None`: forever), checked by
+    /// `Semaphore.acquire` in Python.
+    #[pyo3(signature = (timeout=None))]
+    fn _acquire(&self, py: Python<'_>, timeout: Option<f64>) -> Result<bool, PyEngineError> {
         if self.inner.try_acquire() {
             return Ok(true);
         }
-        if !blocking {
-            return Ok(false);
-        }
-        let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
+        let timeout = convert::secs(timeout)?;
         match convert::blocking(py, timeout, |w| self.inner.acquire(w)) {
             (Ok(got), _) => Ok(got),
             (Err(e), pending) => Err(PyEngineError::waited(e, pending)),
         }
     }
 
-    /// `threading.Semaphore.release`.
-    #[pyo3(signature = (n=1))]
-    fn release(&self, n: i64) -> Result<(), PyEngineError> {
-        if n < 1 {
-            return Err(PyValueError::new_err("n must be one or more").into());
-        }
-        let n = u32::try_from(n).map_err(|_| PyValueError::new_err("n is too large"))?;
+    /// Gives back `n` permits (at least one, checked by `Semaphore.release` in Python).
+    fn _release(&self, n: u32) -> Result<(), PyEngineError> {
         self.inner
             .release(n)
             .map_err(|e| PyEngineError::release(e, false))
     }
 
     fn __enter__(&self, py: Python<'_>) -> Result<bool, PyEngineError> {
-        self.acquire(py, true, None)
+        self._acquire(py, None)
     }
 
     #[pyo3(signature = (*_args))]
     fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> Result<(), PyEngineError> {
-        self.release(1)
+        self._release(1)
     }
 
     /// Free permits right now.
@@ -359,7 +348,8 @@ impl PyCondition {
         self.inner.handle()
     }
 
-    /// Releases `lock`, waits for a notify or `timeout`, re-takes `lock`; `True` if notified.
+    /// Releases `lock`, waits for a notify or `timeout` (checked in Python), re-takes `lock`;
+    /// `True` if notified.
     #[pyo3(signature = (lock, timeout=None))]
     fn _wait(
         &self,
@@ -367,7 +357,7 @@ impl PyCondition {
         lock: &PyLock,
         timeout: Option<f64>,
     ) -> Result<bool, PyEngineError> {
-        let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
+        let timeout = convert::secs(timeout)?;
         match blocking(py, timeout, |w| self.inner.wait(&lock.inner, w)) {
             (Ok(notified), _) => Ok(notified),
             (Err(e), pending) => Err(PyEngineError::waited(e, pending)),
@@ -404,10 +394,11 @@ impl PyBarrier {
         self.inner.handle()
     }
 
-    /// Arrives; returns `(index, is_last)`. The last arrival must call `_finish`.
+    /// Arrives; returns `(index, is_last)`. The last arrival must call `_finish`. `timeout`
+    /// is checked in Python.
     #[pyo3(signature = (timeout=None))]
     fn _wait(&self, py: Python<'_>, timeout: Option<f64>) -> Result<(u32, bool), PyEngineError> {
-        let timeout = convert::sync_timeout(timeout, Negative::Zero)?;
+        let timeout = convert::secs(timeout)?;
         match blocking(py, timeout, |w| self.inner.body().wait(w)) {
             (Ok(Arrival::Index(i)), _) => Ok((i, false)),
             (Ok(Arrival::Last(i)), _) => Ok((i, true)),
@@ -484,17 +475,6 @@ impl PyCell {
     }
 }
 
-/// `queue.Queue`'s timeout rules: ignored when not blocking, negative is an error.
-fn queue_timeout(block: bool, timeout: Option<f64>) -> PyResult<Option<Duration>> {
-    if !block {
-        return Ok(None);
-    }
-    convert::sync_timeout(
-        timeout,
-        Negative::Reject("'timeout' must be a non-negative number"),
-    )
-}
-
 /// `Queue`'s byte-string core (pickling and `queue.Empty`/`Full` live in Python).
 #[pyclass(name = "Queue", module = "gilfree._engine", frozen, subclass)]
 pub struct PyQueue {
@@ -525,6 +505,7 @@ impl PyQueue {
     }
 
     /// Appends `item`; `False` if the queue stayed full (no blocking, or the timeout passed).
+    /// `timeout` is checked in Python (`queue.Queue`'s rules).
     #[pyo3(signature = (item, block=true, timeout=None))]
     fn _put(
         &self,
@@ -533,7 +514,7 @@ impl PyQueue {
         block: bool,
         timeout: Option<f64>,
     ) -> Result<bool, PyEngineError> {
-        let timeout = queue_timeout(block, timeout)?;
+        let timeout = convert::secs(timeout)?;
         match blocking(py, timeout, |w| self.inner.put(item, block, w)) {
             (Ok(()), _) => Ok(true),
             (Err(PutError::Full), _) => Ok(false),
@@ -549,7 +530,7 @@ impl PyQueue {
         block: bool,
         timeout: Option<f64>,
     ) -> Result<Option<Bound<'py, pyo3::types::PyBytes>>, PyEngineError> {
-        let timeout = queue_timeout(block, timeout)?;
+        let timeout = convert::secs(timeout)?;
         match blocking(py, timeout, |w| self.inner.get(block, w)) {
             (Ok(item), _) => Ok(Some(pyo3::types::PyBytes::new(py, &item))),
             (Err(GetError::Empty), _) => Ok(None),

@@ -81,17 +81,20 @@
 //! 3. Detach (a [`Slot`] dropped in the process that attached it): under `meta`, the entry's
 //!    `refs -= 1`, the entry released at zero (pid 0) `(DetachEntry)`; then `refs -= 1`.
 //! 4. Retire, when `refs` reaches 0 (3 or 5), under `meta`: release every entry and give
-//!    the overflow chunks back. If the body starts with a robust mutex (`Lock`, `Barrier`,
-//!    `Queue`) that a thread still owns (a `Lock` acquired and then dropped), that mutex is on
+//!    the overflow chunks back. If the body starts with a robust mutex (its kind's
+//!    [`SlotBody::BODY_STARTS_WITH_MUTEX`]: `Lock`, `Barrier`, `Queue`, blob) that a thread
+//!    still owns (a `Lock` acquired and then dropped), that mutex is on
 //!    the owner thread's robust list, which links through the mutex's own words: the slot is
 //!    *retired held* (`kind = u32::MAX`, `generation += 1`, not pushed), because re-initialising
-//!    it for a new primitive would corrupt that list. Otherwise: a queue's heap chunks are
-//!    freed, `kind = 0` `(RetireCleared)`, `generation += 1`, unlock `(RetireUnlocked)`, push.
+//!    it for a new primitive would corrupt that list. Otherwise: the kind's
+//!    [`SlotBody::retired`] hook runs (a queue's heap chunks are freed), `kind = 0`
+//!    `(RetireCleared)`, `generation += 1`, unlock `(RetireUnlocked)`, push.
 //! 5. Reap `pid` (the engine calls [`Arena::reap`] for a worker process it knows is dead and
 //!    has not yet reaped, so its pid cannot have been reused): for every live slot with an
-//!    entry for `pid`, under `meta`: semaphores get that process's positive `held` back (never
-//!    above their initial value) and wake their waiters; barriers are broken (waiters get
-//!    `Broken`); then the entry is read and released `(ReapEntry)`, `refs -= entry.refs`
+//!    entry for `pid`, under `meta`: the kind's [`SlotBody::owner_died`] hook runs with that
+//!    process's `held` (semaphores take its positive `held` back, never above their initial
+//!    value, and wake their waiters; barriers break, waiters get `Broken`); then the entry is
+//!    read and released `(ReapEntry)`, `refs -= entry.refs`
 //!    (a `refs` below it would break the invariant: the slot is leaked, never freed), and
 //!    step 4 applies at zero. Finally [`Arena::reclaim_retired`] runs.
 //! 6. Reclaim ([`Arena::reclaim_retired`]; [`Arena::alloc`] runs it when the free list is
@@ -184,37 +187,80 @@ fn crash_point(step: Step) -> bool {
     false
 }
 
-/// What a slot holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Kind {
-    /// A `Lock` or `RLock` ([`super::lock`]).
-    Lock = 1,
-    /// An `Event` ([`super::event`]).
-    Event = 2,
-    /// A `Semaphore` or `BoundedSemaphore` ([`super::semaphore`]).
-    Semaphore = 3,
-    /// A `Condition`'s wait word ([`super::condition`]).
-    Condition = 4,
-    /// A `Barrier` ([`super::barrier`]).
-    Barrier = 5,
-    /// A plain 8-byte cell (a `Value`'s storage).
-    Cell = 6,
-    /// A `Queue` ([`super::queue`]): its chunks in the [`Heap`] are freed with the slot.
-    Queue = 7,
-    /// A byte string ([`super::blob`]): its chunks in the [`Heap`] are freed with the slot.
-    Blob = 8,
-}
+/// A slot kind's id, as the slot header stores it: never 0 (free) nor `u32::MAX` (retired
+/// held). Each primitive picks its own in its [`SlotBody`] impl; the table an arena is made with
+/// ([`Arena::create_with`]) refuses two kinds with one id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kind(u32);
 
 impl Kind {
-    /// Whether the body starts with a robust [`RawMutex`] (`LockBody`, `BarrierBody`,
-    /// `QueueBody` and `BlobBody` are `#[repr(C)]` with the mutex as their first field).
-    fn has_mutex(kind: u32) -> bool {
-        kind == Kind::Lock as u32
-            || kind == Kind::Barrier as u32
-            || kind == Kind::Queue as u32
-            || kind == Kind::Blob as u32
+    /// The kind with id `id` (not 0, not `u32::MAX`: checked at compile time in a `const`).
+    pub const fn new(id: u32) -> Kind {
+        assert!(
+            id != 0 && id != KIND_RETIRED_HELD,
+            "kind ids 0 and u32::MAX are reserved"
+        );
+        Kind(id)
     }
+
+    /// The id stored in the slot header.
+    pub const fn id(self) -> u32 {
+        self.0
+    }
+}
+
+/// What the arena must do, for one kind of slot, at the two moments only the kind knows about:
+/// a process attached to the slot died (step 5), and the slot's last reference went (step 4).
+/// The type-erased form of a [`SlotBody`] impl ([`SlotKind::of`]); an arena is made with a
+/// table of them and dispatches on the slot header's kind id, so it never names a primitive.
+#[derive(Clone, Copy)]
+pub struct SlotKind {
+    kind: Kind,
+    body_mutex: bool,
+    name: fn() -> &'static str,
+    owner_died: unsafe fn(*const u8, i32),
+    retired: for<'h> unsafe fn(*const u8, Option<&'h Heap>),
+}
+
+impl std::fmt::Debug for SlotKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotKind")
+            .field("kind", &self.kind)
+            .field("body", &(self.name)())
+            .finish()
+    }
+}
+
+impl SlotKind {
+    /// The hooks of `T`'s kind.
+    pub const fn of<T: SlotBody>() -> SlotKind {
+        SlotKind {
+            kind: T::KIND,
+            body_mutex: T::BODY_STARTS_WITH_MUTEX,
+            name: std::any::type_name::<T>,
+            owner_died: owner_died_of::<T>,
+            retired: retired_of::<T>,
+        }
+    }
+
+    /// The kind these hooks are for.
+    pub const fn kind(&self) -> Kind {
+        self.kind
+    }
+}
+
+/// # Safety
+/// `body` points at a live slot body of `T::KIND`, initialised as a `T` (`SlotBody`'s contract).
+unsafe fn owner_died_of<T: SlotBody>(body: *const u8, held: i32) {
+    // SAFETY: the caller's contract; shared access is fine, `T` is made of shared words.
+    unsafe { &*body.cast::<T>() }.owner_died(held);
+}
+
+/// # Safety
+/// As [`owner_died_of`].
+unsafe fn retired_of<T: SlotBody>(body: *const u8, heap: Option<&Heap>) {
+    // SAFETY: the caller's contract.
+    unsafe { &*body.cast::<T>() }.retired(heap);
 }
 
 #[repr(C)]
@@ -285,6 +331,9 @@ pub type Handle = u64;
 pub struct Arena {
     seg: Segment,
     heap: Option<Heap>,
+    /// The slot kinds this arena's processes use, with their hooks (every process of one tree
+    /// must be given the same table).
+    kinds: &'static [SlotKind],
 }
 
 /// This process's pid, cached: 0 until first read, reset in every `fork()` child.
@@ -317,11 +366,18 @@ fn current_pid() -> u32 {
 }
 
 impl Arena {
-    /// Creates a fresh arena: every slot free, every bookkeeping mutex initialised.
-    pub fn create() -> io::Result<Arc<Arena>> {
+    /// Creates a fresh arena for slots of the `kinds` given (the engine's table is
+    /// [`crate::ipc::kinds::ALL`], which [`Arena::create`] passes): every slot free, every
+    /// bookkeeping mutex initialised.
+    ///
+    /// # Panics
+    /// If two entries of `kinds` share one kind id: a broken table is a bug.
+    pub fn create_with(kinds: &'static [SlotKind]) -> io::Result<Arc<Arena>> {
+        check_kinds(kinds);
         let arena = Arena {
             seg: Segment::create(ARENA_SIZE)?,
             heap: Some(Heap::create()?),
+            kinds,
         };
         for i in 1..SLOT_COUNT {
             // SAFETY: the segment is fresh and not shared yet: nobody else uses this mutex.
@@ -336,22 +392,23 @@ impl Arena {
         Ok(Arc::new(arena))
     }
 
-    /// Maps an arena another process created, from its memfd (without its heap: queues are
-    /// unavailable, see [`Self::open_with_heap`]).
-    pub fn open(fd: OwnedFd) -> io::Result<Arc<Arena>> {
-        Self::open_parts(fd, None)
-    }
-
-    /// Maps an arena and its chunk heap, from their memfds.
-    pub fn open_with_heap(fd: OwnedFd, heap: OwnedFd) -> io::Result<Arc<Arena>> {
-        Self::open_parts(fd, Some(heap))
-    }
-
-    fn open_parts(fd: OwnedFd, heap: Option<OwnedFd>) -> io::Result<Arc<Arena>> {
+    /// Maps an arena another process created, from its memfd and, if given, its chunk heap's
+    /// (without the heap, queues are unavailable), for slots of the `kinds` given (the table
+    /// the creator used).
+    ///
+    /// # Panics
+    /// As [`Self::create_with`].
+    pub fn open_with(
+        kinds: &'static [SlotKind],
+        fd: OwnedFd,
+        heap: Option<OwnedFd>,
+    ) -> io::Result<Arc<Arena>> {
+        check_kinds(kinds);
         let seg = Segment::open(fd)?;
         let arena = Arena {
             seg,
             heap: heap.map(Heap::open).transpose()?,
+            kinds,
         };
         if arena.seg.len() != ARENA_SIZE
             || arena.header().magic_version.load(Ordering::Acquire) != MAGIC_VERSION
@@ -365,15 +422,18 @@ impl Arena {
     }
 
     /// Maps the arena whose fd this process inherited (the number comes from
-    /// [`ARENA_FD_ENV`]), and makes that fd close-on-exec again. [`Self::from_env`] is the safe
-    /// way to do this.
+    /// [`ARENA_FD_ENV`]), and makes that fd close-on-exec again. [`Self::from_env_with`] is the
+    /// safe way to do this.
     ///
     /// # Safety
     /// `fd` must be an open fd that nothing else in this process owns or will close: this call
     /// takes ownership of it (a second owner would close it under the first).
-    pub unsafe fn open_inherited(fd: RawFd) -> io::Result<Arc<Arena>> {
+    pub unsafe fn open_inherited_with(
+        kinds: &'static [SlotKind],
+        fd: RawFd,
+    ) -> io::Result<Arc<Arena>> {
         // SAFETY: the caller's contract is exactly `claim_inherited`'s.
-        Self::open(unsafe { Self::claim_inherited(fd) }?)
+        Self::open_with(kinds, unsafe { Self::claim_inherited(fd) }?, None)
     }
 
     /// Takes ownership of an inherited fd number (checked to be open), close-on-exec again.
@@ -401,10 +461,11 @@ impl Arena {
         Ok(owned)
     }
 
-    /// The arena this process inherited, if [`ARENA_FD_ENV`] names one (`None` when unset).
-    /// Succeeds once per process: the fds are owned by the arena afterwards, and a second call
-    /// is refused (`AlreadyExists`) rather than making a second owner of them.
-    pub fn from_env() -> io::Result<Option<Arc<Arena>>> {
+    /// The arena this process inherited, if [`ARENA_FD_ENV`] names one (`None` when unset),
+    /// for slots of the `kinds` given. Succeeds once per process: the fds are owned by the
+    /// arena afterwards, and a second call is refused (`AlreadyExists`) rather than making a
+    /// second owner of them.
+    pub fn from_env_with(kinds: &'static [SlotKind]) -> io::Result<Option<Arc<Arena>>> {
         let Some(value) = std::env::var_os(ARENA_FD_ENV) else {
             return Ok(None);
         };
@@ -431,12 +492,12 @@ impl Arena {
         // SAFETY: these numbers came to us in the environment from the parent that spawned
         // us, for us alone; `CLAIMED` makes this the one place in the process that takes them.
         let fd = unsafe { Self::claim_inherited(fd) }?;
-        match heap {
+        let heap = match heap {
             // SAFETY: as above.
-            Some(h) => Self::open_with_heap(fd, unsafe { Self::claim_inherited(h) }?),
-            None => Self::open(fd),
-        }
-        .map(Some)
+            Some(h) => Some(unsafe { Self::claim_inherited(h) }?),
+            None => None,
+        };
+        Self::open_with(kinds, fd, heap).map(Some)
     }
 
     /// The fds a worker must inherit to use this arena (the arena's, then the heap's).
@@ -493,6 +554,8 @@ impl Arena {
         kind: Kind,
         init: impl FnOnce(*mut u8) -> io::Result<()>,
     ) -> Result<Slot, AttachError> {
+        self.hooks(kind.id())
+            .unwrap_or_else(|| panic!("slot kind {kind:?} is not in this arena's table"));
         let pid = current_pid();
         let index = match self.pop_free() {
             Some(i) => i,
@@ -522,7 +585,7 @@ impl Arena {
         slot.header.refs.store(1, Ordering::Relaxed);
         crash_point(Step::AllocCounted);
         // Last: until `kind` is set, reap and attach ignore the slot.
-        slot.header.kind.store(kind as u32, Ordering::Release);
+        slot.header.kind.store(kind.id(), Ordering::Release);
         Ok(Slot {
             arena: Arc::clone(self),
             index,
@@ -554,7 +617,7 @@ impl Arena {
         let slot = self.slot(index);
         let _meta = MetaGuard::lock(&slot.header.meta);
         if slot.header.generation.load(Ordering::Relaxed) != generation
-            || slot.header.kind.load(Ordering::Relaxed) != kind as u32
+            || slot.header.kind.load(Ordering::Relaxed) != kind.id()
         {
             return Err(AttachError::Stale);
         }
@@ -594,16 +657,12 @@ impl Arena {
                 continue;
             };
             let entry = self.entry(index, at);
-            let body = slot.body.get().cast::<u8>().cast_const();
-            if kind == Kind::Semaphore as u32 {
+            if let Some(hooks) = self.hooks(kind) {
                 let held = entry.held.load(Ordering::Acquire) as i32;
-                // SAFETY: a live semaphore slot's body holds an initialised `SemWord`.
-                let word = unsafe { &*body.cast::<super::semaphore::SemWord>() };
-                word.give_back(held.max(0) as u32, &super::futex::ShmFutex);
-            } else if kind == Kind::Barrier as u32 {
-                // SAFETY: a live barrier slot's body holds an initialised `BarrierBody`.
-                let barrier = unsafe { &*body.cast::<super::barrier::BarrierBody>() };
-                barrier.break_barrier();
+                let body = slot.body.get().cast::<u8>().cast_const();
+                // SAFETY: the slot is live with this kind (checked under `meta`), so its body
+                // was initialised as the type these hooks were made for (`SlotBody`).
+                unsafe { (hooks.owner_died)(body, held) };
             }
             let release = || release_entry(entry);
             if refcount::reap(&slot.header.refs, &entry.refs, release, crash_point) == Ok(true) {
@@ -657,10 +716,12 @@ impl Arena {
         freed
     }
 
-    /// The robust mutex at the start of a slot's body (for kinds where [`Kind::has_mutex`]).
+    /// The robust mutex at the start of a slot's body (for kinds whose [`SlotKind`] says the
+    /// body starts with one, and for slots retired held, which only such kinds become).
     fn body_mutex(&self, index: u32) -> &RawMutex {
         // SAFETY: the caller checked the kind: the body starts with an initialised RawMutex
-        // (see `Kind::has_mutex`), which is shared by design; the body is 64-aligned.
+        // (`SlotBody::BODY_STARTS_WITH_MUTEX`'s contract), which is shared by design; the body
+        // is 64-aligned.
         unsafe { &*self.slot(index).body.get().cast::<RawMutex>() }
     }
 
@@ -673,26 +734,18 @@ impl Arena {
         // A mutex still owned by a live thread is on that thread's robust list, which links
         // through the mutex's own words: re-initialising it for a new primitive would corrupt
         // the list. Keep the slot out of use until the owner lets go (by dying).
-        if Kind::has_mutex(kind) && self.body_mutex(index).owner() != 0 {
+        let hooks = self.hooks(kind);
+        if hooks.is_some_and(|h| h.body_mutex) && self.body_mutex(index).owner() != 0 {
             header.kind.store(KIND_RETIRED_HELD, Ordering::Release);
             header.generation.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if kind == Kind::Queue as u32 {
-            if let Some(heap) = &self.heap {
-                // SAFETY: a live queue slot's body holds an initialised `QueueBody`; with
-                // `refs == 0` no process can use it any more.
-                let body = unsafe { &*slot.body.get().cast::<super::queue::QueueBody>() };
-                body.free_chunks(heap);
-            }
-        }
-        if kind == Kind::Blob as u32 {
-            if let Some(heap) = &self.heap {
-                // SAFETY: a live blob slot's body holds an initialised `BlobBody`; with
-                // `refs == 0` no process can use it any more.
-                let body = unsafe { &*slot.body.get().cast::<super::blob::BlobBody>() };
-                body.free_chunks(heap);
-            }
+        if let Some(hooks) = hooks {
+            let body = slot.body.get().cast::<u8>().cast_const();
+            // SAFETY: the slot is still live with this kind (we hold `meta`, `kind` not yet
+            // cleared), so its body is the hooks' type (`SlotBody`); with `refs == 0` no
+            // process can use it any more.
+            unsafe { (hooks.retired)(body, self.heap.as_ref()) };
         }
         header.kind.store(0, Ordering::Release);
         crash_point(Step::RetireCleared);
@@ -700,6 +753,12 @@ impl Arena {
         drop(meta);
         crash_point(Step::RetireUnlocked);
         self.push_free(index);
+    }
+
+    /// The hooks of the kind with id `kind`, if this arena's table has it. A live slot of a
+    /// kind missing from the table (made by a process given a larger table) gets no hooks.
+    fn hooks(&self, kind: u32) -> Option<&'static SlotKind> {
+        self.kinds.iter().find(|k| k.kind.id() == kind)
     }
 
     fn pop_free(&self) -> Option<u32> {
@@ -837,6 +896,21 @@ impl Arena {
     }
 }
 
+/// Refuses a table with two hooks for one kind id (which would make the arena run the wrong
+/// type's hooks on a body).
+fn check_kinds(kinds: &[SlotKind]) {
+    for (i, k) in kinds.iter().enumerate() {
+        if let Some(twin) = kinds[..i].iter().find(|o| o.kind == k.kind) {
+            panic!(
+                "slot kinds {} and {} share the id {}",
+                (twin.name)(),
+                (k.name)(),
+                k.kind.id()
+            );
+        }
+    }
+}
+
 fn release_entry(e: &Entry) {
     e.refs.store(0, Ordering::Relaxed);
     e.held.store(0, Ordering::Relaxed);
@@ -873,16 +947,39 @@ pub struct Slot {
     pid: u32,
 }
 
-/// The type that every slot of one [`Kind`] holds in its body.
+/// The type that every slot of one [`Kind`] holds in its body, with what the arena must do
+/// with such a body when an attached process dies or the last reference goes. A new primitive
+/// implements this in its own module and is listed in the table its arena is made with
+/// ([`crate::ipc::kinds`] for the engine's); the arena itself needs no edit.
 ///
 /// # Safety
 /// Implement it only for the one body type of `KIND`: every slot of that kind must be
 /// initialised as `Self` (through [`TypedSlot::new`] or [`TypedSlot::alloc`]), and `Self` must
 /// fit in [`BODY_SIZE`] bytes, need at most 64-byte alignment, and be safe to share between
-/// processes (atomics and process-shared mutexes only).
-pub unsafe trait SlotBody {
+/// processes (atomics and process-shared mutexes only). If [`Self::BODY_STARTS_WITH_MUTEX`] is
+/// true, `Self` is `#[repr(C)]` with an initialised robust [`RawMutex`] as its first field.
+pub unsafe trait SlotBody: Sized {
     /// The kind of slot whose body is a `Self`.
     const KIND: Kind;
+
+    /// Whether the body starts with a robust [`RawMutex`] that a thread may still own when the
+    /// last reference goes: such a slot is retired held until the owner is gone (module doc,
+    /// steps 4 and 6), since the owner's robust list links through the mutex's words.
+    const BODY_STARTS_WITH_MUTEX: bool = false;
+
+    /// Step 5: a process attached to this slot died, holding `held` (its net count of permits
+    /// taken through [`Slot::held`], wrapping). Runs under the slot's bookkeeping mutex, in the
+    /// process that reaps, which may never have attached the slot itself.
+    fn owner_died(&self, held: i32) {
+        let _ = held;
+    }
+
+    /// Step 4: the last reference is gone and the slot is about to be freed; give back what
+    /// the body owns outside the slot (`heap`: the arena's chunk heap, if this process mapped
+    /// it). Not called for a slot retired held.
+    fn retired(&self, heap: Option<&Heap>) {
+        let _ = heap;
+    }
 }
 
 /// A slot whose body is a `T`: the allocate / attach / body plumbing every shared-memory

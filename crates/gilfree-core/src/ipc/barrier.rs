@@ -309,7 +309,14 @@ pub struct ShmBarrier {
 // SAFETY: `ShmBarrier::new` initialises every Barrier slot as a `BarrierBody` (atomics and a
 // process-shared mutex, within a slot body).
 unsafe impl super::arena::SlotBody for BarrierBody {
-    const KIND: super::arena::Kind = super::arena::Kind::Barrier;
+    const KIND: super::arena::Kind = super::arena::Kind::new(5);
+    // `BarrierBody` is `#[repr(C)]` with its robust mutex first.
+    const BODY_STARTS_WITH_MUTEX: bool = true;
+
+    /// A party died: the barrier can never fill, so it breaks (waiters get `Broken`).
+    fn owner_died(&self, _held: i32) {
+        self.break_barrier();
+    }
 }
 
 #[cfg(not(loom))]
@@ -412,10 +419,11 @@ impl LocalBarrier {
         held: LocalHeld<'a>,
         wait: &mut Wait<'_>,
     ) -> (LocalHeld<'a>, Result<(), WaitError>) {
-        if wait.remaining() == Some(std::time::Duration::ZERO) {
-            return (held, Err(WaitError::Timeout));
-        }
-        let Some(slice) = crate::ipc::notify::next_slice(wait) else {
+        let slice = match wait.slice() {
+            Ok(slice) => slice,
+            Err(ended) => return (held, Err(ended.into())),
+        };
+        let Some(slice) = slice else {
             let held = self.cond.wait(held).unwrap_or_else(|e| e.into_inner());
             return (held, Ok(()));
         };
@@ -427,13 +435,7 @@ impl LocalBarrier {
             return (held, Ok(()));
         }
         drop(held);
-        let r = if wait.interrupted() {
-            Err(WaitError::Interrupted)
-        } else if wait.remaining() == Some(std::time::Duration::ZERO) {
-            Err(WaitError::Timeout)
-        } else {
-            Ok(())
-        };
+        let r = wait.after_slice().map_err(WaitError::from);
         (self.lock(), r)
     }
 
@@ -564,7 +566,7 @@ pub struct ShmCell {
 #[cfg(not(loom))]
 // SAFETY: `ShmCell::new` initialises every Cell slot as an `AtomicU64`.
 unsafe impl super::arena::SlotBody for crate::sync::AtomicU64 {
-    const KIND: super::arena::Kind = super::arena::Kind::Cell;
+    const KIND: super::arena::Kind = super::arena::Kind::new(6);
 }
 
 #[cfg(not(loom))]

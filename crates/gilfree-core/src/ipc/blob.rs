@@ -87,7 +87,17 @@ const _: () = {
 // SAFETY: `ShmBlob::new` initialises every Blob slot as a `BlobBody` (atomics and a
 // process-shared mutex, within a slot body).
 unsafe impl SlotBody for BlobBody {
-    const KIND: Kind = Kind::Blob;
+    const KIND: Kind = Kind::new(8);
+    // `BlobBody` is `#[repr(C)]` with its robust mutex first.
+    const BODY_STARTS_WITH_MUTEX: bool = true;
+
+    /// The published (and any half-written) value live in heap chunks: they go back with the
+    /// slot.
+    fn retired(&self, heap: Option<&Heap>) {
+        if let Some(heap) = heap {
+            self.free_chunks(heap);
+        }
+    }
 }
 
 fn split(p: u64) -> (u32, usize) {

@@ -190,7 +190,7 @@ pub struct ShmCondition {
 // far smaller than a slot body.
 #[cfg(not(loom))]
 unsafe impl super::arena::SlotBody for CondWord {
-    const KIND: super::arena::Kind = super::arena::Kind::Condition;
+    const KIND: super::arena::Kind = super::arena::Kind::new(4);
 }
 
 #[cfg(not(loom))]

@@ -121,6 +121,14 @@ impl From<io::Error> for AcquireError {
         Self::Io(e)
     }
 }
+impl From<crate::wait::Ended> for AcquireError {
+    fn from(e: crate::wait::Ended) -> Self {
+        match e {
+            crate::wait::Ended::Timeout => Self::Timeout,
+            crate::wait::Ended::Interrupted => Self::Interrupted,
+        }
+    }
+}
 
 /// Why a condition wait failed.
 #[derive(Debug)]

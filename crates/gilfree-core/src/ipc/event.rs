@@ -183,7 +183,7 @@ pub struct ShmEvent {
 // smaller than a slot body.
 #[cfg(not(loom))]
 unsafe impl super::arena::SlotBody for EventWord {
-    const KIND: super::arena::Kind = super::arena::Kind::Event;
+    const KIND: super::arena::Kind = super::arena::Kind::new(2);
 }
 
 #[cfg(not(loom))]

@@ -29,18 +29,6 @@ pub trait Futex: Sync {
     fn wake(&self, word: &AtomicU32, n: u32);
 }
 
-/// What to do after a sleep slice ended without a wake-up (step 3).
-#[cfg(not(loom))]
-fn after_slice(wait: &mut Wait<'_>) -> Result<(), WaitError> {
-    if wait.interrupted() {
-        return Err(WaitError::Interrupted);
-    }
-    if wait.remaining() == Some(std::time::Duration::ZERO) {
-        return Err(WaitError::Timeout);
-    }
-    Ok(())
-}
-
 /// The kernel's futex on a word in shared memory (`MAP_SHARED`), usable across processes.
 #[cfg(not(loom))]
 #[derive(Clone, Copy, Debug, Default)]
@@ -51,16 +39,13 @@ impl Futex for ShmFutex {
     fn wait(&self, word: &AtomicU32, expected: u32, wait: &mut Wait<'_>) -> Result<(), WaitError> {
         use rustix::io::Errno;
         use rustix::thread::futex;
-        if wait.remaining() == Some(std::time::Duration::ZERO) {
-            return Err(WaitError::Timeout);
-        }
-        let slice = crate::ipc::notify::next_slice(wait);
+        let slice = wait.slice()?;
         // A slice too long for a timespec is as good as forever.
         let timeout = slice.and_then(|d| futex::Timespec::try_from(d).ok());
         match futex::wait(word, futex::Flags::empty(), expected, timeout.as_ref()) {
             // Woken, or the word had already changed.
             Ok(()) | Err(Errno::AGAIN) => Ok(()),
-            Err(Errno::TIMEDOUT | Errno::INTR) => after_slice(wait),
+            Err(Errno::TIMEDOUT | Errno::INTR) => Ok(wait.after_slice()?),
             Err(e) => Err(WaitError::Io(e.into())),
         }
     }
@@ -108,10 +93,7 @@ impl Futex for LocalFutex {
         }
         #[cfg(not(loom))]
         {
-            if wait.remaining() == Some(std::time::Duration::ZERO) {
-                return Err(WaitError::Timeout);
-            }
-            match crate::ipc::notify::next_slice(wait) {
+            match wait.slice()? {
                 None => {
                     drop(self.cond.wait(guard).unwrap_or_else(|e| e.into_inner()));
                     Ok(())
@@ -123,7 +105,7 @@ impl Futex for LocalFutex {
                         .unwrap_or_else(|e| e.into_inner());
                     drop(guard);
                     if result.timed_out() {
-                        after_slice(wait)
+                        Ok(wait.after_slice()?)
                     } else {
                         Ok(())
                     }

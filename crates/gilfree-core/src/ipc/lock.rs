@@ -114,21 +114,17 @@ impl RawLock for LocalLock {
                 }
                 Some(_) => {}
             }
-            if wait.remaining() == Some(std::time::Duration::ZERO) {
-                return Err(AcquireError::Timeout);
-            }
-            let slice = crate::ipc::notify::next_slice(wait)
+            let slice = wait
+                .slice()?
                 .unwrap_or(std::time::Duration::from_secs(3600));
-            st = self
+            let (guard, slept) = self
                 .cond
                 .wait_timeout(st, slice)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            if st.owner.is_some() {
+                .unwrap_or_else(|e| e.into_inner());
+            st = guard;
+            if slept.timed_out() && st.owner.is_some() {
                 drop(st);
-                if wait.interrupted() {
-                    return Err(AcquireError::Interrupted);
-                }
+                wait.after_slice()?;
                 st = self.state();
             }
         }
@@ -217,7 +213,9 @@ pub struct ShmLock {
 // robust mutex and two atomics, within a slot body).
 #[cfg(not(loom))]
 unsafe impl super::arena::SlotBody for LockBody {
-    const KIND: super::arena::Kind = super::arena::Kind::Lock;
+    const KIND: super::arena::Kind = super::arena::Kind::new(1);
+    // `LockBody` is `#[repr(C)]` with its robust mutex first.
+    const BODY_STARTS_WITH_MUTEX: bool = true;
 }
 
 #[cfg(not(loom))]

@@ -4,7 +4,9 @@
 //!   the primitives both take it from.
 //! - [`arena`]: the shared slots every process-shared primitive lives in, their refcounts
 //!   (whose step order [`refcount`] fixes, so that a killed process leaks at worst), the
-//!   lock-free free list ([`free_list`]) and the reaping of a dead process's holdings.
+//!   lock-free free list ([`free_list`]) and the reaping of a dead process's holdings. It
+//!   knows only the [`SlotBody`](arena::SlotBody) trait, whose hooks each primitive implements
+//!   for owner death and retirement; [`kinds`] lists the engine's kinds.
 //! - [`mutex`]: glibc's robust process-shared mutex; [`lock`] builds `Lock`/`RLock` on it.
 //! - [`heap`]: a lazily touched memfd of fixed-size chunks, beside the arena, for variable-size
 //!   data; [`queue`] chains its chunks into a multi-producer, multi-consumer byte queue, and
@@ -31,6 +33,8 @@ pub mod free_list;
 pub mod futex;
 #[cfg(not(loom))]
 pub mod heap;
+#[cfg(not(loom))]
+pub mod kinds;
 pub mod lock;
 #[cfg(not(loom))]
 pub mod mutex;

@@ -188,10 +188,7 @@ impl RawMutex {
             if let Some(got) = self.try_lock()? {
                 return Ok(got);
             }
-            if wait.remaining() == Some(Duration::ZERO) {
-                return Err(AcquireError::Timeout);
-            }
-            let slice = crate::ipc::notify::next_slice(wait);
+            let slice = wait.slice()?;
             if self.is_owned() {
                 // Our own lock: nothing can release it. Sleep out the slice (a deadlock, as
                 // with `threading.Lock`, but a finite or interruptible one).
@@ -212,9 +209,7 @@ impl RawMutex {
                     return Ok(got);
                 }
             }
-            if wait.interrupted() {
-                return Err(AcquireError::Interrupted);
-            }
+            wait.after_slice()?;
         }
     }
 

@@ -183,18 +183,16 @@ impl LocalQueue {
         st: crate::sync::MutexGuard<'a, LocalState>,
         wait: &mut Wait<'_>,
     ) -> Result<crate::sync::MutexGuard<'a, LocalState>, AcquireError> {
-        if wait.remaining() == Some(Duration::ZERO) {
-            return Err(AcquireError::Timeout);
-        }
-        let slice = crate::ipc::notify::next_slice(wait).unwrap_or(Duration::from_secs(3600));
-        let (st, _) = self
+        let slice = wait.slice()?.unwrap_or(Duration::from_secs(3600));
+        let (st, slept) = self
             .changed
             .wait_timeout(st, slice)
             .unwrap_or_else(|e| e.into_inner());
-        drop(st);
-        if wait.interrupted() {
-            return Err(AcquireError::Interrupted);
+        if !slept.timed_out() {
+            return Ok(st);
         }
+        drop(st);
+        wait.after_slice()?;
         Ok(self.state())
     }
 }
@@ -671,7 +669,16 @@ fn free_chain(heap: &Heap, mut chunk: u32) {
 // process-shared mutex and chunk indices, within a slot body).
 #[cfg(not(loom))]
 unsafe impl super::arena::SlotBody for QueueBody {
-    const KIND: super::arena::Kind = super::arena::Kind::Queue;
+    const KIND: super::arena::Kind = super::arena::Kind::new(7);
+    // `QueueBody` is `#[repr(C)]` with its robust mutex first.
+    const BODY_STARTS_WITH_MUTEX: bool = true;
+
+    /// The items still queued live in heap chunks: they go back with the slot.
+    fn retired(&self, heap: Option<&Heap>) {
+        if let Some(heap) = heap {
+            self.free_chunks(heap);
+        }
+    }
 }
 
 /// The shared-memory queue: a [`QueueBody`] in an arena slot, items in the arena's heap.

@@ -235,7 +235,13 @@ pub struct ShmSemaphore {
 // far smaller than a slot body.
 #[cfg(not(loom))]
 unsafe impl super::arena::SlotBody for SemWord {
-    const KIND: super::arena::Kind = super::arena::Kind::Semaphore;
+    const KIND: super::arena::Kind = super::arena::Kind::new(3);
+
+    /// A dead process's positive `held` permits come back, never above `initial`, and the
+    /// waiters wake (module doc, "When a process dies").
+    fn owner_died(&self, held: i32) {
+        self.give_back(held.max(0) as u32, &super::futex::ShmFutex);
+    }
 }
 
 #[cfg(not(loom))]

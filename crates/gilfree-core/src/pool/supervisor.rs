@@ -348,12 +348,12 @@ impl Engine {
                 request = Some(id);
                 shared.supervisor.notify_all();
             }
-            if wait.remaining() == Some(Duration::ZERO) {
-                break Err(SpawnError::Io(io::ErrorKind::TimedOut.into()));
-            }
-            let slice = wait
-                .remaining()
-                .map_or(wait.signal_interval, |r| r.min(wait.signal_interval));
+            // Never unbounded, even without a signal check: the slice is the wait's, cut to
+            // `signal_interval`.
+            let slice = match wait.slice() {
+                Ok(slice) => slice.map_or(wait.signal_interval, |s| s.min(wait.signal_interval)),
+                Err(_) => break Err(SpawnError::Io(io::ErrorKind::TimedOut.into())),
+            };
             st.sleepers += 1;
             st = shared
                 .changed
@@ -363,7 +363,7 @@ impl Engine {
             st.sleepers -= 1;
             // Checked by elapsed time, not by "the wait timed out", so a stream of wake-ups
             // for other callers cannot starve the check.
-            if wait.on_signal.is_some() && last_check.elapsed() >= wait.signal_interval {
+            if wait.signal_check_due(last_check) {
                 // The signal check takes the GIL in Python: never run it under the state lock.
                 drop(st);
                 let interrupted = wait.interrupted();

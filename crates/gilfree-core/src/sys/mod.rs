@@ -1,7 +1,6 @@
 //! Thin wrappers over OS facilities, with no knowledge of rings, primitives or processes: the
 //! leaves that `shm`, `ipc` and `pool` all build on.
 //!
-//! - [`notify`]: the eventfd doorbell a ring's waiter sleeps on, and the wait-slice plumbing
-//!   every blocking loop shares.
+//! - [`notify`]: the eventfd doorbell a ring's waiter sleeps on.
 
 pub mod notify;

@@ -6,23 +6,23 @@
 //! side can ever block inside `read`/`write`: sleeping happens only in `poll(2)`, which also
 //! watches the peer's pidfd.
 //!
-//! # Protocol of [`Notifier::wait`]
-//! 1. Compute the next slice: the time to the deadline, cut to [`Wait::signal_interval`] when a
-//!    signal check is installed.
+//! # Protocol of [`Notifier::wait`] (the sleep loop of [`crate::wait`])
+//! 1. The next slice, [`Wait::next_slice`] (the deadline is not checked first: a wait with a
+//!    passed deadline still polls once, so a notification already pending is seen).
 //! 2. `poll` the eventfd and, if set, the peer pidfd (readable once that process has exited).
 //! 3. Peer pidfd readable → [`WaitError::PeerGone`]. Eventfd readable → drain its counter and
 //!    return `Ok` (the caller re-checks).
-//! 4. `EINTR`, or the slice ended: run [`Wait::interrupted`] (→ [`WaitError::Interrupted`]);
-//!    past the deadline → [`WaitError::Timeout`]; otherwise go back to 1.
+//! 4. `EINTR`, or the slice ended: [`Wait::after_slice`] (→ [`WaitError::Interrupted`] or
+//!    [`WaitError::Timeout`]); otherwise go back to 1.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
-use crate::Wait;
+use crate::wait::{Ended, Wait};
 
 /// Why [`Notifier::wait`] ended without a notification.
 #[derive(Debug)]
@@ -35,6 +35,15 @@ pub enum WaitError {
     PeerGone,
     /// `poll` or `read` failed.
     Io(io::Error),
+}
+
+impl From<Ended> for WaitError {
+    fn from(e: Ended) -> WaitError {
+        match e {
+            Ended::Timeout => WaitError::Timeout,
+            Ended::Interrupted => WaitError::Interrupted,
+        }
+    }
 }
 
 /// An eventfd used as a cross-process wake-up (close-on-exec, non-blocking).
@@ -76,7 +85,7 @@ impl Notifier {
     /// module doc describes. `Ok` may be spurious.
     pub fn wait(&self, wait: &mut Wait<'_>) -> Result<(), WaitError> {
         loop {
-            let slice = next_slice(wait);
+            let slice = wait.next_slice();
             let mut fds = [
                 PollFd::new(&self.fd, PollFlags::IN),
                 // A placeholder when there is no peer: a negative fd is ignored by poll(2), but
@@ -106,12 +115,7 @@ impl Notifier {
                 Err(Errno::INTR) => {}
                 Err(e) => return Err(WaitError::Io(e.into())),
             }
-            if wait.interrupted() {
-                return Err(WaitError::Interrupted);
-            }
-            if wait.deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(WaitError::Timeout);
-            }
+            wait.after_slice()?;
         }
     }
 
@@ -126,13 +130,11 @@ impl Notifier {
     }
 }
 
-/// How long the next sleep may last: `None` is forever. Shared with the in-process doorbell.
+/// How long the next sleep may last: `None` is forever. Kept for the in-process ring's
+/// doorbell (`shm::ring::local`), which predates [`Wait::next_slice`]; new code calls that.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn next_slice(wait: &Wait<'_>) -> Option<Duration> {
-    let remaining = wait.remaining();
-    if wait.on_signal.is_none() {
-        return remaining;
-    }
-    Some(remaining.map_or(wait.signal_interval, |r| r.min(wait.signal_interval)))
+    wait.next_slice()
 }
 
 #[cfg(test)]

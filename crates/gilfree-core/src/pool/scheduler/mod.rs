@@ -53,7 +53,6 @@ use super::process::ExitInfo;
 use super::supervisor::{Engine, Lease};
 use crate::error::RecvError;
 use crate::sync::unmodelled::{Condvar, Mutex, MutexGuard};
-use crate::sys::notify::next_slice;
 use crate::wait::Wait;
 
 /// The first byte of a [`End::Broken`] frame made by the engine itself (a worker could not be
@@ -361,10 +360,8 @@ impl Shared {
         wait: &mut Wait<'_>,
         last_check: &mut Instant,
     ) -> Result<MutexGuard<'g, State>, RecvError> {
-        if wait.remaining() == Some(Duration::ZERO) {
-            return Err(RecvError::Timeout);
-        }
-        let st = match next_slice(wait) {
+        let slice = wait.slice().map_err(|_| RecvError::Timeout)?;
+        let st = match slice {
             Some(d) => {
                 cv.wait_timeout(st, d)
                     .unwrap_or_else(PoisonError::into_inner)
@@ -374,7 +371,7 @@ impl Shared {
         };
         // By elapsed time, so a stream of wake-ups cannot starve the check; never under the
         // lock (in Python the check takes the GIL).
-        if wait.on_signal.is_some() && last_check.elapsed() >= wait.signal_interval {
+        if wait.signal_check_due(*last_check) {
             drop(st);
             let interrupted = wait.interrupted();
             *last_check = Instant::now();
