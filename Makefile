@@ -82,6 +82,42 @@ test: install  ## run every test: Rust (gilfree-core, without Python), then pyte
 	if [ -n "$$left" ]; then echo "worker processes left behind:"; echo "$$left"; exit 1; fi; \
 	echo "process table: no gilfree worker left"
 
+# --- Free-threaded CPython (make test-ft) ----------------------------------------------------------
+# The interpreter: CPython 3.13 configured --disable-gil, built once by the script into a cache
+# outside the checkout (GILFREE_FT_CACHE, default ~/.cache/gilfree) and reused from there. Its venv
+# is .venv-ft, with requirements/ft.txt (the dev requirements that install there) and the
+# extension, built into a target folder of its own so that the 3.11 build stays incremental.
+FT_SCRIPT := scripts/build-free-threaded-python.sh
+FT_VENV := .venv-ft
+FT_VPY := $(FT_VENV)/bin/python
+FT_DEPS_STAMP := $(FT_VENV)/.deps.stamp
+FT_BUILD_STAMP := $(FT_VENV)/.build.stamp
+
+$(FT_DEPS_STAMP): requirements/ft.txt
+	$(FT_VPY) -m pip install -q -r requirements/ft.txt
+	touch $@
+
+$(FT_BUILD_STAMP): $(FT_DEPS_STAMP) $(RUST_SOURCES)
+	CARGO_TARGET_DIR=target/ft VIRTUAL_ENV=$(abspath $(FT_VENV)) $(FT_VENV)/bin/maturin develop --release
+	touch $@
+
+.PHONY: test-ft
+test-ft:  ## the suite and the CPU-scaling benchmark on free-threaded CPython 3.13t (built once, cached)
+	@# Build or reuse the interpreter; (re)make .venv-ft when it does not run that interpreter.
+	@py=$$($(FT_SCRIPT) | tail -n 1); \
+	if [ "$$(readlink -f $(FT_VPY) 2>/dev/null)" != "$$(readlink -f "$$py")" ] || \
+		! $(FT_VPY) -c '' 2>/dev/null; then \
+		echo "creating $(FT_VENV) with $$py"; rm -rf $(FT_VENV); "$$py" -m venv $(FT_VENV); \
+	fi
+	@# A make of its own, so the stamps are looked at after the venv above may have been remade.
+	$(MAKE) --no-print-directory $(FT_BUILD_STAMP)
+	$(FT_VPY) -c 'import sys, gilfree; assert not sys._is_gil_enabled(), "the GIL is on"'
+	$(FT_VPY) -m pytest
+	@left=$$(pgrep -af '^$(abspath $(FT_VENV))/bin/python[0-9.t]* -m gilfree[._]_?worker' || true); \
+	if [ -n "$$left" ]; then echo "worker processes left behind:"; echo "$$left"; exit 1; fi; \
+	echo "process table: no gilfree worker left"
+	$(FT_VPY) -m gilfree bench --only ft --quick
+
 .PHONY: loom
 loom:  ## loom models (tests/loom_*.rs): ring, arena free list, event, semaphore, condition, barrier, queue
 	@# Only the loom_* test files are built: the other test binaries never run a model.
