@@ -19,6 +19,8 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 # The CPython versions `make test-matrix` runs the suite on, e.g. `make test-matrix PYTHONS=3.13`.
 PYTHONS ?= 3.11 3.12 3.13
+# What a venv's .deps.stamp installs (make test-ft: requirements/ft.txt).
+REQUIREMENTS ?= requirements/dev.txt
 # Extra arguments for `make bench`, e.g. `make bench BENCH_ARGS=--quick`.
 BENCH_ARGS ?=
 # `make soak`: tasks per chaos run, and the seeds to run.
@@ -40,8 +42,8 @@ help:  ## list the targets
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
-$(DEPS_STAMP): requirements/dev.txt | $(VPY)
-	$(VPY) -m pip install -r requirements/dev.txt
+$(DEPS_STAMP): $(REQUIREMENTS) | $(VPY)
+	$(VPY) -m pip install -r $(REQUIREMENTS)
 	touch $@
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(RUST_SOURCES)
@@ -119,7 +121,7 @@ else
 endif
 	@# The process table after the suite: no worker process of ours may outlive it. Ours are
 	@# the ones this checkout's interpreter runs (other checkouts on the machine may be busy).
-	@left=$$(pgrep -af '^$(abspath $(VENV))/bin/python[0-9.]* -m gilfree[._]_?worker' || true); \
+	@left=$$(pgrep -af '^$(abspath $(VENV))/bin/python[0-9.t]* -m gilfree[._]_?worker' || true); \
 	if [ -n "$$left" ]; then echo "worker processes left behind:"; echo "$$left"; exit 1; fi; \
 	echo "process table: no gilfree worker left"
 
@@ -154,6 +156,28 @@ test-matrix:  ## pytest + process table on each CPython in PYTHONS (venvs .venv-
 			VENV=.venv-$$v PYTHON="$$py"; \
 		echo "==> Python $$v: ok"; \
 	done
+
+# --- Free-threaded CPython (make test-ft) ----------------------------------------------------------
+# The interpreter: CPython 3.13 configured --disable-gil, built once by the script into a cache
+# outside the checkout (GILFREE_FT_CACHE, default ~/.cache/gilfree) and reused from there. Its venv
+# is .venv-ft, with requirements/ft.txt (the dev requirements that install there) and the
+# extension, built into a target folder of its own so that the 3.11 build stays incremental. The
+# suite runs through test-python, as for every other interpreter.
+FT_SCRIPT := scripts/build-free-threaded-python.sh
+FT_VENV := .venv-ft
+
+.PHONY: test-ft
+test-ft:  ## the suite and the CPU-scaling benchmark on free-threaded CPython 3.13t (built once, cached)
+	@# Build or reuse the interpreter; (re)make .venv-ft when it does not run that interpreter.
+	@py=$$($(FT_SCRIPT) | tail -n 1); \
+	if [ "$$(readlink -f $(FT_VENV)/bin/python 2>/dev/null)" != "$$(readlink -f "$$py")" ] || \
+		! $(FT_VENV)/bin/python -c '' 2>/dev/null; then \
+		echo "creating $(FT_VENV) with $$py"; rm -rf $(FT_VENV); "$$py" -m venv $(FT_VENV); \
+	fi
+	CARGO_TARGET_DIR=$(abspath target)/ft $(MAKE) --no-print-directory test-python \
+		VENV=$(FT_VENV) REQUIREMENTS=requirements/ft.txt
+	$(FT_VENV)/bin/python -c 'import sys, gilfree; assert not sys._is_gil_enabled(), "the GIL is on"'
+	$(FT_VENV)/bin/python -m gilfree bench --only ft --quick
 
 .PHONY: loom
 loom:  ## loom models (tests/loom_*.rs): ring, arena free list, event, semaphore, condition, barrier, queue

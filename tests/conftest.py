@@ -32,6 +32,22 @@ def no_process_left_behind() -> Iterator[None]:
     assert not alive, f"processes left behind: {[(p.pid, p.cmdline()) for p in alive]}"
 
 
+@pytest.fixture(autouse=True)
+def process_backend_by_default(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test that does not take the ``backend`` fixture runs with ``GILFREE_BACKEND=process``.
+
+    Those tests are about the process engine (crashes, kills, shared memory across processes).
+    On a free-threaded interpreter ``"auto"`` would give them the thread backend instead; this
+    keeps them on processes there (``make test-ft``), while the ``backend`` fixture's tests cover
+    both backends. On an interpreter with the GIL ``"auto"`` is ``"process"`` already. Tests that
+    check the default itself clear or set the variable themselves; subprocesses inherit it.
+    """
+    if "backend" not in request.fixturenames:
+        monkeypatch.setenv("GILFREE_BACKEND", "process")
+
+
 def run_script(
     name: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,12 @@ mod template;
 use pyo3::prelude::*;
 
 /// The native half of gilfree. Private: use the `gilfree` package.
-#[pymodule]
+///
+/// `gil_used = false`: on a free-threaded CPython (3.13t, 3.14t) importing this module leaves the
+/// GIL off. That is sound because every class is a `frozen` pyclass over `gilfree-core` types that
+/// are `Sync` (their own atomics and locks, shared across processes, so across threads too), and
+/// the crate keeps no statics, caches or other state that only the GIL would guard.
+#[pymodule(gil_used = false)]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::PyLease>()?;

@@ -29,7 +29,8 @@ pub fn template_serve(py: Python<'_>) -> Result<Option<Forked>, PyEngineError> {
         };
         #[allow(unsafe_code)]
         // SAFETY: the template runs no threads of its own (it only imported modules and
-        // waits here), and we hold the GIL; PyOS_BeforeFork / AfterFork_* are what `os.fork`
+        // waits here), and this thread is attached to the interpreter (holds the GIL, or on a
+        // free-threaded build its thread state); PyOS_BeforeFork / AfterFork_* are what `os.fork`
         // wraps around fork(2), so the interpreter's locks and fork hooks are handled.
         let forked = unsafe {
             pyo3::ffi::PyOS_BeforeFork();

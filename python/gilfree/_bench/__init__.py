@@ -13,6 +13,9 @@ mean something on a busy machine:
 7. :mod:`~gilfree._bench.blas`: a numpy matmul map with the workers' BLAS pools capped and not.
 8. :mod:`~gilfree._bench.dask`: the dask backend beside the process backend (``--only dask``;
    skipped by name when ``distributed`` is not installed).
+9. :mod:`~gilfree._bench.ft`: on a free-threaded CPython, the thread backend beside the process
+   backend and ``threading`` (``--only ft``, writes ``FREE_THREADED.md``; skipped by name on an
+   interpreter with the GIL).
 
 Parts 1 and 2 make ``RESULTS.md`` and ``results.json`` (:mod:`~gilfree._bench.summary`); 3, 4
 and 6 add their sections to it (:mod:`~gilfree._bench.report`); 5 writes ``POOL.md``, 7
@@ -34,9 +37,19 @@ from pathlib import Path
 from gilfree import _demo
 
 #: The parts of the suite, in the order a full run measures them.
-SECTIONS = ("latency", "scaling", "primitives", "arrays", "pool", "containers", "blas", "dask")
+SECTIONS = (
+    "latency",
+    "scaling",
+    "primitives",
+    "arrays",
+    "pool",
+    "containers",
+    "blas",
+    "dask",
+    "ft",
+)
 #: Parts that ``--only`` runs on their own, rewriting only their own section or file.
-STANDALONE = ("primitives", "arrays", "pool", "containers", "blas", "dask")
+STANDALONE = ("primitives", "arrays", "pool", "containers", "blas", "dask", "ft")
 
 
 def default_out(quick: bool) -> Path:
@@ -100,6 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SECTIONS,
         help="run only this part; primitives, arrays, containers and dask replace their own"
         " section of an existing RESULTS.md, pool rewrites POOL.md, blas rewrites BLAS.md,"
+        " ft (free-threaded CPython only; --size, --workers, --repeat, --reps apply) rewrites"
+        " FREE_THREADED.md,"
         " latency and scaling"
         " rewrite RESULTS.md"
         " and results.json",
@@ -160,6 +175,11 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     reps = args.reps or (50 if args.quick else 300)
     repeat = args.repeat or (1 if args.quick else 3)
     out = args.out or default_out(args.quick)
+    if args.only == "ft":
+        from gilfree._bench import ft
+
+        print("ft: the thread and process backends beside threading, without the GIL", flush=True)
+        return ft.run(out, args.quick, size, counts if args.workers else None, repeat, reps)
     if args.only in STANDALONE:
         return _run_alone(args.only, out, args.quick)
     skip = set(SECTIONS) - {args.only} if args.only else set(args.skip)

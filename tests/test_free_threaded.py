@@ -1,0 +1,134 @@
+"""gilfree on a free-threaded CPython (3.13t, 3.14t).
+
+The extension declares that it runs without the GIL (PyO3 ``gil_used = false``), so importing
+and using it leaves the GIL off; ``backend="auto"`` picks threads there; the process backend
+still works. Each check runs in a fresh interpreter without ``GILFREE_BACKEND`` (the suite sets
+it to ``process`` for every other test, see conftest.py). Skipped on an interpreter with the GIL:
+``make test-ft`` runs the suite on a free-threaded build.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import WATCHDOG
+
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+needs_free_threading = pytest.mark.skipif(
+    not FREE_THREADED, reason="needs a free-threaded CPython build (make test-ft)"
+)
+
+
+def run_fresh(code: str) -> list[str]:
+    """Runs ``code`` in a fresh interpreter without GILFREE_BACKEND, a RuntimeWarning made an
+    error (CPython warns when an import turns the GIL back on); returns its stdout lines."""
+    env = {k: v for k, v in os.environ.items() if k != "GILFREE_BACKEND"}
+    env.pop("PYTHON_GIL", None)  # PYTHON_GIL=0 would hide an extension that needs the GIL
+    proc = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "GIL" not in proc.stderr, proc.stderr
+    return proc.stdout.split()
+
+
+@needs_free_threading
+def test_import_and_use_keep_the_gil_off() -> None:
+    out = run_fresh(
+        """
+        import sys
+        import gilfree, gilfree._engine
+        print(sys._is_gil_enabled())
+        lock = gilfree.Lock()
+        with lock:
+            pass
+        event = gilfree.Event()
+        event.set()
+        print(event.is_set(), sys._is_gil_enabled())
+        """
+    )
+    assert out == ["False", "True", "False"]
+
+
+@needs_free_threading
+def test_auto_picks_the_thread_backend() -> None:
+    out = run_fresh(
+        """
+        import os
+        import gilfree
+        from gilfree import _backends
+        print(_backends.choose())
+        print(gilfree.map(lambda _: os.getpid(), range(3)) == [os.getpid()] * 3)
+        w = gilfree.Worker(target=os.getpid)
+        w.start()
+        print(w.join() == os.getpid())
+        """
+    )
+    assert out == ["thread", "True", "True"]
+
+
+@needs_free_threading
+def test_process_backend_runs_workers_without_the_gil() -> None:
+    out = run_fresh(
+        """
+        import os, sys
+        import gilfree
+
+        def where(_):
+            import gilfree._engine  # the worker has loaded the extension too
+            return os.getpid(), sys._is_gil_enabled()
+
+        if __name__ == "__main__":
+            with gilfree.Pool(2, backend="process") as pool:
+                seen = list(pool.map(where, range(4)))
+            print(all(pid != os.getpid() for pid, _ in seen))
+            print(any(gil for _, gil in seen))
+            w = gilfree.Worker(target=os.getpid, backend="process")
+            w.start()
+            print(w.join() != os.getpid(), sys._is_gil_enabled())
+        """
+    )
+    assert out == ["True", "False", "True", "False"]
+
+
+def bench_ft(out: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m gilfree bench --only ft`` on a tiny data set, watchdogged."""
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "gilfree", "bench", "--only", "ft", "--quick"),
+            *("--size", "3000", "--reps", "5", "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG * 2,
+    )
+
+
+@needs_free_threading
+def test_bench_ft_measures_the_three_backends(tmp_path: Path) -> None:
+    proc = bench_ft(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "FREE_THREADED.md").read_text(encoding="utf-8")
+    for backend in ("threading.Thread", "thread backend", "process backend"):
+        for w in (1, 2):
+            assert any(f"| {w} |" in line for line in text.splitlines() if backend in line)
+    assert "GIL: disabled" in text
+
+
+@pytest.mark.skipif(FREE_THREADED, reason="checks the interpreter with the GIL")
+def test_bench_ft_is_skipped_by_name_with_the_gil(tmp_path: Path) -> None:
+    proc = bench_ft(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "ft: skipped (this interpreter runs with the GIL" in proc.stdout
+    assert not (tmp_path / "FREE_THREADED.md").exists()
