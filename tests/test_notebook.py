@@ -19,14 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nbclient
-import nbformat
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
-from jupyter_core.utils import run_sync
 
 from conftest import wait_gone
+
+# Free-threaded CPython 3.13t (make test-ft) has no wheel of pyzmq (the kernel's transport) nor of
+# rpds-py (nbformat's validator), and neither builds there without the network: requirements/ft.txt
+# leaves Jupyter out, and these tests run on every interpreter with the GIL.
+nbclient = pytest.importorskip(
+    "nbclient", reason="Jupyter (pyzmq, rpds-py) cannot be installed here"
+)
+nbformat = pytest.importorskip(
+    "nbformat", reason="Jupyter (pyzmq, rpds-py) cannot be installed here"
+)
+pytest.importorskip("ipykernel", reason="Jupyter (pyzmq, rpds-py) cannot be installed here")
+
+from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
+from jupyter_core.utils import run_sync  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 KERNEL_NAME = "gilfree-test"
