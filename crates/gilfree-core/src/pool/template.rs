@@ -55,15 +55,13 @@ use rustix::process::{
 
 use super::spawn::{base_command, WorkerCommand, HANDSHAKE_TIMEOUT, PARENT_PID_ENV};
 use super::worker_main::ORPHAN_EXIT_CODE;
+use crate::shm::fdpass::{recv_fds as recv_with_fds, send_raw_fds as send_with_fds, socket_pair};
 
 /// Environment variable that carries the template's socket fd number.
 pub const TEMPLATE_FD_ENV: &str = "GILFREE_TEMPLATE_FD";
 
 /// The template's first message, once its imports are done.
 pub const TEMPLATE_READY: &[u8] = b"gilfree-template-ready-v1";
-
-/// The most fds one fork request may carry.
-const MAX_FDS: usize = 64;
 
 /// The largest fork request (the environment dominates).
 const MAX_REQUEST: usize = 1 << 20;
@@ -81,139 +79,6 @@ pub(crate) struct Template {
     child: Child,
     pidfd: OwnedFd,
     sock: OwnedFd,
-}
-
-fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: socketpair succeeded, so both numbers are fresh fds that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Sends one message with `fds` attached (`SCM_RIGHTS`).
-fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    if fds.len() > MAX_FDS {
-        return Err(io::Error::other("too many fds for one fork request"));
-    }
-    let payload = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE / CMSG_LEN only compute sizes.
-    let (space, len) = unsafe {
-        (
-            libc::CMSG_SPACE(payload as u32) as usize,
-            libc::CMSG_LEN(payload as u32) as usize,
-        )
-    };
-    // u64 words: the control buffer must be aligned for `cmsghdr`.
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points at `space` zeroed, aligned bytes, enough for one header
-        // with `payload` bytes of data (CMSG_SPACE), so CMSG_FIRSTHDR is non-null and
-        // CMSG_DATA has room for `fds`.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = len as _;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr().cast::<u8>(),
-                libc::CMSG_DATA(cmsg),
-                payload,
-            );
-        }
-    }
-    loop {
-        // SAFETY: `msg` points at `iov` (over `data`) and `control`, all alive for the call.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return if n as usize == data.len() {
-                Ok(())
-            } else {
-                Err(io::Error::other("short send on the template socket"))
-            };
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// Receives one message and the fds attached to it (close-on-exec). `Ok(None)` at end of
-/// stream. A truncated message or fd list is an error (its fds are closed).
-fn recv_with_fds(
-    sock: BorrowedFd<'_>,
-    buf: &mut [u8],
-) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space =
-        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let n = loop {
-        // SAFETY: `msg` points at `iov` (over `buf`) and `control`, alive for the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: the kernel filled `msg`'s control area; CMSG_FIRSTHDR/NXTHDR walk it within
-    // `msg_controllen`, and each SCM_RIGHTS payload holds fds that are now ours.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg);
-                let bytes = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
-        return Err(io::Error::other("truncated message on the template socket"));
-    }
-    if n == 0 && fds.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some((n, fds)))
 }
 
 /// Waits until `sock` is readable or `peer` (a pidfd) says its process died.

@@ -40,14 +40,20 @@ pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Sends `data` as one message with `fds` attached (`SCM_RIGHTS`; at most [`MAX_FDS`]).
 /// The fds stay open here: the receiver gets new descriptors of the same open files.
 pub fn send_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    if fds.len() > MAX_FDS {
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    send_raw_fds(sock, data, &raw)
+}
+
+/// [`send_fds`] for fd numbers (the template's fork requests carry the numbers of fds that
+/// the caller keeps open until the request is sent: they are not ours to borrow here).
+pub(crate) fn send_raw_fds(sock: BorrowedFd<'_>, data: &[u8], raw: &[RawFd]) -> io::Result<()> {
+    if raw.len() > MAX_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "too many fds for one message",
         ));
     }
-    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-    let payload = std::mem::size_of_val(&raw[..]);
+    let payload = std::mem::size_of_val(raw);
     // SAFETY: CMSG_SPACE / CMSG_LEN only compute sizes.
     let (space, len) = unsafe {
         (
