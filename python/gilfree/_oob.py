@@ -126,18 +126,18 @@ def _rebuild_bytearray(buf: Any) -> bytearray:
 def _rebuild_memoryview(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
     view = memoryview(buf)
     if fmt != "B" or len(shape) != 1:
-        view = view.cast("B").cast(fmt, shape)
+        # typeshed types cast() by Literal format codes; this one comes from the sender's view.
+        view = cast("Any", view.cast("B")).cast(fmt, shape)
     return view
 
 
 def reduce_buffer(obj: Any) -> Any:
     """A protocol-5 reduction of a large ``bytearray`` or ``memoryview``; NotImplemented for
     anything else (pickle's own rule then applies)."""
-    t = type(obj)
-    if t is bytearray:
+    if type(obj) is bytearray:
         if len(obj) >= THRESHOLD:
             return _rebuild_bytearray, (pickle.PickleBuffer(obj),)
-    elif t is memoryview:
+    elif type(obj) is memoryview:
         if obj.c_contiguous:
             return _rebuild_memoryview, (pickle.PickleBuffer(obj), obj.format, obj.shape)
     return NotImplemented

@@ -18,7 +18,8 @@ import io
 import pickle
 import sys
 import types
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 from gilfree import _oob
 
@@ -62,15 +63,17 @@ def _cloud_pickler_class() -> type[pickle.Pickler]:
     all import by name never needs it (a worker loading its pickles imports it by itself)."""
     global _cloud_pickler
     if _cloud_pickler is None:
-        import cloudpickle
+        # cloudpickle ships no types (no py.typed, no stubs): its Pickler is Any to mypy and
+        # partly unknown to pyright, hence the three narrow ignores below.
+        import cloudpickle  # pyright: ignore[reportMissingTypeStubs]
 
-        class _CloudPickler(cloudpickle.Pickler):
+        class _CloudPickler(cloudpickle.Pickler):  # type: ignore[misc]
             def reducer_override(self, obj: Any) -> Any:
                 if type(obj) in _BUFFER_TYPES:
                     reduced = _oob.reduce_buffer(obj)
                     if reduced is not NotImplemented:
                         return reduced
-                return super().reducer_override(obj)
+                return super().reducer_override(obj)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
 
         _cloud_pickler = _CloudPickler
     return _cloud_pickler
@@ -130,7 +133,9 @@ def find_unpicklable(args: Any = (), kwargs: Any = None) -> tuple[str, Any, Base
     with a label such as ``"argument 1"`` or ``"keyword argument 'key'"``; ``None`` if every
     one can. For naming the culprit once pickling the whole call has failed."""
     labelled = [(f"argument {i}", a) for i, a in enumerate(args)]
-    labelled += [(f"keyword argument {k!r}", a) for k, a in (kwargs or {}).items()]
+    labelled += [
+        (f"keyword argument {k!r}", a) for k, a in cast("dict[str, Any]", kwargs or {}).items()
+    ]
     for label, arg in labelled:
         try:
             dumps(arg)
@@ -221,11 +226,13 @@ def find_thread_only(obj: Any, label: str, depth: int = 4) -> tuple[str, str] | 
             return None
         children: list[tuple[Any, str]] = []
         if isinstance(o, list | tuple):
-            children = [(v, f"{where}[{i}]") for i, v in enumerate(o)]
+            seq = cast("Sequence[Any]", o)
+            children = [(v, f"{where}[{i}]") for i, v in enumerate(seq)]
         elif isinstance(o, set | frozenset):
-            children = [(v, f"{where} (an element)") for v in o]
+            children = [(v, f"{where} (an element)") for v in cast("set[Any]", o)]
         elif isinstance(o, dict):
-            children = [(v, f"{where}[{k!r}]") for k, v in o.items()]
+            mapping = cast("Mapping[Any, Any]", o)
+            children = [(v, f"{where}[{k!r}]") for k, v in mapping.items()]
         elif isinstance(o, functools.partial):
             children = [(o.func, where), (o.args, f"{where} (partial args)")]
             children.append((o.keywords, f"{where} (partial keywords)"))
@@ -251,7 +258,8 @@ def find_thread_only(obj: Any, label: str, depth: int = 4) -> tuple[str, str] | 
         else:
             attrs = getattr(o, "__dict__", None)
             if isinstance(attrs, dict):
-                children = [(v, f"{where}.{k}") for k, v in attrs.items()]
+                items = cast("dict[str, Any]", attrs).items()
+                children = [(v, f"{where}.{k}") for k, v in items]
         for child, child_where in children:
             found_child = walk(child, child_where, left - 1)
             if found_child is not None:

@@ -40,6 +40,13 @@ cluster and, as in the stdlib, refuses one that runs (it asks the workers; see
 :class:`_DaskFuture`).
 """
 
+# distributed leaves much of its API unannotated (Client.submit/scatter/run/nthreads,
+# Future.result/exception/cancel/add_done_callback), and cloudpickle ships no types: every
+# access to those members is partly unknown to pyright (reportUnknownMemberType), and so is a
+# distributed.Future that isinstance() narrows an Any to, as an argument (reportUnknownArgumentType).
+# Their results are cast or annotated where this module keeps them.
+# pyright: reportUnknownMemberType=false, reportUnknownArgumentType=false
+
 from __future__ import annotations
 
 import collections
@@ -54,9 +61,9 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future
 from concurrent.futures import wait as _wait_for
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-import cloudpickle
+import cloudpickle  # pyright: ignore[reportMissingTypeStubs]
 import dask
 import distributed
 
@@ -273,7 +280,7 @@ def _echo(out: str, err: str) -> None:
 
 
 def _crash_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, distributed.scheduler.KilledWorker):
+    if isinstance(exc, distributed.scheduler.KilledWorker):  # pyright: ignore[reportAttributeAccessIssue]
         err = WorkerCrashedError(
             f"the Dask worker running this task died (the scheduler reported: {exc})"
         )
@@ -295,7 +302,8 @@ def _bridge(dfut: distributed.Future[Any], done: Callable[[Future[Any], Any], No
     ``done(future, value)`` gets the task's return value; a task Dask could not finish
     (its worker died, it was cancelled) sets the mapped exception instead."""
     fut: Future[Any] = Future()
-    fut._gilfree_dask = dfut  # type: ignore[attr-defined]  # keeps the task wanted
+    # keeps the task wanted
+    fut._gilfree_dask = dfut  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
 
     def callback(d: distributed.Future[Any]) -> None:
         if fut.done():
@@ -310,7 +318,7 @@ def _bridge(dfut: distributed.Future[Any], done: Callable[[Future[Any], Any], No
             # Not ``d.status``: a result lost with its worker after the task finished sets the
             # Dask future back to pending until the scheduler has it again; ``exception()``
             # waits for that.
-            exc = d.exception()
+            exc = cast("BaseException | None", d.exception())
             if exc is None:
                 done(fut, d.result())
             else:
@@ -343,7 +351,9 @@ class _DaskFuture(Future[Any]):
         if dfut is None or self.done():
             return False
         try:
-            found = dfut.client.run(_executing)
+            found = cast(
+                "dict[str, list[str]]", cast("distributed.Client", dfut.client).run(_executing)
+            )
         except Exception:  # the cluster is going away: nothing runs
             return False
         return any(str(dfut.key) in keys for keys in found.values())
@@ -422,8 +432,8 @@ class Pool(_ProcessPool):
             self._cluster = _local_cluster(n)
             address = self._cluster.scheduler_address
         try:
-            self._client = distributed.Client(address, set_as_default=False)
-            threads = sum(self._client.nthreads().values())
+            self._client: distributed.Client = distributed.Client(address, set_as_default=False)
+            threads = sum(cast("dict[str, int]", self._client.nthreads()).values())
         except BaseException:
             if self._cluster is not None:
                 self._cluster.close()
@@ -564,7 +574,8 @@ class Pool(_ProcessPool):
         """Stops accepting tasks; with ``wait``, waits for them, then closes the client (and
         the LocalCluster this pool started)."""
         with self._shutdown_lock:
-            if self._shutdown and self._client is None:
+            # _client is typed as always set; _close() sets it to None.
+            if self._shutdown and self._client is None:  # pyright: ignore[reportUnnecessaryComparison]
                 return
             self._shutdown = True
             pending = list(self._pending)
@@ -597,7 +608,7 @@ class Pool(_ProcessPool):
         _no_retries(retries, "imap()")
         with self._shutdown_lock:
             self._check_open()
-        length = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        length = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
         size = self._chunksize(chunksize, length)
         window = self._max_workers * _LOOKAHEAD_PER_WORKER
         return self._imap(fn, iter(iterable), size, window, ordered)
@@ -663,7 +674,10 @@ class Pool(_ProcessPool):
         if known is not None and known[0] is obj:
             return known[1]
         dfut: distributed.Future[Any]
-        [dfut] = self._client.scatter([obj], broadcast=False, hash=False)
+        [dfut] = cast(
+            "list[distributed.Future[Any]]",
+            self._client.scatter([obj], broadcast=False, hash=False),
+        )
         self._scattered[id(obj)] = (obj, dfut)  # holds obj, so its id stays its own
         return dfut
 
@@ -683,7 +697,8 @@ class Pool(_ProcessPool):
             if isinstance(value, distributed.Future) or _nbytes(value) >= SCATTER_BYTES:
                 known = slots.get(id(value))
                 if known is None:
-                    handle = (
+                    # isinstance() narrows value to distributed.Future[Unknown] for pyright.
+                    handle = (  # pyright: ignore[reportUnknownVariableType]
                         value if isinstance(value, distributed.Future) else self._scatter(value)
                     )
                     known = slots[id(value)] = _Slot(len(handles))
@@ -710,7 +725,7 @@ class Pool(_ProcessPool):
             fut.set_result([_decode_frame(frame) for frame in frames])
 
         fut = _bridge(self._submit_chunk(fn, items), done)
-        fut._gilfree_size = len(items)  # type: ignore[attr-defined]
+        fut._gilfree_size = len(items)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
         self._pending.add(fut)
         fut.add_done_callback(self._pending.discard)
         return fut
@@ -743,7 +758,7 @@ class Pool(_ProcessPool):
                 yield from _unwrap_chunk(fut)
         finally:
             for fut in inflight:
-                fut._gilfree_dask.cancel()  # type: ignore[attr-defined]
+                fut._gilfree_dask.cancel()  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
 
     def _close_after(self, pending: list[Future[Any]]) -> None:
         _wait_for(pending)
@@ -752,7 +767,7 @@ class Pool(_ProcessPool):
     def _close(self) -> None:
         with self._shutdown_lock:
             # Closed: nothing reaches the client after this (the pool refuses work first).
-            client, self._client = self.__dict__.get("_client"), None  # type: ignore[assignment]
+            client, self._client = self.__dict__.get("_client"), None  # type: ignore[assignment]  # pyright: ignore[reportAttributeAccessIssue]
             cluster, self._cluster = self.__dict__.get("_cluster"), None
             self._scattered.clear()
         if client is not None:
@@ -775,9 +790,9 @@ def _copy_failure(inner: Future[Any], outer: Future[Any]) -> None:
 
 def _unwrap_chunk(fut: Future[Any]) -> Iterator[Any]:
     try:
-        outcomes = fut.result()
+        outcomes: list[tuple[bool, Any]] = fut.result()
     except BaseException as exc:  # the whole chunk failed: its worker died, say
-        outcomes = [(False, exc)] * fut._gilfree_size  # type: ignore[attr-defined]
+        outcomes = [(False, exc)] * cast("int", fut._gilfree_size)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
     for ok, value in outcomes:
         if not ok:
             raise value
@@ -791,7 +806,7 @@ def _ordered(chunks: list[Future[Any]]) -> Iterator[Any]:
     finally:
         for fut in chunks:
             if not fut.done():
-                fut._gilfree_dask.cancel()  # type: ignore[attr-defined]
+                fut._gilfree_dask.cancel()  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _no_timeout(timeout: float | None, call: str) -> None:
@@ -825,13 +840,13 @@ def _local_cluster(n_workers: int) -> distributed.LocalCluster:
         "distributed.scheduler.allowed-failures": 0,
         "distributed.scheduler.worker-saturation": 1.0,
     }
-    with dask.config.set(settings):
+    with dask.config.set(settings):  # pyright: ignore[reportPrivateImportUsage]
         return distributed.LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address=None,  # pyright: ignore[reportArgumentType]
             # The scheduler serves its health and metrics routes even without a dashboard, by
             # default on 0.0.0.0:8787: keep it on loopback, on a free port.
             scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
@@ -849,7 +864,7 @@ def default_pool() -> Pool:
     LocalCluster started on first use; closed at interpreter exit."""
     global _default
     with _default_lock:
-        if _default is None or _default._client is None:
+        if _default is None or _default._client is None:  # pyright: ignore[reportUnnecessaryComparison]
             _default = Pool()
         return _default
 
@@ -881,7 +896,7 @@ def _close_live_pools() -> None:
 # threading's exit hook, as in ``_runtime``: before non-daemon threads are joined and before
 # atexit, while Dask's event loop still runs. (``_runtime.on_exit`` hooks run only in a process
 # that started the engine, which a dask-only program never does.)
-threading._register_atexit(_close_live_pools)  # type: ignore[attr-defined]
+threading._register_atexit(_close_live_pools)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
 
 
 class WorkerRunner:

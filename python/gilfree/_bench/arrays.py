@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from gilfree._bench import peers, report
 
@@ -63,7 +63,7 @@ def _shm_identity(name: str, nbytes: int) -> str:
     from multiprocessing import shared_memory
 
     block = shared_memory.SharedMemory(name)
-    view = block.buf[:nbytes]
+    view = cast("memoryview", block.buf)[:nbytes]  # typeshed: None once closed
     view.release()
     block.close()
     return name
@@ -78,7 +78,7 @@ def _time(
             raise AssertionError("wrong result")
         del result
         check = _any
-    times = []
+    times: list[float] = []
     for _ in range(reps):
         t = time.perf_counter()
         result = op()
@@ -197,6 +197,7 @@ def render(rows: Sequence[ArrayRow], plot_name: str | None, size_mb: int) -> str
         "| library | round trip ms | effective GB/s | vs ProcessPoolExecutor | reps | how |",
         "|---|---:|---:|---:|---:|---|",
     ]
+    r: ArrayRow | None
     for r in rows:
         ratio = r.gbps / ppe.gbps if ppe else float("nan")
         out.append(

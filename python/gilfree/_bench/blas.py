@@ -102,7 +102,7 @@ def render(rows: list[BlasRow], n: int, tasks: int) -> str:
 def run(out: Path, quick: bool) -> int:
     """Measures, prints and writes ``BLAS.md`` in ``out``; 0, or 1 without numpy."""
     try:
-        import numpy  # noqa: F401
+        import numpy  # noqa: F401  # pyright: ignore[reportUnusedImport]
     except ImportError:
         print("blas: numpy is not installed; skipped", flush=True)
         return 1

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from gilfree._bench import report
 
@@ -65,7 +65,7 @@ def _cells(
     """The benches for one library: name -> setup that returns the op."""
 
     def append() -> Callable[[int], Any]:
-        return make_list().append
+        return cast("Callable[[int], Any]", make_list().append)
 
     def getitem() -> Callable[[int], Any]:
         shared = make_list()

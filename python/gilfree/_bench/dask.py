@@ -22,7 +22,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from gilfree._bench import report
 
@@ -42,7 +42,7 @@ def checksum(arr: Any) -> int:
 
 def _median(op: Callable[[], Any], reps: int) -> float:
     op()  # warm-up, unmeasured
-    times = []
+    times: list[float] = []
     for _ in range(reps):
         t = time.perf_counter()
         op()
@@ -54,7 +54,7 @@ def measure(quick: bool) -> tuple[list[tuple[str, str, str, str]], float] | None
     """The rows ``(backend, submit+result, map per item, array round trip)`` and the
     LocalCluster's start-up time; ``None`` when ``distributed`` is not installed."""
     try:
-        import distributed  # noqa: F401
+        import distributed  # noqa: F401  # pyright: ignore[reportUnusedImport]
     except ImportError:
         print("dask: skipped (distributed is not installed: pip install gilfree[dask])")
         return None
@@ -72,11 +72,13 @@ def measure(quick: bool) -> tuple[list[tuple[str, str, str, str]], float] | None
     started = time.perf_counter()
     dpool = dask_backend.Pool(WORKERS)
     startup = time.perf_counter() - started
-    rows = []
+    rows: list[tuple[str, str, str, str]] = []
     try:
         for name, pool in (("process", gilfree.Pool(WORKERS)), ("dask", dpool)):
             with pool:
-                one = _median(lambda p=pool: p.submit(trivial, 1).result(), reps)
+                one = _median(
+                    cast("Callable[[], Any]", lambda p=pool: p.submit(trivial, 1).result()), reps
+                )
                 t = time.perf_counter()
                 assert list(pool.map(trivial, range(items))) == list(range(items))
                 per_item = (time.perf_counter() - t) / items

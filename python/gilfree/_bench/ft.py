@@ -22,12 +22,16 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gilfree
 from gilfree import _demo
 from gilfree._bench import peers, report
 from gilfree._bench.latency import LatencyRow, _latency, _time_start_join, noop
 from gilfree._bench.scaling import ScalingRow
+
+if TYPE_CHECKING:
+    from gilfree._backends import BackendName
 
 FILE = "FREE_THREADED.md"
 PLOT = "free_threaded.png"
@@ -41,7 +45,7 @@ def gil_enabled() -> bool:
     return True if is_enabled is None else bool(is_enabled())
 
 
-def _workers_on(backend: str) -> Runner:
+def _workers_on(backend: BackendName) -> Runner:
     def run(chunks: Sequence[list[int]]) -> int:
         with gilfree.config(backend=backend):
             return _demo.run_workers(chunks)

@@ -17,9 +17,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import gilfree
 from gilfree._bench.scaling import MP_METHOD
+
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
+    from multiprocessing.process import BaseProcess
 
 #: Goal for the median start→join latency of one warm gilfree Worker, in microseconds.
 GOAL_LATENCY_US = 40.0
@@ -40,7 +45,7 @@ def noop() -> None:
 
 
 def _time_start_join(
-    make: Callable[[], threading.Thread | gilfree.Worker | multiprocessing.Process],
+    make: Callable[[], threading.Thread | gilfree.Worker[Any] | BaseProcess],
 ) -> int:
     worker = make()
     t0 = time.perf_counter_ns()
@@ -90,11 +95,16 @@ def measure_latency(reps: int, process_cap: int = 100) -> list[LatencyRow]:
     ):
         if method not in methods:
             continue
-        ctx = multiprocessing.get_context(method)
+        method_ctx = cast(
+            "ForkContext | ForkServerContext | SpawnContext", multiprocessing.get_context(method)
+        )
         rows.append(
             _latency(
                 f"multiprocessing.Process ({method})",
-                lambda ctx=ctx: _time_start_join(lambda: ctx.Process(target=noop)),
+                cast(
+                    "Callable[[], int]",
+                    lambda ctx=method_ctx: _time_start_join(lambda: ctx.Process(target=noop)),
+                ),
                 min(reps, cap),
                 warmup=2,
             )

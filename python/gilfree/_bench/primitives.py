@@ -85,11 +85,14 @@ def measure(quick: bool = False) -> list[PrimitiveRow]:
             )
         )
     mpq = ctx.Queue()
+    threads_q: queue.Queue[Any] = queue.Queue()
+    simple_q = ctx.SimpleQueue()
+    gilfree_q: gilfree.Queue[Any] = gilfree.Queue()
     queues: Sequence[tuple[str, Any, int]] = [
-        ("queue.Queue", queue.Queue(), 50_000),
+        ("queue.Queue", threads_q, 50_000),
         ("multiprocessing.Queue", mpq, 5_000),
-        ("multiprocessing.SimpleQueue", ctx.SimpleQueue(), 20_000),
-        ("gilfree.Queue", gilfree.Queue(), 50_000),
+        ("multiprocessing.SimpleQueue", simple_q, 20_000),
+        ("gilfree.Queue", gilfree_q, 50_000),
     ]
     for name, q, loops in queues:
         loops //= scale

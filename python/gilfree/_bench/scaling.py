@@ -15,9 +15,18 @@ import multiprocessing
 import multiprocessing.connection
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from gilfree import _demo
 from gilfree._bench import peers
+
+if TYPE_CHECKING:
+    from multiprocessing.context import (
+        ForkServerContext,
+        ForkServerProcess,
+        SpawnContext,
+        SpawnProcess,
+    )
 
 #: Goal for gilfree's speedup at W = cores: at most this fraction below multiprocessing's.
 GOAL_SCALING_GAP = 0.03
@@ -52,8 +61,9 @@ def run_processes(chunks: Sequence[list[int]]) -> int:
     Returns:
         The total over all slices.
     """
-    ctx = multiprocessing.get_context(MP_METHOD)
-    readers, procs = [], []
+    ctx = cast("ForkServerContext | SpawnContext", multiprocessing.get_context(MP_METHOD))
+    readers: list[multiprocessing.connection.Connection] = []
+    procs: list[ForkServerProcess | SpawnProcess] = []
     for chunk in chunks:
         reader, writer = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_process_slice, args=(writer, chunk))
@@ -61,7 +71,7 @@ def run_processes(chunks: Sequence[list[int]]) -> int:
         writer.close()
         readers.append(reader)
         procs.append(proc)
-    total = sum(reader.recv() for reader in readers)
+    total: int = sum(reader.recv() for reader in readers)
     for proc in procs:
         proc.join()
     return total

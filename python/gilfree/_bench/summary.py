@@ -33,7 +33,7 @@ def goals(
     Returns:
         ``(goal, measured, status)`` triples.
     """
-    out = []
+    out: list[tuple[str, str, str]] = []
     if latency:
         g = latency[0]
         out.append(
@@ -172,7 +172,7 @@ def plot(latency: Sequence[LatencyRow], scaling: Sequence[ScalingRow], out: Path
     plt = peers.pyplot("latency.png and scaling.png")
     if plt is None:
         return []
-    written = []
+    written: list[str] = []
     if latency:
         fig, ax = plt.subplots(figsize=(8, 0.6 * len(latency) + 1.2))
         names = [r.backend for r in latency][::-1]
