@@ -210,3 +210,13 @@ def test_gilfree_map_refuses_zero_workers_and_keeps_the_default_pool() -> None:
     with pytest.raises(ValueError, match="greater than 0"):
         gilfree.map(helpers.square, range(3), workers=0)
     assert executor._default_pool is pool and pool is not None and not pool._shutdown
+
+
+def test_gilfree_map_on_processes_when_the_default_backend_is_threads() -> None:
+    # The default pool is a process pool whatever the configured default: under a thread
+    # default (as "auto" gives on a free-threaded build), backend="process" still means processes.
+    with gilfree.config(backend="thread"):
+        pids = set(gilfree.map(helpers.pid_of, range(4), workers=2, backend="process"))
+        assert os.getpid() not in pids
+        assert type(executor._default_pool) is executor.Pool
+        assert len(set(gilfree.map(helpers.pid_of, range(4), workers=1, backend="process"))) == 1

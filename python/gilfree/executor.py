@@ -553,12 +553,12 @@ def _reusable_pool(workers: int | None) -> tuple[Pool, bool]:
             pool = _default_pool = None
         if pool is not None and pool._max_workers != want:
             if _default_users:
-                return Pool(want), False
+                return Pool(want, backend="process"), False
             _default_pool = None
             pool.shutdown(wait=True)
             pool = None
         if pool is None:
-            pool = _default_pool = Pool(want)
+            pool = _default_pool = Pool(want, backend="process")
             _default_engine = _runtime.engine()
             _default_users = 0
         _default_users += 1
@@ -629,7 +629,7 @@ def map(
             # replaces the killed workers each time, so the kernel outlasts the manager's wait
             # and is SIGTERMed (tests/test_notebook.py). Until the engine stops respawning
             # then, a call in a kernel gets a pool of its own, shut down when it returns.
-            pool, shared = Pool(workers), False
+            pool, shared = Pool(workers, backend="process"), False
         else:
             pool, shared = _reusable_pool(workers)
         try:
