@@ -29,8 +29,24 @@ try:
         list(pool.imap(block, range(10)))
     elif mode == "result":
         fut = pool.submit(block)
-        try:
+        # The interrupt must land inside result() (which stops the task), not in a print before
+        # it: "waiting" is printed by another thread once the main thread waits in result().
+        main = threading.main_thread().ident
+        in_result = threading.Event()
+
+        def announce():
+            while not in_result.wait(0.001):
+                frame = sys._current_frames().get(main)
+                while frame is not None:
+                    if frame.f_code.co_name == "wait" and frame.f_back is not None:
+                        if frame.f_back.f_code.co_name == "result":
+                            in_result.set()
+                            break
+                    frame = frame.f_back
             print("waiting", flush=True)
+
+        threading.Thread(target=announce, daemon=True).start()
+        try:
             fut.result()
         finally:
             # Stopped before it was seen running: cancelled; stopped while it ran: CancelledError
