@@ -44,8 +44,8 @@ _TOO_LARGE = "timeout value is too large"
 
 def lock_wait(blocking: bool, timeout: float) -> float | None:
     """``Lock.acquire(blocking, timeout)`` as ``threading`` takes it (``-1``: forever;
-    ``blocking`` an integer, as the C lock parses it)."""
-    blocking = operator.index(blocking) != 0
+    ``blocking`` an integer before CPython 3.13, which reads it as a truth value)."""
+    blocking = bool(blocking) if sys.version_info >= (3, 13) else operator.index(blocking) != 0
     if math.isnan(timeout):
         raise ValueError(_NAN)
     # `threading` converts the timeout to its clock type first, so a huge negative one

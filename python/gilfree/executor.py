@@ -632,6 +632,7 @@ def map(
             pool, shared = Pool(workers, backend="process"), False
         else:
             pool, shared = _reusable_pool(workers)
+        settled = False  # every task this call started is finished or stopped
         try:
             out: list[_T] = []
             update = bar.update if bar is not None else None
@@ -670,8 +671,13 @@ def map(
                 # An item raised: its queued chunks were cancelled and its running ones left to
                 # finish (``kill_on_error``). Ctrl-C (or anything else): all of them stop now.
                 results.close()
+                settled = True
             return out
         finally:
+            if shared and not settled and _default_users == 1:
+                # Interrupted (Ctrl-C) while its tasks were being started, before they had a
+                # handle to stop them by: they may still run, so the default pool goes with them.
+                pool.terminate()
             if shared:
                 _release_default_pool(pool)
             else:
