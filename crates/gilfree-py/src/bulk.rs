@@ -108,13 +108,15 @@ pub fn bulk_pack<'py>(
         raw.push(contiguous(b)?);
     }
     let (sp, sl) = contiguous(&stream)?;
-    // SAFETY: each (ptr, len) is a C-contiguous buffer exported by a `PyBuffer` alive until
-    // the end of this function, so the bytes stay valid while the slices live. Other threads
-    // may write them meanwhile (as with any buffer copied without the GIL); the copy then sees
-    // old or new bytes, never invalid memory.
     let slices: Vec<&[u8]> = raw
         .iter()
-        .map(|&(p, l)| unsafe { slice_of(p, l) })
+        .map(|&(p, l)| {
+            // SAFETY: each (ptr, len) is a C-contiguous buffer exported by a `PyBuffer` alive
+            // until the end of this function, so the bytes stay valid while the slices live.
+            // Other threads may write them meanwhile (as with any buffer copied without the
+            // GIL); the copy then sees old or new bytes, never invalid memory.
+            unsafe { slice_of(p, l) }
+        })
         .collect();
     // SAFETY: as above, for the stream's buffer.
     let stream_bytes = unsafe { slice_of(sp, sl) };
