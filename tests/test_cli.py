@@ -209,3 +209,44 @@ def test_pool_peers_and_plot_are_skipped_by_name(
     for name in ("loky", "joblib", "mpire"):
         assert f"skipped: the {name} rows of the Pool benchmarks: {name} is not installed" in said
     assert "skipped: pool.png: matplotlib is not installed" in said
+
+
+# -- timing child programs (gilfree._bench.proc) -------------------------------------------------
+
+
+def test_timed_run_returns_the_childs_output_and_a_positive_time() -> None:
+    from gilfree._bench.proc import timed_run
+
+    elapsed, out = timed_run([sys.executable, "-c", "print('hello')"], capture=True)
+    assert out == "hello\n"
+    assert elapsed > 0
+
+
+def test_timed_run_raises_the_childs_failure() -> None:
+    from gilfree._bench.proc import timed_run
+
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        timed_run([sys.executable, "-c", "import sys; sys.exit(3)"])
+    assert info.value.returncode == 3
+
+
+def test_timed_run_kills_a_child_past_its_limit() -> None:
+    from gilfree._bench.proc import timed_run
+
+    # The child waits for a signal that never comes: only the watchdog can end it.
+    with pytest.raises(TimeoutError, match=r"ran past 0\.5 s"):
+        timed_run([sys.executable, "-c", "import signal; signal.pause()"], limit=0.5)
+
+
+def test_no_benchmark_times_a_child_through_a_polling_wait() -> None:
+    # subprocess's wait with a timeout polls in sleeps of up to 50 ms, which quantizes a
+    # program's measured duration (two cold starts 40 ms apart both read 114.7 ms).
+    bench = ROOT / "python" / "gilfree" / "_bench"
+    offenders = [
+        f"{path.name}:{n}"
+        for path in sorted(bench.glob("*.py"))
+        if path.name != "proc.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "subprocess.run(" in line and "timeout=" in line
+    ]
+    assert not offenders, offenders

@@ -174,15 +174,15 @@ def measure_program_start(reps: int) -> list[tuple[str, float, float]]:
     Returns:
         ``(program, median ms, min ms)`` per program.
     """
-    import subprocess
     import sys
+
+    from gilfree._bench.proc import timed_run
 
     times: dict[str, list[float]] = {name: [] for name in _PROGRAMS}
     for _ in range(reps):
         for name, code in _PROGRAMS.items():
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            elapsed, _ = timed_run([sys.executable, "-c", code])
+            times[name].append(elapsed * 1e3)
     rows = [(name, statistics.median(v), min(v)) for name, v in times.items()]
     for name, med, low in rows:
         print(f"  {name:<44} {med:>8.1f} ms median {low:>8.1f} ms min", flush=True)
@@ -210,8 +210,9 @@ def measure_burst(reps: int, n: int = 40) -> list[tuple[str, float, float]]:
     Returns:
         ``(backend, median s, min s)`` per backend.
     """
-    import subprocess
     import sys
+
+    from gilfree._bench.proc import timed_run
 
     backends = {
         "gilfree.Worker": ("import gilfree", "gilfree.Worker"),
@@ -221,10 +222,8 @@ def measure_burst(reps: int, n: int = 40) -> list[tuple[str, float, float]]:
     for _ in range(reps):
         for name, (imp, base) in backends.items():
             code = _BURST.format(imp=imp, base=base, n=n)
-            res = subprocess.run(
-                [sys.executable, "-c", code], check=True, timeout=120, capture_output=True
-            )
-            times[name].append(float(res.stdout.decode().split()[-1]))
+            _, out = timed_run([sys.executable, "-c", code], capture=True)
+            times[name].append(float(out.split()[-1]))
     rows = [(name, statistics.median(v), min(v)) for name, v in times.items()]
     for name, med, low in rows:
         print(f"  {n} x sleep(0.3): {name:<28} {med:>8.3f} s median {low:>8.3f} s min", flush=True)

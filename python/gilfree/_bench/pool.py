@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from typing import Any, cast
 
 import gilfree
 from gilfree._bench import peers
+from gilfree._bench.proc import timed_run
 
 WORKERS = 2
 # Goals from the Pool issue (benchmark targets, not test assertions).
@@ -272,9 +272,7 @@ def measure_cold(quick: bool, pools: dict[str, Callable[..., Any]]) -> list[Row]
         code = _COLD[name]
         times: list[float] = []
         for _ in range(1 if quick else 5):
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
-            times.append(time.perf_counter() - t)
+            times.append(timed_run([sys.executable, "-c", code])[0])
         rows.append(Row("cold start (import + pool + 1 task + exit)", name, min(times) * 1e3, "ms"))
     return rows
 
