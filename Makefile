@@ -60,6 +60,11 @@ $(DOCS_STAMP): requirements/docs.txt $(DEPS_STAMP)
 
 .PHONY: install
 install: $(BUILD_STAMP)  ## create .venv, install requirements/dev.txt, build the extension (release)
+	@# `maturin develop` installs python/ in editable mode and writes no .pyc, and with
+	@# PYTHONDONTWRITEBYTECODE=1 no interpreter writes them either: every process (a worker, the
+	@# template) would compile gilfree's modules from source at each start (~20-30 ms). pip
+	@# byte-compiles a wheel at install; so does this (only stale files are compiled again).
+	$(VPY) -m compileall -q python/gilfree
 
 .PHONY: build-dev
 build-dev: $(DEPS_STAMP)  ## build the extension in debug mode into .venv (maturin develop)

@@ -239,3 +239,23 @@ def test_ctrl_c_before_first_use_leaves_no_process(monkeypatch: pytest.MonkeyPat
     assert "KeyboardInterrupt" in err
     assert returncode != 0
     assert wait_gone(pids) == []
+
+
+def test_a_forked_worker_collects_garbage_as_any_interpreter() -> None:
+    """The template runs with the collector off until it forks (its imports live as long as
+    it does); a worker forked from it has the collector on, as a fresh interpreter has."""
+    code = (
+        "import gilfree\n"
+        "w = gilfree.Worker(target=eval, args=(\"__import__('gc').isenabled()\",))\n"
+        "w.start()\n"
+        "print(w.join())\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        env={**os.environ, **ON},
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "True"

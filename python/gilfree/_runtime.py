@@ -27,24 +27,30 @@ libraries read them. The rule:
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import os
 import sys
-import threading
-from collections.abc import Callable
 
 from gilfree import _engine
+
+# ``import gilfree`` imports this module (to start the template), so it imports no more than
+# that needs: ``threading`` (with ``functools`` and ``collections``) is most of the cost of
+# ``import gilfree`` and is imported at the first Worker or Pool; ``_thread`` gives the locks.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # Extra worker processes beyond the warm set retire after this long idle.
 IDLE_TIMEOUT = 30.0
 
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 _engine_instance: _engine.Engine | None = None
 _exit_hooks: list[Callable[[], None]] = []
 _exiting = False
 # The shared-primitive arena (gilfree.sync): one per process tree. Created on first use in the
 # parent and kept across engine restarts; a worker adopts the one it inherited.
-_arena_lock = threading.Lock()
+_arena_lock = _thread.allocate_lock()
 _arena_instance: _engine.Arena | None = None
 
 
@@ -193,6 +199,8 @@ def engine() -> _engine.Engine:
             )
             # threading's own exit hook runs before non-daemon threads are joined and before
             # atexit, the same moment concurrent.futures uses; atexit is the fallback.
+            import threading
+
             threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType]
             atexit.register(shutdown)
         return _engine_instance
@@ -206,7 +214,7 @@ def _forget_after_fork() -> None:
     if _engine_instance is not None:
         _orphaned.append(_engine_instance)  # never dropped here: it is the parent's
     _engine_instance = None
-    _lock = threading.Lock()
+    _lock = _thread.allocate_lock()
     for hook in _fork_hooks:
         hook()
 

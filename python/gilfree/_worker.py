@@ -13,10 +13,19 @@ It never imports the user's main module (unlike multiprocessing's spawn), so a s
 from __future__ import annotations
 
 import gc
+import sys
+
+if __name__ == "__main__" and sys.argv[1:] == ["--template"]:
+    # The template: no collection until it forks (``template_main``). Everything it imports
+    # lives as long as it does, so collections during the imports below would only cost time
+    # on the way to its first fork, and a collection leaves freed holes in pages its workers
+    # share. The recipe of ``gc.freeze``'s documentation: disable early in the parent, freeze
+    # right before fork, enable early in the child.
+    gc.disable()
+
 import os
 import pickle
 import signal
-import sys
 import time
 import traceback
 from typing import Any
@@ -300,12 +309,15 @@ def template_main() -> None:
     _serialize._cloud_pickler_class()
     # Out of the collector's reach from now on: a forked worker's first collection would
     # otherwise write to every object's header, copying each page of the template's heap
-    # (copy-on-write) into every worker.
-    gc.collect()
+    # (copy-on-write) into every worker. No collection first: with the collector off since
+    # the imports began (top of this module) the garbage is a few hundred objects, and a full
+    # collection of the template's heap costs milliseconds on the way to the first fork.
     gc.freeze()
     forked = _engine.template_serve()
     if forked is None:
         return
+    # A worker collects as any interpreter does.
+    gc.enable()
     cwd, env = forked
     # The environment the parent has now (the C environment and os.environ alike).
     os.environ.clear()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import pathlib
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -167,6 +169,51 @@ _PROGRAMS = {
 }
 
 
+def bytecode_state(root: pathlib.Path | None = None) -> str:
+    """Whether gilfree's own modules (the ``.py`` files under ``root``, by default the
+    package's) have an up-to-date ``.pyc``, which decides how much a fresh interpreter (the
+    program, the template, a worker started directly) spends compiling them.
+
+    A wheel installed by pip has them (pip byte-compiles at install); an editable install
+    (``maturin develop``) has none unless ``make install`` compiled them, and with
+    ``PYTHONDONTWRITEBYTECODE=1`` no interpreter writes them.
+    """
+    import importlib.util
+
+    if root is None:
+        root = pathlib.Path(gilfree.__file__).parent
+    sources = sorted(root.rglob("*.py"))
+    fresh = 0
+    for src in sources:
+        try:
+            with open(importlib.util.cache_from_source(str(src)), "rb") as f:
+                head = f.read(16)
+            st = src.stat()
+        except OSError:
+            continue
+        if head[:4] != importlib.util.MAGIC_NUMBER:
+            continue
+        flags = int.from_bytes(head[4:8], "little")
+        mtime = int.from_bytes(head[8:12], "little")
+        size = int.from_bytes(head[12:16], "little")
+        # A hash-based .pyc (flags != 0) is valid by its hash; a timestamp one by mtime and size.
+        if flags or (mtime == int(st.st_mtime) & 0xFFFFFFFF and size == st.st_size & 0xFFFFFFFF):
+            fresh += 1
+    writes = "no" if sys.dont_write_bytecode else "yes"
+    return (
+        f"{fresh} of {len(sources)} modules of gilfree have an up-to-date .pyc;"
+        f" this interpreter writes .pyc: {writes}"
+    )
+
+
+def load_average() -> str:
+    """The 1-minute load average, for the record (the measures are wall-clock times)."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:  # pragma: no cover - not on Linux
+        return "unknown"
+
+
 def measure_program_start(reps: int) -> list[tuple[str, float, float]]:
     """Whole-program wall time of small programs in fresh interpreters (started, run, exited),
     interleaved so that load on the machine hits every program alike.
@@ -174,7 +221,6 @@ def measure_program_start(reps: int) -> list[tuple[str, float, float]]:
     Returns:
         ``(program, median ms, min ms)`` per program.
     """
-    import sys
 
     from gilfree._bench.proc import timed_run
 
@@ -210,7 +256,6 @@ def measure_burst(reps: int, n: int = 40) -> list[tuple[str, float, float]]:
     Returns:
         ``(backend, median s, min s)`` per backend.
     """
-    import sys
 
     from gilfree._bench.proc import timed_run
 
@@ -231,13 +276,17 @@ def measure_burst(reps: int, n: int = 40) -> list[tuple[str, float, float]]:
 
 
 def render_cold(
-    start: list[tuple[str, float, float]], burst: list[tuple[str, float, float]]
+    start: list[tuple[str, float, float]],
+    burst: list[tuple[str, float, float]],
+    conditions: str = "",
 ) -> str:
-    """The two measures as Markdown tables, with the goals."""
+    """The two measures as Markdown tables, with the goals (and ``conditions``: the bytecode
+    state and load average they were taken under)."""
     bare = next(med for name, med, _ in start if name == "bare interpreter")
     out = [
         "## Program start (fresh interpreter: start, run, exit)",
         "",
+        *([conditions, ""] if conditions else []),
         f"Goal: 2 Workers cost at most {GOAL_START_EXTRA_MS:.0f} ms more than a bare interpreter.",
         "",
         "| program | median ms | min ms | beyond bare interpreter, ms |",
@@ -263,7 +312,13 @@ if __name__ == "__main__":
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--no-burst", action="store_true")
     args = parser.parse_args()
+    bytecode = bytecode_state()
+    print(f"bytecode: {bytecode}", flush=True)
+    load_before = load_average()
     print("program start", flush=True)
     start_rows = measure_program_start(args.reps)
     burst_rows = [] if args.no_burst else measure_burst(max(1, args.reps // 2))
-    print(render_cold(start_rows, burst_rows))
+    conditions = (
+        f"Bytecode: {bytecode}. Load average: {load_before} before, {load_average()} after."
+    )
+    print(render_cold(start_rows, burst_rows, conditions))
