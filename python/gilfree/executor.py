@@ -19,13 +19,12 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-from gilfree import _backends, _engine, _protocol, _runtime, _serialize
+from gilfree import _backends, _engine, _protocol, _runtime, _serialize, _sync_args
 from gilfree._dispatch import (
     _CANCELLED,
     _KILLED,
     _WAS_QUEUED,
     _check_retries,
-    _check_timeout,
     _collect,
     _FutureHandler,
     _PoolFuture,
@@ -245,7 +244,7 @@ class Pool(Executor):
         timeout: float | None,
         retries: int,
     ) -> Future[Any]:
-        _check_timeout(timeout)
+        timeout = _sync_args.task_limit(timeout)
         _check_retries(retries)
         with self._shutdown_lock:
             self._check_open()
@@ -493,7 +492,7 @@ class Pool(Executor):
     ) -> _Results:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1")
-        _check_timeout(timeout)
+        timeout = _sync_args.task_limit(timeout)
         _check_retries(retries)
         with self._shutdown_lock:
             self._check_open()

@@ -67,7 +67,7 @@ import cloudpickle  # pyright: ignore[reportMissingTypeStubs]
 import dask
 import distributed
 
-from gilfree import _protocol, _runtime
+from gilfree import _protocol, _runtime, _sync_args
 from gilfree._backends import UnsupportedByBackend
 from gilfree._dispatch import _check_retries, _decode_frame
 from gilfree.exceptions import WorkerCrashedError
@@ -742,12 +742,7 @@ def _ordered(chunks: list[Future[Any]]) -> Iterator[Any]:
 
 
 def _no_timeout(timeout: float | None, call: str) -> None:
-    if timeout is not None:
-        raise _unsupported(
-            f"{call} with a per-task timeout=",
-            "Dask cannot stop a task that runs too long. "
-            "(Future.result(timeout=) still bounds how long you wait.)",
-        )
+    _sync_args.refuse_task_limit(timeout, call, NAME, "Dask cannot stop a task that runs too long.")
 
 
 def _no_retries(retries: int, call: str) -> None:

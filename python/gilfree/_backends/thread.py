@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import TYPE_CHECKING, Any
 
+from gilfree import _sync_args
 from gilfree._backends import UnsupportedByBackend
 from gilfree._dispatch import _check_retries
 from gilfree.exceptions import BrokenPoolError, RemoteTraceback
@@ -105,12 +106,12 @@ class WorkerRunner:
 
 
 def _check_timeout(timeout: float | None, call: str) -> None:
-    if timeout is not None:
-        raise _unsupported(
-            f"{call} with a per-task timeout=",
-            "a task that runs too long cannot be stopped, so its thread cannot be freed. "
-            "(Future.result(timeout=) still bounds how long you wait.)",
-        )
+    _sync_args.refuse_task_limit(
+        timeout,
+        call,
+        NAME,
+        "a task that runs too long cannot be stopped, so its thread cannot be freed.",
+    )
 
 
 class _Future(Future[Any]):
