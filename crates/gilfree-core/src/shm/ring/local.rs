@@ -102,8 +102,11 @@ impl Doorbell for LocalBell {
         Ok(())
     }
 
-    /// The sleep loop of [`crate::wait`]: [`Wait::slice`], a condvar wait of at most that
-    /// long, and after a slice that ended unrung, [`Wait::after_slice`] with the lock released.
+    /// The sleep loop of [`crate::wait`], in the eventfd doorbell's order
+    /// ([`Notifier::wait`](crate::sys::notify::Notifier::wait)): [`Wait::next_slice`] (the
+    /// deadline is not checked first, so a ring already pending is seen), a condvar wait of at
+    /// most that long, and after a slice that ended unrung, [`Wait::after_slice`] (the signal
+    /// check, then the deadline) with the lock released.
     #[cfg(not(loom))]
     fn sleep(&self, wait: &mut Wait<'_>) -> Result<(), WaitError> {
         loop {
@@ -112,7 +115,7 @@ impl Doorbell for LocalBell {
                 if let Some(answer) = self.answer(&mut rung) {
                     return answer;
                 }
-                match wait.slice()? {
+                match wait.next_slice() {
                     None => rung = self.cond.wait(rung).unwrap_or_else(|e| e.into_inner()),
                     Some(slice) => {
                         let (g, timed) = self
