@@ -119,7 +119,7 @@ def test_task_timeout_kills_and_replaces_the_worker(pool: gilfree.Pool, listener
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan")])
 def test_bad_task_timeout_fails_at_the_call(pool: gilfree.Pool, bad: float) -> None:
-    # One rule for every engine timeout (the engine's own), checked before anything runs,
+    # One rule for every task limit (_sync_args.task_limit), checked before anything runs,
     # even when no task would be submitted yet.
     with pytest.raises(ValueError, match=r"timeout|NaN"):
         pool.submit(helpers.square, 2, timeout=bad)

@@ -59,13 +59,6 @@ def _unpicklable(what: str, obj: Any, exc: BaseException) -> TypeError:
     return TypeError(f"{what} cannot be pickled: {_serialize.describe_failure(obj, exc)}")
 
 
-def _check_timeout(timeout: float | None) -> None:
-    """Raises now what the engine would raise when the task is queued: the engine's one rule
-    for its timeouts (``ValueError`` for a negative or NaN one; one beyond
-    ``threading.TIMEOUT_MAX`` means no limit)."""
-    _engine.check_timeout(timeout)
-
-
 def _check_retries(retries: int) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int):
         raise TypeError(f"retries must be an int, not {type(retries).__name__}")

@@ -36,7 +36,6 @@ __all__ = [
     "bulk_stats",
     "bulk_unpack",
     "cancel_prestart",
-    "check_timeout",
     "prestart_template",
     "prestarted_pid",
     "template_serve",
@@ -55,9 +54,6 @@ CANCEL_NOT_FOUND: int
 CANCEL_CANCELLED: int
 CANCEL_RUNNING: int
 CANCEL_KILLED: int
-
-def check_timeout(timeout: float | None) -> None:
-    """Raises ``ValueError`` for a timeout the engine rejects (negative or NaN)."""
 
 def template_serve() -> tuple[str, list[tuple[str, str]]] | None: ...
 def prestart_template(program: str, args: Sequence[str], env: Sequence[tuple[str, str]]) -> None:

@@ -1,7 +1,19 @@
-"""``threading``'s and ``queue``'s argument rules for the shared primitives, with their messages.
+"""Every timeout rule gilfree applies, in one place, and ``threading``'s and ``queue``'s other
+argument rules for the shared primitives, with their messages.
 
-The native glue takes only values checked here: a wait of ``None`` (forever) or a finite number
-of seconds in ``0 .. TIMEOUT_MAX`` (``0``: do not wait), and a count of at least one.
+Timeouts, by the call that takes them:
+
+- the shared primitives (``Lock.acquire``, ``Event.wait``, ``Queue.get``, ...): ``threading``'s
+  and ``queue``'s rules, each call's own (:func:`lock_wait`, :func:`wait`,
+  :func:`semaphore_wait`, :func:`queue_wait`);
+- ``Worker.join``/``Worker.result``: ``threading.Thread.join``'s (:func:`join_wait`);
+- a Pool task's time limit (``submit``/``map``/``imap``/``gilfree.map`` ``timeout=``): the
+  engine's (:func:`task_limit`), or a refusal on a backend that cannot stop a running task
+  (:func:`refuse_task_limit`). (``Future.result(timeout=)`` is ``concurrent.futures``'s own.)
+
+The native glue takes only values checked here and converts them: a wait of ``None`` (forever)
+or a finite number of seconds in ``0 .. TIMEOUT_MAX`` (``0``: do not wait), and a count of at
+least one.
 """
 
 from __future__ import annotations
@@ -10,14 +22,18 @@ import math
 import operator
 import sys
 import threading
+from typing import SupportsFloat, cast
 
 __all__ = [
     "MESSAGES",
     "TIMEOUT_MAX",
+    "join_wait",
     "lock_wait",
     "queue_wait",
+    "refuse_task_limit",
     "release_count",
     "semaphore_wait",
+    "task_limit",
     "wait",
 ]
 
@@ -106,3 +122,55 @@ def queue_wait(block: bool, timeout: float | None) -> float | None:
     if timeout > TIMEOUT_MAX:
         raise OverflowError(_TOO_LARGE)
     return float(timeout)
+
+
+def join_wait(timeout: float | None) -> float | None:
+    """``Worker.join(timeout)`` and ``Worker.result(timeout)``, as ``threading.Thread.join``
+    takes it: a negative timeout does not wait, NaN is a ``ValueError``, beyond
+    :data:`TIMEOUT_MAX` an ``OverflowError``."""
+    if timeout is None:
+        return None
+    if timeout < 0:
+        return 0.0
+    if math.isnan(timeout):
+        raise ValueError(_NAN)
+    if timeout > TIMEOUT_MAX:
+        raise OverflowError(_TOO_LARGE)
+    return float(timeout)
+
+
+def task_limit(timeout: float | None) -> float | None:
+    """A Pool task's time limit (``timeout=`` of ``submit``, ``map``, ``imap``,
+    ``gilfree.map``), checked at the call, before anything is queued: ``None`` or one beyond
+    :data:`TIMEOUT_MAX` (infinity included) is no limit; negative or NaN is a ``ValueError``;
+    anything but a real number a ``TypeError``."""
+    if timeout is None:
+        return None
+    secs = _real(timeout, "timeout")
+    if math.isnan(secs) or secs < 0:
+        raise ValueError("timeout value must be a non-negative number")
+    if secs > TIMEOUT_MAX:
+        return None
+    return secs
+
+
+def refuse_task_limit(timeout: float | None, call: str, backend: str, why: str) -> None:
+    """Refuses a task time limit on a backend that cannot stop a running task (``why`` says
+    what it cannot do)."""
+    if timeout is not None:
+        from gilfree._backends import UnsupportedByBackend
+
+        raise UnsupportedByBackend(
+            f"{call} with a per-task timeout= is not available on the {backend!r} backend: "
+            f"{why} (Future.result(timeout=) still bounds how long you wait.) "
+            "Use backend='process' for it."
+        )
+
+
+def _real(value: object, name: str) -> float:
+    """``value`` as a float, converted as CPython converts a ``double`` argument (a ``float``,
+    or anything with ``__float__`` or ``__index__``: ``True`` is ``1.0``), with its message."""
+    kind = type(value)
+    if not (hasattr(kind, "__float__") or hasattr(kind, "__index__")):
+        raise TypeError(f"argument {name!r}: must be real number, not {kind.__name__}")
+    return float(cast("SupportsFloat", value))

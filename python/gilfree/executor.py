@@ -19,13 +19,12 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-from gilfree import _backends, _engine, _protocol, _runtime, _serialize
+from gilfree import _backends, _engine, _protocol, _runtime, _serialize, _sync_args
 from gilfree._dispatch import (
     _CANCELLED,
     _KILLED,
     _WAS_QUEUED,
     _check_retries,
-    _check_timeout,
     _collect,
     _FutureHandler,
     _PoolFuture,
@@ -229,14 +228,29 @@ class Pool(Executor):
             RuntimeError: after :meth:`shutdown`.
             BrokenPoolError: if the initializer failed.
             TypeError: if ``fn`` or an argument cannot be pickled (the message names it).
+            UnsupportedByBackend: (a ``NotImplementedError``) for what the Pool's backend
+                cannot do, such as a per-task ``timeout`` on the thread and dask backends.
         """
-        _check_timeout(timeout)
+        return self._submit(fn, args, kwargs, timeout, retries)
+
+    # ``submit``, ``map`` and ``imap`` are typed once, here: each calls its hook (``_submit``,
+    # ``_map``, ``_imap``), which another backend's Pool (``_backends``) overrides with its own
+    # rules and messages.
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        retries: int,
+    ) -> Future[Any]:
+        timeout = _sync_args.task_limit(timeout)
         _check_retries(retries)
         with self._shutdown_lock:
             self._check_open()
             body = self._pickle_call(fn, args, kwargs)
             task_id = next(self._ids)
-            future: _PoolFuture[_T] = _PoolFuture(self, task_id)
+            future: _PoolFuture[Any] = _PoolFuture(self, task_id)
             self._handlers[task_id] = _FutureHandler(future, timeout, body)
             msg = _protocol.encode_task(_protocol.POOL_CALL, self._call_meta(1), body)
             try:
@@ -303,6 +317,16 @@ class Pool(Executor):
                 while running it (see :meth:`submit`); the items of its chunk that finished
                 are kept, never re-run.
         """
+        return self._map(fn, iterables, timeout, chunksize, retries)
+
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int | None,
+        retries: int,
+    ) -> Iterator[Any]:
         items = list(zip(*iterables, strict=False))
         single = len(iterables) == 1
         results = self._start(
@@ -357,6 +381,17 @@ class Pool(Executor):
             timeout: Per-task time limit in seconds (see :meth:`map`).
             retries: Re-runs of an item whose worker process died (see :meth:`map`).
         """
+        return self._imap(fn, iterable, ordered, chunksize, timeout, retries)
+
+    def _imap(
+        self,
+        fn: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        ordered: bool,
+        chunksize: int | None,
+        timeout: float | None,
+        retries: int,
+    ) -> Iterator[Any]:
         length = len(cast("Sized", iterable)) if hasattr(iterable, "__len__") else None
         source = ((item,) for item in iterable)
         results = self._start(
@@ -457,7 +492,7 @@ class Pool(Executor):
     ) -> _Results:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1")
-        _check_timeout(timeout)
+        timeout = _sync_args.task_limit(timeout)
         _check_retries(retries)
         with self._shutdown_lock:
             self._check_open()

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
-from gilfree import _backends, _protocol, _runtime, _serialize
+from gilfree import _backends, _protocol, _runtime, _serialize, _sync_args
 from gilfree.exceptions import RemoteTraceback, SharedStateWarning, WorkerCrashedError
 
 if TYPE_CHECKING:
@@ -399,8 +399,7 @@ class Worker(Generic[_T]):
             raise RuntimeError("cannot join thread before it is started")
         if st.in_worker:
             raise RuntimeError("cannot join current thread")
-        if timeout is not None and timeout < 0:
-            timeout = 0
+        timeout = _sync_args.join_wait(timeout)
         if st.runner is not None:
             return st.done or st.runner.wait(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout

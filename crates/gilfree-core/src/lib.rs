@@ -7,8 +7,7 @@
 //!
 //! # Map: which module owns which invariant
 //! Lower modules come first; each uses only those listed above it, and no two modules use each
-//! other (`tests/arch_layers.rs` checks both from the sources; one cycle inside `pool`, between
-//! `spawn`, `template` and `worker_main`, is listed there as known).
+//! other (`tests/arch_layers.rs` checks both from the sources, with no exception).
 //! - [`sync`](crate::sync): the only place that names `std::sync::atomic`, so loom can stand in
 //!   for std under `--cfg loom`.
 //! - [`error`]: one error enum per operation.
@@ -30,9 +29,12 @@
 //! - [`output`]: forwards each worker's stdout and stderr to a sink, line by line, never
 //!   reordering a worker's lines; its thread also polls death watches (anything that
 //!   implements `output::WatchedDeath`), knowing nothing of the pool.
-//! - [`pool`]: worker processes: one worker's handle, reaping exactly once and its death hook
-//!   ([`pool::process`]; a death reads as [`pool::Death`]), spawning from a clean interpreter
-//!   and the spawn handshake ([`pool::spawn`]), the warm set, leases and the arena wiring
+//! - [`pool`]: worker processes: what every started process is given, shared by both sides
+//!   of the spawn handshake (the command, its environment names, the ready message, the orphan
+//!   exit code: [`pool::command`], a leaf of `pool`), one worker's handle, reaping exactly once
+//!   and its death hook ([`pool::process`]; a death reads as [`pool::Death`]), spawning from a
+//!   clean interpreter and the spawn handshake ([`pool::spawn`]), the template that forks
+//!   workers ([`pool::template`]), the warm set, leases and the arena wiring
 //!   ([`pool::supervisor`], [`pool::EngineConfig::share_arena`]), the task scheduler
 //!   ([`pool::scheduler`]: each task ends exactly once), and the worker-side end
 //!   ([`pool::worker_main`]).

@@ -3,7 +3,6 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use gilfree_core::output::{OutputSink, Stream};
 use gilfree_core::pool::{Death, Engine, EngineConfig, Lease, TemplateCommand, WorkerCommand};
@@ -58,7 +57,7 @@ impl PyEngine {
         arena: Option<PyRef<'_, PyArena>>,
         template: Option<Vec<OsString>>,
     ) -> Result<Self, PyEngineError> {
-        let idle_timeout = convert::timeout(Some(idle_timeout))?.unwrap_or(Duration::MAX);
+        let idle_timeout = convert::duration(idle_timeout)?;
         let mut config = EngineConfig {
             command: WorkerCommand {
                 program,
@@ -159,7 +158,7 @@ impl PyLease {
         py: Python<'py>,
         timeout: Option<f64>,
     ) -> Result<Option<Bound<'py, PyBytes>>, PyEngineError> {
-        let timeout = convert::timeout(timeout)?;
+        let timeout = convert::secs(timeout)?;
         let (result, pending) = blocking(py, timeout, |wait| self.with(|lease| lease.recv(wait)));
         let result = result?;
         match result {

@@ -54,7 +54,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(template::prestart_template, m)?)?;
     m.add_function(wrap_pyfunction!(template::cancel_prestart, m)?)?;
     m.add_function(wrap_pyfunction!(template::prestarted_pid, m)?)?;
-    m.add_function(wrap_pyfunction!(convert::check_timeout, m)?)?;
     m.add("RING_CAPACITY_DEFAULT", convert::RING_CAPACITY_DEFAULT)?;
     m.add("END_DONE", pool::END_DONE)?;
     m.add("END_CRASHED", pool::END_CRASHED)?;

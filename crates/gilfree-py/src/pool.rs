@@ -108,7 +108,7 @@ impl PyTaskPool {
         report_start: bool,
         retries: u32,
     ) -> Result<(), PyEngineError> {
-        let timeout = convert::timeout(timeout)?;
+        let timeout = convert::secs(timeout)?;
         let task = Task {
             id,
             payload,
@@ -139,7 +139,7 @@ impl PyTaskPool {
         py: Python<'py>,
         timeout: Option<f64>,
     ) -> Result<Option<PyBatch<'py>>, PyEngineError> {
-        let timeout = convert::timeout(timeout)?;
+        let timeout = convert::secs(timeout)?;
         let (result, pending) = blocking(py, timeout, |wait| self.inner.events(wait));
         match result {
             Ok(batch) => {
@@ -164,7 +164,7 @@ impl PyTaskPool {
     /// Waits for every slot thread to exit; `False` on timeout.
     #[pyo3(signature = (timeout=None))]
     fn join(&self, py: Python<'_>, timeout: Option<f64>) -> Result<bool, PyEngineError> {
-        let timeout = convert::timeout(timeout)?;
+        let timeout = convert::secs(timeout)?;
         let (joined, pending) = blocking(py, timeout, |wait| self.inner.join(wait));
         match pending {
             Some(e) => Err(e.into()),

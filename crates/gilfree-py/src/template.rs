@@ -3,7 +3,6 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use gilfree_core::pool::template::{fork_sibling, TemplateServer};
 use gilfree_core::pool::{Engine, TemplateCommand, WorkerCommand};
@@ -92,6 +91,6 @@ pub fn cancel_prestart(py: Python<'_>) {
 /// most `timeout` seconds for the launch); `None` if there is none.
 #[pyfunction]
 pub fn prestarted_pid(py: Python<'_>, timeout: f64) -> Result<Option<u32>, PyEngineError> {
-    let timeout = convert::timeout(Some(timeout))?.unwrap_or(Duration::MAX);
+    let timeout = convert::duration(timeout)?;
     Ok(py.detach(|| Engine::prestarted_template_pid(timeout)))
 }

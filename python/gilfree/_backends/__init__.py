@@ -17,6 +17,8 @@ A backend module (``_backends/<name>.py``, registered in ``_MODULES``) provides:
 
 - ``Pool``: a subclass of :class:`gilfree.Pool` taking the same constructor arguments (plus
   ``backend=``, which it ignores). ``gilfree.Pool(..., backend=name)`` returns an instance of it.
+  It keeps the base class's typed ``submit``/``map``/``imap`` and overrides the hooks they call
+  (``_submit``, ``_map``, ``_imap``), plus ``shutdown``, ``cancel`` and ``terminate``.
 - ``WorkerRunner(worker)``: runs one :class:`gilfree.Worker`; methods ``start()``,
   ``wait(timeout) -> bool`` (on completion it calls ``worker._finish((ok, value_or_exc))``),
   ``is_alive()``, ``terminate()``, and properties ``ident`` and ``native_id``.

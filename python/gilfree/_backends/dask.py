@@ -61,13 +61,13 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future
 from concurrent.futures import wait as _wait_for
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle  # pyright: ignore[reportMissingTypeStubs]
 import dask
 import distributed
 
-from gilfree import _protocol, _runtime
+from gilfree import _protocol, _runtime, _sync_args
 from gilfree._backends import UnsupportedByBackend
 from gilfree._dispatch import _check_retries, _decode_frame
 from gilfree.exceptions import WorkerCrashedError
@@ -77,11 +77,6 @@ if TYPE_CHECKING:
     from gilfree._backends import BackendName
 
 __all__ = ["NAME", "SCATTER_BYTES", "Pool", "WorkerRunner"]
-
-_T = TypeVar("_T")
-_A = TypeVar("_A")
-_B = TypeVar("_B")
-_P = ParamSpec("_P")
 
 NAME = "dask"
 
@@ -442,45 +437,16 @@ class Pool(_ProcessPool):
         self.address = address
         _live_pools.add(self)
 
-    # -- concurrent.futures.Executor --------------------------------------------------------
+    # -- the hooks behind gilfree.Pool's submit/map/imap ------------------------------------
 
-    @overload
-    def submit(
+    def _submit(
         self,
-        fn: Callable[..., _T],
-        /,
-        *args: Any,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         timeout: float | None,
-        retries: int = 0,
-        **kwargs: Any,
-    ) -> Future[_T]: ...
-    @overload
-    def submit(
-        self,
-        fn: Callable[..., _T],
-        /,
-        *args: Any,
         retries: int,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> Future[_T]: ...
-    @overload
-    def submit(
-        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
-    ) -> Future[_T]: ...
-    # mypy cannot match the ParamSpec overload to this implementation (its keyword-only
-    # timeout/retries beside **kwargs, which PEP 612 forbids in that overload); it accepts
-    # every call the overloads allow. These are gilfree.Pool.submit's overloads, restated;
-    # pyright does not match ParamSpec overloads across the two classes.
-    def submit(  # type: ignore[misc]  # pyright: ignore[reportIncompatibleMethodOverride]
-        self,
-        fn: Callable[..., _T],
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        retries: int = 0,
-        **kwargs: Any,
-    ) -> Future[_T]:
+    ) -> Future[Any]:
         """Schedules ``fn(*args, **kwargs)`` on the cluster and returns its Future.
 
         Raises:
@@ -511,47 +477,14 @@ class Pool(_ProcessPool):
         future.add_done_callback(self._pending.discard)
         return future
 
-    @overload
-    def map(
+    def _map(
         self,
-        fn: Callable[[_A], _T],
-        iterable: Iterable[_A],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        retries: int = 0,
-    ) -> Iterator[_T]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[_A, _B], _T],
-        iterable: Iterable[_A],
-        iterable2: Iterable[_B],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        retries: int = 0,
-    ) -> Iterator[_T]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[..., _T],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        retries: int = 0,
-    ) -> Iterator[_T]: ...
-    # gilfree.Pool.map's overloads, restated (pyright does not match them across classes).
-    def map(  # pyright: ignore[reportIncompatibleMethodOverride]
-        self,
-        fn: Callable[..., _T],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        retries: int = 0,
-    ) -> Iterator[_T]:
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int | None,
+        retries: int,
+    ) -> Iterator[Any]:
         """Runs ``fn`` over the items on the cluster, in chunks, and yields results in order.
 
         All chunks are submitted at once (as ``Executor.map``); an exception is raised when
@@ -590,16 +523,15 @@ class Pool(_ProcessPool):
 
     # -- beyond the stdlib -------------------------------------------------------------------
 
-    def imap(
+    def _imap(
         self,
-        fn: Callable[[_A], _T],
-        iterable: Iterable[_A],
-        *,
-        ordered: bool = True,
-        chunksize: int | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-    ) -> Iterator[_T]:
+        fn: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        ordered: bool,
+        chunksize: int | None,
+        timeout: float | None,
+        retries: int,
+    ) -> Iterator[Any]:
         """A lazy ``map`` of one-argument ``fn``, with a bounded number of chunks in flight.
 
         ``chunksize=None`` cuts a sized input into a few chunks per worker, and an unsized one
@@ -611,7 +543,7 @@ class Pool(_ProcessPool):
         length = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
         size = self._chunksize(chunksize, length)
         window = self._max_workers * _LOOKAHEAD_PER_WORKER
-        return self._imap(fn, iter(iterable), size, window, ordered)
+        return self._imap_chunks(fn, iter(iterable), size, window, ordered)
 
     def scatter(self, obj: Any) -> distributed.Future[Any]:
         """Sends ``obj`` to the cluster once; pass the returned handle as an argument of
@@ -730,7 +662,7 @@ class Pool(_ProcessPool):
         fut.add_done_callback(self._pending.discard)
         return fut
 
-    def _imap(
+    def _imap_chunks(
         self, fn: Any, source: Iterator[Any], size: int, window: int, ordered: bool
     ) -> Iterator[Any]:
         inflight: collections.deque[Future[Any]] = collections.deque()
@@ -810,12 +742,7 @@ def _ordered(chunks: list[Future[Any]]) -> Iterator[Any]:
 
 
 def _no_timeout(timeout: float | None, call: str) -> None:
-    if timeout is not None:
-        raise _unsupported(
-            f"{call} with a per-task timeout=",
-            "Dask cannot stop a task that runs too long. "
-            "(Future.result(timeout=) still bounds how long you wait.)",
-        )
+    _sync_args.refuse_task_limit(timeout, call, NAME, "Dask cannot stop a task that runs too long.")
 
 
 def _no_retries(retries: int, call: str) -> None:

@@ -18,8 +18,9 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any
 
+from gilfree import _sync_args
 from gilfree._backends import UnsupportedByBackend
 from gilfree._dispatch import _check_retries
 from gilfree.exceptions import BrokenPoolError, RemoteTraceback
@@ -30,11 +31,6 @@ if TYPE_CHECKING:
     from gilfree._backends import BackendName
 
 __all__ = ["NAME", "Pool", "WorkerRunner"]
-
-_T = TypeVar("_T")
-_A = TypeVar("_A")
-_B = TypeVar("_B")
-_P = ParamSpec("_P")
 
 NAME = "thread"
 
@@ -110,12 +106,12 @@ class WorkerRunner:
 
 
 def _check_timeout(timeout: float | None, call: str) -> None:
-    if timeout is not None:
-        raise _unsupported(
-            f"{call} with a per-task timeout=",
-            "a task that runs too long cannot be stopped, so its thread cannot be freed. "
-            "(Future.result(timeout=) still bounds how long you wait.)",
-        )
+    _sync_args.refuse_task_limit(
+        timeout,
+        call,
+        NAME,
+        "a task that runs too long cannot be stopped, so its thread cannot be freed.",
+    )
 
 
 class _Future(Future[Any]):
@@ -295,43 +291,16 @@ class Pool(_ProcessPool):
         self._max_workers = max_workers
         self._core = _Core(max_workers, initializer, tuple(initargs))
 
-    @overload
-    def submit(
+    # -- the hooks behind gilfree.Pool's submit/map/imap ------------------------------------
+
+    def _submit(
         self,
-        fn: Callable[..., _T],
-        /,
-        *args: Any,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         timeout: float | None,
-        retries: int = 0,
-        **kwargs: Any,
-    ) -> Future[_T]: ...
-    @overload
-    def submit(
-        self,
-        fn: Callable[..., _T],
-        /,
-        *args: Any,
         retries: int,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> Future[_T]: ...
-    @overload
-    def submit(
-        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
-    ) -> Future[_T]: ...
-    # mypy cannot match the ParamSpec overload to this implementation (its keyword-only
-    # timeout/retries beside **kwargs, which PEP 612 forbids in that overload); it accepts
-    # every call the overloads allow. These are gilfree.Pool.submit's overloads, restated;
-    # pyright does not match ParamSpec overloads across the two classes.
-    def submit(  # type: ignore[misc]  # pyright: ignore[reportIncompatibleMethodOverride]
-        self,
-        fn: Callable[..., _T],
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        retries: int = 0,
-        **kwargs: Any,
-    ) -> Future[_T]:
+    ) -> Future[Any]:
         """Schedules ``fn(*args, **kwargs)`` on a thread and returns its Future.
 
         ``retries`` is accepted for parity and has nothing to do here: a thread's worker cannot
@@ -348,47 +317,14 @@ class Pool(_ProcessPool):
             raise TypeError(f"{fn!r} is not callable")
         return self._core.submit(fn, args, kwargs)
 
-    @overload
-    def map(
+    def _map(
         self,
-        fn: Callable[[_A], _T],
-        iterable: Iterable[_A],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        retries: int = 0,
-    ) -> Iterator[_T]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[_A, _B], _T],
-        iterable: Iterable[_A],
-        iterable2: Iterable[_B],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        retries: int = 0,
-    ) -> Iterator[_T]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[..., _T],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        retries: int = 0,
-    ) -> Iterator[_T]: ...
-    # gilfree.Pool.map's overloads, restated (pyright does not match them across classes).
-    def map(  # pyright: ignore[reportIncompatibleMethodOverride]
-        self,
-        fn: Callable[..., _T],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        retries: int = 0,
-    ) -> Iterator[_T]:
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int | None,
+        retries: int,
+    ) -> Iterator[Any]:
         """Runs ``fn`` over the items on the pool's threads; yields results in order.
 
         Every task is submitted at once; an exception is raised when iteration reaches its item.
@@ -399,16 +335,15 @@ class Pool(_ProcessPool):
         futures = [self.submit(fn, *items) for items in zip(*iterables, strict=False)]
         return _in_order(collections.deque(futures), None)
 
-    def imap(
+    def _imap(
         self,
-        fn: Callable[[_A], _T],
-        iterable: Iterable[_A],
-        *,
-        ordered: bool = True,
-        chunksize: int | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-    ) -> Iterator[_T]:
+        fn: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        ordered: bool,
+        chunksize: int | None,
+        timeout: float | None,
+        retries: int,
+    ) -> Iterator[Any]:
         """A lazy ``map`` of one-argument ``fn``, with bounded look-ahead; results in input
         order (``ordered=True``) or as they finish."""
         _check_timeout(timeout, "Pool.imap()")

@@ -28,9 +28,10 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{pidfd_send_signal, Signal};
 
+use super::command::WorkerCommand;
 pub use super::process::ExitInfo;
 use super::process::{DeathHook, WorkerProcess};
-use super::spawn::{self, WorkerCommand};
+use super::spawn;
 use super::template::{Template, TemplateCommand};
 use crate::error::{RecvError, SendError, SpawnError};
 #[cfg(not(loom))]
@@ -74,7 +75,7 @@ impl EngineConfig {
             .push((ARENA_FD_ENV.into(), arena.env_value().into()));
         self.command
             .inherit_fds
-            .push(Arc::clone(&arena) as Arc<dyn spawn::Inheritable>);
+            .push(Arc::clone(&arena) as Arc<dyn super::command::Inheritable>);
         self.on_death = Some(DeathHook(Arc::new(move |pid| arena.reap(pid))));
     }
 }
@@ -1153,7 +1154,7 @@ impl std::fmt::Debug for Engine {
 mod tests {
     use super::*;
     use crate::ipc::arena::{Arena, ARENA_FD_ENV};
-    use crate::pool::spawn::Inheritable;
+    use crate::pool::command::Inheritable;
 
     #[test]
     fn share_arena_wires_env_fds_and_death_hook() {

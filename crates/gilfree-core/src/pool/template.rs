@@ -53,8 +53,8 @@ use rustix::process::{
     Signal,
 };
 
-use super::spawn::{base_command, WorkerCommand, HANDSHAKE_TIMEOUT, PARENT_PID_ENV};
-use super::worker_main::ORPHAN_EXIT_CODE;
+use super::command::PARENT_PID_ENV;
+use super::command::{base_command, WorkerCommand, HANDSHAKE_TIMEOUT, ORPHAN_EXIT_CODE};
 use crate::shm::fdpass::{recv_fds as recv_with_fds, send_raw_fds as send_with_fds, socket_pair};
 
 /// Environment variable that carries the template's socket fd number.

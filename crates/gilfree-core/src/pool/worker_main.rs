@@ -1,6 +1,7 @@
 //! The worker's end of the link, running inside the worker process.
 //!
-//! # Protocol (worker side of the spawn handshake; the parent side is in [`super::spawn`])
+//! # Protocol (worker side of the spawn handshake; the parent side is in [`super::spawn`],
+//! the names both sides share in [`super::command`])
 //! 1. Arm the parent-death signal: SIGKILL when the parent's spawning thread ends.
 //! 2. Compare `getppid()` with [`PARENT_PID_ENV`]. If they differ, the parent died before step 1
 //!    could matter (we were re-parented), so exit at once.
@@ -17,13 +18,10 @@ use std::time::Duration;
 use rustix::process::Signal;
 use rustix::process::{getppid, pidfd_open, set_parent_process_death_signal, Pid, PidfdFlags};
 
-use super::spawn::{CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
+use super::command::{CHANNEL_FDS_ENV, ORPHAN_EXIT_CODE, PARENT_PID_ENV, READY_MESSAGE};
 use crate::error::{RecvError, SendError, SpawnError};
 use crate::shm::channel::Channel;
 use crate::wait::Wait;
-
-/// Exit code of a worker that found its parent already gone at start-up.
-pub const ORPHAN_EXIT_CODE: i32 = 113;
 
 /// The worker process's end of its channel to the parent.
 pub struct Endpoint {

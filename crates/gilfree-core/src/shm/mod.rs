@@ -7,5 +7,6 @@
 pub mod bulk;
 pub mod channel;
 pub mod fdpass;
+pub mod heap;
 pub mod ring;
 pub mod segment;

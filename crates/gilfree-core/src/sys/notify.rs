@@ -17,7 +17,6 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
@@ -130,17 +129,11 @@ impl Notifier {
     }
 }
 
-/// How long the next sleep may last: `None` is forever. Kept for the in-process ring's
-/// doorbell (`shm::ring::local`), which predates [`Wait::next_slice`]; new code calls that.
-#[cfg_attr(loom, allow(dead_code))]
-pub(crate) fn next_slice(wait: &Wait<'_>) -> Option<Duration> {
-    wait.next_slice()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::ops::ControlFlow;
+    use std::time::Duration;
 
     #[test]
     fn notify_before_wait_is_not_lost() {

@@ -8,32 +8,27 @@
 use std::io;
 
 use super::{BulkFactory, BulkHeader, BulkStorage};
-use crate::sync::UnsafeCell;
+use crate::shm::heap::HeapBytes;
 
 /// A bulk segment's header and data bytes on the heap.
 pub struct LocalBulk {
     header: Box<BulkHeader>,
-    data: Box<[UnsafeCell<u8>]>,
+    data: HeapBytes,
 }
-
-// SAFETY: the data cells are only accessed through `write`/`read`, whose callers hold
-// `RECYCLING` or a pin by the bulk protocol; the header is all atomics.
-unsafe impl Sync for LocalBulk {}
-// SAFETY: as above; nothing in the storage is tied to a thread.
-unsafe impl Send for LocalBulk {}
 
 impl LocalBulk {
     /// A fresh segment of `capacity` zero bytes.
     pub fn new(id: u64, capacity: usize) -> LocalBulk {
         LocalBulk {
             header: Box::new(BulkHeader::new(id, capacity)),
-            data: (0..capacity).map(|_| UnsafeCell::new(0)).collect(),
+            data: HeapBytes::zeroed(capacity),
         }
     }
 }
 
-// SAFETY: `header` and `data` are owned boxes that live as long as `self`; `capacity` is the
-// length of `data`.
+// SAFETY: `header` and `data` are owned and live as long as `self`; `capacity` is the length of
+// `data`; the copies touch exactly the requested bytes, which the caller may write (holding
+// `RECYCLING`) or read (holding a pin) by the bulk protocol, as `HeapBytes` requires.
 unsafe impl BulkStorage for LocalBulk {
     fn header(&self) -> &BulkHeader {
         &self.header
@@ -44,40 +39,14 @@ unsafe impl BulkStorage for LocalBulk {
     }
 
     unsafe fn write(&self, off: usize, src: &[u8]) {
-        let cells = &self.data[off..off + src.len()];
-        #[cfg(not(loom))]
-        // SAFETY: `UnsafeCell<u8>` has the layout of `u8`, so `cells` is `src.len()` contiguous
-        // writable bytes (interior mutability); the caller may write them (trait contract).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                src.as_ptr(),
-                UnsafeCell::raw_get(cells.as_ptr()),
-                src.len(),
-            );
-        }
-        #[cfg(loom)]
-        for (cell, &b) in cells.iter().zip(src) {
-            // SAFETY: the caller may write this byte (trait contract); loom checks that claim.
-            cell.with_mut(|p| unsafe { *p = b });
-        }
+        // SAFETY: the caller may write these bytes (trait contract).
+        unsafe { self.data.write(off, src) };
     }
 
     unsafe fn read(&self, off: usize, dst: &mut [u8]) {
-        let cells = &self.data[off..off + dst.len()];
-        #[cfg(not(loom))]
-        // SAFETY: as in `write`, `cells` is `dst.len()` contiguous bytes the caller may read.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                UnsafeCell::raw_get(cells.as_ptr()),
-                dst.as_mut_ptr(),
-                dst.len(),
-            );
-        }
-        #[cfg(loom)]
-        for (cell, d) in cells.iter().zip(dst.iter_mut()) {
-            // SAFETY: the caller holds a pin (trait contract); loom checks that claim.
-            cell.with(|p| *d = unsafe { *p });
-        }
+        // SAFETY: the caller may read these bytes (trait contract); `dst` is a live buffer of
+        // `dst.len()` bytes.
+        unsafe { self.data.read(off, dst.as_mut_ptr(), dst.len()) };
     }
 }
 

@@ -9,22 +9,16 @@
 use std::io;
 
 use super::{Doorbell, RingHeader, Storage};
-use crate::sync::{AtomicBool, Condvar, Mutex, Ordering, UnsafeCell};
+use crate::shm::heap::HeapBytes;
+use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
 use crate::sys::notify::WaitError;
 use crate::Wait;
 
 /// A ring's header and data area on the heap.
 pub struct LocalStorage {
     header: Box<RingHeader>,
-    data: Box<[UnsafeCell<u8>]>,
+    data: HeapBytes,
 }
-
-// SAFETY: the data cells are only accessed through `copy_in`/`copy_out`, whose callers own the
-// bytes they touch by the ring protocol (one producer, one consumer, ownership passed by the
-// Release/Acquire index hand-off); the header is all atomics.
-unsafe impl Sync for LocalStorage {}
-// SAFETY: as above; nothing in the storage is tied to a thread.
-unsafe impl Send for LocalStorage {}
 
 impl LocalStorage {
     /// A fresh, empty ring storage of `capacity` data bytes (`capacity > 0`).
@@ -32,13 +26,15 @@ impl LocalStorage {
         assert!(capacity > 0, "a ring needs at least one data byte");
         LocalStorage {
             header: Box::new(RingHeader::new(capacity)),
-            data: (0..capacity).map(|_| UnsafeCell::new(0)).collect(),
+            data: HeapBytes::zeroed(capacity),
         }
     }
 }
 
-// SAFETY: `header` and `data` are owned boxes that live as long as `self`; `capacity` is the
-// length of `data`; the copies below touch exactly the requested cells.
+// SAFETY: `header` and `data` are owned and live as long as `self`; `capacity` is the length of
+// `data`; the copies touch exactly the requested bytes, which the caller owns by the ring
+// protocol (one producer, one consumer, ownership passed by the Release/Acquire index
+// hand-off), as `HeapBytes` requires.
 unsafe impl Storage for LocalStorage {
     fn header(&self) -> &RingHeader {
         &self.header
@@ -49,38 +45,14 @@ unsafe impl Storage for LocalStorage {
     }
 
     unsafe fn copy_in(&self, pos: usize, src: &[u8]) {
-        let cells = &self.data[pos..pos + src.len()];
-        #[cfg(not(loom))]
-        // SAFETY: `UnsafeCell<u8>` has the layout of `u8`, so `cells` is `src.len()` contiguous
-        // writable bytes (interior mutability); the caller owns them (trait contract).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                src.as_ptr(),
-                UnsafeCell::raw_get(cells.as_ptr()),
-                src.len(),
-            );
-        }
-        #[cfg(loom)]
-        for (cell, &b) in cells.iter().zip(src) {
-            // SAFETY: the caller owns this byte (trait contract); loom checks that claim.
-            cell.with_mut(|p| unsafe { *p = b });
-        }
+        // SAFETY: the caller owns these bytes (trait contract), so it may write them.
+        unsafe { self.data.write(pos, src) };
     }
 
     unsafe fn copy_out(&self, pos: usize, dst: *mut u8, len: usize) {
-        let cells = &self.data[pos..pos + len];
-        #[cfg(not(loom))]
-        // SAFETY: as in `copy_in`, `cells` is `len` contiguous bytes the caller may read, and
-        // `dst` is valid for `len` writes (trait contract); a local buffer cannot overlap them.
-        unsafe {
-            std::ptr::copy_nonoverlapping(UnsafeCell::raw_get(cells.as_ptr()), dst, len);
-        }
-        #[cfg(loom)]
-        for (i, cell) in cells.iter().enumerate() {
-            // SAFETY: the byte is published to the caller and `dst + i` is in bounds (trait
-            // contract); loom checks the first claim.
-            cell.with(|p| unsafe { dst.add(i).write(*p) });
-        }
+        // SAFETY: the bytes are published to the caller and `dst` is valid for `len` writes
+        // (trait contract).
+        unsafe { self.data.read(pos, dst, len) };
     }
 }
 
@@ -108,6 +80,19 @@ impl LocalBell {
         let _guard = self.rung.lock().unwrap_or_else(|e| e.into_inner());
         self.cond.notify_all();
     }
+
+    /// What a sleeper woken (or about to sleep) with the lock held returns now, if anything:
+    /// the peer's death first, then a ring (consumed).
+    fn answer(&self, rung: &mut bool) -> Option<Result<(), WaitError>> {
+        if self.peer_gone.load(Ordering::Acquire) {
+            return Some(Err(WaitError::PeerGone));
+        }
+        if *rung {
+            *rung = false;
+            return Some(Ok(()));
+        }
+        None
+    }
 }
 
 impl Doorbell for LocalBell {
@@ -117,44 +102,48 @@ impl Doorbell for LocalBell {
         Ok(())
     }
 
+    /// The sleep loop of [`crate::wait`], in the eventfd doorbell's order
+    /// ([`Notifier::wait`](crate::sys::notify::Notifier::wait)): [`Wait::next_slice`] (the
+    /// deadline is not checked first, so a ring already pending is seen), a condvar wait of at
+    /// most that long, and after a slice that ended unrung, [`Wait::after_slice`] (the signal
+    /// check, then the deadline) with the lock released.
+    #[cfg(not(loom))]
     fn sleep(&self, wait: &mut Wait<'_>) -> Result<(), WaitError> {
-        let mut rung = self.rung.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if self.peer_gone.load(Ordering::Acquire) {
-                return Err(WaitError::PeerGone);
-            }
-            if *rung {
-                *rung = false;
-                return Ok(());
-            }
-            // Loom has no clock: the model sleeps until rung, which is exactly the property it
-            // checks (a lost wake-up shows up as a deadlock).
-            #[cfg(loom)]
-            {
-                let _ = &wait;
-                rung = self.cond.wait(rung).unwrap_or_else(|e| e.into_inner());
-            }
-            #[cfg(not(loom))]
-            {
-                rung = match crate::sys::notify::next_slice(wait) {
-                    None => self.cond.wait(rung).unwrap_or_else(|e| e.into_inner()),
+            let mut rung = self.rung.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if let Some(answer) = self.answer(&mut rung) {
+                    return answer;
+                }
+                match wait.next_slice() {
+                    None => rung = self.cond.wait(rung).unwrap_or_else(|e| e.into_inner()),
                     Some(slice) => {
-                        let (g, _) = self
+                        let (g, timed) = self
                             .cond
                             .wait_timeout(rung, slice)
                             .unwrap_or_else(|e| e.into_inner());
-                        if !*g && !self.peer_gone.load(Ordering::Acquire) {
-                            if wait.interrupted() {
-                                return Err(WaitError::Interrupted);
-                            }
-                            if wait.remaining() == Some(std::time::Duration::ZERO) {
-                                return Err(WaitError::Timeout);
-                            }
+                        rung = g;
+                        if timed.timed_out() && !*rung && !self.peer_gone.load(Ordering::Acquire) {
+                            break; // the slice ended unrung
                         }
-                        g
                     }
-                };
+                }
             }
+            drop(rung);
+            wait.after_slice()?;
+        }
+    }
+
+    /// Loom has no clock: the model sleeps until rung, which is exactly the property it checks
+    /// (a lost wake-up shows up as a deadlock).
+    #[cfg(loom)]
+    fn sleep(&self, _wait: &mut Wait<'_>) -> Result<(), WaitError> {
+        let mut rung = self.rung.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(answer) = self.answer(&mut rung) {
+                return answer;
+            }
+            rung = self.cond.wait(rung).unwrap_or_else(|e| e.into_inner());
         }
     }
 }

@@ -175,6 +175,35 @@ fn recv_resumes_after_timeout() {
 }
 
 #[test]
+fn the_bells_signal_check_runs_with_its_lock_released() {
+    // Step 3 of the one sleep loop (`crate::wait`) runs the signal check with no lock held: a
+    // check that rings the very bell it sleeps on (as anything the check runs may) must not
+    // deadlock, and its ring ends the sleep.
+    let bell = std::sync::Arc::new(LocalBell::new());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sleeper = {
+        let bell = bell.clone();
+        std::thread::spawn(move || {
+            let ringer = bell.clone();
+            let mut check = move || {
+                ringer.ring().unwrap();
+                ControlFlow::Continue(())
+            };
+            let mut wait =
+                Wait::timeout(Some(Duration::from_secs(60))).with_signal_check(&mut check);
+            wait.signal_interval = Duration::from_millis(1);
+            let _ = tx.send(bell.sleep(&mut wait));
+        })
+    };
+    let woke = rx.recv_timeout(Duration::from_secs(60));
+    assert!(
+        matches!(woke, Ok(Ok(()))),
+        "the sleep deadlocked or failed: {woke:?}"
+    );
+    sleeper.join().unwrap();
+}
+
+#[test]
 fn send_timeout_mid_message_tears_the_producer() {
     let pair = Pair::new(32);
     let mut p = pair.ring.producer().unwrap();
