@@ -16,7 +16,9 @@ pub mod template;
 pub mod worker_main;
 
 pub use process::{Death, DeathHook, ExitInfo};
-pub use scheduler::{CancelOutcome, Completion, End, PoolConfig, SubmitError, Task, TaskPool};
+pub use scheduler::{
+    CancelOutcome, Completion, End, PoolConfig, SubmitError, SubmitManyError, Task, TaskPool,
+};
 pub use spawn::{Inheritable, WorkerCommand, CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
 pub use supervisor::{Engine, EngineConfig, Lease};
 pub use template::{TemplateCommand, TEMPLATE_FD_ENV};
