@@ -118,7 +118,9 @@ use std::io;
 use std::mem;
 
 use crate::error::{RecvError, SendError};
-use crate::sync::{fence, spin_loop, yield_now, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+#[cfg(not(loom))]
+use crate::sync::{spin_loop, yield_now};
 use crate::sys::notify::{Notifier, WaitError};
 use crate::Wait;
 
@@ -300,12 +302,14 @@ struct Spin {
 // answer time, spinning never succeeded again and the side slept on every message for good,
 // the slow mode of issue 10's bimodal start→join latency.)
 //
+// On a busy machine a yield hands the CPU to another runnable thread for up to a timeslice
+// (milliseconds), so a side stops spinning as soon as one yield took long (`CONTENDED_YIELD`);
+// a sleeper, woken by its doorbell, is scheduled promptly instead.
+//
 // Under loom every spin is a scheduling point that multiplies the states to explore, and a
 // spin is only an optimisation of the sleep path, so the model goes straight to the flag.
 #[cfg(not(loom))]
 const SPINS: u32 = 64;
-#[cfg(loom)]
-const SPINS: u32 = 0;
 /// The least yield-spin budget, in nanoseconds (a couple of yields).
 #[cfg_attr(loom, allow(dead_code))]
 const MIN_BUDGET: u64 = 1_000;
@@ -313,6 +317,10 @@ const MIN_BUDGET: u64 = 1_000;
 const MAX_BUDGET: u64 = 200_000;
 /// A fresh side's budget: a quarter of the most.
 const START_BUDGET: u64 = MAX_BUDGET / 4;
+/// A yield that took longer than this, in nanoseconds, ran another thread: the CPU is wanted,
+/// so the side stops spinning and sleeps (an idle CPU's yield takes well under a microsecond).
+#[cfg(not(loom))]
+const CONTENDED_YIELD: u128 = 20_000;
 
 impl Spin {
     fn new() -> Spin {
@@ -331,13 +339,20 @@ impl Spin {
             }
             spin_loop();
         }
+        let budget = u128::from(self.budget);
+        let mut last = started.elapsed().as_nanos();
         loop {
             if ready() {
                 return true;
             }
-            if started.elapsed().as_nanos() >= u128::from(self.budget) {
+            let now = started.elapsed().as_nanos();
+            // A yield that took long ran other threads on this CPU: spinning on would hand
+            // them the CPU again for a timeslice each time, while a sleeper is woken as soon as
+            // its peer rings.
+            if now >= budget || now - last > CONTENDED_YIELD {
                 return ready();
             }
+            last = now;
             yield_now();
         }
     }
