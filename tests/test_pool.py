@@ -65,6 +65,10 @@ def test_map_keeps_order_and_takes_several_iterables(pool: gilfree.Pool) -> None
     assert list(pool.map(helpers.square, range(1000), chunksize=7)) == [i * i for i in range(1000)]
 
 
+class _StrSub(str):
+    """A subclass of a plain type: not plain itself."""
+
+
 class _CountingTaskPool:
     """Stands in for a Pool's engine TaskPool: counts the engine calls that queue tasks."""
 
@@ -97,16 +101,22 @@ def test_map_with_chunksize_1_queues_its_first_window_in_one_engine_call(
     assert counting.calls[0] > pool.max_workers, counting.calls
 
 
+_PLAIN_ITEMS = [0, -1, 2**70, 1.5, float("inf"), "", "é" * 3, b"", b"\x00" * 300, True, None, 2j]
+
+
 @pytest.mark.parametrize(
-    "items",
+    ("items", "plain"),
     [
-        [0, -1, 2**70, 1.5, float("inf"), "", "é" * 3, b"", b"\x00" * 300, True, None, 2j],
-        # Not all plain: the whole chunk takes _serialize.dumps.
-        [fractions.Fraction(1, 3), (1, 2), [3], 4, "x"],
+        (_PLAIN_ITEMS, True),
+        ([7], True),
+        # Not all plain (a subclass, containers, a class of its own): _serialize.dumps.
+        ([fractions.Fraction(1, 3), (1, 2), [3], 4, "x"], False),
+        ([1, 2, 3, helpers.Squares], False),
+        ([_StrSub("s")], False),
     ],
 )
 def test_a_chunk_of_plain_items_pickles_as_serialize_would(
-    pool: gilfree.Pool, items: list[Any]
+    pool: gilfree.Pool, items: list[Any], plain: bool
 ) -> None:
     from gilfree import _dispatch, _protocol, _serialize
 
@@ -121,9 +131,12 @@ def test_a_chunk_of_plain_items_pickles_as_serialize_would(
         eager=True,
         single=True,
     )
-    body = results._pickle_chunk(0, [(item,) for item in items])
-    assert body == _serialize.dumps((results.fn_blob, _protocol.CALL_ONE, items))
-    assert list(pool.map(repr, items, chunksize=1)) == [repr(i) for i in items]
+    chunk = [(item,) for item in items]
+    expected = _serialize.dumps((results.fn_blob, _protocol.CALL_ONE, items))
+    assert results._pickle_chunk(0, chunk) == expected
+    assert results._pickle_plain(chunk) == (expected if plain else None)
+    for chunksize in (1, 3):
+        assert list(pool.map(repr, items, chunksize=chunksize)) == [repr(i) for i in items]
 
 
 def test_map_100k_tiny_tasks() -> None:

@@ -463,12 +463,17 @@ class _Results:
 
     def _cut(self, first: int, items: list[Any], prior: int = 0) -> None:
         """Pickles a chunk and registers it; ``_send`` hands it to the scheduler."""
-        body = self._pickle_chunk(first, items)
-        if body is None:
-            return
+        body = self._pickle_plain(items)
+        if body is not None:
+            blob = None  # plain pickle pins no shared memory
+        else:
+            body = self._pickle_chunk(first, items)
+            if body is None:
+                return
+            blob = _pinning(body)
         pool = self.pool
         task_id = next(pool._ids)
-        self.outstanding[task_id] = (first, items, _pinning(body), prior)
+        self.outstanding[task_id] = (first, items, blob, prior)
         pool._handlers[task_id] = self
         n = len(items)
         header = self.headers.get(n)
@@ -501,18 +506,29 @@ class _Results:
                 self.outstanding.pop(task_id, None)
             raise
 
+    def _pickle_plain(self, items: list[Any]) -> bytes | None:
+        """The chunk pickled with plain pickle if every item (or argument) is of a plain type:
+        the same bytes as ``_serialize.dumps``, without its pickler and buffer session.
+        ``None`` if some item is not plain."""
+        if self.single:  # fn(item): the items travel bare, not as 1-tuples
+            if len(items) == 1:  # chunksize=1: no list comprehension, no generator
+                bare = [items[0][0]]
+                if type(bare[0]) not in _PLAIN:
+                    return None
+            else:
+                bare = [item for (item,) in items]
+                if not all(type(item) in _PLAIN for item in bare):
+                    return None
+            return pickle.dumps((self.fn_blob, _protocol.CALL_ONE, bare), _protocol.PROTOCOL)
+        if not all(type(arg) in _PLAIN for item in items for arg in item):
+            return None
+        return pickle.dumps((self.fn_blob, _protocol.CALL_STAR, items), _protocol.PROTOCOL)
+
     def _pickle_chunk(self, first: int, items: list[Any]) -> bytes | None:
         if self.single:  # fn(item): the items travel bare, not as 1-tuples
-            bare = [item for (item,) in items]
-            call = (self.fn_blob, _protocol.CALL_ONE, bare)
-            plain = all(type(item) in _PLAIN for item in bare)
+            call = (self.fn_blob, _protocol.CALL_ONE, [item for (item,) in items])
         else:
             call = (self.fn_blob, _protocol.CALL_STAR, items)
-            plain = all(type(arg) in _PLAIN for item in items for arg in item)
-        if plain:
-            # Nothing that needs cloudpickle or out-of-band buffers: plain pickle gives the
-            # same bytes as ``_serialize.dumps``, without its pickler and buffer session.
-            return pickle.dumps(call, _protocol.PROTOCOL)
         try:
             return _serialize.dumps(call)
         except Exception:
@@ -557,11 +573,22 @@ class _Results:
 
     def _complete(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
         first, items, blob, prior = self.outstanding.pop(task_id)
+        n = len(items)
+        if n == 1 and end == _DONE and self.fixed_chunk is not None and len(frames) == 2:
+            # The tiny-task path (chunksize=1): one item that returned a plain pickle; no run
+            # time to learn from (the chunk size is fixed).
+            frame = frames[0]
+            if frame[:1] == b"\x80":
+                try:
+                    outcome: tuple[bool, Any] = (True, pickle.loads(frame))
+                except BaseException as exc:
+                    outcome = (False, _unpickling_error(exc))
+                self.staged.append((first, [outcome]))
+                return
         if blob is not None and end in (_CANCELLED, _BROKEN):
             _serialize.discard(blob)  # never loaded: free the shared memory it pins
-        n = len(items)
         results = _decode_frames(frames[:n])
-        if end == _DONE and len(frames) == n + 1:
+        if end == _DONE and len(frames) == n + 1 and self.fixed_chunk is None:
             seconds = _protocol.TRAILER.unpack(frames[n])[0]
             per = seconds / n
             self.per_item = per if self.per_item is None else 0.5 * self.per_item + 0.5 * per
