@@ -243,7 +243,7 @@ def measure_warm_rounds(rounds: int = 5, reps: int = 300) -> list[tuple[float, f
         w.start()
     for w in warmers:
         w.join()
-    rows = []
+    rows: list[tuple[float, float, float]] = []
     for r in range(rounds):
         samples = sorted(
             _time_start_join(lambda: gilfree.Worker(target=noop)) / 1e3 for _ in range(reps)
