@@ -314,6 +314,7 @@ const SPINS: u32 = 64;
 #[cfg_attr(loom, allow(dead_code))]
 const MIN_BUDGET: u64 = 1_000;
 /// The most: a wait longer than this is an idle side, not a peer at work.
+#[cfg_attr(loom, allow(dead_code))]
 const MAX_BUDGET: u64 = 200_000;
 /// A fresh side's budget: a quarter of the most.
 const START_BUDGET: u64 = MAX_BUDGET / 4;
