@@ -6,6 +6,7 @@ tests/test_backends.py."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import fractions
 import os
 import socket
 import threading
@@ -62,6 +63,80 @@ def listener() -> Listener:
 def test_map_keeps_order_and_takes_several_iterables(pool: gilfree.Pool) -> None:
     assert list(pool.map(helpers.add, range(50), range(50))) == [2 * i for i in range(50)]
     assert list(pool.map(helpers.square, range(1000), chunksize=7)) == [i * i for i in range(1000)]
+
+
+class _StrSub(str):
+    """A subclass of a plain type: not plain itself."""
+
+
+class _CountingTaskPool:
+    """Stands in for a Pool's engine TaskPool: counts the engine calls that queue tasks."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.calls: list[int] = []  # tasks queued by each call
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def submit(self, *args: Any) -> None:
+        self.calls.append(1)
+        self.real.submit(*args)
+
+    def submit_many(self, tasks: list[Any], timeout: float | None) -> None:
+        self.calls.append(len(tasks))
+        self.real.submit_many(tasks, timeout)
+
+
+def test_map_with_chunksize_1_queues_its_first_window_in_one_engine_call(
+    pool: gilfree.Pool,
+) -> None:
+    counting = _CountingTaskPool(pool._tp)
+    pool._tp = counting  # type: ignore[assignment]  # pyright: ignore[reportAttributeAccessIssue]
+    n = 300
+    assert list(pool.map(helpers.square, range(n), chunksize=1)) == [i * i for i in range(n)]
+    assert sum(counting.calls) == n, "every item queued once, as its own task"
+    # The whole first window (many chunks per worker) goes in at once; later refills take
+    # whatever finished in each batch of completions.
+    assert counting.calls[0] > pool.max_workers, counting.calls
+
+
+_PLAIN_ITEMS = [0, -1, 2**70, 1.5, float("inf"), "", "é" * 3, b"", b"\x00" * 300, True, None, 2j]
+
+
+@pytest.mark.parametrize(
+    ("items", "plain"),
+    [
+        (_PLAIN_ITEMS, True),
+        ([7], True),
+        # Not all plain (a subclass, containers, a class of its own): _serialize.dumps.
+        ([fractions.Fraction(1, 3), (1, 2), [3], 4, "x"], False),
+        ([1, 2, 3, helpers.Squares], False),
+        ([_StrSub("s")], False),
+    ],
+)
+def test_a_chunk_of_plain_items_pickles_as_serialize_would(
+    pool: gilfree.Pool, items: list[Any], plain: bool
+) -> None:
+    from gilfree import _dispatch, _protocol, _serialize
+
+    results = _dispatch._Results(
+        pool,
+        repr,
+        iter(()),
+        length=0,
+        ordered=True,
+        chunksize=None,
+        timeout=None,
+        eager=True,
+        single=True,
+    )
+    chunk = [(item,) for item in items]
+    expected = _serialize.dumps((results.fn_blob, _protocol.CALL_ONE, items))
+    assert results._pickle_chunk(0, chunk) == expected
+    assert results._pickle_plain(chunk) == (expected if plain else None)
+    for chunksize in (1, 3):
+        assert list(pool.map(repr, items, chunksize=chunksize)) == [repr(i) for i in items]
 
 
 def test_map_100k_tiny_tasks() -> None:

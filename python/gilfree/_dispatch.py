@@ -53,6 +53,9 @@ _WINDOW = 3
 _SMALL_CHUNK_WINDOW = 12
 # A known-length input is cut into at least this many chunks per worker, for load balance.
 _MIN_CHUNKS_PER_WORKER = 4
+# Items (or arguments) of these exact types pickle alike with plain pickle and with
+# ``_serialize.dumps``: nothing of theirs goes by value or out-of-band.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
 def _unpicklable(what: str, obj: Any, exc: BaseException) -> TypeError:
@@ -379,6 +382,14 @@ class _Results:
         self.closed = False
         self.per_item: float | None = None  # measured seconds per item, smoothed
         self.chunk = 1
+        # Chunks cut but not yet handed to the scheduler: (id, message, frames, retries), sent
+        # together by ``_send`` (one engine call for a window's worth of tiny chunks).
+        self.unsent: list[tuple[int, bytes, int, int]] = []
+        # The message header of a chunk of n items (it depends on n only), by n.
+        self.headers: dict[int, bytes] = {}
+        # Outcomes placed by completions of the collector's current batch, published together
+        # by ``publish`` (one lock and at most one wake-up of the caller per batch).
+        self.staged: list[tuple[int, list[tuple[bool, Any]]]] = []
 
     # -- cutting and submitting chunks (call's thread, then collector thread) --------------
 
@@ -404,54 +415,107 @@ class _Results:
     def fill(self) -> None:
         """Cuts and submits chunks until the window is full or the source is exhausted."""
         with self.lock:
-            self.stalled = False
-            while not self.source_done and not self.closed:
-                window = self._window()
-                if len(self.outstanding) >= window:
-                    break
-                if not self.eager and self.next_index - self.yielded >= window * self.chunk:
-                    self.stalled = True
-                    return
-                size = self._next_size()
-                try:
-                    items = list(itertools.islice(self.source, size))
-                except BaseException as exc:  # the caller's iterable raised: surfaces at its place
-                    self.source_error = exc
-                    self.source_done = True
-                    break
-                if len(items) < size:
-                    self.source_done = True
-                if not items:
-                    break
-                first = self.next_index
-                self.next_index += len(items)
-                if self.remaining is not None:
-                    self.remaining -= len(items)
-                self._submit(first, items)
+            try:
+                self._fill()
+            finally:
+                self._send()
         if self.source_done:
             with self.cond:
                 self.cond.notify_all()
 
+    def _fill(self) -> None:
+        self.stalled = False
+        while not self.source_done and not self.closed:
+            window = self._window()
+            if len(self.outstanding) >= window:
+                break
+            if not self.eager and self.next_index - self.yielded >= window * self.chunk:
+                self.stalled = True
+                return
+            size = self._next_size()
+            try:
+                items = list(itertools.islice(self.source, size))
+            except BaseException as exc:  # the caller's iterable raised: surfaces at its place
+                self.source_error = exc
+                self.source_done = True
+                break
+            if len(items) < size:
+                self.source_done = True
+            if not items:
+                break
+            first = self.next_index
+            self.next_index += len(items)
+            if self.remaining is not None:
+                self.remaining -= len(items)
+            self._cut(first, items)
+
     def _submit(self, first: int, items: list[Any], prior: int = 0) -> None:
-        body = self._pickle_chunk(first, items)
-        if body is None:
-            return
+        """Cuts a chunk and hands it to the scheduler now (with any chunks cut before it)."""
+        self._cut(first, items, prior)
+        self._send()
+
+    def _cut(self, first: int, items: list[Any], prior: int = 0) -> None:
+        """Pickles a chunk and registers it; ``_send`` hands it to the scheduler."""
+        body = self._pickle_plain(items)
+        if body is not None:
+            blob = None  # plain pickle pins no shared memory
+        else:
+            body = self._pickle_chunk(first, items)
+            if body is None:
+                return
+            blob = _pinning(body)
         pool = self.pool
         task_id = next(pool._ids)
-        self.outstanding[task_id] = (first, items, _pinning(body), prior)
+        self.outstanding[task_id] = (first, items, blob, prior)
         pool._handlers[task_id] = self
-        msg = _protocol.encode_task(
-            _protocol.POOL_CALL, pool._call_meta(len(items)), body, self.context
-        )
+        n = len(items)
+        header = self.headers.get(n)
+        if header is None:
+            # A task message is its header, then the body as it is (``_protocol``).
+            header = self.headers[n] = _protocol.encode_task(
+                _protocol.POOL_CALL, pool._call_meta(n), b"", self.context
+            )
         # The scheduler re-runs the chunk while its worker dies before the first item's frame
         # (so before anything of it finished); later items are re-sent from _complete.
-        retries = max(0, self.retries - prior)
+        self.unsent.append((task_id, header + body, n + 1, max(0, self.retries - prior)))
+
+    def _send(self) -> None:
+        """Hands the chunks cut so far to the scheduler, in order; if it refuses them (shut
+        down), they are forgotten and the error raised."""
+        unsent = self.unsent
+        if not unsent:
+            return
+        self.unsent = []
+        pool = self.pool
         try:
-            pool._tp.submit(task_id, msg, len(items) + 1, self.timeout, False, retries)
+            if len(unsent) == 1:
+                task_id, msg, frames, retries = unsent[0]
+                pool._tp.submit(task_id, msg, frames, self.timeout, False, retries)
+            else:
+                pool._tp.submit_many(unsent, self.timeout)
         except BaseException:
-            pool._handlers.pop(task_id, None)
-            del self.outstanding[task_id]
+            for task_id, _, _, _ in unsent:
+                pool._handlers.pop(task_id, None)
+                self.outstanding.pop(task_id, None)
             raise
+
+    def _pickle_plain(self, items: list[Any]) -> bytes | None:
+        """The chunk pickled with plain pickle if every item (or argument) is of a plain type:
+        the same bytes as ``_serialize.dumps``, without its pickler and buffer session.
+        ``None`` if some item is not plain."""
+        if self.single:  # fn(item): the items travel bare, not as 1-tuples
+            if len(items) == 1:  # chunksize=1: no list comprehension, no generator
+                bare = [items[0][0]]
+                if type(bare[0]) not in _PLAIN:
+                    return None
+            else:
+                bare = [item for (item,) in items]
+                if not all(type(item) in _PLAIN for item in bare):
+                    return None
+            return pickle.dumps((self.fn_blob, _protocol.CALL_ONE, bare), _protocol.PROTOCOL)
+        if not all(type(arg) in _PLAIN for item in items for arg in item):
+            return None
+        return pickle.dumps((self.fn_blob, _protocol.CALL_STAR, items), _protocol.PROTOCOL)
 
     def _pickle_chunk(self, first: int, items: list[Any]) -> bytes | None:
         if self.single:  # fn(item): the items travel bare, not as 1-tuples
@@ -480,17 +544,44 @@ class _Results:
     # -- completion (collector thread) ------------------------------------------------------
 
     def complete(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
+        self.complete_one(task_id, frames, end, info)
+        self.publish()
+
+    def complete_one(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
+        """Takes one finished chunk; its outcomes reach the caller at the next
+        :meth:`publish` (the collector calls it once per batch)."""
         with self.lock:
             self._complete(task_id, frames, end, info)
-        self.fill()
+
+    def publish(self) -> None:
+        """Refills the window, then publishes the outcomes staged since the last call (the
+        workers get their next chunks before the caller is woken)."""
+        try:
+            self.fill()
+        finally:
+            with self.lock:
+                staged, self.staged = self.staged, []
+            if staged:
+                self._place(staged)
 
     def _complete(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
         first, items, blob, prior = self.outstanding.pop(task_id)
+        n = len(items)
+        if n == 1 and end == _DONE and self.fixed_chunk is not None and len(frames) == 2:
+            # The tiny-task path (chunksize=1): one item that returned a plain pickle; no run
+            # time to learn from (the chunk size is fixed).
+            frame = frames[0]
+            if frame[:1] == b"\x80":
+                try:
+                    outcome: tuple[bool, Any] = (True, pickle.loads(frame))
+                except BaseException as exc:
+                    outcome = (False, _unpickling_error(exc))
+                self.staged.append((first, [outcome]))
+                return
         if blob is not None and end in (_CANCELLED, _BROKEN):
             _serialize.discard(blob)  # never loaded: free the shared memory it pins
-        n = len(items)
         results = _decode_frames(frames[:n])
-        if end == _DONE and len(frames) == n + 1:
+        if end == _DONE and len(frames) == n + 1 and self.fixed_chunk is None:
             seconds = _protocol.TRAILER.unpack(frames[n])[0]
             per = seconds / n
             self.per_item = per if self.per_item is None else 0.5 * self.per_item + 0.5 * per
@@ -537,18 +628,26 @@ class _Results:
         return None
 
     def _put(self, index: int, outcome: tuple[bool, Any]) -> None:
-        self._put_many(index, [outcome])
+        self._place([(index, [outcome])])
 
     def _put_many(self, first: int, outcomes: list[tuple[bool, Any]]) -> None:
-        """Publishes the outcomes of items ``first, first + 1, ...`` (one lock, one wake-up)."""
-        if not outcomes:
-            return
+        """Stages the outcomes of items ``first, first + 1, ...`` for :meth:`publish`."""
+        if outcomes:
+            self.staged.append((first, outcomes))
+
+    def _place(self, runs: list[tuple[int, list[tuple[bool, Any]]]]) -> None:
+        """Publishes runs of outcomes (one lock), waking the caller only if it can go on: in
+        input order, only the run it waits for lets it."""
         with self.cond:
-            if self.ordered:
-                self.slots[first] = outcomes
-            else:
-                self.arrivals.append(outcomes)
-            self.cond.notify_all()
+            wake = not self.ordered
+            for first, outcomes in runs:
+                if self.ordered:
+                    self.slots[first] = outcomes
+                    wake = wake or first == self.yielded
+                else:
+                    self.arrivals.append(outcomes)
+            if wake:
+                self.cond.notify_all()
 
     # -- consuming (caller's thread) -------------------------------------------------------------
 
@@ -615,6 +714,9 @@ def _collect(pool_ref: weakref.ref[Pool], tp: _engine.TaskPool, handlers: dict[i
             handler = handlers.get(task_id)
             if isinstance(handler, _FutureHandler):
                 handler.start()
+        # The map/imap calls with a chunk in this batch: their outcomes are published (and their
+        # windows refilled) once per batch, after every chunk of theirs is taken.
+        touched: dict[int, _Results] = {}
         for task_id, frames, end, info in done:
             handler = handlers.pop(task_id, None)
             if handler is None:
@@ -629,13 +731,28 @@ def _collect(pool_ref: weakref.ref[Pool], tp: _engine.TaskPool, handlers: dict[i
                         pool._broken = exc
             try:
                 if isinstance(handler, _Results):
-                    handler.complete(task_id, frames, end, info)
+                    touched[id(handler)] = handler
+                    handler.complete_one(task_id, frames, end, info)
                 else:
                     handler.complete(frames, end, info)
             except BaseException as exc:  # a handler bug must not kill the collector
-                import traceback
-
-                traceback.print_exception(exc)
+                _report(exc)
+        _publish(touched)
+        touched.clear()
         # Nothing of this batch stays referenced while we wait for the next one: a handler's
         # future holds its result, which may view a shared segment the pool would reuse.
         handler = None
+
+
+def _publish(touched: dict[int, _Results]) -> None:
+    for results in touched.values():
+        try:
+            results.publish()
+        except BaseException as exc:  # a handler bug must not kill the collector
+            _report(exc)
+
+
+def _report(exc: BaseException) -> None:
+    import traceback
+
+    traceback.print_exception(exc)

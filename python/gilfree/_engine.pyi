@@ -142,6 +142,7 @@ class TaskPool:
         max_tasks_per_worker: int | None,
         depth: int = 2,
         max_memory: int | None = None,
+        short_depth: int = 0,
     ) -> TaskPool: ...
     def submit(
         self,
@@ -151,6 +152,9 @@ class TaskPool:
         timeout: float | None,
         report_start: bool = False,
         retries: int = 0,
+    ) -> None: ...
+    def submit_many(
+        self, tasks: list[tuple[int, bytes, int, int]], timeout: float | None
     ) -> None: ...
     def cancel(self, id: int, kill_running: bool) -> int: ...
     def completions(

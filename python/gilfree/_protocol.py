@@ -101,7 +101,9 @@ def decode_task(msg: bytes) -> tuple[int, list[str], str, Any, memoryview]:
     (n,) = _LEN.unpack_from(view)
     raw = view[_LEN.size : _LEN.size + n]
     last = _last_context
-    if raw == last[0]:  # pyright: ignore[reportUnnecessaryComparison]  (a memoryview equals bytes of the same content)
+    # As bytes: comparing a memoryview with bytes goes item by item (~8 ns a byte, microseconds
+    # per task for a long sys.path), a copy and a memcmp cost a fraction of that.
+    if raw.tobytes() == last[0]:
         path, cwd = last[1], last[2]
     else:
         path_tuple, cwd = pickle.loads(raw)

@@ -47,6 +47,12 @@ _P = ParamSpec("_P")
 
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
+# Map chunks in flight per worker once its tasks are tiny (the scheduler's ``short_depth``):
+# the worker runs them back to back instead of waiting, between two, for its slot thread to
+# wake (a cross-CPU wake-up costs more than a tiny task). Submitted Futures are never
+# pipelined that deep (``Future.cancel`` can take a queued one back).
+_SHORT_DEPTH = 16
+
 
 def _pool_size(max_workers: int | None) -> int:
     """``max_workers`` checked, or one per CPU this process may use."""
@@ -158,7 +164,12 @@ class Pool(Executor):
         self._shutdown = False
         self._broken: BaseException | None = None
         self._tp = _engine.TaskPool(
-            _runtime.engine(), max_workers, init, max_tasks_per_worker, max_memory=max_memory
+            _runtime.engine(),
+            max_workers,
+            init,
+            max_tasks_per_worker,
+            max_memory=max_memory,
+            short_depth=_SHORT_DEPTH,
         )
         self._collector = threading.Thread(
             target=_collect,

@@ -184,17 +184,20 @@ impl WorkerOutput {
             return;
         }
         let mut total = 0;
-        // On the heap: this also runs on callers' threads, whose stacks may be small.
-        let mut chunk = vec![0u8; READ_CHUNK];
+        // On the heap: this also runs on callers' threads, whose stacks may be small. Not
+        // zeroed: `Lease::recv` drains after every task, and zeroing 64 KiB cost more than the
+        // tiny task itself.
+        let mut chunk: Vec<u8> = Vec::with_capacity(READ_CHUNK);
         let mut eof = false;
         while total < MAX_DRAIN {
-            match rustix::io::read(&self.fds[i], &mut chunk[..]) {
+            chunk.clear();
+            match rustix::io::read(&self.fds[i], rustix::buffer::spare_capacity(&mut chunk)) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
                 Ok(n) => {
-                    state.partial[i].extend_from_slice(&chunk[..n]);
+                    state.partial[i].extend_from_slice(&chunk);
                     total += n;
                 }
                 Err(Errno::INTR) => continue,

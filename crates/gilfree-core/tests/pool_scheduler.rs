@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use gilfree_core::pool::scheduler::{self, ENGINE_FAILURE};
 use gilfree_core::pool::{
-    CancelOutcome, Completion, End, Engine, PoolConfig, SubmitError, Task, TaskPool,
+    CancelOutcome, Completion, End, Engine, PoolConfig, SubmitError, SubmitManyError, Task,
+    TaskPool,
 };
 use gilfree_core::{RecvError, Wait};
 use pool_support::{config, is_our_child, step, Gate, Starts, Watchdog};
@@ -373,6 +374,74 @@ fn shutdown_without_cancel_drains_the_queue() {
     let timeout = pool.completions(&mut Wait::timeout(Some(Duration::ZERO)));
     assert!(matches!(timeout, Err(RecvError::Disconnected)));
     engine.shutdown();
+}
+
+#[test]
+fn submit_many_queues_in_order_or_hands_everything_back() {
+    let _dog = Watchdog::new("submit_many_queues_in_order_or_hands_everything_back");
+    let sink = Starts::new();
+    // One worker runs the queue in its order, so completions come in submission order.
+    let (engine, pool) = pool(1, 1, &sink, PoolConfig::default());
+    pool.submit(echo(0, 1)).unwrap();
+    pool.submit_many((1..40).map(|id| echo(id, 2)).collect())
+        .unwrap();
+    pool.submit(echo(40, 1)).unwrap();
+    pool.submit_many(Vec::new()).unwrap();
+    let mut order = Vec::new();
+    while order.len() < 41 {
+        for c in pool.completions(&mut step()).expect("completions") {
+            assert_eq!(c.end, End::Done, "task {}", c.id);
+            let n = if c.id == 0 || c.id == 40 { 1 } else { 2 };
+            assert_eq!(c.frames, frames_of(c.id, n), "task {}", c.id);
+            order.push(c.id);
+        }
+    }
+    assert_eq!(order, (0..41).collect::<Vec<u64>>());
+    pool.shutdown(false, false);
+    match pool.submit_many(vec![echo(41, 1), echo(42, 1)]) {
+        Err(SubmitManyError::ShutDown(back)) => {
+            assert_eq!(back.iter().map(|t| t.id).collect::<Vec<_>>(), [41, 42]);
+        }
+        Ok(()) => panic!("submit_many after shutdown was accepted"),
+    }
+    assert!(matches!(
+        pool.completions(&mut step()),
+        Err(RecvError::Disconnected)
+    ));
+    assert!(pool.join(&mut step()));
+    engine.shutdown();
+}
+
+#[test]
+fn short_tasks_deepen_the_pipeline() {
+    let _dog = Watchdog::new("short_tasks_deepen_the_pipeline");
+    // Everything counts as short, then nothing does: what is short is the config's to say, so
+    // the pipeline's depth does not depend on this machine's speed.
+    for (short_task, pipelined) in [(Duration::from_secs(3600), 7), (Duration::ZERO, 1)] {
+        let sink = Starts::new();
+        let gate = Gate::new(&format!("short-{}", short_task.as_secs()));
+        let tweak = PoolConfig {
+            short_depth: 8,
+            short_task,
+            ..PoolConfig::default()
+        };
+        let (engine, pool) = pool(1, 1, &sink, tweak);
+        for id in 0..4 {
+            pool.submit(echo(id, 1)).unwrap();
+        }
+        collect(&pool, 4);
+        // A task held at a gate and 20 behind it, queued at once: the idle slot takes the
+        // first, then pipelines as deep as the last four tasks allow.
+        let mut tasks = vec![task(100, &format!("gate:{}:t100", gate.path.display()), 1)];
+        tasks.extend((101..121).map(|id| echo(id, 1)));
+        pool.submit_many(tasks).unwrap();
+        sink.wait_for("t100");
+        assert_eq!(pool.queued(), 20 - pipelined, "short_task {short_task:?}");
+        gate.open();
+        let got = collect(&pool, 21);
+        assert!(got.values().all(|c| c.end == End::Done));
+        finish(engine, pool);
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `TaskPool`: the task scheduler under `gilfree.Pool`.
 
-use gilfree_core::pool::{CancelOutcome, Completion, Death, End, PoolConfig, Task, TaskPool};
+use gilfree_core::pool::{
+    CancelOutcome, Completion, Death, End, PoolConfig, SubmitError, SubmitManyError, Task, TaskPool,
+};
 use gilfree_core::RecvError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -70,7 +72,8 @@ fn completion(py: Python<'_>, c: Completion) -> Result<PyCompletion<'_>, PyEngin
 #[pymethods]
 impl PyTaskPool {
     #[new]
-    #[pyo3(signature = (engine, workers, init, max_tasks_per_worker, depth=2, max_memory=None))]
+    #[pyo3(signature = (engine, workers, init, max_tasks_per_worker, depth=2, max_memory=None, short_depth=0))]
+    #[allow(clippy::too_many_arguments)] // one per field of `PoolConfig`, as Python passes them
     fn new(
         py: Python<'_>,
         engine: &Bound<'_, PyEngine>,
@@ -79,6 +82,7 @@ impl PyTaskPool {
         max_tasks_per_worker: Option<u64>,
         depth: usize,
         max_memory: Option<u64>,
+        short_depth: usize,
     ) -> Self {
         let engine = engine.get().inner.clone();
         let config = PoolConfig {
@@ -86,7 +90,9 @@ impl PyTaskPool {
             init,
             max_tasks_per_worker,
             depth,
+            short_depth,
             max_memory,
+            ..PoolConfig::default()
         };
         PyTaskPool {
             inner: py.detach(|| TaskPool::start(engine, config)),
@@ -100,9 +106,8 @@ impl PyTaskPool {
     #[allow(clippy::too_many_arguments)] // one per field of `Task`, as Python passes them
     fn submit(
         &self,
-        py: Python<'_>,
         id: u64,
-        payload: Vec<u8>,
+        payload: &[u8],
         frames: u32,
         timeout: Option<f64>,
         report_start: bool,
@@ -111,13 +116,45 @@ impl PyTaskPool {
         let timeout = convert::secs(timeout)?;
         let task = Task {
             id,
-            payload,
+            payload: payload.to_vec(),
             frames,
             timeout,
             report_start,
             retries,
         };
-        Ok(py.detach(|| self.inner.submit(task))?)
+        // Never blocks (the scheduler's lock is never held across a wait, and no holder of it
+        // waits for the GIL), so the GIL stays held: releasing it per tiny task would hand it
+        // to another Python thread and wait to get it back.
+        Ok(self.inner.submit(task)?)
+    }
+
+    /// Queues `(id, payload, frames, retries)` tasks in order, as `submit` would one by one
+    /// (with the same `timeout`, and no start reports), under one lock: all, or none after
+    /// shutdown.
+    fn submit_many(
+        &self,
+        tasks: Vec<(u64, Bound<'_, PyBytes>, u32, u32)>,
+        timeout: Option<f64>,
+    ) -> Result<(), PyEngineError> {
+        let timeout = convert::timeout(timeout)?;
+        let tasks = tasks
+            .into_iter()
+            .map(|(id, payload, frames, retries)| Task {
+                id,
+                payload: payload.as_bytes().to_vec(),
+                frames,
+                timeout,
+                report_start: false,
+                retries,
+            })
+            .collect();
+        // Never blocks: see `submit`.
+        self.inner.submit_many(tasks).map_err(|e| match e {
+            SubmitManyError::ShutDown(tasks) => {
+                let first = tasks.into_iter().next().unwrap_or_default();
+                PyEngineError::from(SubmitError::ShutDown(first))
+            }
+        })
     }
 
     /// One of `CANCEL_NOT_FOUND`, `CANCEL_CANCELLED` (was queued), `CANCEL_RUNNING` (left

@@ -275,6 +275,37 @@ def measure_burst(reps: int, n: int = 40) -> list[tuple[str, float, float]]:
     return rows
 
 
+def measure_warm_rounds(rounds: int = 5, reps: int = 300) -> list[tuple[float, float, float]]:
+    """``rounds`` rounds of ``reps`` warm start→join of a no-op Worker, one after the other in
+    this process (issue 10: the first round was fast and the later ones slow, in one process).
+
+    Returns:
+        ``(median µs, p10 µs, p90 µs)`` per round.
+    """
+    warmers = [gilfree.Worker(target=noop) for _ in range(os.cpu_count() or 1)]
+    for w in warmers:
+        w.start()
+    for w in warmers:
+        w.join()
+    rows: list[tuple[float, float, float]] = []
+    for r in range(rounds):
+        samples = sorted(
+            _time_start_join(lambda: gilfree.Worker(target=noop)) / 1e3 for _ in range(reps)
+        )
+        row = (
+            statistics.median(samples),
+            samples[len(samples) // 10],
+            samples[len(samples) * 9 // 10],
+        )
+        rows.append(row)
+        print(
+            f"  round {r + 1}: {row[0]:>8.1f} µs median {row[1]:>8.1f} µs p10"
+            f" {row[2]:>8.1f} µs p90",
+            flush=True,
+        )
+    return rows
+
+
 def render_cold(
     start: list[tuple[str, float, float]],
     burst: list[tuple[str, float, float]],
@@ -311,7 +342,17 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Cold-path measures (program start, bursts).")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--no-burst", action="store_true")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="only measure this many rounds of 300 warm start→join in one process",
+    )
     args = parser.parse_args()
+    if args.rounds:
+        print(f"warm start→join, {args.rounds} rounds of 300 in one process", flush=True)
+        measure_warm_rounds(args.rounds)
+        raise SystemExit(0)
     bytecode = bytecode_state()
     print(f"bytecode: {bytecode}", flush=True)
     load_before = load_average()

@@ -71,10 +71,11 @@
 //! loses nothing: the next one carries on.
 //!
 //! Waiting (either side; `flag` is its `*_waiting` word):
-//! 1. Spin: re-check the condition for a short while with `spin_loop`, then with a few
+//! 1. Spin: re-check the condition for a short while with `spin_loop`, then with
 //!    `yield_now`. A hand-off caught while spinning costs well under a microsecond, while a
-//!    cross-CPU eventfd wake-up costs tens of microseconds. The number of yields adapts: it
-//!    grows when spinning succeeded and shrinks when it had to sleep anyway.
+//!    cross-CPU eventfd wake-up costs tens of microseconds. How long it yields adapts to how
+//!    long this side's recent waits lasted (`Spin::learn`): long enough to catch a peer that
+//!    answers within a couple of hundred microseconds, about a microsecond for an idle side.
 //! 2. Store `flag = 1`, then `fence(SeqCst)`.
 //! 3. Re-check the condition. If it now holds: `flag = 0`, done.
 //! 4. Sleep on the doorbell (honouring the [`Wait`]: deadline, peer pidfd, signal checks), then
@@ -117,7 +118,9 @@ use std::io;
 use std::mem;
 
 use crate::error::{RecvError, SendError};
-use crate::sync::{fence, spin_loop, yield_now, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+#[cfg(not(loom))]
+use crate::sync::{spin_loop, yield_now};
 use crate::sys::notify::{Notifier, WaitError};
 use crate::Wait;
 
@@ -276,57 +279,101 @@ pub struct Bells<'a, B> {
     pub space: &'a B,
 }
 
-/// How long a side busy-waits before it sleeps (see "Waiting" step 1).
+/// How long a side busy-waits before it sleeps (see "Waiting" step 1), learnt from how long
+/// its recent waits lasted.
 #[derive(Debug)]
 struct Spin {
-    yields: u32,
+    /// How long to yield-spin before sleeping, in nanoseconds.
+    budget: u64,
 }
 
-// Budgets, measured on a 2-CPU VM: a yield-spin hand-off costs about 0.4 µs and an eventfd
-// wake-up about 40 µs, while a peer copying a 64 KiB piece takes tens of microseconds; up to
-// 512 yields (some 200 µs) lets a streaming side ride through its peer's copies without
-// sleeping. The budget halves on every wait that ends in a sleep, so an idle side quickly
-// drops to a couple of yields and costs almost nothing.
+// Budgets, measured on a 2-CPU VM: a yield-spin hand-off costs about 0.4 µs and a cross-CPU
+// eventfd wake-up about 40 µs, while a peer copying a 64 KiB piece (or a worker running a tiny
+// task, or a parent pickling the next one) takes tens of microseconds. Spinning up to 200 µs
+// lets a streaming side ride through its peer's copies, and a ping-pong through its peer's
+// work, without sleeping.
+//
+// The budget follows the waits themselves ([`Spin::learn`]): a wait that slept but was over
+// within `MAX_BUDGET` (the peer answered after the spin gave up, yet soon) would have been
+// caught by a longer spin, so the budget grows to cover it; a wait longer than that (an idle
+// side) halves it, so an idle side quickly drops to about a microsecond of spinning and costs
+// almost nothing. (An earlier rule halved the budget on every wait that slept and doubled it
+// only when spinning succeeded: once a few idle waits had shrunk it below the peer's usual
+// answer time, spinning never succeeded again and the side slept on every message for good,
+// the slow mode of issue 10's bimodal start→join latency.)
+//
+// On a busy machine a yield hands the CPU to another runnable thread for up to a timeslice
+// (milliseconds), so a side stops spinning as soon as one yield took long (`CONTENDED_YIELD`);
+// a sleeper, woken by its doorbell, is scheduled promptly instead.
 //
 // Under loom every spin is a scheduling point that multiplies the states to explore, and a
 // spin is only an optimisation of the sleep path, so the model goes straight to the flag.
 #[cfg(not(loom))]
 const SPINS: u32 = 64;
+/// The least yield-spin budget, in nanoseconds (a couple of yields).
+#[cfg_attr(loom, allow(dead_code))]
+const MIN_BUDGET: u64 = 1_000;
+/// The most: a wait longer than this is an idle side, not a peer at work.
+#[cfg_attr(loom, allow(dead_code))]
+const MAX_BUDGET: u64 = 200_000;
+/// A fresh side's budget: a quarter of the most.
+const START_BUDGET: u64 = MAX_BUDGET / 4;
+/// A yield that took longer than this, in nanoseconds, ran another thread: the CPU is wanted,
+/// so the side stops spinning and sleeps (an idle CPU's yield takes well under a microsecond).
 #[cfg(not(loom))]
-const MIN_YIELDS: u32 = 2;
-#[cfg(not(loom))]
-const MAX_YIELDS: u32 = 512;
-#[cfg(loom)]
-const SPINS: u32 = 0;
-#[cfg(loom)]
-const MIN_YIELDS: u32 = 0;
-#[cfg(loom)]
-const MAX_YIELDS: u32 = 0;
+const CONTENDED_YIELD: u128 = 20_000;
 
 impl Spin {
     fn new() -> Spin {
         Spin {
-            yields: MIN_YIELDS.max(MAX_YIELDS / 4),
+            budget: START_BUDGET,
         }
     }
 
-    /// Busy-waits for `ready`; `false` means the caller must sleep.
-    fn run(&mut self, ready: &mut impl FnMut() -> bool) -> bool {
+    /// Busy-waits for `ready`; `false` means the caller must sleep. `started` is when the wait
+    /// began.
+    #[cfg(not(loom))]
+    fn run(&mut self, started: std::time::Instant, ready: &mut impl FnMut() -> bool) -> bool {
         for _ in 0..SPINS {
             if ready() {
                 return true;
             }
             spin_loop();
         }
-        for _ in 0..self.yields {
+        let budget = u128::from(self.budget);
+        let mut last = started.elapsed().as_nanos();
+        loop {
             if ready() {
-                self.yields = (self.yields * 2).clamp(MIN_YIELDS, MAX_YIELDS);
                 return true;
             }
+            let now = started.elapsed().as_nanos();
+            // A yield that took long ran other threads on this CPU: spinning on would hand
+            // them the CPU again for a timeslice each time, while a sleeper is woken as soon as
+            // its peer rings.
+            if now >= budget || now - last > CONTENDED_YIELD {
+                return ready();
+            }
+            last = now;
             yield_now();
         }
-        self.yields = (self.yields / 2).max(MIN_YIELDS);
+    }
+
+    /// Under loom: no spinning (see the constants).
+    #[cfg(loom)]
+    fn run(&mut self, _started: (), ready: &mut impl FnMut() -> bool) -> bool {
         ready()
+    }
+
+    /// Adapts the budget after a wait that had to sleep and lasted `waited_ns` in all.
+    #[cfg_attr(loom, allow(dead_code))]
+    fn learn(&mut self, waited_ns: u64) {
+        self.budget = if waited_ns <= MAX_BUDGET {
+            // A spin this long would have caught it (with some margin for jitter).
+            (waited_ns + waited_ns / 2).max(self.budget * 2)
+        } else {
+            self.budget / 2
+        }
+        .clamp(MIN_BUDGET, MAX_BUDGET);
     }
 }
 
@@ -338,9 +385,33 @@ fn block_until<B: Doorbell>(
     wait: &mut Wait<'_>,
     mut ready: impl FnMut() -> bool,
 ) -> Result<(), WaitError> {
-    if spin.run(&mut ready) {
+    #[cfg(not(loom))]
+    let started = std::time::Instant::now();
+    #[cfg(loom)]
+    let started = ();
+    if spin.run(started, &mut ready) {
         return Ok(());
     }
+    let result = sleep_until(flag, bell, wait, ready);
+    #[cfg(not(loom))]
+    {
+        let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Only a wait the peer ended tells how soon it answers; one cut short by a deadline or
+        // a signal check only says that it was at least that long.
+        if result.is_ok() || waited > MAX_BUDGET {
+            spin.learn(waited);
+        }
+    }
+    result
+}
+
+/// "Waiting" steps 2–4: raise the flag, re-check, sleep on the doorbell until `ready()`.
+fn sleep_until<B: Doorbell>(
+    flag: &AtomicU32,
+    bell: &B,
+    wait: &mut Wait<'_>,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), WaitError> {
     loop {
         flag.store(1, Ordering::SeqCst);
         // Pairs with the publisher's fence: see "No wake-up is lost" in the module doc.

@@ -55,6 +55,11 @@ use crate::error::RecvError;
 use crate::sync::unmodelled::{Condvar, Mutex, MutexGuard};
 use crate::wait::Wait;
 
+/// A task that ran less than this (from when its slot saw it start to its last frame) is
+/// short by default: see [`PoolConfig::short_depth`]. About two cross-CPU wake-ups on a small
+/// VM.
+pub const SHORT_TASK: Duration = Duration::from_micros(100);
+
 /// The first byte of a [`End::Broken`] frame made by the engine itself (a worker could not be
 /// started, or died while running the initializer); the rest is a UTF-8 message. A worker's
 /// own init failure frame should not start with this byte.
@@ -73,6 +78,14 @@ pub struct PoolConfig {
     /// Tasks in flight per worker, the running one included (0 counts as 1). With 2, the next
     /// task already waits in the worker's ring while the current one runs.
     pub depth: usize,
+    /// Tasks in flight per worker while its tasks are short (each of its last few ran less
+    /// than `short_task` as its slot saw it): so many that the worker runs them back to back
+    /// instead of waiting for its slot thread to wake between two (a cross-CPU wake-up can
+    /// take longer than such a task). `depth` when it is smaller (the default, 0). Only tasks
+    /// without [`Task::report_start`] are pipelined beyond `depth`.
+    pub short_depth: usize,
+    /// What counts as a short task for `short_depth` ([`SHORT_TASK`] by default).
+    pub short_task: Duration,
     /// Replace a worker once it reports a peak resident set above this many bytes, after the
     /// task that reported it (and any already pipelined behind it) (`None`: never). The
     /// worker reports it in each task's last frame, the trailer: see [`trailer_peak_rss`].
@@ -86,6 +99,8 @@ impl Default for PoolConfig {
             init: None,
             max_tasks_per_worker: None,
             depth: 2,
+            short_depth: 0,
+            short_task: SHORT_TASK,
             max_memory: None,
         }
     }
@@ -180,6 +195,23 @@ impl fmt::Display for SubmitError {
 
 impl std::error::Error for SubmitError {}
 
+/// Why [`TaskPool::submit_many`] refused its tasks.
+#[derive(Debug)]
+pub enum SubmitManyError {
+    /// The pool was shut down; the tasks are handed back, in order.
+    ShutDown(Vec<Task>),
+}
+
+impl fmt::Display for SubmitManyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ShutDown(_) => f.write_str("cannot schedule new tasks after shutdown"),
+        }
+    }
+}
+
+impl std::error::Error for SubmitManyError {}
+
 /// What [`TaskPool::cancel`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -228,6 +260,11 @@ struct State {
     /// How many times each re-queued task's worker died under it so far (invariant 8).
     crashes: HashMap<u64, u32>,
     undelivered: usize,
+    /// Callers waiting on `ready` (`events`, `join`) and slots waiting on `work`: a condvar
+    /// is notified only when someone waits on it, so the per-task path makes no futex call
+    /// while everyone is busy.
+    ready_waiters: usize,
+    idle_slots: usize,
     shut_down: bool,
     broken: Option<Vec<u8>>,
     live_slots: usize,
@@ -237,7 +274,9 @@ impl State {
     fn complete(&mut self, shared: &Shared, id: u64, frames: Vec<Vec<u8>>, end: End) {
         self.crashes.remove(&id);
         self.ready.push(Completion { id, frames, end });
-        shared.ready.notify_all();
+        if self.ready_waiters > 0 {
+            shared.ready.notify_all();
+        }
     }
 
     /// Notes that `task` became a slot's head (invariant 7), without waking anyone: the
@@ -245,6 +284,23 @@ impl State {
     fn note_start(&mut self, id: u64, report: bool) {
         if report {
             self.started.push(id);
+        }
+    }
+
+    /// Queues a task that [`TaskPool::submit`] accepted (or completes it at once: a broken pool,
+    /// no frames), waking an idle slot if there is one.
+    fn enqueue(&mut self, shared: &Shared, task: Task) {
+        self.undelivered += 1;
+        if let Some(frame) = self.broken.clone() {
+            self.complete(shared, task.id, Vec::new(), End::Broken(frame));
+        } else if task.frames == 0 {
+            self.complete(shared, task.id, Vec::new(), End::Done);
+        } else {
+            self.in_queue.insert(task.id);
+            self.queue.push_back(task);
+            if self.idle_slots > 0 {
+                shared.work.notify_one();
+            }
         }
     }
 
@@ -352,16 +408,17 @@ impl Shared {
         lock(&self.state)
     }
 
-    /// Waits on `cv` for at most the next slice of `wait`; `Err` when the wait is over.
-    fn wait_on<'g>(
+    /// Waits on `ready` for at most the next slice of `wait`; `Err` when the wait is over.
+    fn wait_ready<'g>(
         &'g self,
-        cv: &Condvar,
-        st: MutexGuard<'g, State>,
+        mut st: MutexGuard<'g, State>,
         wait: &mut Wait<'_>,
         last_check: &mut Instant,
     ) -> Result<MutexGuard<'g, State>, RecvError> {
         let slice = wait.slice().map_err(|_| RecvError::Timeout)?;
-        let st = match slice {
+        let cv = &self.ready;
+        st.ready_waiters += 1;
+        let mut st = match slice {
             Some(d) => {
                 cv.wait_timeout(st, d)
                     .unwrap_or_else(PoisonError::into_inner)
@@ -369,6 +426,7 @@ impl Shared {
             }
             None => cv.wait(st).unwrap_or_else(PoisonError::into_inner),
         };
+        st.ready_waiters -= 1;
         // By elapsed time, so a stream of wake-ups cannot starve the check; never under the
         // lock (in Python the check takes the GIL).
         if wait.signal_check_due(*last_check) {
@@ -428,6 +486,8 @@ impl TaskPool {
                 started: Vec::new(),
                 crashes: HashMap::new(),
                 undelivered: 0,
+                ready_waiters: 0,
+                idle_slots: 0,
                 shut_down: false,
                 broken: None,
                 live_slots: workers,
@@ -467,15 +527,20 @@ impl TaskPool {
         if st.shut_down {
             return Err(SubmitError::ShutDown(task));
         }
-        st.undelivered += 1;
-        if let Some(frame) = st.broken.clone() {
-            st.complete(shared, task.id, Vec::new(), End::Broken(frame));
-        } else if task.frames == 0 {
-            st.complete(shared, task.id, Vec::new(), End::Done);
-        } else {
-            st.in_queue.insert(task.id);
-            st.queue.push_back(task);
-            shared.work.notify_one();
+        st.enqueue(shared, task);
+        Ok(())
+    }
+
+    /// Queues several tasks, in order, as [`submit`](Self::submit) would one by one, under
+    /// one lock: all of them, or (after shutdown) none, handed back in order.
+    pub fn submit_many(&self, tasks: Vec<Task>) -> Result<(), SubmitManyError> {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        if st.shut_down {
+            return Err(SubmitManyError::ShutDown(tasks));
+        }
+        for task in tasks {
+            st.enqueue(shared, task);
         }
         Ok(())
     }
@@ -550,7 +615,7 @@ impl TaskPool {
             if st.shut_down && st.undelivered == 0 {
                 return Err(RecvError::Disconnected);
             }
-            st = shared.wait_on(&shared.ready, st, wait, &mut last_check)?;
+            st = shared.wait_ready(st, wait, &mut last_check)?;
         }
     }
 
@@ -609,7 +674,7 @@ impl TaskPool {
         let mut last_check = Instant::now();
         let mut st = shared.lock();
         while st.live_slots > 0 {
-            st = match shared.wait_on(&shared.ready, st, wait, &mut last_check) {
+            st = match shared.wait_ready(st, wait, &mut last_check) {
                 Ok(st) => st,
                 Err(_) => return false,
             };

@@ -15,6 +15,9 @@ use crate::wait::Wait;
 /// Framing overhead of one message in the ring (its length prefix).
 const FRAME_PREFIX: usize = 8;
 
+/// Consecutive short tasks (see `PoolConfig::short_depth`) before a worker's pipeline deepens.
+const SHORT_STREAK: u32 = 4;
+
 /// A task sent to this slot's worker.
 struct Running {
     task: Task,
@@ -170,7 +173,14 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
     let mut timed_out: Option<u64> = None;
     // The worker's peak resident set, from its last trailer (with `max_memory` only).
     let mut peak_rss: Option<u64> = None;
+    // How many of the worker's last tasks in a row were short.
+    let mut short_run: u32 = 0;
     loop {
+        let depth = if short_run >= SHORT_STREAK {
+            config.depth.max(config.short_depth)
+        } else {
+            config.depth
+        };
         // Step 3: take tasks for the pipeline.
         let mut batch: Vec<Task> = Vec::new();
         {
@@ -204,7 +214,7 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                     || timed_out.is_some()
                     || st.slots[index].killed
                     || st.broken.is_some()
-                    || flight.len() + batch.len() >= config.depth
+                    || flight.len() + batch.len() >= depth
                     || !st.may_pipeline(index)
                 {
                     break;
@@ -215,8 +225,13 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                     .chain(&batch)
                     .map(|t| t.payload.len() + FRAME_PREFIX)
                     .sum();
+                // Beyond `depth`, only tasks nobody watches start (no `report_start`: a `map`
+                // chunk, not a Future that `cancel()` could still take out of the queue).
+                let within = flight.len() + batch.len() < config.depth;
                 match st.front() {
-                    Some(t) if in_ring + t.payload.len() + FRAME_PREFIX <= room => {}
+                    Some(t)
+                        if in_ring + t.payload.len() + FRAME_PREFIX <= room
+                            && (within || !t.report_start) => {}
                     _ => break,
                 }
                 if let Some(task) = st.pop(index) {
@@ -276,6 +291,14 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                 let now = Instant::now();
                 let Some(done) = flight.pop_front() else {
                     continue;
+                };
+                let short = done
+                    .started
+                    .is_some_and(|s| now.saturating_duration_since(s) < config.short_task);
+                short_run = if short {
+                    short_run.saturating_add(1)
+                } else {
+                    0
                 };
                 if config.max_memory.is_some() {
                     // Step 9: over the limit, the worker retires once its pipeline is empty.
@@ -374,6 +397,9 @@ fn bury(
     Next::Replace
 }
 
-fn wait<'g>(shared: &Shared, st: MutexGuard<'g, State>) -> MutexGuard<'g, State> {
-    shared.work.wait(st).unwrap_or_else(PoisonError::into_inner)
+fn wait<'g>(shared: &Shared, mut st: MutexGuard<'g, State>) -> MutexGuard<'g, State> {
+    st.idle_slots += 1;
+    let mut st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+    st.idle_slots -= 1;
+    st
 }

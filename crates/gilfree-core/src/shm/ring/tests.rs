@@ -417,3 +417,41 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn spin_budget_regrows_after_an_idle_spell() {
+    let mut spin = Spin::new();
+    // An idle side (waits of 10 ms) drops to the floor.
+    for _ in 0..32 {
+        spin.learn(10_000_000);
+    }
+    assert_eq!(spin.budget, MIN_BUDGET);
+    // The peer is busy again and answers 60 µs after each message: one wait that slept that
+    // long is enough for the next spin to cover it (the old rule halved the budget here, and
+    // a side stuck at the floor slept on every message from then on).
+    spin.learn(60_000);
+    assert!(spin.budget >= 60_000, "{}", spin.budget);
+    // Never past the cap, however many short waits slept.
+    for _ in 0..32 {
+        spin.learn(MAX_BUDGET);
+    }
+    assert_eq!(spin.budget, MAX_BUDGET);
+    // And an idle side is back at the floor within a few waits.
+    let mut waits = 0;
+    while spin.budget > MIN_BUDGET {
+        spin.learn(MAX_BUDGET + 1);
+        waits += 1;
+    }
+    assert!(waits <= 8, "{waits}");
+}
+
+#[test]
+fn polls_that_time_out_do_not_grow_the_spin() {
+    let pair = Pair::new(64);
+    let mut c = pair.ring.consumer().unwrap();
+    c.spin.budget = MIN_BUDGET;
+    for _ in 0..10 {
+        assert!(matches!(pair.try_recv(&mut c), Err(RecvError::Timeout)));
+    }
+    assert_eq!(c.spin.budget, MIN_BUDGET);
+}
