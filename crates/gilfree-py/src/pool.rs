@@ -136,7 +136,7 @@ impl PyTaskPool {
         tasks: Vec<(u64, Bound<'_, PyBytes>, u32, u32)>,
         timeout: Option<f64>,
     ) -> Result<(), PyEngineError> {
-        let timeout = convert::timeout(timeout)?;
+        let timeout = convert::secs(timeout)?;
         let tasks = tasks
             .into_iter()
             .map(|(id, payload, frames, retries)| Task {
