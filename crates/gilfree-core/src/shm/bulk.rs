@@ -831,7 +831,7 @@ pub struct ShmBulk {
 }
 
 /// A first fill at least this large maps its pages in on a mapper thread (below it, inline:
-/// a thread start costs more than populating a few MB).
+/// mapping a few MB of existing pages takes about a millisecond, not worth a thread).
 const MAPPER_MIN: usize = 8 << 20;
 
 /// Part of a fill written by one `pwrite` call at most (the kernel caps one call near 2 GB).
