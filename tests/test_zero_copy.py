@@ -177,6 +177,29 @@ def test_segments_are_recycled(pool):
     assert after["bytes"] < 50 * a.nbytes // 4
 
 
+@pytest.mark.timeout(120)
+def test_one_segment_serves_a_sequence_of_new_arrays():
+    # What a program's first transfers do: each round trip sends a new array of one size,
+    # through either worker. The worker lets go of what it received, the parent of the result
+    # it dropped, so the next array refills the same segment: no new segment (whose pages
+    # cost most of a first transfer) after the first. A size no other test uses.
+    n = BIG + 3 * 4096
+    with gilfree.Pool(2) as p:
+        p.submit(identity, 0).result()
+        gc.collect()
+        before = held_segments("gilfree-bulk")
+        where = set()
+        for i in range(6):
+            a = np.full(n, float(i))
+            r = p.submit(identity, a).result()
+            assert r[0] == float(i) and r[-1] == float(i) and shares(r)
+            # The result views this process's own mapping of the segment that carried it.
+            where.add(r.__array_interface__["data"][0])
+            del r, a
+        assert len(where) == 1, "every round trip refilled the same segment"
+        assert len(held_segments("gilfree-bulk") - before) == 1
+
+
 @pytest.mark.timeout(60)
 def test_a_killed_receiver_frees_what_it_held():
     a = np.ones(5 * BIG // 2)  # 20 MB: a segment of its own

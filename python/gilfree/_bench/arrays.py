@@ -16,13 +16,25 @@ Backends (each warm: its workers started and one unmeasured round trip done firs
 Effective throughput = 2 x array size / round-trip time (median of ``reps``). The section goes
 into ``RESULTS.md`` between two markers, so ``python -m gilfree bench --only arrays`` runs it
 alone; the plot goes to ``arrays.png``.
+
+Beside the warm figures, the cold ones (issue 10, "first transfers"): a fresh interpreter (a
+subprocess) imports numpy and gilfree, starts ``gilfree.Pool(2)`` and runs one trivial task,
+then times the round trips of five new arrays (``np.full(n, float(i))``, a new one each time),
+then seven of one array (its warm median). Twice as a program meets it, and once more with
+numpy imported in both workers first (so the row shows what the transfers cost without the
+workers' first ``import numpy``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
+import os
 import statistics
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +48,10 @@ START, END = report.markers("arrays")
 GOAL_GBPS = 12.0
 #: Goal: gilfree's throughput over ProcessPoolExecutor's.
 GOAL_VS_PPE = 25.0
+#: Goal: average effective GB/s of the first five round trips in a fresh process.
+GOAL_FIRST_GBPS = 6.0
+#: Goal: no one of those five takes more than this many times the warm round trip.
+GOAL_FIRST_VS_WARM = 3.0
 
 
 @dataclass
@@ -47,6 +63,103 @@ class ArrayRow:
     gbps: float
     reps: int
     note: str
+
+
+@dataclass
+class ColdRow:
+    """The first round trips of new arrays in a fresh process (``gilfree.Pool(2)``, warm)."""
+
+    run: str
+    firsts: list[float]
+    warm_s: float
+    nbytes: int
+    load: float
+
+    @property
+    def gbps(self) -> float:
+        """Average effective GB/s of the first round trips."""
+        return len(self.firsts) * 2 * self.nbytes / sum(self.firsts) / 1e9
+
+    @property
+    def slowest(self) -> float:
+        """The slowest first round trip over the warm one."""
+        return max(self.firsts) / self.warm_s
+
+    @property
+    def warm_gbps(self) -> float:
+        """Effective GB/s of the warm round trip."""
+        return 2 * self.nbytes / self.warm_s / 1e9
+
+
+Row = ArrayRow | ColdRow
+
+# The fresh process: what a program does, with ``identity`` from its ``__main__`` (sent by
+# value, as a user's function is). Prints one JSON line: the five firsts and the warm median.
+_COLD_SCRIPT = textwrap.dedent(
+    """
+    import json, statistics, sys, time
+    import numpy as np
+    import gilfree
+
+    def identity(x):
+        return x
+
+    def numpy_imported(barrier):
+        import numpy
+        barrier.wait()  # both tasks at once: one on each worker
+        return numpy.__name__
+
+    if __name__ == "__main__":
+        n, preimport = int(sys.argv[1]), sys.argv[2] == "1"
+        with gilfree.Pool(2) as pool:
+            pool.submit(identity, 0).result()
+            if preimport:
+                barrier = gilfree.Barrier(2)
+                fs = [pool.submit(numpy_imported, barrier) for _ in range(2)]
+                assert [f.result() for f in fs] == ["numpy", "numpy"]
+            firsts = []
+            for i in range(5):
+                a = np.full(n, float(i))
+                t = time.perf_counter()
+                r = pool.submit(identity, a).result()
+                firsts.append(time.perf_counter() - t)
+                assert r[0] == float(i) and r[-1] == float(i)
+                del r, a
+            a = np.full(n, 9.0)
+            warm = []
+            for _ in range(7):
+                t = time.perf_counter()
+                r = pool.submit(identity, a).result()
+                warm.append(time.perf_counter() - t)
+                del r
+        print(json.dumps({"firsts": firsts, "warm": statistics.median(warm)}))
+    """
+)
+
+
+def measure_cold(size_mb: int, preimport: bool, run: str) -> ColdRow:
+    """One fresh process's first five round trips of new ``size_mb`` MB arrays (see the
+    module doc); ``preimport``: numpy imported in both workers before them."""
+    n = size_mb * 2**20 // 8
+    load = os.getloadavg()[0]
+    proc = subprocess.run(
+        [sys.executable, "-c", _COLD_SCRIPT, str(n), "1" if preimport else "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the fresh process failed: {proc.stderr.strip()[-2000:]}")
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = ColdRow(run, [float(x) for x in got["firsts"]], float(got["warm"]), n * 8, load)
+    print(
+        f"  first five in a fresh process ({run}): "
+        + " ".join(f"{x:.3f}" for x in row.firsts)
+        + f" s, {row.gbps:.2f} GB/s, slowest {row.slowest:.1f}x warm",
+        flush=True,
+    )
+    return row
 
 
 def _any(_: Any) -> bool:
@@ -92,11 +205,10 @@ def default_size_mb(quick: bool) -> int:
     return 40 if quick else 400
 
 
-def measure(
-    quick: bool = False, size_mb: int | None = None, reps: int | None = None
-) -> list[ArrayRow]:
+def measure(quick: bool = False, size_mb: int | None = None, reps: int | None = None) -> list[Row]:
     """Times every backend's identity round trip of one array of ``size_mb`` MB (default 400;
-    40 with ``quick``); no rows, and a line that says so, without numpy."""
+    40 with ``quick``), then gilfree's first round trips in fresh processes; no rows, and a
+    line that says so, without numpy."""
     np = peers.optional("numpy", "the large-arrays part")
     if np is None:
         return []
@@ -111,12 +223,16 @@ def measure(
         r = np.asarray(r)
         return r.shape == a.shape and bool(np.array_equal(r[:: 2**16], a[:: 2**16]))
 
-    rows: list[ArrayRow] = []
+    rows: list[Row] = []
+    # First, before this process's own arrays and pools load the machine's memory and caches.
+    rows += [measure_cold(size_mb, False, f"as a program meets it #{i}") for i in (1, 2)]
+    rows.append(measure_cold(size_mb, True, "numpy imported in the workers first"))
 
     def add(library: str, times: list[float], note: str) -> None:
         med = statistics.median(times)
-        rows.append(ArrayRow(library, med, 2 * nbytes / med / 1e9, len(times), note))
-        print(f"  {library}: {med * 1e3:.1f} ms, {rows[-1].gbps:.2f} GB/s", flush=True)
+        row = ArrayRow(library, med, 2 * nbytes / med / 1e9, len(times), note)
+        rows.append(row)
+        print(f"  {library}: {med * 1e3:.1f} ms, {row.gbps:.2f} GB/s", flush=True)
 
     ctx = multiprocessing.get_context(
         "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -181,9 +297,11 @@ def measure(
     return rows
 
 
-def render(rows: Sequence[ArrayRow], plot_name: str | None, size_mb: int) -> str:
+def render(rows: Sequence[Row], plot_name: str | None, size_mb: int) -> str:
     """The section's Markdown, between the markers."""
-    by = {r.library: r for r in rows}
+    warm = [r for r in rows if isinstance(r, ArrayRow)]
+    cold = [r for r in rows if isinstance(r, ColdRow)]
+    by = {r.library: r for r in warm}
     ppe = by.get("ProcessPoolExecutor")
     out = [
         START,
@@ -198,7 +316,7 @@ def render(rows: Sequence[ArrayRow], plot_name: str | None, size_mb: int) -> str
         "|---|---:|---:|---:|---:|---|",
     ]
     r: ArrayRow | None
-    for r in rows:
+    for r in warm:
         ratio = r.gbps / ppe.gbps if ppe else float("nan")
         out.append(
             f"| {r.library} | {r.median_s * 1e3:,.1f} | {r.gbps:.2f} | {ratio:.1f}x | {r.reps} | {r.note} |"
@@ -215,20 +333,49 @@ def render(rows: Sequence[ArrayRow], plot_name: str | None, size_mb: int) -> str
             f" {r.gbps:.1f} GB/s, {ratio:.0f}x: **{met}**."
         )
     out.append("")
+    if cold:
+        out += [
+            "### First transfers: the first five round trips in a fresh process",
+            "",
+            f"A fresh interpreter starts `gilfree.Pool(2)`, runs one trivial task, then sends a new"
+            f" {size_mb} MB array through `pool.submit(identity, a).result()` five times (timed),"
+            " then one array seven times (the warm median). The last row imports numpy in both"
+            " workers first: the difference is the workers' first `import numpy`.",
+            "",
+            "| run | round trips (s) | average GB/s | slowest ÷ warm | warm GB/s | load |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for c in cold:
+            trips = " ".join(f"{x:.3f}" for x in c.firsts)
+            out.append(
+                f"| {c.run} | {trips} | {c.gbps:.2f} | {c.slowest:.1f}x | {c.warm_gbps:.1f}"
+                f" | {c.load:.1f} |"
+            )
+        out.append("")
+        for c in cold:
+            met = (
+                "met" if c.gbps >= GOAL_FIRST_GBPS and c.slowest <= GOAL_FIRST_VS_WARM else "missed"
+            )
+            out.append(
+                f"- Goal ({c.run}): ≥ {GOAL_FIRST_GBPS:g} GB/s on average and no trip above"
+                f" {GOAL_FIRST_VS_WARM:g}x warm: {c.gbps:.1f} GB/s, {c.slowest:.1f}x: **{met}**."
+            )
+        out.append("")
     if plot_name:
         out += [f"![large arrays]({plot_name})", ""]
     out.append(END)
     return "\n".join(out) + "\n"
 
 
-def plot(rows: Sequence[ArrayRow], out: Path) -> str | None:
-    """Draws ``arrays.png`` (bars, log scale); ``None`` without matplotlib."""
+def plot(rows: Sequence[Row], out: Path) -> str | None:
+    """Draws ``arrays.png`` (bars of the warm rows, log scale); ``None`` without matplotlib."""
     plt = peers.pyplot("arrays.png")
     if plt is None:
         return None
+    warm = [r for r in rows if isinstance(r, ArrayRow)]
     fig, ax = plt.subplots(figsize=(8, 4))
-    colors = ["#d62728" if r.library.startswith("gilfree") else "#7f7f7f" for r in rows]
-    ax.bar([r.library.replace(" ", "\n", 1) for r in rows], [r.gbps for r in rows], color=colors)
+    colors = ["#d62728" if r.library.startswith("gilfree") else "#7f7f7f" for r in warm]
+    ax.bar([r.library.replace(" ", "\n", 1) for r in warm], [r.gbps for r in warm], color=colors)
     ax.set_yscale("log")
     ax.axhline(GOAL_GBPS, color="#d62728", linestyle="--", linewidth=1, label="goal")
     ax.set_ylabel("effective GB/s (log)")
@@ -241,13 +388,13 @@ def plot(rows: Sequence[ArrayRow], out: Path) -> str | None:
     return "arrays.png"
 
 
-def section(rows: Sequence[ArrayRow], out: Path, size_mb: int) -> str:
+def section(rows: Sequence[Row], out: Path, size_mb: int) -> str:
     """Draws the plot into ``out`` and returns the section."""
     out.mkdir(parents=True, exist_ok=True)
     return render(rows, plot(rows, out), size_mb)
 
 
-def write(rows: Sequence[ArrayRow], out: Path, size_mb: int) -> str:
+def write(rows: Sequence[Row], out: Path, size_mb: int) -> str:
     """Writes ``arrays.png`` and the section into ``out/RESULTS.md``; returns the section."""
     text = section(rows, out, size_mb)
     report.write(out, text, "arrays")

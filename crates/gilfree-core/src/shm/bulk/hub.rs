@@ -441,11 +441,13 @@ pub fn pack(bufs: &[&[u8]], stream: &[u8]) -> io::Result<Vec<u8>> {
                 .sum();
             let mut fill = hub.pool.take(total.max(1))?;
             let mut at = 0usize;
+            let mut parts = Vec::with_capacity(to_copy.len());
             for &i in &to_copy {
-                fill.write(at, bufs[i]);
+                parts.push((at, bufs[i]));
                 placed[i] = Some((refs.len() as u32, at as u64));
                 at += bufs[i].len().next_multiple_of(ALIGN);
             }
+            fill.write_parts(&parts);
             let r = fill.publish();
             hub.note_issued(&r);
             refs.push(r);

@@ -261,6 +261,155 @@ fn a_segment_crosses_a_socket_and_shares_bytes() {
     );
 }
 
+/// Data bytes of `s` that have pages in its memfd, as the kernel counts them (its blocks, less
+/// the header page).
+fn file_data_bytes(s: &ShmBulk) -> usize {
+    let st = rustix::fs::fstat(s.fd()).unwrap();
+    (st.st_blocks as usize * 512).saturating_sub(DATA_OFFSET)
+}
+
+/// `n` bytes that differ from page to page and from fill to fill (`salt`).
+fn pattern(n: usize, salt: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31) ^ ((i / 4096) as u8) ^ salt)
+        .collect()
+}
+
+/// The bytes `[off, off + n)` as a second mapping of the memfd sees them (a receiver's view).
+fn seen_elsewhere(s: &ShmBulk, r: &BulkRef, off: usize, n: usize) -> Vec<u8> {
+    let theirs = Arc::new(ShmBulk::open(rustix::io::dup(s.fd()).unwrap(), Some(r.id)).unwrap());
+    let p = attach(theirs, r).unwrap();
+    let mut v = vec![0u8; n];
+    p.read(off, &mut v);
+    v
+}
+
+#[test]
+fn a_fresh_segment_gets_pages_only_where_its_first_fill_writes() {
+    let mut pool = BulkPool::new(ShmFactory, 0, 4);
+    // Three buffers at the offsets a pack gives them: unaligned lengths, partial pages.
+    let bufs = [
+        pattern(3 << 20 | 123, 1),
+        pattern(5000, 2),
+        pattern(1 << 20, 3),
+    ];
+    let offs = [
+        0,
+        (3 << 20 | 123usize).next_multiple_of(64),
+        (3 << 20) + 5248,
+    ];
+    let end = offs[2] + bufs[2].len();
+    let mut f = pool.take(end).unwrap();
+    let s = f.storage().clone();
+    assert!(
+        s.capacity() > end.next_multiple_of(4096) + 4096,
+        "the class has slack"
+    );
+    assert_eq!(
+        file_data_bytes(&s),
+        0,
+        "made, not yet filled: no data page exists"
+    );
+    let parts: Vec<(usize, &[u8])> = offs
+        .iter()
+        .copied()
+        .zip(bufs.iter().map(|b| &b[..]))
+        .collect();
+    f.write_parts(&parts);
+    let r = f.publish();
+    // Exactly the written pages exist: none for the class's slack, none zero-filled twice.
+    assert_eq!(file_data_bytes(&s), end.next_multiple_of(4096));
+    assert_eq!(s.resident_bytes().unwrap(), end.next_multiple_of(4096));
+    for (off, b) in offs.iter().zip(&bufs) {
+        assert!(
+            seen_elsewhere(&s, &r, *off, b.len()) == *b,
+            "a receiver's mapping"
+        );
+        let p = attach_with(s.clone(), &r, false).unwrap();
+        let mut v = vec![0u8; b.len()];
+        p.read(*off, &mut v);
+        assert!(v == *b, "the owner's own mapping");
+    }
+}
+
+#[test]
+fn refills_of_a_segment_first_filled_through_its_fd_read_back() {
+    let mut pool = BulkPool::new(ShmFactory, 0, 4);
+    let n = 2 << 20;
+    let mut last = None;
+    // A short first fill, then a longer one in the same class (pages beyond the first fill
+    // are new), then a short one again.
+    for (i, len) in [n / 2 + 17, n, n / 3].into_iter().enumerate() {
+        let bytes = pattern(len, 10 + i as u8);
+        let mut f = pool.take(n + 64).unwrap();
+        let s = f.storage().clone();
+        f.write_parts(&[(64, &bytes)]);
+        let r = f.publish();
+        if let Some(id) = last {
+            assert_eq!(r.id, id, "one segment serves the sequence");
+        }
+        last = Some(r.id);
+        assert!(
+            seen_elsewhere(&s, &r, 64, len) == bytes,
+            "fill {i}, a receiver's view"
+        );
+        let p = attach(s.clone(), &r).unwrap();
+        let mut v = vec![0u8; len];
+        p.read(64, &mut v);
+        assert!(v == bytes, "fill {i}, the owner's view");
+        // What a view in place sees (a numpy array over the data pointer).
+        // SAFETY: `[data_ptr + 64, + len)` lies in the mapping, pinned by `p`.
+        let in_place = unsafe { std::slice::from_raw_parts(s.data_ptr().add(64), len) };
+        assert!(in_place == &bytes[..], "fill {i}, in place");
+        drop(p);
+    }
+}
+
+/// Threads of this process now.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+#[test]
+fn a_large_first_fill_maps_its_pages_behind_and_the_thread_ends_with_the_segment() {
+    // nextest runs each test in a process of its own, so the count is this test's.
+    let before = threads();
+    let mut pool = BulkPool::new(ShmFactory, 0, 4);
+    let n = 3 * MAPPER_MIN / 2;
+    let bytes = pattern(n, 7);
+    let mut f = pool.take(n).unwrap();
+    let s = f.storage().clone();
+    f.write(0, &bytes);
+    let r = f.publish();
+    // A receiver may read at once, while the pages are still being mapped in here.
+    assert!(seen_elsewhere(&s, &r, 0, n) == bytes);
+    // The next fill waits for the mapper and copies through the mapping.
+    let again = pattern(n, 8);
+    let mut f = pool.take(n).unwrap();
+    assert_eq!(f.storage().header().id(), r.id);
+    f.write(0, &again);
+    let r2 = f.publish();
+    assert!(!s.mapping_behind());
+    assert!(seen_elsewhere(&s, &r2, 0, n) == again);
+    // A segment dropped while its mapper may still run joins it: no thread is left.
+    let mut other = BulkPool::new(ShmFactory, 1 << 32, 4);
+    let mut f = other.take(n).unwrap();
+    f.write(0, &bytes);
+    let _unclaimed = f.publish();
+    drop((other, pool, s));
+    // Joined by now; the kernel drops a joined thread from /proc a few steps after the join
+    // returns (its tid is cleared first), so look again a bounded number of times.
+    let mut now = threads();
+    for _ in 0..10_000 {
+        if now == before {
+            break;
+        }
+        std::thread::yield_now();
+        now = threads();
+    }
+    assert_eq!(now, before);
+}
+
 /// The pid of a process that existed and is gone (reaped).
 fn dead_pid() -> u32 {
     let mut child = std::process::Command::new("true").spawn().unwrap();
