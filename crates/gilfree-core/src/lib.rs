@@ -20,7 +20,10 @@
 //!   `/dev/shm`, so nothing can leak there; every segment is sealed against resizing);
 //!   [`shm::ring`] owns the single-producer / single-consumer ring's index and framing
 //!   invariants; [`shm::channel`] pairs two rings and their doorbells into one duplex link
-//!   between a parent and a worker.
+//!   between a parent and a worker; [`shm::bulk`] owns the large out-of-band buffers' segments
+//!   (made, recycled by size class, pinned, freed; tickets and generations), whose fds reach a
+//!   peer over a socket ([`shm::fdpass`], `SCM_RIGHTS`, never `/proc`); [`shm::heap`] is the
+//!   heap data area of the in-process twins (`ring::local`, `bulk::local`) that loom checks.
 //! - [`ipc`]: process-shared primitives in an arena of slots. [`ipc::arena`] owns slot
 //!   lifetimes, refcounts and the reaping of a dead process's holdings, and knows only the
 //!   [`ipc::arena::SlotBody`] trait; each primitive's file owns its word's state machine and,
