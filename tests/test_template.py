@@ -99,13 +99,11 @@ def test_ctrl_c_with_forked_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert wait_gone(pids) == []
 
 
-def test_a_forked_worker_finds_cloudpickle_already_imported() -> None:
-    """A first task from ``__main__`` arrives by value and needs cloudpickle: the template
-    imports it once, so no new worker pays for that import. The probe itself travels by
-    reference (``eval`` is a builtin), so it loads nothing of its own."""
+def _forked_worker_eval(expr: str) -> str:
+    """What a template-forked worker prints for ``eval(expr)``, run in a fresh interpreter."""
     code = (
         "import gilfree\n"
-        "w = gilfree.Worker(target=eval, args=(\"'cloudpickle' in __import__('sys').modules\",))\n"
+        f"w = gilfree.Worker(target=eval, args=({expr!r},))\n"
         "w.start()\n"
         "print(w.join())\n"
     )
@@ -117,28 +115,21 @@ def test_a_forked_worker_finds_cloudpickle_already_imported() -> None:
         env={**os.environ, **ON},
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "True"
+    return res.stdout.strip()
+
+
+def test_a_forked_worker_finds_cloudpickle_already_imported() -> None:
+    """A first task from ``__main__`` arrives by value and needs cloudpickle: the template
+    imports it once, so no new worker pays for that import. The probe itself travels by
+    reference (``eval`` is a builtin), so it loads nothing of its own."""
+    assert _forked_worker_eval("'cloudpickle' in __import__('sys').modules") == "True"
 
 
 def test_a_forked_worker_inherits_the_templates_heap_frozen() -> None:
     """The template freezes its objects (``gc.freeze``) before forking, so a worker's
     collections never write to them: its heap pages stay shared with the template instead of
     being copied into every worker."""
-    code = (
-        "import gilfree\n"
-        "w = gilfree.Worker(target=eval, args=(\"__import__('gc').get_freeze_count()\",))\n"
-        "w.start()\n"
-        "print(w.join())\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=WATCHDOG,
-        env={**os.environ, **ON},
-    )
-    assert res.returncode == 0, res.stderr
-    assert int(res.stdout.strip()) > 0
+    assert int(_forked_worker_eval("__import__('gc').get_freeze_count()")) > 0
 
 
 # --- The template started at ``import gilfree`` ---------------------------------------------
@@ -244,18 +235,4 @@ def test_ctrl_c_before_first_use_leaves_no_process(monkeypatch: pytest.MonkeyPat
 def test_a_forked_worker_collects_garbage_as_any_interpreter() -> None:
     """The template runs with the collector off until it forks (its imports live as long as
     it does); a worker forked from it has the collector on, as a fresh interpreter has."""
-    code = (
-        "import gilfree\n"
-        "w = gilfree.Worker(target=eval, args=(\"__import__('gc').isenabled()\",))\n"
-        "w.start()\n"
-        "print(w.join())\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=WATCHDOG,
-        env={**os.environ, **ON},
-    )
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "True"
+    assert _forked_worker_eval("__import__('gc').isenabled()") == "True"
