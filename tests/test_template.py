@@ -152,12 +152,17 @@ def _prestart_env(tag: str) -> dict[str, str]:
     return {**ON, "GILFREE_TEST_TAG": tag}
 
 
-def test_import_starts_the_template_and_the_first_worker_is_forked_from_it() -> None:
-    res = run_script("prestart_probe.py", "adopt", env=_prestart_env("adopt"))
+def _prestart_report(mode: str) -> tuple[int, dict]:
+    """Runs ``prestart_probe.py mode`` (tagged ``mode``): the template it announced first, and
+    the JSON report it printed last."""
+    res = run_script("prestart_probe.py", mode, env=_prestart_env(mode))
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
-    template = int(lines[0].split()[1])
-    out = json.loads(lines[-1])
+    return int(lines[0].split()[1]), json.loads(lines[-1])
+
+
+def test_import_starts_the_template_and_the_first_worker_is_forked_from_it() -> None:
+    template, out = _prestart_report("adopt")
     # The engine adopted the template started at import: the same process, and no other.
     assert out["templates"] == [template]
     assert out["still_prestarted"] is None
@@ -189,11 +194,7 @@ def test_prestart_off_still_forks_workers_from_a_template() -> None:
 
 
 def test_a_fork_child_before_first_use_starts_its_own_engine() -> None:
-    res = run_script("prestart_probe.py", "fork", env=_prestart_env("fork"))
-    assert res.returncode == 0, res.stderr
-    lines = res.stdout.strip().splitlines()
-    template = int(lines[0].split()[1])
-    out = json.loads(lines[-1])
+    template, out = _prestart_report("fork")
     assert out["child_status"] == 0
     assert out["child"]["ok"], out
     # The parent still adopts the template it started at import.
