@@ -66,6 +66,24 @@ def run_script(
     )
 
 
+def imported_by(code: str) -> set[str]:
+    """The modules that running ``code`` imports in a fresh interpreter (``-X importtime``)."""
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+    )
+    assert res.returncode == 0, res.stderr
+    names = set()
+    for line in res.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":  # the header line
+                names.add(name)
+    return names
+
+
 def interrupt_script(name: str, *args: str, ready: str) -> tuple[list[int], str, str, int]:
     """Runs ``tests/scripts/<name>``, waits for its ``ready`` line, sends it SIGINT (Ctrl-C),
     and returns the pids from a ``pid``/``pids`` line printed before it (if any), its stdout,

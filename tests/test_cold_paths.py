@@ -15,7 +15,7 @@ import gilfree
 from gilfree import executor
 
 import helpers
-from conftest import WATCHDOG, interrupt_script, wait_gone
+from conftest import WATCHDOG, imported_by, interrupt_script, wait_gone
 
 # Modules ``import gilfree`` must not load: each costs milliseconds and only some calls need it.
 HEAVY = (
@@ -31,26 +31,8 @@ HEAVY = (
 )
 
 
-def _imported_by(code: str) -> set[str]:
-    """The modules that running ``code`` imports in a fresh interpreter (``-X importtime``)."""
-    res = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=WATCHDOG,
-    )
-    assert res.returncode == 0, res.stderr
-    names = set()
-    for line in res.stderr.splitlines():
-        if line.startswith("import time:") and "|" in line:
-            name = line.rsplit("|", 1)[1].strip()
-            if name != "imported package":
-                names.add(name)
-    return names
-
-
 def test_import_gilfree_loads_no_heavy_module() -> None:
-    names = _imported_by("import gilfree")
+    names = imported_by("import gilfree")
     assert "gilfree" in names  # the parse saw the import itself
     assert not {n for n in names if n.split(".")[0] in HEAVY or n in HEAVY}, sorted(names)
 

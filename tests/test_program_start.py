@@ -7,29 +7,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import WATCHDOG
-
-
-def _imported_by(code: str) -> set[str]:
-    """The modules that running ``code`` imports in a fresh interpreter (``-X importtime``)."""
-    res = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=WATCHDOG,
-    )
-    assert res.returncode == 0, res.stderr
-    return {
-        line.rsplit("|", 1)[1].strip()
-        for line in res.stderr.splitlines()
-        if line.startswith("import time:") and "|" in line
-    }
+from conftest import WATCHDOG, imported_by
 
 
 def test_import_gilfree_loads_no_threading_nor_collections() -> None:
     """``threading`` (with ``functools`` and ``collections``) was most of what ``import
     gilfree`` cost; the first Worker or Pool imports it."""
-    names = _imported_by("import gilfree")
+    names = imported_by("import gilfree")
     assert "gilfree._runtime" in names  # the parse saw the template being started
     assert not names & {"threading", "functools", "collections", "collections.abc"}, sorted(names)
 

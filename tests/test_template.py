@@ -99,13 +99,11 @@ def test_ctrl_c_with_forked_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert wait_gone(pids) == []
 
 
-def test_a_forked_worker_finds_cloudpickle_already_imported() -> None:
-    """A first task from ``__main__`` arrives by value and needs cloudpickle: the template
-    imports it once, so no new worker pays for that import. The probe itself travels by
-    reference (``eval`` is a builtin), so it loads nothing of its own."""
+def _forked_worker_eval(expr: str) -> str:
+    """What a template-forked worker prints for ``eval(expr)``, run in a fresh interpreter."""
     code = (
         "import gilfree\n"
-        "w = gilfree.Worker(target=eval, args=(\"'cloudpickle' in __import__('sys').modules\",))\n"
+        f"w = gilfree.Worker(target=eval, args=({expr!r},))\n"
         "w.start()\n"
         "print(w.join())\n"
     )
@@ -117,28 +115,21 @@ def test_a_forked_worker_finds_cloudpickle_already_imported() -> None:
         env={**os.environ, **ON},
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "True"
+    return res.stdout.strip()
+
+
+def test_a_forked_worker_finds_cloudpickle_already_imported() -> None:
+    """A first task from ``__main__`` arrives by value and needs cloudpickle: the template
+    imports it once, so no new worker pays for that import. The probe itself travels by
+    reference (``eval`` is a builtin), so it loads nothing of its own."""
+    assert _forked_worker_eval("'cloudpickle' in __import__('sys').modules") == "True"
 
 
 def test_a_forked_worker_inherits_the_templates_heap_frozen() -> None:
     """The template freezes its objects (``gc.freeze``) before forking, so a worker's
     collections never write to them: its heap pages stay shared with the template instead of
     being copied into every worker."""
-    code = (
-        "import gilfree\n"
-        "w = gilfree.Worker(target=eval, args=(\"__import__('gc').get_freeze_count()\",))\n"
-        "w.start()\n"
-        "print(w.join())\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=WATCHDOG,
-        env={**os.environ, **ON},
-    )
-    assert res.returncode == 0, res.stderr
-    assert int(res.stdout.strip()) > 0
+    assert int(_forked_worker_eval("__import__('gc').get_freeze_count()")) > 0
 
 
 # --- The template started at ``import gilfree`` ---------------------------------------------
@@ -161,12 +152,17 @@ def _prestart_env(tag: str) -> dict[str, str]:
     return {**ON, "GILFREE_TEST_TAG": tag}
 
 
-def test_import_starts_the_template_and_the_first_worker_is_forked_from_it() -> None:
-    res = run_script("prestart_probe.py", "adopt", env=_prestart_env("adopt"))
+def _prestart_report(mode: str) -> tuple[int, dict]:
+    """Runs ``prestart_probe.py mode`` (tagged ``mode``): the template it announced first, and
+    the JSON report it printed last."""
+    res = run_script("prestart_probe.py", mode, env=_prestart_env(mode))
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
-    template = int(lines[0].split()[1])
-    out = json.loads(lines[-1])
+    return int(lines[0].split()[1]), json.loads(lines[-1])
+
+
+def test_import_starts_the_template_and_the_first_worker_is_forked_from_it() -> None:
+    template, out = _prestart_report("adopt")
     # The engine adopted the template started at import: the same process, and no other.
     assert out["templates"] == [template]
     assert out["still_prestarted"] is None
@@ -198,11 +194,7 @@ def test_prestart_off_still_forks_workers_from_a_template() -> None:
 
 
 def test_a_fork_child_before_first_use_starts_its_own_engine() -> None:
-    res = run_script("prestart_probe.py", "fork", env=_prestart_env("fork"))
-    assert res.returncode == 0, res.stderr
-    lines = res.stdout.strip().splitlines()
-    template = int(lines[0].split()[1])
-    out = json.loads(lines[-1])
+    template, out = _prestart_report("fork")
     assert out["child_status"] == 0
     assert out["child"]["ok"], out
     # The parent still adopts the template it started at import.
@@ -244,18 +236,4 @@ def test_ctrl_c_before_first_use_leaves_no_process(monkeypatch: pytest.MonkeyPat
 def test_a_forked_worker_collects_garbage_as_any_interpreter() -> None:
     """The template runs with the collector off until it forks (its imports live as long as
     it does); a worker forked from it has the collector on, as a fresh interpreter has."""
-    code = (
-        "import gilfree\n"
-        "w = gilfree.Worker(target=eval, args=(\"__import__('gc').isenabled()\",))\n"
-        "w.start()\n"
-        "print(w.join())\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=WATCHDOG,
-        env={**os.environ, **ON},
-    )
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "True"
+    assert _forked_worker_eval("__import__('gc').isenabled()") == "True"

@@ -15,6 +15,8 @@ import pytest
 import gilfree
 from gilfree import _oob, _serialize
 
+from conftest import WATCHDOG
+
 np = pytest.importorskip("numpy")
 
 BIG = 1 << 20  # elements: 8 MB of float64, far above the threshold
@@ -285,6 +287,15 @@ def test_shared_array_memoryview_and_plain_pickle():
     assert repr(shared).startswith("SharedArray(")
 
 
+def _prints_ok(script: str) -> None:
+    """Runs ``script`` in a fresh interpreter (with a watchdog): it exits 0 and prints ``ok``."""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=WATCHDOG
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok"
+
+
 @pytest.mark.timeout(60)
 def test_shared_array_without_numpy():
     script = (
@@ -299,12 +310,7 @@ def test_shared_array_without_numpy():
         "assert s.memoryview.tolist() == [0, 0, 9, 0]\n"
         "print('ok')\n"
     )
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    _prints_ok(script)
 
 
 def test_cancelled_task_frees_the_shared_memory_its_arguments_pinned() -> None:
@@ -404,11 +410,7 @@ def test_zero_copy_works_with_proc_unreadable() -> None:
     # Segments reach the worker over its channel's socket (SCM_RIGHTS): a worker that cannot
     # open the parent's /proc/<pid>/fd still gets every array without a copy, and writes to a
     # SharedArray are seen.
-    out = subprocess.run(
-        [sys.executable, "-c", _NO_PROC_SCRIPT], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip() == "ok"
+    _prints_ok(_NO_PROC_SCRIPT)
 
 
 _OUTLIVE_SCRIPT = textwrap.dedent(
@@ -458,8 +460,4 @@ def test_no_segment_outlives_the_engine() -> None:
     # Once the pool is closed and the engine is gone, the parent holds no segment: recycled
     # ones went with the last channel, a SharedArray with its last handle; nothing of ours is
     # in /dev/shm. (Idle workers outlive a Pool by design, and may view its last segments.)
-    out = subprocess.run(
-        [sys.executable, "-c", _OUTLIVE_SCRIPT], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip() == "ok"
+    _prints_ok(_OUTLIVE_SCRIPT)

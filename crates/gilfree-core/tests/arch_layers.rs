@@ -433,22 +433,28 @@ fn load() -> (Vec<Source>, Crate) {
             file: f.strip_prefix(&root).unwrap().to_owned(),
         })
         .collect();
+    let krate = krate_of(&sources);
+    (sources, krate)
+}
+
+/// The crate's modules (files and inline `mod x { ... }` alike) and its re-exports, as read
+/// from `sources`.
+fn krate_of(sources: &[Source]) -> Crate {
     let mut modules: BTreeSet<ModPath> = sources.iter().map(|s| s.module.clone()).collect();
     // Inline modules too (`mod tests { ... }`).
     let mut reexports = Vec::new();
-    for s in &sources {
+    for s in sources {
         for p in paths(s, &mut reexports) {
             modules.insert(p.scope.clone());
         }
     }
-    let krate = Crate {
+    Crate {
         modules,
         reexports: reexports
             .into_iter()
             .map(|r| ((r.module, r.name), r.target))
             .collect(),
-    };
-    (sources, krate)
+    }
 }
 
 /// Every arrow `from -> to` between modules, with the file it was read in.
@@ -577,21 +583,7 @@ fn fake(files: &[(&str, &str)]) -> Vec<(ModPath, ModPath, PathBuf)> {
             file: PathBuf::from(path),
         })
         .collect();
-    let mut modules: BTreeSet<ModPath> = sources.iter().map(|s| s.module.clone()).collect();
-    let mut reexports = Vec::new();
-    for s in &sources {
-        for p in paths(s, &mut reexports) {
-            modules.insert(p.scope.clone());
-        }
-    }
-    let krate = Crate {
-        modules,
-        reexports: reexports
-            .into_iter()
-            .map(|r| ((r.module, r.name), r.target))
-            .collect(),
-    };
-    arrows(&sources, &krate)
+    arrows(&sources, &krate_of(&sources))
 }
 
 #[test]

@@ -3,55 +3,32 @@
 //! as its child (see `shm_channel.rs`); every wait has a watchdog deadline, and the child is
 //! killed and reaped when its guard drops.
 
+mod channel_support;
+
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use channel_support::ChildGuard;
 
 use gilfree_core::shm::bulk::hub;
 use gilfree_core::shm::channel::Channel;
 use gilfree_core::{RecvError, Wait};
-use rustix::process::{getppid, pidfd_open, Pid, PidfdFlags};
+use rustix::process::getppid;
 
-const ROLE: &str = "GILFREE_TEST_ROLE";
-const FDS: &str = "GILFREE_TEST_FDS";
 const RING: usize = 4096;
 const WATCHDOG: Duration = Duration::from_secs(30);
 const SIZE: usize = 3 << 20;
 
-struct ChildGuard {
-    child: Child,
-    pidfd: OwnedFd,
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// [`channel_support::spawn`], then the parent's copy of the child end closed: a bulk
+/// segment's fd must reach the child over the channel's socket and nowhere else.
 fn spawn(test: &str, role: &str, ch: &mut Channel) -> ChildGuard {
-    ch.set_inheritable(true).unwrap();
-    let spawned = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(FDS, ch.child_fds().encode())
-        .stdout(Stdio::null())
-        .spawn();
-    ch.set_inheritable(false).unwrap();
+    let child = channel_support::spawn(test, role, ch);
     ch.close_child_end();
-    let child = spawned.unwrap();
-    let pid = Pid::from_raw(child.id() as i32).unwrap();
-    let pidfd = pidfd_open(pid, PidfdFlags::empty()).unwrap();
-    ChildGuard { child, pidfd }
+    child
 }
 
 fn child_end(role: &str) -> Option<(Channel, OwnedFd)> {
-    if std::env::var(ROLE).ok()? != role {
-        return None;
-    }
-    let ch = Channel::from_env(FDS).unwrap();
-    let parent = pidfd_open(getppid().unwrap(), PidfdFlags::empty()).unwrap();
+    let (ch, parent) = channel_support::child_end(role)?;
     // The point of these tests: the parent's fds are out of reach through /proc. The parent
     // is non-dumpable; root could read it anyway (CAP_SYS_PTRACE), so as root this thread
     // becomes `nobody`, which also drops its capabilities.

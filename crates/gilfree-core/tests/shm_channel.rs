@@ -3,65 +3,19 @@
 //! named in `GILFREE_TEST_FDS`, and plays its part. Every wait has a watchdog deadline, and the
 //! child is killed and reaped when its guard drops, so no process outlives a test.
 
+mod channel_support;
+
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use channel_support::{child_end, spawn};
 
 use gilfree_core::shm::channel::Channel;
 use gilfree_core::{RecvError, Wait};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use rustix::process::{getppid, pidfd_open, Pid, PidfdFlags};
 
-const ROLE: &str = "GILFREE_TEST_ROLE";
-const FDS: &str = "GILFREE_TEST_FDS";
 const RING: usize = 4096;
 const WATCHDOG: Duration = Duration::from_secs(30);
-
-/// A child process that is killed and reaped when this guard drops, panic or not.
-struct ChildGuard {
-    child: Child,
-    pidfd: OwnedFd,
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Spawns this test binary as the child running `test` in `role`, with the child end of `ch`.
-fn spawn(test: &str, role: &str, ch: &Channel) -> ChildGuard {
-    ch.set_inheritable(true).unwrap();
-    let spawned = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            test,
-            "--nocapture",
-            "--test-threads=1",
-            "--include-ignored",
-        ])
-        .env(ROLE, role)
-        .env(FDS, ch.child_fds().encode())
-        // The harness's own chatter would interleave with ours; a panic still shows on stderr.
-        .stdout(Stdio::null())
-        .spawn();
-    ch.set_inheritable(false).unwrap();
-    let child = spawned.unwrap();
-    let pid = Pid::from_raw(child.id() as i32).unwrap();
-    let pidfd = pidfd_open(pid, PidfdFlags::empty()).unwrap();
-    ChildGuard { child, pidfd }
-}
-
-/// In a child: `Some(channel, parent's pidfd)` when this process was started in `role`.
-fn child_end(role: &str) -> Option<(Channel, OwnedFd)> {
-    if std::env::var(ROLE).ok()? != role {
-        return None;
-    }
-    let ch = Channel::from_env(FDS).unwrap();
-    let parent = pidfd_open(getppid().unwrap(), PidfdFlags::empty()).unwrap();
-    Some((ch, parent))
-}
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -105,24 +105,19 @@ impl Segment {
     /// Refuses (`InvalidData`) a file whose size is not sealed (see the module invariants):
     /// whoever else holds it could otherwise shrink it under our mapping.
     pub fn open(fd: OwnedFd) -> io::Result<Segment> {
-        if !size_sealed(&fd) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "shared segment is not sealed against resizing",
-            ));
-        }
-        let size = fstat(&fd)?.st_size;
-        let len = usize::try_from(size)
-            .ok()
-            .filter(|&l| l > 0)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad shared segment size"))?;
-        Self::map(fd, len, MapFlags::SHARED | MapFlags::POPULATE)
+        Self::open_with(fd, MapFlags::SHARED | MapFlags::POPULATE)
     }
 
     /// [`open`](Segment::open) without pre-faulting the mapping: for a receiver that may touch
     /// only part of a large segment (or none of it, as a task that returns its argument), so
     /// that mapping it costs no per-page work up front.
     pub fn open_lazy(fd: OwnedFd) -> io::Result<Segment> {
+        Self::open_with(fd, MapFlags::SHARED)
+    }
+
+    /// The checks [`open`](Segment::open) and [`open_lazy`](Segment::open_lazy) share (sealed
+    /// size, nonzero length), then the whole file mapped with `flags`.
+    fn open_with(fd: OwnedFd, flags: MapFlags) -> io::Result<Segment> {
         if !size_sealed(&fd) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -134,7 +129,7 @@ impl Segment {
             .ok()
             .filter(|&l| l > 0)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad shared segment size"))?;
-        Self::map(fd, len, MapFlags::SHARED)
+        Self::map(fd, len, flags)
     }
 
     fn map(fd: OwnedFd, len: usize, flags: MapFlags) -> io::Result<Segment> {
