@@ -260,6 +260,11 @@ def pool_call(meta: int | tuple[int, bool], body: memoryview, endpoint: _engine.
                         )
             if not send(frame, False):
                 return False
+        # Let go of the items and the last result before the trailer wakes the parent: a view
+        # of a bulk segment among them pins it, and the parent's next array of that size can
+        # refill that segment only once no pin is left (else it makes a new one, whose fresh
+        # pages cost most of a first transfer).
+        items = item = value = None
     _flush()
     elapsed = time.perf_counter() - started
     return send(_protocol.TRAILER.pack(elapsed, _peak_rss() if report_rss else 0), True)
