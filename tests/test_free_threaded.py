@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WATCHDOG
+from conftest import DASK_WORKERS, WATCHDOG, DaskCluster
 
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 needs_free_threading = pytest.mark.skipif(
@@ -132,3 +132,21 @@ def test_bench_ft_is_skipped_by_name_with_the_gil(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "ft: skipped (this interpreter runs with the GIL" in proc.stdout
     assert not (tmp_path / "FREE_THREADED.md").exists()
+
+
+def _thread_names() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate()]
+
+
+@needs_free_threading
+def test_dask_local_cluster_runs_no_frame_sampler(dask_session: DaskCluster) -> None:
+    # distributed's profiler ("Profile" thread, in the scheduler's process and in each worker)
+    # samples another thread's live frames through sys._current_frames(), which is not safe
+    # without the GIL: on 3.13t it read a dict where a code object should be and died with an
+    # AttributeError mid-suite. The LocalCluster the dask backend starts turns it off there.
+    assert "Profile" not in _thread_names()
+    per_worker = dask_session.client.run(_thread_names)
+    assert len(per_worker) == DASK_WORKERS
+    assert all("Profile" not in names for names in per_worker.values()), per_worker

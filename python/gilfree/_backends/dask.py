@@ -68,7 +68,7 @@ import dask
 import distributed
 
 from gilfree import _protocol, _runtime
-from gilfree._backends import UnsupportedByBackend
+from gilfree._backends import UnsupportedByBackend, _gil_enabled
 from gilfree._dispatch import _check_retries, _decode_frame
 from gilfree.exceptions import WorkerCrashedError
 from gilfree.executor import Pool as _ProcessPool
@@ -836,10 +836,15 @@ def _local_cluster(n_workers: int) -> distributed.LocalCluster:
 
     Its nannies start the workers with multiprocessing's spawn, which also starts the stdlib's
     ``resource_tracker`` process once per interpreter; that one ends when this process does."""
-    settings = {
+    settings: dict[str, object] = {
         "distributed.scheduler.allowed-failures": 0,
         "distributed.scheduler.worker-saturation": 1.0,
     }
+    if not _gil_enabled():
+        # distributed's profiler thread (in this process, for the scheduler, and in each worker)
+        # walks another thread's live frames from sys._current_frames(), which is unsafe
+        # without the GIL: on CPython 3.13t it read a dict where a code object should be.
+        settings["distributed.worker.profile.enabled"] = False
     with dask.config.set(settings):  # pyright: ignore[reportPrivateImportUsage]
         return distributed.LocalCluster(
             n_workers=n_workers,
