@@ -120,9 +120,14 @@ def test_bench_ft_measures_the_three_backends(tmp_path: Path) -> None:
     proc = bench_ft(tmp_path)
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "FREE_THREADED.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
     for backend in ("threading.Thread", "thread backend", "process backend"):
         for w in (1, 2):
-            assert any(f"| {w} |" in line for line in text.splitlines() if backend in line)
+            assert any(f"| {w} |" in line for line in lines if backend in line)
+        # start→join, warm (--reps 5) and cold (--quick: 3 fresh programs), each with a median.
+        for kind, reps in (("warm", 5), ("cold", 3)):
+            row = [line for line in lines if backend in line and f"| {kind} | {reps} |" in line]
+            assert len(row) == 1 and row[0].count(" µs |") == 2, lines
     assert "GIL: disabled" in text
 
 
