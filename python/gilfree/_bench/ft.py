@@ -170,7 +170,7 @@ def measure_cold(runs: int) -> list[LatencyRow]:
                 timeout=120,
             )
             times[name].append(float(res.stdout.split()[-1]) * 1e6)
-    rows = []
+    rows: list[LatencyRow] = []
     for name, samples in times.items():
         samples.sort()
         p90 = (
