@@ -151,7 +151,28 @@ def test_dask_local_cluster_runs_no_frame_sampler(dask_session: DaskCluster) -> 
     # samples another thread's live frames through sys._current_frames(), which is not safe
     # without the GIL: on 3.13t it read a dict where a code object should be and died with an
     # AttributeError mid-suite. The LocalCluster the dask backend starts turns it off there.
+    # A worker the nanny restarts (after a crash) starts with the same config: kill one first.
+    import signal
+    import time
+
+    import psutil
+
+    client = dask_session.client
+    client.wait_for_workers(DASK_WORKERS, timeout=WATCHDOG)
+    killed = next(iter(client.run(os.getpid).values()))
+    os.kill(killed, signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(killed)], timeout=WATCHDOG)
+    deadline = time.monotonic() + WATCHDOG
+    while True:  # until the scheduler has the restarted worker and not the dead one
+        try:
+            pids = client.run(os.getpid, on_error="ignore")
+        except OSError:
+            pids = {}
+        if len(pids) == DASK_WORKERS and killed not in pids.values():
+            break
+        assert time.monotonic() < deadline, f"no worker restarted after {killed}: {pids}"
+        client.wait_for_workers(DASK_WORKERS, timeout=WATCHDOG)
     assert "Profile" not in _thread_names()
-    per_worker = dask_session.client.run(_thread_names)
+    per_worker = client.run(_thread_names)
     assert len(per_worker) == DASK_WORKERS
     assert all("Profile" not in names for names in per_worker.values()), per_worker
