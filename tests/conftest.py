@@ -84,10 +84,38 @@ def imported_by(code: str) -> set[str]:
     return names
 
 
+def wait_main_thread_asleep(pid: int, timeout: float = WATCHDOG) -> None:
+    """Waits until the main thread of process ``pid`` sleeps in the kernel (state ``S``: blocked,
+    as in a lock's wait), or the process is gone. Polled: the kernel tells no one when a thread's
+    state changes.
+
+    Why: a Ctrl-C test means "Ctrl-C while the program waits". A script says ``ready`` just
+    before it blocks, and on free-threaded CPython (3.13t) a blocking lock acquire first spins
+    for a while (``sched_yield``) before it parks: a SIGINT that lands then is handled by the C
+    handler, but the lock's wait does not look at it and parks anyway, so the program sleeps on
+    until a second SIGINT. A SIGINT sent once the thread is parked wakes it (``EINTR``) and raises
+    ``KeyboardInterrupt`` at once, as on every build.
+    """
+    import time
+
+    stat = Path(f"/proc/{pid}/task/{pid}/stat")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):  # gone (or going)
+            return
+        if state in ("S", "Z", "X"):
+            return
+        time.sleep(0.0005)  # poll interval; what is awaited is the state read above
+    raise AssertionError(f"the main thread of {pid} never blocked within {timeout} s")
+
+
 def interrupt_script(name: str, *args: str, ready: str) -> tuple[list[int], str, str, int]:
-    """Runs ``tests/scripts/<name>``, waits for its ``ready`` line, sends it SIGINT (Ctrl-C),
-    and returns the pids from a ``pid``/``pids`` line printed before it (if any), its stdout,
-    its stderr and its exit status. Watchdogged."""
+    """Runs ``tests/scripts/<name>``, waits for its ``ready`` line and for its main thread to
+    block (:func:`wait_main_thread_asleep`), sends it SIGINT (Ctrl-C), and returns the pids
+    from a ``pid``/``pids`` line printed before it (if any), its stdout, its stderr and its exit
+    status. Watchdogged."""
     import signal
 
     with subprocess.Popen(
@@ -103,6 +131,7 @@ def interrupt_script(name: str, *args: str, ready: str) -> tuple[list[int], str,
                 assert line, f"{name} ended before printing {ready!r}"
                 if line.split()[0] in ("pid", "pids"):
                     pids = [int(p) for p in line.split()[1:]]
+            wait_main_thread_asleep(proc.pid)
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=WATCHDOG)
         finally:

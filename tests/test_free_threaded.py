@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WATCHDOG
+from conftest import DASK_WORKERS, WATCHDOG, DaskCluster
 
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 needs_free_threading = pytest.mark.skipif(
@@ -120,9 +120,14 @@ def test_bench_ft_measures_the_three_backends(tmp_path: Path) -> None:
     proc = bench_ft(tmp_path)
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "FREE_THREADED.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
     for backend in ("threading.Thread", "thread backend", "process backend"):
         for w in (1, 2):
-            assert any(f"| {w} |" in line for line in text.splitlines() if backend in line)
+            assert any(f"| {w} |" in line for line in lines if backend in line)
+        # start→join, warm (--reps 5) and cold (--quick: 3 fresh programs), each with a median.
+        for kind, reps in (("warm", 5), ("cold", 3)):
+            row = [line for line in lines if backend in line and f"| {kind} | {reps} |" in line]
+            assert len(row) == 1 and row[0].count(" µs |") == 2, lines
     assert "GIL: disabled" in text
 
 
@@ -132,3 +137,42 @@ def test_bench_ft_is_skipped_by_name_with_the_gil(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "ft: skipped (this interpreter runs with the GIL" in proc.stdout
     assert not (tmp_path / "FREE_THREADED.md").exists()
+
+
+def _thread_names() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate()]
+
+
+@needs_free_threading
+def test_dask_local_cluster_runs_no_frame_sampler(dask_session: DaskCluster) -> None:
+    # distributed's profiler ("Profile" thread, in the scheduler's process and in each worker)
+    # samples another thread's live frames through sys._current_frames(), which is not safe
+    # without the GIL: on 3.13t it read a dict where a code object should be and died with an
+    # AttributeError mid-suite. The LocalCluster the dask backend starts turns it off there.
+    # A worker the nanny restarts (after a crash) starts with the same config: kill one first.
+    import signal
+    import time
+
+    import psutil
+
+    client = dask_session.client
+    client.wait_for_workers(DASK_WORKERS, timeout=WATCHDOG)
+    killed = next(iter(client.run(os.getpid).values()))
+    os.kill(killed, signal.SIGKILL)
+    psutil.wait_procs([psutil.Process(killed)], timeout=WATCHDOG)
+    deadline = time.monotonic() + WATCHDOG
+    while True:  # until the scheduler has the restarted worker and not the dead one
+        try:
+            pids = client.run(os.getpid, on_error="ignore")
+        except OSError:
+            pids = {}
+        if len(pids) == DASK_WORKERS and killed not in pids.values():
+            break
+        assert time.monotonic() < deadline, f"no worker restarted after {killed}: {pids}"
+        client.wait_for_workers(DASK_WORKERS, timeout=WATCHDOG)
+    assert "Profile" not in _thread_names()
+    per_worker = client.run(_thread_names)
+    assert len(per_worker) == DASK_WORKERS
+    assert all("Profile" not in names for names in per_worker.values()), per_worker

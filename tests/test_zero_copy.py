@@ -53,7 +53,10 @@ def held_segments(kind: str = "gilfree-array") -> set[tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def pool():
-    with gilfree.Pool(2) as p:
+    # Made before the per-test ``GILFREE_BACKEND=process`` (conftest.py) applies, so it names its
+    # backend: these tests are about memory shared between processes, and on a free-threaded
+    # interpreter ``"auto"`` would give the thread backend, where nothing crosses over at all.
+    with gilfree.Pool(2, backend="process") as p:
         yield p
 
 

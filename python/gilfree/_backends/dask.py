@@ -68,7 +68,7 @@ import dask
 import distributed
 
 from gilfree import _protocol, _runtime, _sync_args
-from gilfree._backends import UnsupportedByBackend
+from gilfree._backends import UnsupportedByBackend, _gil_enabled
 from gilfree._dispatch import _check_retries, _decode_frame
 from gilfree.exceptions import WorkerCrashedError
 from gilfree.executor import Pool as _ProcessPool
@@ -767,6 +767,15 @@ def _local_cluster(n_workers: int) -> distributed.LocalCluster:
         "distributed.scheduler.allowed-failures": 0,
         "distributed.scheduler.worker-saturation": 1.0,
     }
+    # What each nanny adds to the config its worker processes start with (a restarted one too:
+    # the settings above hold only while the cluster starts).
+    worker_config: dict[str, object] = {}
+    if not _gil_enabled():
+        # distributed's profiler thread (in this process, for the scheduler, and in each worker)
+        # walks another thread's live frames from sys._current_frames(), which is unsafe
+        # without the GIL: on CPython 3.13t it read a dict where a code object should be.
+        settings["distributed.worker.profile.enabled"] = False
+        worker_config["distributed.worker.profile.enabled"] = False
     with dask.config.set(settings):  # pyright: ignore[reportPrivateImportUsage]
         return distributed.LocalCluster(
             n_workers=n_workers,
@@ -777,6 +786,7 @@ def _local_cluster(n_workers: int) -> distributed.LocalCluster:
             # The scheduler serves its health and metrics routes even without a dashboard, by
             # default on 0.0.0.0:8787: keep it on loopback, on a free port.
             scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            config=worker_config,
         )
 
 

@@ -7,8 +7,10 @@ thread backend competes with its process backend. Measured side by side in one r
   one worker per slice: :class:`threading.Thread`, :class:`gilfree.Worker` on the thread
   backend, and :class:`gilfree.Worker` on the process backend (warm engine). Best of
   ``repeat`` runs per cell, the backends taking turns; speedups are against threading at W = 1.
-- start→join latency of one trivial Worker, thread backend and process backend (warm), beside
-  :class:`threading.Thread`.
+- start→join latency of one trivial Worker, thread backend and process backend, beside
+  :class:`threading.Thread`: warm (many in a row in this process, after unmeasured ones; the
+  process backend's engine already started) and cold (the first one of a fresh program, which on
+  the process backend waits for the engine's first worker process).
 
 Writes ``FREE_THREADED.md`` and ``free_threaded.png`` (when matplotlib imports). Skipped by name
 on an interpreter with the GIL, where the thread backend cannot run in parallel: ``make test-ft``
@@ -18,6 +20,8 @@ builds a free-threaded interpreter and runs this part there.
 from __future__ import annotations
 
 import os
+import statistics
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -110,7 +114,7 @@ def measure_latency(reps: int) -> list[LatencyRow]:
         w.join()
     rows.append(
         _latency(
-            "gilfree.Worker, process backend (warm)",
+            "gilfree.Worker, process backend",
             lambda: _time_start_join(lambda: gilfree.Worker(target=noop, backend="process")),
             reps,
             warmup=100,
@@ -119,10 +123,75 @@ def measure_latency(reps: int) -> list[LatencyRow]:
     return rows
 
 
+# A fresh program that times its first start→join and prints it in seconds (the imports are not
+# in it). ``{make}`` builds the worker; ``noop`` is its body.
+_COLD = (
+    "import time\n"
+    "{imp}\n"
+    "def noop():\n"
+    "    pass\n"
+    "w = {make}\n"
+    "t0 = time.perf_counter()\n"
+    "w.start()\n"
+    "w.join()\n"
+    "print(time.perf_counter() - t0)\n"
+)
+
+_COLD_PROGRAMS = [
+    ("threading.Thread", "import threading", "threading.Thread(target=noop)"),
+    (
+        "gilfree.Worker, thread backend",
+        "import gilfree",
+        'gilfree.Worker(target=noop, backend="thread")',
+    ),
+    (
+        "gilfree.Worker, process backend",
+        "import gilfree",
+        'gilfree.Worker(target=noop, backend="process")',
+    ),
+]
+
+
+def measure_cold(runs: int) -> list[LatencyRow]:
+    """start→join of the first worker of a fresh program (``runs`` programs per backend, the
+    backends taking turns): on the process backend, what a user's first Worker waits for.
+
+    Returns:
+        One row per backend: the median and p90 of the runs, in µs.
+    """
+    times: dict[str, list[float]] = {name: [] for name, _, _ in _COLD_PROGRAMS}
+    for _ in range(runs):
+        for name, imp, make in _COLD_PROGRAMS:
+            res = subprocess.run(
+                [sys.executable, "-c", _COLD.format(imp=imp, make=make)],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            times[name].append(float(res.stdout.split()[-1]) * 1e6)
+    rows: list[LatencyRow] = []
+    for name, samples in times.items():
+        samples.sort()
+        p90 = (
+            statistics.quantiles(samples, n=10, method="inclusive")[8]
+            if len(samples) > 1
+            else samples[0]
+        )
+        row = LatencyRow(name, len(samples), statistics.median(samples), p90)
+        print(
+            f"  {name:<44} {row.median_us:>10.1f} µs median {row.p90_us:>10.1f} µs p90 (cold)",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
 def render(
     info: dict[str, str],
     scaling: Sequence[ScalingRow],
     latency: Sequence[LatencyRow],
+    cold: Sequence[LatencyRow],
     size: int,
     repeat: int,
     plot: str | None,
@@ -150,11 +219,17 @@ def render(
         "",
         "## start→join of one trivial worker",
         "",
-        "| backend | reps | median | p90 |",
-        "|---|---:|---:|---:|",
+        "Warm: one worker after another in this process, after unmeasured ones (the process "
+        "backend's engine started and its workers idle). Cold: the first worker of a fresh "
+        "program, right after its imports, one program per run (the process backend starts its "
+        "engine and first worker process then).",
+        "",
+        "| backend | warm/cold | reps | median | p90 |",
+        "|---|---|---:|---:|---:|",
         *(
-            f"| {r.backend} | {r.reps} | {r.median_us:,.1f} µs | {r.p90_us:,.1f} µs |"
-            for r in latency
+            f"| {r.backend} | {kind} | {r.reps} | {r.median_us:,.1f} µs | {r.p90_us:,.1f} µs |"
+            for kind, rows in (("warm", latency), ("cold", cold))
+            for r in rows
         ),
         "",
     ]
@@ -163,8 +238,14 @@ def render(
     return "\n".join(lines)
 
 
-def draw(scaling: Sequence[ScalingRow], latency: Sequence[LatencyRow], out: Path) -> str | None:
-    """``free_threaded.png``: speedup by W (left) and start→join medians (right)."""
+def draw(
+    scaling: Sequence[ScalingRow],
+    latency: Sequence[LatencyRow],
+    cold: Sequence[LatencyRow],
+    out: Path,
+) -> str | None:
+    """``free_threaded.png``: speedup by W (left) and start→join medians, warm and cold
+    (right)."""
     plt = peers.pyplot(PLOT)
     if plt is None:
         return None
@@ -184,13 +265,31 @@ def draw(scaling: Sequence[ScalingRow], latency: Sequence[LatencyRow], out: Path
     left.set_title("CPU scaling, free-threaded CPython")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
+    # One pair of bars per backend, warm above cold (both lists name the same backends).
     names = [r.backend for r in latency][::-1]
-    med = [r.median_us for r in latency][::-1]
-    right.barh(names, med, color="tab:blue")
+    height = 0.38
+    for offset, kind, rows, color in (
+        (height / 2, "warm", latency, "tab:blue"),
+        (-height / 2, "cold (first of a program)", cold, "tab:orange"),
+    ):
+        by_name = {r.backend: r.median_us for r in rows}
+        ys = [y + offset for y in range(len(names))]
+        med = [by_name[n] for n in names]
+        right.barh(ys, med, height=height, color=color, label=kind)
+        for y, v in zip(ys, med, strict=True):
+            right.annotate(
+                f"{v:,.0f}",
+                (v, y),
+                xytext=(4, 0),
+                textcoords="offset points",
+                fontsize=8,
+                va="center",
+            )
+    right.set_yticks(range(len(names)), names)
     right.set_xscale("log")
     right.set_xlabel("start→join, median µs (log scale)")
-    for y, v in enumerate(med):
-        right.annotate(f"{v:,.0f}", (v, y), xytext=(4, 0), textcoords="offset points", fontsize=8)
+    right.set_title("one trivial worker")
+    right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / PLOT, dpi=120)
     plt.close(fig)
@@ -204,6 +303,7 @@ def run(
     counts: Sequence[int] | None = None,
     repeat: int | None = None,
     reps: int | None = None,
+    cold_runs: int | None = None,
 ) -> int:
     """Measures, writes ``out/FREE_THREADED.md`` (and the plot), prints the report.
 
@@ -218,14 +318,18 @@ def run(
     counts = sorted(set(counts or [1, 2]))
     repeat = repeat or (1 if quick else 3)
     reps = reps or (50 if quick else 300)
+    cold_runs = cold_runs or (3 if quick else 15)
     info = report.machine_info(["--only", "ft", *(["--quick"] if quick else [])])
     info["GIL"] = "disabled (sys._is_gil_enabled() is False)"
     print(f"ft: CPU scaling, {size:,} integers, W = {counts}, best of {repeat}", flush=True)
     scaling, errors = measure_scaling(size, counts, repeat)
     print(f"ft: start→join of one trivial worker ({reps} reps)", flush=True)
     latency = measure_latency(reps)
+    print(f"ft: start→join of the first worker of a fresh program ({cold_runs} runs)", flush=True)
+    cold = measure_cold(cold_runs)
     out.mkdir(parents=True, exist_ok=True)
-    text = render(info, scaling, latency, size, repeat, draw(scaling, latency, out))
+    plot = draw(scaling, latency, cold, out)
+    text = render(info, scaling, latency, cold, size, repeat, plot)
     (out / FILE).write_text(text, encoding="utf-8")
     print(text)
     print(f"written: {out / FILE}")
