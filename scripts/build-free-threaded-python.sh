@@ -32,7 +32,8 @@ STAMP_TEXT="cpython $VERSION configure ${CONFIGURE_FLAGS[*]}"
 LOG=$CACHE/build-${VERSION}t.log
 BUILD_DEPS=(libssl-dev zlib1g-dev libffi-dev libbz2-dev liblzma-dev libsqlite3-dev libreadline-dev
     uuid-dev xz-utils)
-# Debian trixie carries python3.13 $VERSION; its sources are reachable as deb-src on this mirror.
+# Debian trixie carries python3.13 $VERSION; its sources are reachable as deb-src on the mirror
+# this machine already uses.
 SRC_SUITE=trixie
 SRC_LIST=/etc/apt/sources.list.d/gilfree-${SRC_SUITE}-src.sources
 
@@ -67,13 +68,31 @@ for pkg in "${BUILD_DEPS[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 
+# The Debian mirror this machine already uses for its main archive (deb822 .sources files first,
+# then one-line sources.list entries): the deb-src entry points there too.
+apt_mirror() {
+    local f uri
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -f $f ]] || continue
+        uri=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }' "$f")
+        [[ -n $uri ]] && { echo "$uri"; return 0; }
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -f $f ]] || continue
+        uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }' "$f")
+        [[ -n $uri ]] && { echo "$uri"; return 0; }
+    done
+    return 1
+}
+
 if [[ ! -f $SRC_LIST ]]; then
-    say "adding deb-src for $SRC_SUITE ($SRC_LIST)"
+    mirror=$(apt_mirror) || { say "no Debian mirror found in /etc/apt/sources.list*"; exit 1; }
+    say "adding deb-src for $SRC_SUITE from $mirror ($SRC_LIST)"
     as_root tee "$SRC_LIST" >/dev/null <<EOF
 # Added by gilfree's scripts/build-free-threaded-python.sh: source packages only (no binaries),
 # for the upstream CPython $VERSION source of the free-threaded test interpreter.
 Types: deb-src
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: $SRC_SUITE
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
