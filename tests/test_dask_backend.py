@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+import dask  # noqa: E402
 
 import gilfree  # noqa: E402
 from gilfree._backends import dask as dask_backend  # noqa: E402
@@ -415,6 +416,30 @@ def test_pool_without_address_starts_and_closes_its_own_cluster(
     # Generous: on a loaded machine a Dask worker takes a while to wind down.
     _gone, alive = psutil.wait_procs(workers, timeout=90)
     assert not alive, [(w.pid, w.ppid(), w.cmdline()) for w in alive]
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_restarted_by_its_nanny_is_kept(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool's own LocalCluster keeps a worker its nanny restarts. Dask's SpecCluster closes
+    the nanny of a worker that left the scheduler once ``lost-worker-timeout`` has passed with
+    no worker of its name registered; a restart that outlasts the timer (here 50 ms, by default
+    15 s after an earlier death) then loses the worker for good."""
+    monkeypatch.delenv(dask_backend.ADDRESS_ENV)
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "50ms"}):
+        with dask_backend.Pool(max_workers=2) as p:
+            p._client.wait_for_workers(2, timeout=WATCHDOG)
+            before = set(p._client.run(os.getpid).values())
+            with pytest.raises(gilfree.WorkerCrashedError):
+                p.submit(lambda: os.kill(os.getpid(), signal.SIGKILL)).result(timeout=WATCHDOG)
+            # Back to two, and they stay two after the timer had its chance (a second look
+            # once a task has run on the restarted worker).
+            p._client.wait_for_workers(2, timeout=WATCHDOG)
+            assert list(p.map(_square, range(20))) == [i * i for i in range(20)]
+            after = set(p._client.run(os.getpid).values())
+            assert len(after) == 2 and after != before
+            assert len(p._cluster.workers) == 2  # type: ignore[union-attr]
 
 
 @pytest.mark.timeout(240)

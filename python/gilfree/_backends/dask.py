@@ -755,6 +755,22 @@ def _no_retries(retries: int, call: str) -> None:
         )
 
 
+class _LocalCluster(distributed.LocalCluster):
+    """A LocalCluster that keeps every worker its nannies restart.
+
+    SpecCluster (LocalCluster's base) starts a timer whenever a worker leaves the scheduler
+    (``distributed.deploy.lost-worker-timeout``, 15 s by default): when it fires and no worker
+    of that name is registered at that moment, it closes the worker's nanny for good. A nanny
+    restarts a dead worker in about a second, so a worker that dies again 15 s after an earlier
+    death, and is still restarting when the earlier death's timer fires, took its nanny with it:
+    the pool shrank by one worker, silently and for good (seen as a test cluster stuck at one of
+    two workers). Here nannies own their workers' lives, so the timer is not started; the
+    cluster's view of the scheduler's workers is kept as the base ``Cluster`` keeps it."""
+
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        distributed.deploy.Cluster._update_worker_status(self, op, msg)  # pyright: ignore
+
+
 def _local_cluster(n_workers: int) -> distributed.LocalCluster:
     """A LocalCluster of ``n_workers`` one-thread processes on 127.0.0.1, no dashboard, and
     no silent re-run of a task whose worker died (``allowed-failures`` 0), and no task waiting
@@ -777,7 +793,7 @@ def _local_cluster(n_workers: int) -> distributed.LocalCluster:
         settings["distributed.worker.profile.enabled"] = False
         worker_config["distributed.worker.profile.enabled"] = False
     with dask.config.set(settings):  # pyright: ignore[reportPrivateImportUsage]
-        return distributed.LocalCluster(
+        return _LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
