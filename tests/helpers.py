@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+from typing import Any
 
 import gilfree
 
@@ -202,3 +203,22 @@ def raise_at_three_else_pid(x: int) -> int:
     if x == 3:
         raise ValueError(f"bad item {x}")
     return os.getpid()
+
+
+def pick(values: list[Any], i: int) -> Any:
+    """``values[i]`` (a two-argument call: ``fn(*item)``)."""
+    return values[i]
+
+
+def fail_at_7(x: int) -> int:
+    """``x * x``, except that item 7 raises."""
+    if x == 7:
+        raise ValueError(f"item {x}")
+    return x * x
+
+
+def stop_at_3(x: int) -> int:
+    """``x``, except that item 3 raises StopIteration."""
+    if x == 3:
+        raise StopIteration(x)
+    return x

@@ -131,10 +131,10 @@ def test_a_chunk_of_plain_items_pickles_as_serialize_would(
         eager=True,
         single=True,
     )
-    chunk = [(item,) for item in items]
+    # A one-argument map's items travel bare (fn(item)), not as 1-tuples.
     expected = _serialize.dumps((results.fn_blob, _protocol.CALL_ONE, items))
-    assert results._pickle_chunk(0, chunk) == expected
-    assert results._pickle_plain(chunk) == (expected if plain else None)
+    assert results._pickle_chunk(0, items) == expected
+    assert results._pickle_plain(items) == (expected if plain else None)
     for chunksize in (1, 3):
         assert list(pool.map(repr, items, chunksize=chunksize)) == [repr(i) for i in items]
 

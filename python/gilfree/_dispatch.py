@@ -76,6 +76,10 @@ def _decode_frame(frame: bytes) -> tuple[bool, Any]:
     ``SystemExit``, fails this item only, as a ``pickle.UnpicklingError`` caused by it.
     """
     try:
+        if frame[:1] in _protocol.PLAIN_TAGS:
+            ok, value = _engine.decode_value(frame)
+            if ok:
+                return True, value
         if frame[:1] != _protocol.FAILED:
             return True, _serialize.loads(frame)
         status, payload = _serialize.loads(frame[1:])
@@ -104,6 +108,17 @@ def _unpickling_error(exc: BaseException) -> pickle.UnpicklingError:
     )
     err.__cause__ = exc
     return err
+
+
+class _Values(list[Any]):
+    """The outcomes of a run of items that all returned a plain value (the tiny-task case):
+    the values themselves, no ``(True, value)`` pair each."""
+
+    __slots__ = ()
+
+
+# A run of outcomes: ``(ok, value)`` pairs, or the values of items that all returned.
+_Outcomes = list[tuple[bool, Any]] | _Values
 
 
 def _decode_frames(frames: list[bytes]) -> list[tuple[bool, Any]]:
@@ -336,7 +351,7 @@ class _Results:
         self,
         pool: Pool,
         fn: Any,
-        source: Iterator[tuple[Any, ...]],
+        source: Iterator[Any],
         *,
         length: int | None,
         ordered: bool,
@@ -348,7 +363,8 @@ class _Results:
     ) -> None:
         self.pool = pool
         self.retries = retries
-        self.single = single  # every item of source is a 1-tuple: call fn(item)
+        # Every item of source is one argument (call fn(item)), else a tuple of them (fn(*item)).
+        self.single = single
         # The sys.path and cwd the call's chunks run with: those of the call's start (one
         # getcwd() per call, not per chunk).
         self.context = _protocol.context()
@@ -372,8 +388,8 @@ class _Results:
         self.next_index = 0  # index of the next item to cut from source
         self.yielded = 0  # ordered: index of the next item to yield
         # Outcomes by the index of a run's first item (ordered) or in arrival order (unordered).
-        self.slots: dict[int, list[tuple[bool, Any]]] = {}
-        self.arrivals: collections.deque[list[tuple[bool, Any]]] = collections.deque()
+        self.slots: dict[int, _Outcomes] = {}
+        self.arrivals: collections.deque[_Outcomes] = collections.deque()
         # task id → (first index, items, the pickled chunk if it pins shared memory, runs its
         # first item had before this chunk: a retried item travels in a new chunk)
         self.outstanding: dict[int, tuple[int, list[Any], bytes | None, int]] = {}
@@ -389,7 +405,7 @@ class _Results:
         self.headers: dict[int, bytes] = {}
         # Outcomes placed by completions of the collector's current batch, published together
         # by ``publish`` (one lock and at most one wake-up of the caller per batch).
-        self.staged: list[tuple[int, list[tuple[bool, Any]]]] = []
+        self.staged: list[tuple[int, _Outcomes]] = []
 
     # -- cutting and submitting chunks (call's thread, then collector thread) --------------
 
@@ -503,25 +519,14 @@ class _Results:
         """The chunk pickled with plain pickle if every item (or argument) is of a plain type:
         the same bytes as ``_serialize.dumps``, without its pickler and buffer session.
         ``None`` if some item is not plain."""
-        if self.single:  # fn(item): the items travel bare, not as 1-tuples
-            if len(items) == 1:  # chunksize=1: no list comprehension, no generator
-                bare = [items[0][0]]
-                if type(bare[0]) not in _PLAIN:
-                    return None
-            else:
-                bare = [item for (item,) in items]
-                if not all(type(item) in _PLAIN for item in bare):
-                    return None
-            return pickle.dumps((self.fn_blob, _protocol.CALL_ONE, bare), _protocol.PROTOCOL)
-        if not all(type(arg) in _PLAIN for item in items for arg in item):
+        if not _engine.all_plain(items, not self.single):
             return None
-        return pickle.dumps((self.fn_blob, _protocol.CALL_STAR, items), _protocol.PROTOCOL)
+        mode = _protocol.CALL_ONE if self.single else _protocol.CALL_STAR
+        return pickle.dumps((self.fn_blob, mode, items), _protocol.PROTOCOL)
 
     def _pickle_chunk(self, first: int, items: list[Any]) -> bytes | None:
-        if self.single:  # fn(item): the items travel bare, not as 1-tuples
-            call = (self.fn_blob, _protocol.CALL_ONE, [item for (item,) in items])
-        else:
-            call = (self.fn_blob, _protocol.CALL_STAR, items)
+        mode = _protocol.CALL_ONE if self.single else _protocol.CALL_STAR
+        call = (self.fn_blob, mode, items)
         try:
             return _serialize.dumps(call)
         except Exception:
@@ -544,13 +549,27 @@ class _Results:
     # -- completion (collector thread) ------------------------------------------------------
 
     def complete(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
-        self.complete_one(task_id, frames, end, info)
+        self.complete_one(task_id, frames, end, info, None)
         self.publish()
 
-    def complete_one(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
+    def complete_one(
+        self, task_id: int, frames: list[bytes], end: int, info: Any, values: list[Any] | None
+    ) -> None:
         """Takes one finished chunk; its outcomes reach the caller at the next
-        :meth:`publish` (the collector calls it once per batch)."""
+        :meth:`publish` (the collector calls it once per batch). ``values``: the values its
+        items returned, when the engine read them all from plain-value frames (``frames``
+        then holds only the trailer)."""
         with self.lock:
+            if values is not None:
+                first, items, _blob, _prior = self.outstanding.pop(task_id)
+                if len(values) == len(items):
+                    if self.fixed_chunk is None:
+                        self._learn(frames[0], len(items))
+                    self.staged.append((first, _Values(values)))
+                    return
+                # Not this chunk's shape (never expected): decode it frame by frame.
+                self.outstanding[task_id] = (first, items, _blob, _prior)
+                frames = [pickle.dumps(v, _protocol.PROTOCOL) for v in values] + frames
             self._complete(task_id, frames, end, info)
 
     def publish(self) -> None:
@@ -567,24 +586,11 @@ class _Results:
     def _complete(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
         first, items, blob, prior = self.outstanding.pop(task_id)
         n = len(items)
-        if n == 1 and end == _DONE and self.fixed_chunk is not None and len(frames) == 2:
-            # The tiny-task path (chunksize=1): one item that returned a plain pickle; no run
-            # time to learn from (the chunk size is fixed).
-            frame = frames[0]
-            if frame[:1] == b"\x80":
-                try:
-                    outcome: tuple[bool, Any] = (True, pickle.loads(frame))
-                except BaseException as exc:
-                    outcome = (False, _unpickling_error(exc))
-                self.staged.append((first, [outcome]))
-                return
         if blob is not None and end in (_CANCELLED, _BROKEN):
             _serialize.discard(blob)  # never loaded: free the shared memory it pins
         results = _decode_frames(frames[:n])
         if end == _DONE and len(frames) == n + 1 and self.fixed_chunk is None:
-            seconds = _protocol.TRAILER.unpack(frames[n])[0]
-            per = seconds / n
-            self.per_item = per if self.per_item is None else 0.5 * self.per_item + 0.5 * per
+            self._learn(frames[n], n)
         done = len(results)
         if done < n:
             attempts = None
@@ -612,6 +618,11 @@ class _Results:
                 results += [(False, failed)] * len(rest)
         self._put_many(first, results)
 
+    def _learn(self, trailer: bytes, n: int) -> None:
+        """Folds a finished chunk's run time per item into the automatic chunk sizing."""
+        per = _protocol.TRAILER.unpack(trailer)[0] / n
+        self.per_item = per if self.per_item is None else 0.5 * self.per_item + 0.5 * per
+
     def _resubmit(self, first: int, items: list[Any], prior: int = 0) -> BaseException | None:
         """Sends items again as their own chunk; if the pool takes no more work (it was shut
         down meanwhile), the error those items fail with instead: they must not hang."""
@@ -635,7 +646,7 @@ class _Results:
         if outcomes:
             self.staged.append((first, outcomes))
 
-    def _place(self, runs: list[tuple[int, list[tuple[bool, Any]]]]) -> None:
+    def _place(self, runs: list[tuple[int, _Outcomes]]) -> None:
         """Publishes runs of outcomes (one lock), waking the caller only if it can go on: in
         input order, only the run it waits for lets it."""
         with self.cond:
@@ -666,6 +677,14 @@ class _Results:
                                 raise self.source_error
                             return
                         self.cond.wait()
+                if type(batch) is _Values:
+                    # Every item returned a plain value: no pair to look into. The batch keeps
+                    # the values it yielded until its end; plain values pin no shared memory.
+                    yield from batch
+                    del batch
+                    if self.stalled:
+                        self.fill()
+                    continue
                 pending.extend(batch)
                 del batch
                 while pending:
@@ -680,7 +699,7 @@ class _Results:
         finally:
             self.close()
 
-    def _take(self) -> list[tuple[bool, Any]] | None:
+    def _take(self) -> _Outcomes | None:
         """The next run of outcomes to yield (in input order if ordered), or ``None``."""
         if self.ordered:
             batch = self.slots.pop(self.yielded, None)
@@ -717,7 +736,7 @@ def _collect(pool_ref: weakref.ref[Pool], tp: _engine.TaskPool, handlers: dict[i
         # The map/imap calls with a chunk in this batch: their outcomes are published (and their
         # windows refilled) once per batch, after every chunk of theirs is taken.
         touched: dict[int, _Results] = {}
-        for task_id, frames, end, info in done:
+        for task_id, frames, end, info, values in done:
             handler = handlers.pop(task_id, None)
             if handler is None:
                 continue
@@ -732,8 +751,10 @@ def _collect(pool_ref: weakref.ref[Pool], tp: _engine.TaskPool, handlers: dict[i
             try:
                 if isinstance(handler, _Results):
                     touched[id(handler)] = handler
-                    handler.complete_one(task_id, frames, end, info)
+                    handler.complete_one(task_id, frames, end, info, values)
                 else:
+                    if values is not None:  # a submit's result is pickled; kept for safety
+                        frames = [pickle.dumps(v, _protocol.PROTOCOL) for v in values] + frames
                     handler.complete(frames, end, info)
             except BaseException as exc:  # a handler bug must not kill the collector
                 _report(exc)

@@ -14,6 +14,10 @@ __all__ = [
     "END_CRASHED",
     "END_DONE",
     "END_TIMED_OUT",
+    "RESULTS_DONE",
+    "RESULTS_GONE",
+    "RESULTS_RAISED",
+    "RESULTS_VALUE",
     "RING_CAPACITY_DEFAULT",
     "Arena",
     "Barrier",
@@ -29,6 +33,7 @@ __all__ = [
     "Queue",
     "Semaphore",
     "TaskPool",
+    "all_plain",
     "bulk_discard",
     "bulk_is_shared",
     "bulk_pack",
@@ -36,6 +41,7 @@ __all__ = [
     "bulk_stats",
     "bulk_unpack",
     "cancel_prestart",
+    "decode_value",
     "prestart_template",
     "prestarted_pid",
     "template_serve",
@@ -54,6 +60,11 @@ CANCEL_NOT_FOUND: int
 CANCEL_CANCELLED: int
 CANCEL_RUNNING: int
 CANCEL_KILLED: int
+# How `Endpoint.send_results` stopped.
+RESULTS_DONE: int
+RESULTS_VALUE: int
+RESULTS_RAISED: int
+RESULTS_GONE: int
 
 def template_serve() -> tuple[str, list[tuple[str, str]]] | None: ...
 def prestart_template(program: str, args: Sequence[str], env: Sequence[tuple[str, str]]) -> None:
@@ -85,6 +96,8 @@ def bulk_unpack(blob: object) -> tuple[list[BulkView], int] | None: ...
 def bulk_discard(blob: bytes) -> None: ...
 def bulk_shared(nbytes: int) -> BulkView: ...
 def bulk_stats() -> dict[str, int]: ...
+def decode_value(frame: bytes) -> tuple[bool, object]: ...
+def all_plain(items: list[object], star: bool) -> bool: ...
 
 @final
 class Engine:
@@ -128,6 +141,9 @@ class Endpoint:
     def from_env() -> Endpoint: ...
     def recv(self) -> bytes | None: ...
     def send(self, data: bytes, flush: bool = True) -> bool: ...
+    def send_results(
+        self, func: Callable[..., object], items: list[object], star: bool, start: int = 0
+    ) -> tuple[int, int, object]: ...
     def flush(self) -> None: ...
 
 @final
@@ -159,7 +175,7 @@ class TaskPool:
     def cancel(self, id: int, kill_running: bool) -> int: ...
     def completions(
         self, timeout: float | None = None
-    ) -> tuple[list[int], list[tuple[int, list[bytes], int, object]]] | None: ...
+    ) -> tuple[list[int], list[tuple[int, list[bytes], int, object, list[object] | None]]] | None: ...
     def shutdown(self, cancel_pending: bool, kill_running: bool) -> list[int]: ...
     def join(self, timeout: float | None = None) -> bool: ...
     def is_running(self, id: int) -> bool: ...

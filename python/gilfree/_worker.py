@@ -236,38 +236,70 @@ def pool_call(meta: int | tuple[int, bool], body: memoryview, endpoint: _engine.
             if not send(frame, False):
                 return False
     else:
-        # The per-item path is the cost of a tiny task: names bound locally, no tuple per
-        # frame, and plain C pickling of simple results.
-        dumps = pickle.dumps
-        protocol = _protocol.PROTOCOL
-        simple = _SIMPLE
-        one = mode == _protocol.CALL_ONE
-        star = mode == _protocol.CALL_STAR
-        for item in items:
-            try:
-                value = fn(item) if one else fn(*item) if star else fn(*item[0], **item[1])
-            except BaseException as exc:
-                frame = _failed(_protocol.RAISED, _error_payload(exc))
-            else:
-                if type(value) in simple:
-                    frame = dumps(value, protocol)
-                else:
-                    try:
-                        frame = _dumps_here(value)
-                    except Exception as exc:
-                        frame = _failed(
-                            _protocol.RESULT_UNPICKLABLE, _serialize.describe_failure(value, exc)
-                        )
-            if not send(frame, False):
-                return False
+        if mode == _protocol.CALL_ARGS_KWARGS:
+            alive = _send_each(fn, items, endpoint)
+        else:
+            items = items if type(items) is list else list(items)
+            alive = _send_results(fn, items, mode == _protocol.CALL_STAR, endpoint)
+        if not alive:
+            return False
         # Let go of the items and the last result before the trailer wakes the parent: a view
         # of a bulk segment among them pins it, and the parent's next array of that size can
         # refill that segment only once no pin is left (else it makes a new one, whose fresh
         # pages cost most of a first transfer).
-        items = item = value = None
+        items = None
     _flush()
     elapsed = time.perf_counter() - started
     return send(_protocol.TRAILER.pack(elapsed, _peak_rss() if report_rss else 0), True)
+
+
+def _result_frame(value: Any) -> bytes:
+    """An item's frame for a value it returned (``_protocol``)."""
+    if type(value) in _SIMPLE:
+        return pickle.dumps(value, _protocol.PROTOCOL)
+    try:
+        return _dumps_here(value)
+    except Exception as exc:
+        return _failed(_protocol.RESULT_UNPICKLABLE, _serialize.describe_failure(value, exc))
+
+
+def _send_results(fn: Any, items: list[Any], star: bool, endpoint: _engine.Endpoint) -> bool:
+    """Runs ``fn(item)`` (``fn(*item)`` with ``star``) for each item through the engine's loop:
+    plain results go into the ring from Rust, a frame each, without a Python step; the items
+    whose result is not plain, or that raised, come back here for their frame. ``False`` once
+    the parent is gone."""
+    index = 0
+    while True:
+        state, index, value = endpoint.send_results(fn, items, star, index)
+        if state == _engine.RESULTS_DONE:
+            return True
+        if state == _engine.RESULTS_GONE:
+            return False
+        if state == _engine.RESULTS_RAISED:
+            frame = _failed(_protocol.RAISED, _error_payload(value))
+        else:
+            frame = _result_frame(value)
+        value = None
+        if not endpoint.send(frame, False):
+            return False
+        index += 1
+
+
+def _send_each(fn: Any, items: Any, endpoint: _engine.Endpoint) -> bool:
+    """The per-item loop in Python, for chunks of ``fn(*args, **kwargs)`` calls (``submit``).
+    ``False`` once the parent is gone."""
+    send = endpoint.send
+    for args, kwargs in items:
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            frame = _failed(_protocol.RAISED, _error_payload(exc))
+        else:
+            frame = _result_frame(value)
+        value = None
+        if not send(frame, False):
+            return False
+    return True
 
 
 def main() -> None:

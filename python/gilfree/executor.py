@@ -338,8 +338,8 @@ class Pool(Executor):
         chunksize: int | None,
         retries: int,
     ) -> Iterator[Any]:
-        items = list(zip(*iterables, strict=False))
         single = len(iterables) == 1
+        items = list(iterables[0]) if single else list(zip(*iterables, strict=False))
         results = self._start(
             fn,
             iter(items),
@@ -404,7 +404,7 @@ class Pool(Executor):
         retries: int,
     ) -> Iterator[Any]:
         length = len(cast("Sized", iterable)) if hasattr(iterable, "__len__") else None
-        source = ((item,) for item in iterable)
+        source = iter(iterable)
         results = self._start(
             fn,
             source,
@@ -491,7 +491,7 @@ class Pool(Executor):
     def _start(
         self,
         fn: Any,
-        source: Iterator[tuple[Any, ...]],
+        source: Iterator[Any],
         length: int | None,
         ordered: bool,
         chunksize: int | None,
@@ -695,7 +695,7 @@ def map(
                     if update is not None:
                         update(1)
                 return out
-            source = ((item,) for item in iterable)
+            source = iter(iterable)
             results = pool._start(
                 fn,
                 source,

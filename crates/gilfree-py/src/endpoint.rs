@@ -3,9 +3,10 @@
 use gilfree_core::pool::worker_main::Endpoint;
 use gilfree_core::{RecvError, SendError, Wait};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 
 use crate::errors::PyEngineError;
+use crate::values;
 
 /// The worker's end of the link to its parent; made once per worker process.
 #[pyclass(name = "Endpoint", module = "gilfree._engine", frozen)]
@@ -59,6 +60,20 @@ impl PyEndpoint {
             Err(SendError::Disconnected) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Runs a chunk of tiny calls from Rust, each plain result sent as its own frame (see
+    /// [`values::send_results`]): `(state, index, value)`.
+    #[pyo3(signature = (func, items, star, start=0))]
+    fn send_results<'py>(
+        &self,
+        py: Python<'py>,
+        func: &Bound<'py, PyAny>,
+        items: &Bound<'py, PyList>,
+        star: bool,
+        start: usize,
+    ) -> Result<(u8, usize, Option<Bound<'py, PyAny>>), PyEngineError> {
+        values::send_results(py, &self.inner, func, items, star, start)
     }
 
     /// Wakes the parent if `send(..., flush=False)` left it asleep. Cheap when not.

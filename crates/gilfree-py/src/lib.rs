@@ -15,6 +15,7 @@ mod errors;
 mod pool;
 mod sync;
 mod template;
+mod values;
 
 use pyo3::prelude::*;
 
@@ -54,6 +55,12 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(template::prestart_template, m)?)?;
     m.add_function(wrap_pyfunction!(template::cancel_prestart, m)?)?;
     m.add_function(wrap_pyfunction!(template::prestarted_pid, m)?)?;
+    m.add_function(wrap_pyfunction!(values::decode_value, m)?)?;
+    m.add_function(wrap_pyfunction!(values::all_plain, m)?)?;
+    m.add("RESULTS_DONE", values::RESULTS_DONE)?;
+    m.add("RESULTS_VALUE", values::RESULTS_VALUE)?;
+    m.add("RESULTS_RAISED", values::RESULTS_RAISED)?;
+    m.add("RESULTS_GONE", values::RESULTS_GONE)?;
     m.add("RING_CAPACITY_DEFAULT", convert::RING_CAPACITY_DEFAULT)?;
     m.add("END_DONE", pool::END_DONE)?;
     m.add("END_CRASHED", pool::END_CRASHED)?;

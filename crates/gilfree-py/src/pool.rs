@@ -5,12 +5,13 @@ use gilfree_core::pool::{
 };
 use gilfree_core::RecvError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList};
 use pyo3::IntoPyObjectExt;
 
 use crate::convert::{self, blocking};
 use crate::engine::PyEngine;
 use crate::errors::PyEngineError;
+use crate::values;
 
 /// A FIFO queue of opaque tasks, run on `workers` worker processes of an `Engine`.
 #[pyclass(name = "TaskPool", module = "gilfree._engine", frozen)]
@@ -40,15 +41,33 @@ pub const CANCEL_RUNNING: u8 = 2;
 /// [`CancelOutcome::Killed`].
 pub const CANCEL_KILLED: u8 = 3;
 
-/// One completion as Python sees it: `(id, frames, end, info)`; `info` is `(pid, exitcode,
-/// signal, death)` for `END_CRASHED`, with `death` the engine's wording of how the worker died.
-type PyCompletion<'py> = (u64, Vec<Bound<'py, PyBytes>>, u8, Py<PyAny>);
+/// One completion as Python sees it: `(id, frames, end, info, values)`; `info` is `(pid,
+/// exitcode, signal, death)` for `END_CRASHED`, with `death` the engine's wording of how the
+/// worker died. `values`: for a finished task whose frames before the last (a chunk's items,
+/// before its trailer) are all plain-value frames (`values.rs`), their values, and `frames`
+/// holds only the last one; else `None`, and `frames` holds them all.
+type PyCompletion<'py> = (
+    u64,
+    Vec<Bound<'py, PyBytes>>,
+    u8,
+    Py<PyAny>,
+    Option<Bound<'py, PyList>>,
+);
 
 /// One batch as Python sees it: `(started ids, completions)`.
 type PyBatch<'py> = (Vec<u64>, Vec<PyCompletion<'py>>);
 
 fn completion(py: Python<'_>, c: Completion) -> Result<PyCompletion<'_>, PyEngineError> {
-    let frames = c.frames.iter().map(|f| PyBytes::new(py, f)).collect();
+    let values = match (&c.end, c.frames.split_last()) {
+        (End::Done, Some((_, items))) if !items.is_empty() => values::decode_all(py, items)?,
+        _ => None,
+    };
+    let frames = match values {
+        Some(_) => c.frames[c.frames.len() - 1..].iter(),
+        None => c.frames.iter(),
+    }
+    .map(|f| PyBytes::new(py, f))
+    .collect();
     let (end, info) = match c.end {
         End::Done => (END_DONE, py.None()),
         End::Crashed {
@@ -66,7 +85,7 @@ fn completion(py: Python<'_>, c: Completion) -> Result<PyCompletion<'_>, PyEngin
         End::Cancelled => (END_CANCELLED, py.None()),
         End::Broken(frame) => (END_BROKEN, PyBytes::new(py, &frame).into_any().unbind()),
     };
-    Ok((c.id, frames, end, info))
+    Ok((c.id, frames, end, info, values))
 }
 
 #[pymethods]
