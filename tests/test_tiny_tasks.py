@@ -143,3 +143,30 @@ def test_a_crash_mid_chunk_loses_no_finished_result(pool: gilfree.Pool, tmp_path
     counts = {x: runs.count(x) for x in set(runs)}
     assert all(c == 1 for c in counts.values()), {x: c for x, c in counts.items() if c != 1}
     assert set(range(crash_at + 1)) <= set(runs)
+
+
+def test_a_later_map_of_the_same_function_starts_from_its_measured_speed(
+    pool: gilfree.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gilfree import _dispatch
+
+    cuts: list[int] = []
+    cut = _dispatch._Results._cut
+
+    def record(self: Any, first: int, items: list[Any], prior: int = 0) -> None:
+        cuts.append(len(items))
+        cut(self, first, items, prior)
+
+    monkeypatch.setattr(_dispatch._Results, "_cut", record)
+    assert list(pool.map(helpers.square, range(2000))) == [i * i for i in range(2000)]
+    # Unknown speed: the first window measures single items.
+    assert cuts[:4] == [1, 1, 1, 1]
+    cuts.clear()
+    assert list(pool.map(helpers.square, range(2000))) == [i * i for i in range(2000)]
+    # Known: chunks grow from the first window on (4 items, then 4x per chunk), no round trip
+    # of single items first.
+    assert cuts[:3] == [4, 16, 64], cuts
+    # Another function is measured afresh.
+    cuts.clear()
+    assert list(pool.map(helpers.fail_at_7, range(7))) == [i * i for i in range(7)]
+    assert cuts[0] == 1

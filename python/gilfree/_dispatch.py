@@ -51,8 +51,12 @@ _TARGET_CHUNK_SECONDS = 0.02
 # Chunks in flight per worker (the look-ahead of imap): more when chunks are small.
 _WINDOW = 3
 _SMALL_CHUNK_WINDOW = 12
-# A known-length input is cut into at least this many chunks per worker, for load balance.
+# A known-length input is cut into at least this many chunks per worker, for load balance,
+# unless its chunks would then run less than _MIN_BALANCED_SECONDS each.
 _MIN_CHUNKS_PER_WORKER = 4
+_MIN_BALANCED_SECONDS = 0.0005
+# Functions whose measured seconds per item a pool remembers (``Pool._item_seconds``).
+_ITEM_SECONDS_MAX = 64
 # Items (or arguments) of these exact types pickle alike with plain pickle and with
 # ``_serialize.dumps``: nothing of theirs goes by value or out-of-band.
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -396,7 +400,11 @@ class _Results:
         self.source_done = False
         self.source_error: BaseException | None = None
         self.closed = False
-        self.per_item: float | None = None  # measured seconds per item, smoothed
+        # Measured seconds per item, smoothed; from the pool's last map of the same function
+        # if it had one. Known, it lets the first window grow chunk by chunk (1, 4, 16...)
+        # instead of measuring single items first, a round trip each.
+        self.per_item: float | None = pool._item_seconds.get(self.fn_blob)
+        self.timed = (0.0, 0)  # seconds and items of this call's finished chunks
         self.chunk = 1
         # Chunks cut but not yet handed to the scheduler: (id, message, frames, retries), sent
         # together by ``_send`` (one engine call for a window's worth of tiny chunks).
@@ -418,6 +426,11 @@ class _Results:
         size = self.chunk
         if self.remaining is not None:
             balance = -(-self.remaining // (self.pool._max_workers * _MIN_CHUNKS_PER_WORKER))
+            if self.per_item is not None:
+                # Near the end, balance shrinks with what remains; not below chunks that run
+                # _MIN_BALANCED_SECONDS: a chunk's round trip costs tens of µs of the pool's
+                # CPU, so a tail of ever tinier chunks costs more than the balance it buys.
+                balance = max(balance, int(_MIN_BALANCED_SECONDS / max(self.per_item, 1e-9)))
             size = max(1, min(size, balance))
         return size
 
@@ -620,8 +633,16 @@ class _Results:
 
     def _learn(self, trailer: bytes, n: int) -> None:
         """Folds a finished chunk's run time per item into the automatic chunk sizing."""
-        per = _protocol.TRAILER.unpack(trailer)[0] / n
+        elapsed = _protocol.TRAILER.unpack(trailer)[0]
+        per = elapsed / n
         self.per_item = per if self.per_item is None else 0.5 * self.per_item + 0.5 * per
+        # What the pool remembers: this call's time per item over all its chunks (the last
+        # chunks are the smallest, their per-chunk overhead the largest: a poor estimate).
+        self.timed = (self.timed[0] + elapsed, self.timed[1] + n)
+        seconds = self.pool._item_seconds
+        if len(seconds) >= _ITEM_SECONDS_MAX and self.fn_blob not in seconds:
+            seconds.clear()  # a bound, not a cache policy: another map measures again
+        seconds[self.fn_blob] = self.timed[0] / self.timed[1]
 
     def _resubmit(self, first: int, items: list[Any], prior: int = 0) -> BaseException | None:
         """Sends items again as their own chunk; if the pool takes no more work (it was shut

@@ -160,6 +160,9 @@ class Pool(Executor):
         self._max_memory = max_memory
         self._ids = itertools.count()
         self._handlers: dict[int, Any] = {}
+        # Seconds per item of each function this pool's maps measured, by the function's
+        # pickled bytes (``_dispatch._Results``): a later map of it starts from that.
+        self._item_seconds: dict[bytes, float] = {}
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._broken: BaseException | None = None
@@ -323,7 +326,9 @@ class Pool(Executor):
             iterables: One iterable per positional argument of ``fn``.
             timeout: Per-task time limit in seconds.
             chunksize: Items per task; ``None`` sizes chunks automatically from measured run
-                times (each chunk runs ~20 ms, and there are at least 4 per worker).
+                times (each chunk runs ~20 ms, and there are at least 4 per worker unless
+                that would make chunks shorter than 0.5 ms). The pool remembers the speed it
+                measured for a function: a later map of it starts from there.
             retries: Run an item again, up to this many times, if its worker process dies
                 while running it (see :meth:`submit`); the items of its chunk that finished
                 are kept, never re-run.

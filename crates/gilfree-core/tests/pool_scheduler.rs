@@ -306,7 +306,7 @@ fn max_tasks_per_worker_recycles_workers() {
     for id in 0..9 {
         assert_eq!(got[&id].end, End::Done);
         per_pid
-            .entry(got[&id].frames[0].clone())
+            .entry(got[&id].frames[0].to_vec())
             .or_default()
             .push(id);
     }
@@ -731,7 +731,7 @@ fn a_trailer_over_max_memory_replaces_the_worker_after_its_task() {
         pool.submit(task(id, payload, 1)).unwrap();
         let got = collect(&pool, 1);
         assert_eq!(got[&id].end, End::Done, "{:?}", got[&id]);
-        got[&id].frames[0].clone()
+        got[&id].frames[0].to_vec()
     };
     let first = run(1, "pid:t1");
     // A last frame under 16 bytes reports nothing: the worker stays.

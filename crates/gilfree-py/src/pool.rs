@@ -58,16 +58,18 @@ type PyCompletion<'py> = (
 type PyBatch<'py> = (Vec<u64>, Vec<PyCompletion<'py>>);
 
 fn completion(py: Python<'_>, c: Completion) -> Result<PyCompletion<'_>, PyEngineError> {
-    let values = match (&c.end, c.frames.split_last()) {
-        (End::Done, Some((_, items))) if !items.is_empty() => values::decode_all(py, items)?,
+    let items = c.frames.len().saturating_sub(1);
+    let values = match c.end {
+        End::Done if items > 0 => values::decode_all(py, c.frames.iter().take(items))?,
         _ => None,
     };
-    let frames = match values {
-        Some(_) => c.frames[c.frames.len() - 1..].iter(),
-        None => c.frames.iter(),
-    }
-    .map(|f| PyBytes::new(py, f))
-    .collect();
+    let skip = if values.is_some() { items } else { 0 };
+    let frames = c
+        .frames
+        .iter()
+        .skip(skip)
+        .map(|f| PyBytes::new(py, f))
+        .collect();
     let (end, info) = match c.end {
         End::Done => (END_DONE, py.None()),
         End::Crashed {

@@ -104,25 +104,27 @@ fn decode<'py>(py: Python<'py>, frame: &[u8]) -> PyResult<Option<Bound<'py, PyAn
 /// The values of `frames` if every one of them is a plain-value frame, else `None` (the
 /// caller decodes frame by frame). The parent's side of a chunk of tiny tasks: its completion
 /// carries these values instead of a bytes object per item.
-pub fn decode_all<'py>(
+pub fn decode_all<'py, 'f>(
     py: Python<'py>,
-    frames: &[Vec<u8>],
+    frames: impl ExactSizeIterator<Item = &'f [u8]> + Clone,
 ) -> PyResult<Option<Bound<'py, PyList>>> {
     // Checked first, so that a chunk with one frame that is not plain costs no value objects.
-    if !frames.iter().all(|f| {
+    let plain = |f: &[u8]| {
         f.first()
             .is_some_and(|t| (TAG_NONE..=TAG_BYTES).contains(t))
-    }) {
+    };
+    if !frames.clone().all(plain) {
         return Ok(None);
     }
-    let values = PyList::empty(py);
+    let mut values = Vec::with_capacity(frames.len());
     for frame in frames {
         match decode(py, frame)? {
-            Some(value) => values.append(value)?,
+            Some(value) => values.push(value),
             None => return Ok(None),
         }
     }
-    Ok(Some(values))
+    // Built at its size, each value moved in (no append, no extra reference count).
+    PyList::new(py, values).map(Some)
 }
 
 /// The value of one plain-value frame, or `None` if `frame` is not one (then it is a pickle

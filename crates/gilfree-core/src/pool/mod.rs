@@ -20,7 +20,8 @@ pub mod worker_main;
 pub use command::{Inheritable, WorkerCommand, CHANNEL_FDS_ENV, PARENT_PID_ENV, READY_MESSAGE};
 pub use process::{Death, DeathHook, ExitInfo};
 pub use scheduler::{
-    CancelOutcome, Completion, End, PoolConfig, SubmitError, SubmitManyError, Task, TaskPool,
+    CancelOutcome, Completion, End, Frames, PoolConfig, SubmitError, SubmitManyError, Task,
+    TaskPool,
 };
 pub use supervisor::{Engine, EngineConfig, Lease};
 pub use template::{TemplateCommand, TEMPLATE_FD_ENV};

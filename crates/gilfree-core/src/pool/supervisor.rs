@@ -1086,6 +1086,28 @@ impl Lease {
         worker.channel().has_incoming() || worker.has_exited()
     }
 
+    /// Takes the worker's messages that are already whole in the ring, at most `max`, handing
+    /// each to `sink`; never waits, and stops short of a message still arriving (a later
+    /// [`recv_frame`](Lease::recv_frame) takes it). With `drain`, delivers the worker's output
+    /// first if it took `max` (as `recv_frame(_, true)` would before a task's last frame).
+    pub fn recv_ready_frames(
+        &self,
+        max: usize,
+        drain: bool,
+        scratch: &mut Vec<u8>,
+        sink: impl FnMut(&[u8]),
+    ) -> Result<usize, RecvError> {
+        let worker = self.worker();
+        let taken = worker.channel().recv_ready(max, scratch, sink);
+        match &taken {
+            Ok(n) if drain && *n == max => worker.output().drain(self.sink(), true),
+            Ok(_) => {}
+            Err(RecvError::Io(_)) => self.broken.store(true, Ordering::Release),
+            Err(_) => {}
+        }
+        taken
+    }
+
     /// Kills the worker with SIGKILL (through its pidfd, so never a recycled pid). Idempotent;
     /// safe while another thread is blocked in `recv`, which then returns `Disconnected`.
     pub fn kill(&self) {

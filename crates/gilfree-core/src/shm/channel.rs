@@ -198,6 +198,10 @@ pub struct Channel {
     child_sock: Option<OwnedFd>,
     /// Which fds were pushed to the peer (locked inside the send lock).
     pushed: Mutex<Pushed>,
+    /// The hub epoch `pushed` is up to date with (written under the send lock): a send that
+    /// finds the hub still at it has nothing to push and skips `pushed`'s lock, which a run of
+    /// one frame per tiny item would otherwise take once per frame.
+    pushed_epoch: AtomicU64,
     // Last: the rings point into it, so it must be unmapped after them.
     segment: Segment,
 }
@@ -331,6 +335,7 @@ impl Channel {
             sock,
             child_sock: None,
             pushed: Mutex::new(Pushed::default()),
+            pushed_epoch: AtomicU64::new(0),
             segment,
         })
     }
@@ -536,8 +541,12 @@ impl Channel {
     /// doc). Called under the send lock, so pushes and messages keep their order. A failed
     /// push (a dead peer) is not reported here: the message's own send reports it.
     fn push_fds(&self) {
+        if hub::epoch() == self.pushed_epoch.load(Ordering::Relaxed) {
+            return;
+        }
         let mut pushed = self.pushed.lock().unwrap_or_else(|e| e.into_inner());
         let _ = hub::push(self.sock.as_fd(), &mut pushed);
+        self.pushed_epoch.store(pushed.epoch(), Ordering::Relaxed);
     }
 
     /// Wakes the peer if it sleeps waiting for data that deferred sends published. Costs
@@ -556,6 +565,19 @@ impl Channel {
         let (_, (ring, bells)) = self.ends();
         let mut consumer = self.rx.lock().unwrap_or_else(|e| e.into_inner());
         ring.recv(&mut consumer, bells, wait)
+    }
+
+    /// Takes the messages already whole in the ring, at most `max`, handing each to `sink`;
+    /// never waits (see [`Ring::recv_ready`]). Returns how many it took.
+    pub fn recv_ready(
+        &self,
+        max: usize,
+        scratch: &mut Vec<u8>,
+        sink: impl FnMut(&[u8]),
+    ) -> Result<usize, RecvError> {
+        let (_, (ring, bells)) = self.ends();
+        let mut consumer = self.rx.lock().unwrap_or_else(|e| e.into_inner());
+        ring.recv_ready(&mut consumer, bells, max, scratch, sink)
     }
 
     /// The capacity of each of the two rings, in bytes.

@@ -794,6 +794,55 @@ impl<S: Storage> Ring<S> {
         }
     }
 
+    /// Takes the messages that are already whole in the ring, at most `max`, handing each to
+    /// `sink` (through `scratch`, reused), and publishes `head` once for all of them. Never
+    /// waits. Stops at a message not yet whole, and takes nothing while one is half-taken by
+    /// [`recv`](Ring::recv): that one and everything after it are left to `recv`. Only the
+    /// consumer may call this, always with the same `c`. A run of small messages costs one
+    /// load of `tail` and one publication of `head` here, where `recv` pays both (and a fence)
+    /// per message.
+    pub fn recv_ready<B: Doorbell>(
+        &self,
+        c: &mut Consumer,
+        bells: Bells<'_, B>,
+        max: usize,
+        scratch: &mut Vec<u8>,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<usize, RecvError> {
+        if !matches!(c.partial, Partial::Prefix { got: 0, .. }) {
+            return Ok(0);
+        }
+        let mut avail = self.avail(c.head)?;
+        let mut taken = 0;
+        while taken < max && avail >= PREFIX {
+            let mut prefix = [0u8; PREFIX];
+            // SAFETY: `PREFIX <= avail` bytes from `head` are published; `prefix` holds them.
+            unsafe { self.get(c.head, prefix.as_mut_ptr(), PREFIX) };
+            // Not whole yet, or not a length at all (left to `recv`, which reports it).
+            let Some(len) = usize::try_from(u64::from_le_bytes(prefix))
+                .ok()
+                .filter(|&len| len <= avail - PREFIX)
+            else {
+                break;
+            };
+            scratch.clear();
+            reserve(scratch, len)?;
+            // SAFETY: the `len` bytes after the prefix are published (`len <= avail - PREFIX`);
+            // `scratch` has capacity for `len` bytes (reserved just above).
+            unsafe { self.get(c.head + PREFIX as u64, scratch.as_mut_ptr(), len) };
+            // SAFETY: the `len` bytes were just initialised by `get`.
+            unsafe { scratch.set_len(len) };
+            c.head += (PREFIX + len) as u64;
+            avail -= PREFIX + len;
+            taken += 1;
+            sink(scratch);
+        }
+        if taken > 0 {
+            self.publish_head(c.head, bells.space)?;
+        }
+        Ok(taken)
+    }
+
     /// Copies up to `avail` published bytes of the current message into `c` (never past the
     /// message's end); returns the message once it is whole. Does not publish `head`.
     fn take(&self, c: &mut Consumer, mut avail: usize) -> Result<Option<Vec<u8>>, RecvError> {

@@ -41,6 +41,7 @@
 //!    task goes back to the front of the queue at most `Task::retries` times (`crashes`
 //!    counts them); its final `Crashed` completion says how many times it ran.
 
+mod frames;
 mod slot;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -54,6 +55,7 @@ use super::supervisor::{Engine, Lease};
 use crate::error::RecvError;
 use crate::sync::unmodelled::{Condvar, Mutex, MutexGuard};
 use crate::wait::Wait;
+pub use frames::Frames;
 
 /// A task that ran less than this (from when its slot saw it start to its last frame) is
 /// short by default: see [`PoolConfig::short_depth`]. About two cross-CPU wake-ups on a small
@@ -162,7 +164,7 @@ pub struct Completion {
     /// The task's id.
     pub id: u64,
     /// The frames that arrived, in order (all of them for [`End::Done`]).
-    pub frames: Vec<Vec<u8>>,
+    pub frames: Frames,
     /// How it ended.
     pub end: End,
 }
@@ -271,7 +273,7 @@ struct State {
 }
 
 impl State {
-    fn complete(&mut self, shared: &Shared, id: u64, frames: Vec<Vec<u8>>, end: End) {
+    fn complete(&mut self, shared: &Shared, id: u64, frames: Frames, end: End) {
         self.crashes.remove(&id);
         self.ready.push(Completion { id, frames, end });
         if self.ready_waiters > 0 {
@@ -292,9 +294,9 @@ impl State {
     fn enqueue(&mut self, shared: &Shared, task: Task) {
         self.undelivered += 1;
         if let Some(frame) = self.broken.clone() {
-            self.complete(shared, task.id, Vec::new(), End::Broken(frame));
+            self.complete(shared, task.id, Frames::new(), End::Broken(frame));
         } else if task.frames == 0 {
-            self.complete(shared, task.id, Vec::new(), End::Done);
+            self.complete(shared, task.id, Frames::new(), End::Done);
         } else {
             self.in_queue.insert(task.id);
             self.queue.push_back(task);
@@ -305,7 +307,7 @@ impl State {
     }
 
     /// Completes a task taken out of a pipeline, unless it was cancelled (invariant 2).
-    fn land(&mut self, shared: &Shared, id: u64, frames: Vec<Vec<u8>>, end: End) {
+    fn land(&mut self, shared: &Shared, id: u64, frames: Frames, end: End) {
         if let Some(f) = self.flights.remove(&id) {
             if !f.cancelled {
                 self.complete(shared, id, frames, end);
@@ -381,7 +383,7 @@ impl State {
         let frame = self.broken.clone().unwrap_or_default();
         for task in std::mem::take(&mut self.queue) {
             if self.in_queue.remove(&task.id) {
-                self.complete(shared, task.id, Vec::new(), End::Broken(frame.clone()));
+                self.complete(shared, task.id, Frames::new(), End::Broken(frame.clone()));
             }
         }
         shared.work.notify_all();
@@ -550,7 +552,7 @@ impl TaskPool {
         let shared = &self.shared;
         let mut st = shared.lock();
         if st.in_queue.remove(&id) {
-            st.complete(shared, id, Vec::new(), End::Cancelled);
+            st.complete(shared, id, Frames::new(), End::Cancelled);
             return CancelOutcome::Cancelled;
         }
         let slot = match st.flights.get(&id) {
@@ -563,7 +565,7 @@ impl TaskPool {
         if let Some(f) = st.flights.get_mut(&id) {
             f.cancelled = true;
         }
-        st.complete(shared, id, Vec::new(), End::Cancelled);
+        st.complete(shared, id, Frames::new(), End::Cancelled);
         let s = &mut st.slots[slot];
         if s.head == Some(id) {
             s.killed = true;
@@ -634,7 +636,7 @@ impl TaskPool {
         if cancel_pending {
             for task in std::mem::take(&mut st.queue) {
                 if st.in_queue.remove(&task.id) {
-                    st.complete(shared, task.id, Vec::new(), End::Cancelled);
+                    st.complete(shared, task.id, Frames::new(), End::Cancelled);
                     cancelled.push(task.id);
                 }
             }
@@ -650,7 +652,7 @@ impl TaskPool {
                 if let Some(f) = st.flights.get_mut(&id) {
                     f.cancelled = true;
                 }
-                st.complete(shared, id, Vec::new(), End::Cancelled);
+                st.complete(shared, id, Frames::new(), End::Cancelled);
                 cancelled.push(id);
             }
             for s in &mut st.slots {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
-use super::{failure_frame, trailer_peak_rss, End, Shared, State, Task};
+use super::{failure_frame, trailer_peak_rss, End, Frames, Shared, State, Task};
 use crate::error::SpawnError;
 use crate::pool::process::Death;
 use crate::pool::supervisor::Lease;
@@ -15,13 +15,17 @@ use crate::wait::Wait;
 /// Framing overhead of one message in the ring (its length prefix).
 const FRAME_PREFIX: usize = 8;
 
+/// Frames taken in one [`drain_frames`], so that a long run of them still lets `serve` look at
+/// its pipeline, cancellations and timeouts between two drains.
+const DRAIN_MAX: usize = 4096;
+
 /// Consecutive short tasks (see `PoolConfig::short_depth`) before a worker's pipeline deepens.
 const SHORT_STREAK: u32 = 4;
 
 /// A task sent to this slot's worker.
 struct Running {
     task: Task,
-    frames: Vec<Vec<u8>>,
+    frames: Frames,
     /// When the worker started it (for its timeout); `None` while another runs ahead of it.
     started: Option<Instant>,
     /// The whole message reached the ring (a send cut off by the worker's death did not).
@@ -58,7 +62,7 @@ impl Drop for Exit<'_> {
                 .map(|(&id, _)| id)
                 .collect();
             for id in mine {
-                st.land(shared, id, Vec::new(), End::Broken(frame.clone()));
+                st.land(shared, id, Frames::new(), End::Broken(frame.clone()));
             }
             st.break_pool(shared, frame);
         }
@@ -175,6 +179,8 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
     let mut peak_rss: Option<u64> = None;
     // How many of the worker's last tasks in a row were short.
     let mut short_run: u32 = 0;
+    // Reused by `drain_frames` for each frame it takes.
+    let mut scratch = Vec::new();
     loop {
         let depth = if short_run >= SHORT_STREAK {
             config.depth.max(config.short_depth)
@@ -248,7 +254,7 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
             sent += 1;
             flight.push_back(Running {
                 task,
-                frames: Vec::new(),
+                frames: Frames::new(),
                 started: first.then(Instant::now),
                 delivered,
                 begun: false,
@@ -284,7 +290,9 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
         };
         match received {
             Ok(frame) => {
-                head.frames.push(frame);
+                head.frames.push(&frame);
+                drop(frame); // freed by the thread that allocated it (see `Frames`)
+                drain_frames(lease, head, &mut scratch);
                 if head.frames.len() < head.task.frames as usize {
                     continue;
                 }
@@ -302,7 +310,7 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
                 };
                 if config.max_memory.is_some() {
                     // Step 9: over the limit, the worker retires once its pipeline is empty.
-                    let reported = done.frames.last().and_then(|t| trailer_peak_rss(t));
+                    let reported = done.frames.last().and_then(trailer_peak_rss);
                     peak_rss = reported.or(peak_rss);
                 }
                 if let Some(next) = flight.front_mut() {
@@ -334,6 +342,22 @@ fn serve(shared: &Shared, index: usize, lease: &Lease) -> Next {
             Err(_) => return bury(shared, index, lease, flight, timed_out, peak_rss),
         }
     }
+}
+
+/// The head task's frames already whole in the ring, taken at once (one look at the ring, one
+/// publication of its read position) rather than a turn of `serve`'s loop each (a turn takes
+/// the pool's lock): a chunk of tiny items arrives as a run of one frame per item. Never more
+/// than the head still awaits (what follows belongs to the next task), nor more than
+/// [`DRAIN_MAX`]; never waits. Anything else (a frame still arriving, the worker's death, an
+/// error) is left to the loop's own receive, which finds it again.
+fn drain_frames(lease: &Lease, head: &mut Running, scratch: &mut Vec<u8>) {
+    let left = (head.task.frames as usize).saturating_sub(head.frames.len());
+    if left == 0 {
+        return;
+    }
+    let max = left.min(DRAIN_MAX);
+    let frames = &mut head.frames;
+    let _ = lease.recv_ready_frames(max, max == left, scratch, |frame| frames.push(frame));
 }
 
 /// Step 7: the worker is gone (it died, or we or `cancel`/`shutdown` killed it) and every

@@ -119,6 +119,19 @@ pub struct Pushed {
     sent: HashMap<u64, u32>,
 }
 
+impl Pushed {
+    /// The hub epoch these fds are up to date with (see [`epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+/// The hub's epoch: it moves whenever the set of fds a peer may need changes, so a channel
+/// whose [`Pushed`] is at this epoch has nothing to push.
+pub fn epoch() -> u64 {
+    EPOCH.load(Ordering::Acquire)
+}
+
 struct Hub {
     pool: BulkPool<ShmFactory>,
     salt: u64,

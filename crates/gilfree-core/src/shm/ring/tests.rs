@@ -455,3 +455,37 @@ fn polls_that_time_out_do_not_grow_the_spin() {
     }
     assert_eq!(c.spin.budget, MIN_BUDGET);
 }
+
+#[test]
+fn recv_ready_takes_whole_messages_only_and_up_to_max() {
+    let pair = Pair::new(64);
+    let (mut p, mut c) = (pair.ring.producer().unwrap(), pair.ring.consumer().unwrap());
+    let mut scratch = Vec::new();
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut take = |c: &mut Consumer, max: usize, got: &mut Vec<Vec<u8>>| {
+        pair.ring
+            .recv_ready(c, pair.bells(), max, &mut scratch, |m| got.push(m.to_vec()))
+            .unwrap()
+    };
+    assert_eq!(take(&mut c, 10, &mut got), 0, "nothing sent yet");
+    for m in [&b"a"[..], b"", b"bcd", b"efgh"] {
+        pair.send(&mut p, m);
+    }
+    assert_eq!(take(&mut c, 2, &mut got), 2, "at most max");
+    assert_eq!(take(&mut c, 10, &mut got), 2);
+    assert_eq!(got, [&b"a"[..], b"", b"bcd", b"efgh"]);
+    assert!(!pair.ring.has_unread());
+    // A message bigger than the ring is never whole in it: recv_ready leaves it, and once
+    // `recv` has taken part of it, recv_ready takes nothing until `recv` finishes it.
+    let big = pattern(7, 150);
+    let (tx_ring, big2) = (&pair, big.clone());
+    std::thread::scope(|s| {
+        s.spawn(move || tx_ring.send(&mut p, &big2));
+        while !pair.ring.has_unread() {
+            std::thread::yield_now();
+        }
+        assert_eq!(take(&mut c, 10, &mut got), 0, "not whole yet");
+        assert_eq!(pair.recv(&mut c), big);
+    });
+    assert_eq!(got.len(), 4);
+}
