@@ -240,14 +240,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(code: str, cwd: Path) -> tuple[int, str, str]:
+def _run(code: str, cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
     """Runs ``code`` as a script in ``cwd``; kills its whole process group on the watchdog."""
     script = cwd / "example.py"
     script.write_text(code)
     with subprocess.Popen(
         [sys.executable, str(script)],
         cwd=cwd,
-        env=_env(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -274,8 +274,14 @@ def outcomes(
         and item.originalname == test_block_runs_and_prints_what_the_page_shows.__name__
         and isinstance(block := item.callspec.params["block"], Block)
     ]
+    # The environment is copied here, once: pytest sets and unsets PYTEST_CURRENT_TEST in
+    # os.environ as tests run, and copying it from a pool thread meanwhile can fail (a key seen,
+    # then gone; seen on free-threaded CPython).
+    env = _env()
     with ThreadPoolExecutor(PARALLEL, thread_name_prefix="docs-block") as pool:
-        yield {b.id: pool.submit(_run, b.code, tmp_path_factory.mktemp("block")) for b in selected}
+        yield {
+            b.id: pool.submit(_run, b.code, tmp_path_factory.mktemp("block"), env) for b in selected
+        }
 
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=[b.id for b in RUNNABLE])
