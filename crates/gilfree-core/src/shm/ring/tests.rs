@@ -335,6 +335,7 @@ fn feed_raw(capacity: usize, bytes: &[u8]) {
     let mut c = pair.ring.consumer().unwrap();
     let header = pair.ring.header();
     let (mut tail, mut fed) = (0u64, 0usize);
+    let mut scratch = Vec::new();
     loop {
         let n = pair.ring.free(tail).unwrap().min(bytes.len() - fed);
         pair.ring.put(tail, &bytes[fed..fed + n]);
@@ -343,6 +344,21 @@ fn feed_raw(capacity: usize, bytes: &[u8]) {
         header.producer.tail.store(tail, Ordering::Release);
         if fed == bytes.len() {
             header.producer.producer_closed.store(1, Ordering::Release);
+        }
+        // The batch reader first: it takes only messages whole in the ring, and reserves only
+        // what they hold.
+        let batch = pair
+            .ring
+            .recv_ready(&mut c, pair.bells(), 4, &mut scratch, |m| {
+                assert!(m.len() <= fed)
+            });
+        assert!(
+            scratch.capacity() <= fed,
+            "{} bytes reserved by recv_ready after {fed} bytes fed",
+            scratch.capacity()
+        );
+        if let Err(e) = batch {
+            panic!("recv_ready failed on a consistent ring: {e:?}");
         }
         let result = pair.try_recv(&mut c);
         assert!(
