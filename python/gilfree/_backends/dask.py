@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, cast
 import cloudpickle  # pyright: ignore[reportMissingTypeStubs]
 import dask
 import distributed
+from distributed.deploy.cluster import Cluster as _DaskCluster
 
 from gilfree import _protocol, _runtime, _sync_args
 from gilfree._backends import UnsupportedByBackend, _gil_enabled
@@ -768,7 +769,7 @@ class _LocalCluster(distributed.LocalCluster):
     cluster's view of the scheduler's workers is kept as the base ``Cluster`` keeps it."""
 
     def _update_worker_status(self, op: str, msg: Any) -> None:
-        distributed.deploy.Cluster._update_worker_status(self, op, msg)  # pyright: ignore
+        _DaskCluster._update_worker_status(self, op, msg)
 
 
 def _local_cluster(n_workers: int) -> distributed.LocalCluster:
