@@ -55,6 +55,8 @@ _SMALL_CHUNK_WINDOW = 12
 # unless its chunks would then run less than _MIN_BALANCED_SECONDS each.
 _MIN_CHUNKS_PER_WORKER = 4
 _MIN_BALANCED_SECONDS = 0.0005
+# Items per chunk at most when the source is read lazily (``imap``), see ``_next_size``.
+_LAZY_CHUNK_MAX = 8192
 # Functions whose measured seconds per item a pool remembers (``Pool._item_seconds``).
 _ITEM_SECONDS_MAX = 64
 # Items (or arguments) of these exact types pickle alike with plain pickle and with
@@ -423,6 +425,11 @@ class _Results:
         if self.per_item is not None:
             want = int(_TARGET_CHUNK_SECONDS / max(self.per_item, 1e-7))
             self.chunk = max(1, min(want, self.chunk * 4))
+        if not self.eager:
+            # A lazy source (imap) is read at most a window of chunks ahead of the caller: a
+            # cap on a chunk's items keeps that look-ahead bounded in items, not only in time
+            # (20 ms of a trivial function is hundreds of thousands of items).
+            self.chunk = min(self.chunk, _LAZY_CHUNK_MAX)
         size = self.chunk
         if self.remaining is not None:
             balance = -(-self.remaining // (self.pool._max_workers * _MIN_CHUNKS_PER_WORKER))
@@ -522,10 +529,14 @@ class _Results:
                 pool._tp.submit(task_id, msg, frames, self.timeout, False, retries)
             else:
                 pool._tp.submit_many(unsent, self.timeout)
-        except BaseException:
+        except BaseException as exc:
             for task_id, _, _, _ in unsent:
                 pool._handlers.pop(task_id, None)
                 self.outstanding.pop(task_id, None)
+            if self.closed and isinstance(exc, RuntimeError):
+                # The call was abandoned (an imap the caller stopped reading) and the pool shut
+                # down while the collector refilled it: nobody waits for these chunks.
+                return
             raise
 
     def _pickle_plain(self, items: list[Any]) -> bytes | None:
