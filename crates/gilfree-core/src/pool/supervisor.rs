@@ -575,7 +575,7 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
             }
         }
         // 1. Fork what is asked for: requests first (a caller is waiting), then the refill.
-        let mut targets: Vec<Target> = st.requests.drain(..).map(Target::Request).collect();
+        let targets: Vec<Target> = st.requests.drain(..).map(Target::Request).collect();
         let refill = if st.warm_broken {
             0
         } else {
@@ -596,56 +596,35 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
                 .min(MAX_SURGE)
                 .saturating_sub(refill)
         };
-        targets.extend(std::iter::repeat_n(Target::Warm, refill + surge));
-        if !targets.is_empty() {
-            st.forking += targets.len();
-            st.warming += refill + surge;
+        let warmups: Vec<Target> = std::iter::repeat_n(Target::Warm, refill + surge).collect();
+        if !targets.is_empty() || !warmups.is_empty() {
+            st.forking += targets.len() + warmups.len();
+            st.warming += warmups.len();
             drop(st);
-            let made = spawn_many(
-                &mut template,
-                &shared.config.command,
-                &on_death,
-                targets.len(),
-            );
-            let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> =
-                targets.into_iter().zip(made).collect();
-            st = lock(&shared.state);
-            let mut doomed = Vec::new();
-            for (target, result) in spawned {
-                st.forking -= 1;
-                match result {
-                    Ok(worker) if st.shut_down => {
-                        if let Target::Warm = target {
-                            st.warming -= 1;
-                        }
-                        doomed.push(Arc::new(worker));
-                    }
-                    Ok(worker) => {
-                        let worker = Arc::new(worker);
-                        st.all.insert(worker.pid(), Arc::clone(&worker));
-                        shared.hub.register(Arc::clone(worker.output()));
-                        if let Some(watch) = worker.death_watch() {
-                            shared.hub.watch_death(watch.clone());
-                        }
-                        let for_thread = Arc::clone(shared);
-                        let kept = Arc::clone(&worker);
-                        let started = std::thread::Builder::new()
-                            .name("gilfree-handshake".into())
-                            .spawn(move || finish_handshake(&for_thread, target, worker));
-                        if let Err(e) = started {
-                            doomed.push(kept);
-                            settle_failure(&mut st, target, e.into());
-                        }
-                    }
-                    Err(e) => settle_failure(&mut st, target, e),
+            // The callers' own processes first, handshakes started, and only then the
+            // warm-ups, a few at a time, with any caller that asked meanwhile going ahead of
+            // the rest: a caller waits for its own fork, not for a surge of up to MAX_SURGE
+            // (the template forks one after another: 16-74 ms for 3-17 processes).
+            if !targets.is_empty() {
+                fork_batch(shared, &mut template, &on_death, targets);
+            }
+            let mut warmups = warmups;
+            while !warmups.is_empty() {
+                let asked: Vec<Target> = {
+                    let mut st = lock(&shared.state);
+                    let asked: Vec<Target> = st.requests.drain(..).map(Target::Request).collect();
+                    st.forking += asked.len();
+                    asked
+                };
+                if !asked.is_empty() {
+                    fork_batch(shared, &mut template, &on_death, asked);
+                    continue;
                 }
+                let rest = warmups.split_off(warmups.len().min(WARM_STEP));
+                fork_batch(shared, &mut template, &on_death, warmups);
+                warmups = rest;
             }
-            shared.changed.notify_all();
-            if !doomed.is_empty() {
-                drop(st);
-                shared.discard(doomed);
-                st = lock(&shared.state);
-            }
+            st = lock(&shared.state);
             continue;
         }
         // 2. Retire idle processes beyond `warm` that have been idle for `idle_timeout`.
@@ -694,6 +673,61 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner),
         };
+    }
+}
+
+/// Warm-ups forked in one go (pipelined through the template) before the supervisor looks for
+/// callers that asked for a process meanwhile.
+const WARM_STEP: usize = 2;
+
+/// Forks one process per target (from the template if there is one) and starts each one's
+/// handshake on a thread of its own, which hands it to its target once it is ready. Takes the
+/// state lock only to register what it forked; `forking` (and `warming`, for warm-ups) were
+/// counted by the caller.
+fn fork_batch(
+    shared: &Arc<Shared>,
+    template: &mut Option<Template>,
+    on_death: &Option<DeathHook>,
+    targets: Vec<Target>,
+) {
+    let made = spawn_many(template, &shared.config.command, on_death, targets.len());
+    let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> =
+        targets.into_iter().zip(made).collect();
+    let mut st = lock(&shared.state);
+    let mut doomed = Vec::new();
+    for (target, result) in spawned {
+        st.forking -= 1;
+        match result {
+            Ok(worker) if st.shut_down => {
+                if let Target::Warm = target {
+                    st.warming -= 1;
+                }
+                doomed.push(Arc::new(worker));
+            }
+            Ok(worker) => {
+                let worker = Arc::new(worker);
+                st.all.insert(worker.pid(), Arc::clone(&worker));
+                shared.hub.register(Arc::clone(worker.output()));
+                if let Some(watch) = worker.death_watch() {
+                    shared.hub.watch_death(watch.clone());
+                }
+                let for_thread = Arc::clone(shared);
+                let kept = Arc::clone(&worker);
+                let started = std::thread::Builder::new()
+                    .name("gilfree-handshake".into())
+                    .spawn(move || finish_handshake(&for_thread, target, worker));
+                if let Err(e) = started {
+                    doomed.push(kept);
+                    settle_failure(&mut st, target, e.into());
+                }
+            }
+            Err(e) => settle_failure(&mut st, target, e),
+        }
+    }
+    shared.changed.notify_all();
+    drop(st);
+    if !doomed.is_empty() {
+        shared.discard(doomed);
     }
 }
 
