@@ -612,6 +612,12 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
             while !warmups.is_empty() {
                 let asked: Vec<Target> = {
                     let mut st = lock(&shared.state);
+                    if st.shut_down {
+                        // Nobody will claim them: they are not forked at all.
+                        st.forking -= warmups.len();
+                        st.warming -= warmups.len();
+                        break;
+                    }
                     let asked: Vec<Target> = st.requests.drain(..).map(Target::Request).collect();
                     st.forking += asked.len();
                     asked
