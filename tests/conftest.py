@@ -139,6 +139,29 @@ def interrupt_script(name: str, *args: str, ready: str) -> tuple[list[int], str,
     return pids, out, err, proc.returncode
 
 
+def crash_mid_map(
+    pool: Any, log: Path, n: int, crash_at: int, chunksize: int | None = None
+) -> list[int]:
+    """Maps ``helpers.record_then`` over ``n`` items on ``pool``, item ``crash_at`` killing its
+    worker: checks the results before it and the ``WorkerCrashedError`` at it, lets the items
+    behind it finish through a later map on the same pool, and returns the items' runs as
+    ``record_then`` logged them in ``log`` (one per run)."""
+    import gilfree
+
+    import helpers
+
+    it = pool.map(
+        helpers.record_then, [str(log)] * n, range(n), [crash_at] * n, chunksize=chunksize
+    )
+    got = [next(it) for _ in range(crash_at)]
+    assert got == [2 * i for i in range(crash_at)]
+    with pytest.raises(gilfree.WorkerCrashedError):
+        next(it)
+    # Let the rest finish through a fresh map call on the same pool (the first stopped).
+    list(pool.map(helpers.square, range(4)))
+    return [int(line) for line in log.read_text().split()]
+
+
 def wait_gone(pids: list[int], timeout: float = 20.0) -> list[int]:
     """Waits (event-driven, via psutil) until the processes exit; returns those still alive."""
     procs = []

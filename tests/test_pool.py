@@ -19,7 +19,7 @@ import gilfree
 from gilfree import _runtime
 
 import helpers
-from conftest import WATCHDOG, Rendezvous, wait_gone
+from conftest import WATCHDOG, Rendezvous, crash_mid_map, wait_gone
 
 
 @pytest.fixture
@@ -165,16 +165,7 @@ def test_unpicklable_result_fails_its_future_and_worker_stays_usable(pool: gilfr
 
 
 def test_crash_mid_chunk_runs_nothing_twice(pool: gilfree.Pool, tmp_path: Path) -> None:
-    log = tmp_path / "runs.txt"
-    n, crash_at = 60, 25
-    it = pool.map(helpers.record_then, [str(log)] * n, range(n), [crash_at] * n, chunksize=10)
-    got = [next(it) for _ in range(crash_at)]
-    assert got == [2 * i for i in range(crash_at)]
-    with pytest.raises(gilfree.WorkerCrashedError):
-        next(it)
-    # Let the rest finish through a fresh map call on the same pool (the first stopped).
-    list(pool.map(helpers.square, range(4)))
-    runs = [int(line) for line in log.read_text().split()]
+    runs = crash_mid_map(pool, tmp_path / "runs.txt", 60, 25, chunksize=10)
     counts = {x: runs.count(x) for x in set(runs)}
     assert all(c == 1 for c in counts.values()), counts
 

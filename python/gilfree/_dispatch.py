@@ -59,9 +59,6 @@ _MIN_BALANCED_SECONDS = 0.0005
 _LAZY_CHUNK_MAX = 8192
 # Functions whose measured seconds per item a pool remembers (``Pool._item_seconds``).
 _ITEM_SECONDS_MAX = 64
-# Items (or arguments) of these exact types pickle alike with plain pickle and with
-# ``_serialize.dumps``: nothing of theirs goes by value or out-of-band.
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
 def _unpicklable(what: str, obj: Any, exc: BaseException) -> TypeError:
@@ -82,10 +79,9 @@ def _decode_frame(frame: bytes) -> tuple[bool, Any]:
     ``SystemExit``, fails this item only, as a ``pickle.UnpicklingError`` caused by it.
     """
     try:
-        if frame[:1] in _protocol.PLAIN_TAGS:
-            ok, value = _engine.decode_value(frame)
-            if ok:
-                return True, value
+        ok, value = _engine.decode_value(frame)  # a plain-value frame (``_protocol``)
+        if ok:
+            return True, value
         if frame[:1] != _protocol.FAILED:
             return True, _serialize.loads(frame)
         status, payload = _serialize.loads(frame[1:])
@@ -311,7 +307,9 @@ class _FutureHandler:
     def start(self) -> None:
         self.future._gilfree_notify()
 
-    def complete(self, frames: list[bytes], end: int, info: Any) -> None:
+    def complete(
+        self, frames: list[bytes], end: int, info: Any, values: list[Any] | None = None
+    ) -> None:
         if self.blob is not None and end in (_CANCELLED, _BROKEN):
             _serialize.discard(self.blob)  # never loaded: free the shared memory it pins
         future = self.future
@@ -323,7 +321,9 @@ class _FutureHandler:
         # The item's frame arrives as soon as it finishes: if the worker died after that, the
         # result still stands.
         ok, value = (
-            _decode_frame(frames[0])
+            (True, values[0])
+            if values
+            else _decode_frame(frames[0])
             if frames
             else (
                 False,
@@ -584,17 +584,15 @@ class _Results:
         items returned, when the engine read them all from plain-value frames (``frames``
         then holds only the trailer)."""
         with self.lock:
-            if values is not None:
-                first, items, _blob, _prior = self.outstanding.pop(task_id)
-                if len(values) == len(items):
-                    if self.fixed_chunk is None:
-                        self._learn(frames[0], len(items))
-                    self.staged.append((first, _Values(values)))
-                    return
-                # Not this chunk's shape (never expected): decode it frame by frame.
-                self.outstanding[task_id] = (first, items, _blob, _prior)
-                frames = [pickle.dumps(v, _protocol.PROTOCOL) for v in values] + frames
-            self._complete(task_id, frames, end, info)
+            if values is None:
+                self._complete(task_id, frames, end, info)
+                return
+            # Finished, every item a plain value (the scheduler waits for all of a chunk's
+            # item frames before its trailer, so there is one value per item).
+            first, items, _, _ = self.outstanding.pop(task_id)
+            if self.fixed_chunk is None:
+                self._learn(frames[0], len(items))
+            self.staged.append((first, _Values(values)))
 
     def publish(self) -> None:
         """Refills the window, then publishes the outcomes staged since the last call (the
@@ -785,9 +783,7 @@ def _collect(pool_ref: weakref.ref[Pool], tp: _engine.TaskPool, handlers: dict[i
                     touched[id(handler)] = handler
                     handler.complete_one(task_id, frames, end, info, values)
                 else:
-                    if values is not None:  # a submit's result is pickled; kept for safety
-                        frames = [pickle.dumps(v, _protocol.PROTOCOL) for v in values] + frames
-                    handler.complete(frames, end, info)
+                    handler.complete(frames, end, info, values)
             except BaseException as exc:  # a handler bug must not kill the collector
                 _report(exc)
         _publish(touched)

@@ -22,8 +22,9 @@ Replies:
   ``(status, payload)``: no tuple is built or unpickled for the common case. A plain value
   (``None``, a ``bool``, an ``int`` that fits in 64 bits, a ``float``, ``str`` or ``bytes``,
   of exactly that type) that a ``fn(item)`` or ``fn(*item)`` call returned travels as a frame
-  the engine writes and reads itself: one of ``PLAIN_TAGS``, then the value
-  (``crates/gilfree-py/src/values.rs``).
+  the engine writes and reads itself: a tag byte (none of FAILED, a pickle stream's first byte
+  or an envelope's), then the value (``crates/gilfree-py/src/values.rs``, which owns the tags;
+  ``_engine.decode_value`` reads one).
 """
 
 from __future__ import annotations
@@ -39,10 +40,6 @@ _LEN = struct.Struct("<I")
 TRAILER = struct.Struct("<dQ")
 # The first message a worker sends for a POOL_CALL task: "I have begun it".
 START_MARK = b""
-
-# The first bytes of the engine's plain-value frames (``values.rs``: None, False, True, int,
-# float, str, bytes), as one-byte strings: ``frame[:1] in PLAIN_TAGS``.
-PLAIN_TAGS = frozenset(bytes([tag]) for tag in range(0x01, 0x08))
 
 # Task kinds.
 RUN_WORKER = 1

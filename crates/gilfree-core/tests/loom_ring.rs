@@ -37,19 +37,24 @@ impl Pair {
     }
 }
 
+/// A thread that sends `msgs` in order, each waiting for space as needed.
+fn spawn_producer(pair: &Arc<Pair>, msgs: &'static [&'static [u8]]) -> thread::JoinHandle<()> {
+    let tx = pair.clone();
+    thread::spawn(move || {
+        let mut p = tx.ring.producer().unwrap();
+        for m in msgs {
+            tx.ring
+                .send(&mut p, m, tx.bells(), &mut Wait::forever())
+                .unwrap();
+        }
+    })
+}
+
 /// Producer and consumer on two threads; every message arrives whole and in order.
 fn transfer(capacity: usize, msgs: &'static [&'static [u8]]) {
     loom::model(move || {
         let pair = Pair::new(capacity);
-        let tx = pair.clone();
-        let producer = thread::spawn(move || {
-            let mut p = tx.ring.producer().unwrap();
-            for m in msgs {
-                tx.ring
-                    .send(&mut p, m, tx.bells(), &mut Wait::forever())
-                    .unwrap();
-            }
-        });
+        let producer = spawn_producer(&pair, msgs);
         let mut c = pair.ring.consumer().unwrap();
         for m in msgs {
             let got = pair
@@ -243,19 +248,11 @@ fn loom_plain_send_flushes_deferred() {
 /// waits for space is woken by the batch's publication (else the model deadlocks).
 #[test]
 fn loom_recv_ready_then_recv() {
-    const MSGS: [&[u8]; 3] = [b"ab", b"c", b"defg"];
+    const MSGS: &[&[u8]] = &[b"ab", b"c", b"defg"];
     loom::model(|| {
         // Room for about two of them: the third waits for the consumer to free space.
         let pair = Pair::new(24);
-        let tx = pair.clone();
-        let producer = thread::spawn(move || {
-            let mut p = tx.ring.producer().unwrap();
-            for m in MSGS {
-                tx.ring
-                    .send(&mut p, m, tx.bells(), &mut Wait::forever())
-                    .unwrap();
-            }
-        });
+        let producer = spawn_producer(&pair, MSGS);
         let mut c = pair.ring.consumer().unwrap();
         let mut scratch = Vec::new();
         let mut got: Vec<Vec<u8>> = Vec::new();
@@ -276,6 +273,6 @@ fn loom_recv_ready_then_recv() {
             }
         }
         producer.join().unwrap();
-        assert_eq!(got, MSGS.map(<[u8]>::to_vec));
+        assert_eq!(got, MSGS.iter().map(|m| m.to_vec()).collect::<Vec<_>>());
     });
 }

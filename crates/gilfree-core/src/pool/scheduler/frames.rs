@@ -67,16 +67,6 @@ impl Index<usize> for Frames {
     }
 }
 
-impl<T: AsRef<[u8]>> FromIterator<T> for Frames {
-    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
-        let mut frames = Frames::new();
-        for frame in iter {
-            frames.push(frame.as_ref());
-        }
-        frames
-    }
-}
-
 impl PartialEq<Vec<Vec<u8>>> for Frames {
     fn eq(&self, other: &Vec<Vec<u8>>) -> bool {
         self.len() == other.len() && self.iter().zip(other).all(|(a, b)| a == b.as_slice())
@@ -103,6 +93,5 @@ mod tests {
         );
         assert_eq!(f, vec![b"ab".to_vec(), Vec::new(), b"cde".to_vec()]);
         assert_ne!(f, vec![b"ab".to_vec(), b"cde".to_vec()]);
-        assert_eq!(f.iter().collect::<Frames>(), f);
     }
 }
