@@ -237,6 +237,10 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["GILFREE_BACKEND"] = "process"
     env.pop("GILFREE_DASK_ADDRESS", None)
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        # What docs/backends.md tells a user of a free-threaded CPython to do for a Dask
+        # cluster of their own: its profiler is not safe without the GIL.
+        env["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "False"
     return env
 
 
