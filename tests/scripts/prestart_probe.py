@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 import psutil
 
@@ -29,6 +30,20 @@ def templates() -> list[int]:
     ]
     kids.sort(key=lambda p: (p.create_time(), p.pid))
     return [p.pid for p in kids]
+
+
+def settled_templates(timeout: float = 10.0) -> list[int]:
+    """``templates()`` once no fork is under way. The supervisor forks a caller's own process
+    first and its spares after, so right after a ``join()`` a spare may be mid-fork: a
+    ``--template`` child not yet in ``worker_pids()``. Look again (polling the process table,
+    a state, under ``timeout``) until at most one template is left; a real second template
+    stays, and is reported."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = templates()
+        if len(found) <= 1 or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)  # poll interval; what is awaited is the table read above
 
 
 class Report(gilfree.Worker):
@@ -57,7 +72,7 @@ elif mode == "adopt":
             {
                 "parent": os.getpid(),
                 "worker": worker,
-                "templates": templates(),
+                "templates": settled_templates(),
                 "still_prestarted": _engine.prestarted_pid(0),
             }
         )
@@ -87,7 +102,7 @@ elif mode == "fork":
                 "child": from_child,
                 "child_status": os.waitstatus_to_exitcode(status),
                 "parent": mine,
-                "templates": templates(),
+                "templates": settled_templates(),
             }
         )
     )
