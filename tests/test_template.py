@@ -237,3 +237,53 @@ def test_a_forked_worker_collects_garbage_as_any_interpreter() -> None:
     """The template runs with the collector off until it forks (its imports live as long as
     it does); a worker forked from it has the collector on, as a fresh interpreter has."""
     assert _forked_worker_eval("__import__('gc').isenabled()") == "True"
+
+
+def test_a_forked_worker_sees_the_parents_environment_as_it_is_at_its_start() -> None:
+    """The template was started at ``import gilfree``; variables set, changed and removed in
+    the parent after that reach a worker forked later, in ``os.environ`` and in the C
+    environment alike (a library reading ``getenv`` sees what Python code sees), and none of
+    the engine's own handover variables is left in either."""
+    code = (
+        "import os\n"
+        "os.environ['GF_T_KEEP'] = 'kept'\n"
+        "os.environ['GF_T_CHANGED'] = 'old'\n"
+        "os.environ['GF_T_GONE'] = 'x'\n"
+        "import gilfree\n"
+        "os.environ['GF_T_CHANGED'] = 'new'\n"
+        "del os.environ['GF_T_GONE']\n"
+        "os.environ['GF_T_NEW'] = 'added'\n"
+        "KEYS = ['GF_T_KEEP', 'GF_T_CHANGED', 'GF_T_GONE', 'GF_T_NEW', 'GILFREE_TEMPLATE_FD',\n"
+        "        'GILFREE_CHANNEL_FDS', 'GILFREE_PARENT_PID']\n"
+        "def probe():\n"
+        "    import ctypes\n"
+        "    libc = ctypes.CDLL(None)\n"
+        "    libc.getenv.restype = ctypes.c_char_p\n"
+        "    c_env = {k: libc.getenv(k.encode()) for k in KEYS}\n"
+        "    return ({k: os.environ.get(k) for k in KEYS},\n"
+        "            {k: v.decode() if v is not None else None for k, v in c_env.items()})\n"
+        "w = gilfree.Worker(target=probe)\n"
+        "w.start()\n"
+        "import json\n"
+        "print(json.dumps(w.join()))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        env={**os.environ, **ON},
+    )
+    assert res.returncode == 0, res.stderr
+    py_env, c_env = json.loads(res.stdout.strip().splitlines()[-1])
+    expected = {
+        "GF_T_KEEP": "kept",
+        "GF_T_CHANGED": "new",
+        "GF_T_GONE": None,
+        "GF_T_NEW": "added",
+        "GILFREE_TEMPLATE_FD": None,
+        "GILFREE_CHANNEL_FDS": None,
+        "GILFREE_PARENT_PID": None,
+    }
+    assert py_env == expected
+    assert c_env == expected

@@ -146,6 +146,31 @@ pub(crate) fn handshake(worker: &WorkerProcess, sink: &dyn OutputSink) -> Result
     })
 }
 
+/// What a new worker is connected by: its channel (whose shared segment is populated when
+/// made, ~1 ms for the default 2 MiB) and its output pipes. Independent of the environment
+/// and working directory, so the supervisor makes one ahead of the next fork ([`make_ends`]).
+pub(crate) struct WorkerEnds {
+    channel: Channel,
+    out_r: OwnedFd,
+    out_w: OwnedFd,
+    err_r: OwnedFd,
+    err_w: OwnedFd,
+}
+
+/// Makes a worker's channel and pipes (all close-on-exec).
+pub(crate) fn make_ends(command: &WorkerCommand) -> Result<WorkerEnds, SpawnError> {
+    let channel = Channel::create(command.ring_capacity)?;
+    let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    Ok(WorkerEnds {
+        channel,
+        out_r,
+        out_w,
+        err_r,
+        err_w,
+    })
+}
+
 /// A worker to be forked by the template: its channel, its pipes, and the request's fds,
 /// environment and working directory ([`plan_fork`]).
 pub(crate) struct ForkPlan {
@@ -164,10 +189,22 @@ pub(crate) struct ForkPlan {
 /// Steps 1–3 through the template ([`super::template`]), first part: what the parent needs to
 /// ask the template for the same process as [`spawn`] would start (same fds at the same
 /// numbers, same environment and working directory).
-pub(crate) fn plan_fork(command: &WorkerCommand) -> Result<ForkPlan, SpawnError> {
-    let channel = Channel::create(command.ring_capacity)?;
-    let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
-    let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
+///
+/// `made` is what [`make_ends`] made beforehand, if anything; else they are made here.
+pub(crate) fn plan_fork(
+    command: &WorkerCommand,
+    made: Option<WorkerEnds>,
+) -> Result<ForkPlan, SpawnError> {
+    let WorkerEnds {
+        channel,
+        out_r,
+        out_w,
+        err_r,
+        err_w,
+    } = match made {
+        Some(ends) => ends,
+        None => make_ends(command)?,
+    };
     let child_fds = channel.child_fds();
     let mut fds: Vec<(RawFd, RawFd)> = vec![(out_w.as_raw_fd(), 1), (err_w.as_raw_fd(), 2)];
     fds.push((child_fds.memfd, child_fds.memfd));

@@ -31,7 +31,7 @@ use rustix::process::{pidfd_send_signal, Signal};
 use super::command::WorkerCommand;
 pub use super::process::ExitInfo;
 use super::process::{DeathHook, WorkerProcess};
-use super::spawn;
+use super::spawn::{self, WorkerEnds};
 use super::template::{Template, TemplateCommand};
 use crate::error::{RecvError, SendError, SpawnError};
 #[cfg(not(loom))]
@@ -114,6 +114,8 @@ struct State {
     warming: usize,
     /// `acquire` calls waiting for a warm-up instead of spawning their own.
     claims: usize,
+    /// Callers' own processes forked whose handshake has not ended: warm-ups wait for them.
+    greeting: usize,
     /// `acquire` calls asleep on `changed` right now (so a release knows whether to wake).
     sleepers: usize,
     /// `acquire` calls' spawn requests the supervisor has not taken yet.
@@ -495,6 +497,7 @@ impl Drop for EngineHandle {
 /// still read, so no process it forked is left unregistered.
 fn spawn_many(
     template: &mut Option<Template>,
+    ends: &mut Option<WorkerEnds>,
     command: &WorkerCommand,
     on_death: &Option<DeathHook>,
     n: usize,
@@ -504,7 +507,7 @@ fn spawn_many(
         let mut failed = false;
         let mut sent = Vec::with_capacity(n);
         for _ in 0..n {
-            let Ok(plan) = spawn::plan_fork(command) else {
+            let Ok(plan) = spawn::plan_fork(command, ends.take()) else {
                 failed = true;
                 break;
             };
@@ -553,6 +556,12 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
             .clone()
             .unwrap_or_else(|| DeathHook(Arc::new(|_| {}))),
     );
+    // The channel and pipes of the next process to fork, made while nothing is asked for:
+    // making them is most of the supervisor's part of a fork (populating the channel's
+    // segment), and a caller that finds no idle worker should wait for the fork alone.
+    let mut ends: Option<WorkerEnds> = None;
+    // Tried since the last fork (so a failure, say no fd left, is not retried in a loop).
+    let mut ends_tried = false;
     // The template, if any, was started on this thread: the workers it forks are children of
     // this thread (their parent-death signal is tied to it). Dropped (killed) when we return.
     let mut st = lock(&shared.state);
@@ -606,7 +615,7 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
             // the rest: a caller waits for its own fork, not for a surge of up to MAX_SURGE
             // (the template forks one after another: 16-74 ms for 3-17 processes).
             if !targets.is_empty() {
-                fork_batch(shared, &mut template, &on_death, targets);
+                fork_batch(shared, &mut template, &mut ends, &on_death, targets);
             }
             let mut warmups = warmups;
             while !warmups.is_empty() {
@@ -623,13 +632,17 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
                     asked
                 };
                 if !asked.is_empty() {
-                    fork_batch(shared, &mut template, &on_death, asked);
+                    fork_batch(shared, &mut template, &mut ends, &on_death, asked);
+                    continue;
+                }
+                if wait_for_greetings(shared) {
                     continue;
                 }
                 let rest = warmups.split_off(warmups.len().min(WARM_STEP));
-                fork_batch(shared, &mut template, &on_death, warmups);
+                fork_batch(shared, &mut template, &mut ends, &on_death, warmups);
                 warmups = rest;
             }
+            ends_tried = false;
             st = lock(&shared.state);
             continue;
         }
@@ -654,7 +667,15 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
             st = lock(&shared.state);
             continue;
         }
-        // 3. Sleep until asked, or until the oldest idle process is due to retire. This is a
+        // 3. Make the next process's channel and pipes, once the template is up.
+        if ends.is_none() && !ends_tried && template.is_some() {
+            ends_tried = true;
+            drop(st);
+            ends = spawn::make_ends(&shared.config.command).ok();
+            st = lock(&shared.state);
+            continue;
+        }
+        // 4. Sleep until asked, or until the oldest idle process is due to retire. This is a
         //    timer, not a poll for deaths: those are seen through pidfds.
         //    An `idle_timeout` too large for an `Instant` (the glue passes `Duration::MAX` for
         //    "never") means no retirement at all.
@@ -682,6 +703,32 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
     }
 }
 
+/// How long warm-ups wait for the callers' processes to finish their handshakes.
+const GREETING_WAIT: Duration = Duration::from_millis(10);
+
+/// Waits, up to [`GREETING_WAIT`], while a caller's process is still on its way to its
+/// handshake, so that warm-ups starting up beside it do not take the CPU it needs (on two
+/// cores, a surge of spares starting up made a fork on demand 5-17 ms instead of ~3).
+/// Returns `true` if a new request came in meanwhile (fork it first).
+fn wait_for_greetings(shared: &Shared) -> bool {
+    let until = Instant::now() + GREETING_WAIT;
+    let mut st = lock(&shared.state);
+    loop {
+        if !st.requests.is_empty() {
+            return true;
+        }
+        let now = Instant::now();
+        if st.greeting == 0 || st.shut_down || now >= until {
+            return false;
+        }
+        st = shared
+            .supervisor
+            .wait_timeout(st, until - now)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+}
+
 /// Warm-ups forked in one go (pipelined through the template) before the supervisor looks for
 /// callers that asked for a process meanwhile.
 const WARM_STEP: usize = 2;
@@ -693,10 +740,17 @@ const WARM_STEP: usize = 2;
 fn fork_batch(
     shared: &Arc<Shared>,
     template: &mut Option<Template>,
+    ends: &mut Option<WorkerEnds>,
     on_death: &Option<DeathHook>,
     targets: Vec<Target>,
 ) {
-    let made = spawn_many(template, &shared.config.command, on_death, targets.len());
+    let made = spawn_many(
+        template,
+        ends,
+        &shared.config.command,
+        on_death,
+        targets.len(),
+    );
     let spawned: Vec<(Target, Result<WorkerProcess, SpawnError>)> =
         targets.into_iter().zip(made).collect();
     let mut st = lock(&shared.state);
@@ -722,9 +776,13 @@ fn fork_batch(
                 let started = std::thread::Builder::new()
                     .name("gilfree-handshake".into())
                     .spawn(move || finish_handshake(&for_thread, target, worker));
-                if let Err(e) = started {
-                    doomed.push(kept);
-                    settle_failure(&mut st, target, e.into());
+                match started {
+                    Ok(_) if matches!(target, Target::Request(_)) => st.greeting += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        doomed.push(kept);
+                        settle_failure(&mut st, target, e.into());
+                    }
                 }
             }
             Err(e) => settle_failure(&mut st, target, e),
@@ -951,6 +1009,9 @@ fn settle_failure(st: &mut State, target: Target, error: SpawnError) {
 fn finish_handshake(shared: &Arc<Shared>, target: Target, worker: Arc<WorkerProcess>) {
     let result = spawn::handshake(&worker, shared.hub.sink());
     let mut st = lock(&shared.state);
+    if let Target::Request(_) = target {
+        st.greeting -= 1;
+    }
     let mut doomed = None;
     match result {
         Ok(()) if st.shut_down => {
