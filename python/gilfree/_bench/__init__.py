@@ -16,6 +16,8 @@ mean something on a busy machine:
 9. :mod:`~gilfree._bench.ft`: on a free-threaded CPython, the thread backend beside the process
    backend and ``threading`` (``--only ft``, writes ``FREE_THREADED.md``; skipped by name on an
    interpreter with the GIL).
+10. :mod:`~gilfree._bench.cold`: the cold paths beside peers, in fresh interpreters: a program's
+    start, an additional worker when none is spare, a burst of 40 (writes ``COLD.md``).
 
 Parts 1 and 2 make ``RESULTS.md`` and ``results.json`` (:mod:`~gilfree._bench.summary`); 3, 4
 and 6 add their sections to it (:mod:`~gilfree._bench.report`); 5 writes ``POOL.md``, 7
@@ -47,9 +49,10 @@ SECTIONS = (
     "blas",
     "dask",
     "ft",
+    "cold",
 )
 #: Parts that ``--only`` runs on their own, rewriting only their own section or file.
-STANDALONE = ("primitives", "arrays", "pool", "containers", "blas", "dask", "ft")
+STANDALONE = ("primitives", "arrays", "pool", "containers", "blas", "dask", "ft", "cold")
 
 
 def default_out(quick: bool) -> Path:
@@ -114,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run only this part; primitives, arrays, containers and dask replace their own"
         " section of an existing RESULTS.md, pool rewrites POOL.md, blas rewrites BLAS.md,"
         " ft (free-threaded CPython only; --size, --workers, --repeat, --reps apply) rewrites"
-        " FREE_THREADED.md,"
+        " FREE_THREADED.md, cold rewrites COLD.md,"
         " latency and scaling"
         " rewrite RESULTS.md"
         " and results.json",
@@ -128,6 +131,11 @@ def _run_alone(part: str, out: Path, quick: bool) -> int:
     if part == "blas":
         print("blas: a numpy matmul map, workers' BLAS pools capped and uncapped", flush=True)
         return blas.run(out, quick)
+    if part == "cold":
+        from gilfree._bench import cold
+
+        print("cold: program start, an additional worker and a burst, beside peers", flush=True)
+        return cold.run(out, quick)
     if part == "dask":
         from gilfree._bench import dask
 
@@ -238,6 +246,11 @@ def main(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
 
         print("7. blas: a numpy matmul map, workers' BLAS pools capped and uncapped", flush=True)
         blas.run(out, args.quick)
+    if "cold" not in skip:
+        from gilfree._bench import cold
+
+        print("10. cold: program start, an additional worker and a burst, beside peers", flush=True)
+        cold.run(out, args.quick)
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
     return 1 if errors else 0

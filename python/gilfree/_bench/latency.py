@@ -139,8 +139,8 @@ def measure_latency(reps: int, process_cap: int = 100) -> list[LatencyRow]:
 
 
 # -- Cold paths (issue 10): program start and bursts of Workers -------------------------------
-# Run on their own: ``python -m gilfree._bench.latency [--reps N]`` prints the figures and
-# writes ``COLD_PATHS.md`` (a section per measure) into benchmarks/results.
+# ``python -m gilfree bench --only cold`` (``cold.py``) measures them beside peers and writes
+# ``COLD.md``; ``python -m gilfree._bench.latency [--reps N]`` prints gilfree's alone.
 
 #: Goal: a program that imports gilfree and starts and joins two trivial Workers, beyond a bare
 #: interpreter, in milliseconds.
@@ -214,9 +214,15 @@ def load_average() -> str:
         return "unknown"
 
 
-def measure_program_start(reps: int) -> list[tuple[str, float, float]]:
+def measure_program_start(
+    reps: int, programs: dict[str, str] | None = None
+) -> list[tuple[str, float, float]]:
     """Whole-program wall time of small programs in fresh interpreters (started, run, exited),
     interleaved so that load on the machine hits every program alike.
+
+    Args:
+        reps: Runs of each program.
+        programs: Name to source (default ``_PROGRAMS``); one must be "bare interpreter".
 
     Returns:
         ``(program, median ms, min ms)`` per program.
@@ -224,9 +230,10 @@ def measure_program_start(reps: int) -> list[tuple[str, float, float]]:
 
     from gilfree._bench.proc import timed_run
 
-    times: dict[str, list[float]] = {name: [] for name in _PROGRAMS}
+    programs = _PROGRAMS if programs is None else programs
+    times: dict[str, list[float]] = {name: [] for name in programs}
     for _ in range(reps):
-        for name, code in _PROGRAMS.items():
+        for name, code in programs.items():
             elapsed, _ = timed_run([sys.executable, "-c", code])
             times[name].append(elapsed * 1e3)
     rows = [(name, statistics.median(v), min(v)) for name, v in times.items()]
