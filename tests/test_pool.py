@@ -9,6 +9,8 @@ import concurrent.futures as cf
 import fractions
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -325,3 +327,121 @@ def _raised(fn: Any) -> list[BaseException]:
     except BaseException as exc:
         return [exc]
     return []
+
+
+# -- a map or imap still running when the pool shuts down ------------------------------------
+
+
+def _drain(it: Any) -> tuple[list[Any], BaseException | None]:
+    """Iterates ``it`` on a thread with a watchdog: what it yielded, and what it raised."""
+    got: list[Any] = []
+    raised: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            got.extend(it)
+        except BaseException as exc:
+            raised.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(WATCHDOG)
+    assert not reader.is_alive(), "the map hung after its pool shut down"
+    return got, (raised[0] if raised else None)
+
+
+def test_a_map_started_before_shutdown_runs_every_item(capsys: pytest.CaptureFixture[str]) -> None:
+    """As with ``Executor.map``, a map's items count as submitted when ``map`` returns:
+    ``shutdown()`` (the end of a ``with`` block) lets the chunks it has not cut yet run too."""
+    n = 5_000
+    with gilfree.Pool(2) as pool:
+        it = pool.map(helpers.square, range(n), chunksize=1)
+    got, raised = _drain(it)
+    assert raised is None
+    assert got == [i * i for i in range(n)]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_shutdown_wait_false_still_runs_a_maps_items() -> None:
+    pool = gilfree.Pool(2)
+    try:
+        it = pool.map(helpers.square, range(3_000), chunksize=1)
+        pool.shutdown(wait=False)
+        got, raised = _drain(it)
+        assert raised is None
+        assert got == [i * i for i in range(3_000)]
+    finally:
+        pool.terminate()
+
+
+def test_an_imap_cut_short_by_shutdown_fails_at_its_place(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An imap reads its source lazily: what it had not read when the pool shut down cannot
+    run. The caller gets every result that was cut before, then the shutdown's error at the
+    first item that was not; nothing hangs and no background thread prints a traceback."""
+    with gilfree.Pool(2) as pool:
+        it = pool.imap(helpers.square, range(50_000), chunksize=1)
+    got, raised = _drain(it)
+    assert isinstance(raised, RuntimeError)
+    assert "after shutdown" in str(raised)
+    assert 0 < len(got) < 50_000
+    assert got == [i * i for i in range(len(got))]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_shutdown_cancel_futures_cancels_a_map_in_flight() -> None:
+    pool = gilfree.Pool(2)
+    try:
+        it = pool.map(helpers.square, range(20_000), chunksize=1)
+        pool.shutdown(wait=True, cancel_futures=True)
+        got, raised = _drain(it)
+        assert isinstance(raised, (cf.CancelledError, RuntimeError))
+        assert got == [i * i for i in range(len(got))]
+    finally:
+        pool.terminate()
+
+
+def test_an_abandoned_map_does_not_hold_up_shutdown() -> None:
+    """A map the caller stopped reading cuts nothing more: ``shutdown(wait=True)`` does not
+    wait for its remaining items."""
+    pool = gilfree.Pool(2)
+    try:
+        it = pool.map(helpers.square, range(10_000_000), chunksize=1)
+        assert next(it) == 0
+        it.close()  # what dropping the iterator does
+        stopper = threading.Thread(target=pool.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(WATCHDOG)
+        assert not stopper.is_alive(), "shutdown waited for an abandoned map"
+    finally:
+        pool.terminate()
+
+
+def test_ctrl_c_while_a_map_reads_its_source_ends_the_call_at_once() -> None:
+    """A KeyboardInterrupt raised on the caller's thread while the map reads the caller's
+    iterable is the caller's interrupt, not the iterable's outcome: it propagates at once
+    instead of waiting, "at its place", behind chunks already running (here, ones that never
+    end). Run in a fresh interpreter, on its main thread, with a watchdog."""
+    code = (
+        "import sys, gilfree, helpers\n"
+        "def source():\n"
+        "    yield -1\n"
+        "    yield -1\n"
+        "    raise KeyboardInterrupt\n"
+        "pool = gilfree.Pool(2)\n"
+        "try:\n"
+        "    list(pool.imap(helpers.spin_or_block, source(), chunksize=1))\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted at once')\n"
+        "pool.terminate()\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=WATCHDOG,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "interrupted at once"

@@ -402,6 +402,9 @@ class _Results:
         self.source_done = False
         self.source_error: BaseException | None = None
         self.closed = False
+        # An eager call (``map``) the pool waits for before its scheduler shuts down: its items
+        # count as submitted when ``map`` returns, as with ``Executor.map`` (``Pool._fed``).
+        self.feeding = False
         # Measured seconds per item, smoothed; from the pool's last map of the same function
         # if it had one. Known, it lets the first window grow chunk by chunk (1, 4, 16...)
         # instead of measuring single items first, a round trip each.
@@ -455,6 +458,14 @@ class _Results:
                 self._fill()
             finally:
                 self._send()
+            fed = self.feeding and self.source_done
+            if fed:
+                self.feeding = False
+            staged, self.staged = self.staged, []
+        if staged:
+            self._place(staged)
+        if fed:
+            self.pool._fed(self)
         if self.source_done:
             with self.cond:
                 self.cond.notify_all()
@@ -474,6 +485,13 @@ class _Results:
             except BaseException as exc:  # the caller's iterable raised: surfaces at its place
                 self.source_error = exc
                 self.source_done = True
+                if not isinstance(exc, Exception) and (
+                    threading.current_thread() is threading.main_thread()
+                ):
+                    # Ctrl-C (or SystemExit) while the caller's own thread read the source:
+                    # the caller's interrupt, not the iterable's outcome. It ends the call now;
+                    # kept for its place, it would wait behind every chunk already cut.
+                    raise
                 break
             if len(items) < size:
                 self.source_done = True
@@ -530,14 +548,26 @@ class _Results:
             else:
                 pool._tp.submit_many(unsent, self.timeout)
         except BaseException as exc:
+            refused: list[tuple[int, list[Any], bytes | None, int]] = []
             for task_id, _, _, _ in unsent:
                 pool._handlers.pop(task_id, None)
-                self.outstanding.pop(task_id, None)
-            if self.closed and isinstance(exc, RuntimeError):
-                # The call was abandoned (an imap the caller stopped reading) and the pool shut
-                # down while the collector refilled it: nobody waits for these chunks.
+                entry = self.outstanding.pop(task_id, None)
+                if entry is not None:
+                    refused.append(entry)
+            if not isinstance(exc, RuntimeError):
+                raise
+            # The pool shut down (or broke) while the call was still being cut: nothing more
+            # is read, and each refused item fails at its own place, so the caller gets what
+            # finished and then this error, never a wait for results that cannot come. (An
+            # abandoned call, closed, has nobody waiting.) Refills come from the collector
+            # thread too, where raising would only print a traceback and lose the items.
+            self.source_done = True
+            if self.closed:
                 return
-            raise
+            for first, items, blob, _ in refused:
+                if blob is not None:
+                    _serialize.discard(blob)
+                self._put_many(first, [(False, exc)] * len(items))
 
     def _pickle_plain(self, items: list[Any]) -> bytes | None:
         """The chunk pickled with plain pickle if every item (or argument) is of a plain type:
@@ -748,12 +778,19 @@ class _Results:
         if self.closed:
             return
         self.closed = True
+        with self.lock:
+            fed, self.feeding = self.feeding, False
+        if fed:
+            self.pool._fed(self)  # nothing more is cut: a shutdown need not wait for it
         for task_id in list(self.outstanding):
             self.pool._tp.cancel(task_id, kill)
 
 
 def _collect(pool_ref: weakref.ref[Pool], tp: _engine.TaskPool, handlers: dict[int, Any]) -> None:
     """The collector thread: hands finished tasks to their handlers until the pool is done."""
+    # Ctrl-C is the main thread's to take: delivered here, it would not wake a main thread
+    # asleep in a wait (``gilfree_core::sys::thread``).
+    _engine.block_async_signals()
     while True:
         batch = tp.completions(None)
         if batch is None:

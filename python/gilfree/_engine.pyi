@@ -34,6 +34,7 @@ __all__ = [
     "Semaphore",
     "TaskPool",
     "all_plain",
+    "block_async_signals",
     "bulk_discard",
     "bulk_is_shared",
     "bulk_pack",
@@ -65,6 +66,9 @@ RESULTS_DONE: int
 RESULTS_VALUE: int
 RESULTS_RAISED: int
 RESULTS_GONE: int
+
+def block_async_signals() -> None:
+    """Blocks the asynchronous signals in the calling thread, as the engine's threads do."""
 
 def template_serve() -> tuple[str, list[tuple[str, str]]] | None: ...
 def prestart_template(program: str, args: Sequence[str], env: Sequence[tuple[str, str]]) -> None:

@@ -165,6 +165,10 @@ class Pool(Executor):
         self._item_seconds: dict[bytes, float] = {}
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
+        # Eager maps still cutting chunks; a shutdown that cancels nothing lets them finish
+        # before it stops the scheduler (``_fed``).
+        self._feeding: set[_Results] = set()
+        self._scheduler_down = False
         self._broken: BaseException | None = None
         self._tp = _engine.TaskPool(
             _runtime.engine(),
@@ -361,13 +365,23 @@ class Pool(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stops accepting tasks; see ``Executor.shutdown``.
 
+        As with ``Executor.map``, a :meth:`map` started before counts as submitted in full:
+        its items not yet handed to a worker still run (unless ``cancel_futures``). An
+        :meth:`imap` reads its source lazily: the items it had not read yet fail, at their
+        place in its results, with the ``RuntimeError`` that a submit after shutdown raises.
+
         Args:
             wait: Block until the submitted tasks are done and the workers are released.
             cancel_futures: Cancel every task that has not started.
         """
         with self._shutdown_lock:
             self._shutdown = True
-            cancelled = self._tp.shutdown(cancel_futures, False)
+            if cancel_futures or not self._feeding:
+                cancelled = self._stop_scheduler(cancel_futures, False)
+            else:
+                # A map's items were all submitted when it returned (``Executor.map``): the
+                # scheduler stops once the maps still cutting chunks have cut their last.
+                cancelled = []
         self._settle(cancelled)
         if wait:
             self._join()
@@ -451,7 +465,7 @@ class Pool(Executor):
         """Stops everything now: cancels queued tasks, kills running ones, releases the pool."""
         with self._shutdown_lock:
             self._shutdown = True
-            cancelled = self._tp.shutdown(True, True)
+            cancelled = self._stop_scheduler(True, True)
         self._settle(cancelled)
         self._join()
 
@@ -524,8 +538,33 @@ class Pool(Executor):
                 retries=retries,
                 single=single,
             )
+            if eager:
+                results.feeding = True
+                self._feeding.add(results)
+        # Outside the lock: a map that cuts its last chunk here leaves ``_feeding`` (``_fed``).
+        try:
             results.fill()
+        except BaseException:
+            results.close()
+            raise
         return results
+
+    def _stop_scheduler(self, cancel_pending: bool, kill_running: bool) -> list[int]:
+        """Shuts the scheduler down (refusing every later chunk). Call with ``_shutdown_lock``
+        held."""
+        self._scheduler_down = True
+        self._feeding.clear()
+        return self._tp.shutdown(cancel_pending, kill_running)
+
+    def _fed(self, results: _Results) -> None:
+        """An eager map cut its last chunk; the last of them stops a scheduler that a shutdown
+        left running for them."""
+        with self._shutdown_lock:
+            self._feeding.discard(results)
+            if not self._shutdown or self._feeding or self._scheduler_down:
+                return
+            cancelled = self._stop_scheduler(False, False)
+        self._settle(cancelled)
 
     def _check_open(self) -> None:
         """Raises if no task may be scheduled now. Call with ``_shutdown_lock`` held."""

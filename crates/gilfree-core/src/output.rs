@@ -313,9 +313,7 @@ impl OutputHub {
             stop: AtomicBool::new(false),
         });
         let for_thread = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("gilfree-output".into())
-            .spawn(move || for_thread.run())?;
+        let thread = crate::sys::thread::spawn("gilfree-output", move || for_thread.run())?;
         Ok(OutputHub {
             shared,
             thread: Mutex::new(Some(thread)),

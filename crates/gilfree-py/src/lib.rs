@@ -55,6 +55,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(template::prestart_template, m)?)?;
     m.add_function(wrap_pyfunction!(template::cancel_prestart, m)?)?;
     m.add_function(wrap_pyfunction!(template::prestarted_pid, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::block_async_signals, m)?)?;
     m.add_function(wrap_pyfunction!(values::decode_value, m)?)?;
     m.add_function(wrap_pyfunction!(values::all_plain, m)?)?;
     m.add("RESULTS_DONE", values::RESULTS_DONE)?;

@@ -68,7 +68,7 @@ import dask
 import distributed
 from distributed.deploy.cluster import Cluster as _DaskCluster
 
-from gilfree import _protocol, _runtime, _sync_args
+from gilfree import _engine, _protocol, _runtime, _sync_args
 from gilfree._backends import UnsupportedByBackend, _gil_enabled
 from gilfree._dispatch import _check_retries, _decode_frame
 from gilfree.exceptions import WorkerCrashedError
@@ -694,6 +694,7 @@ class Pool(_ProcessPool):
                 fut._gilfree_dask.cancel()  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue]
 
     def _close_after(self, pending: list[Future[Any]]) -> None:
+        _engine.block_async_signals()  # Ctrl-C is the main thread's to take
         _wait_for(pending)
         self._close()
 

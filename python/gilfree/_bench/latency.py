@@ -10,6 +10,7 @@ that the ratios mean something on a busy machine.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import multiprocessing
 import os
 import pathlib
@@ -124,7 +125,11 @@ def measure_latency(reps: int, process_cap: int = 100) -> list[LatencyRow]:
         )
     # Warm means warm: the engine's processes are started (and done importing) before timing,
     # as they are in a program that has used gilfree for more than a moment.
-    warmers = [gilfree.Worker(target=noop) for _ in range(os.cpu_count() or 1)]
+    # The target travels by reference, as in ``bench``'s latency part: run as a script
+    # (``python -m gilfree._bench.latency``), this module's ``noop`` is ``__main__.noop``,
+    # which cloudpickle ships by value at every start (~50 µs more per start→join here).
+    target = importlib.import_module("gilfree._bench.latency").noop
+    warmers = [gilfree.Worker(target=target) for _ in range(os.cpu_count() or 1)]
     for w in warmers:
         w.start()
     for w in warmers:
@@ -289,7 +294,11 @@ def measure_warm_rounds(rounds: int = 5, reps: int = 300) -> list[tuple[float, f
     Returns:
         ``(median µs, p10 µs, p90 µs)`` per round.
     """
-    warmers = [gilfree.Worker(target=noop) for _ in range(os.cpu_count() or 1)]
+    # The target travels by reference, as in ``bench``'s latency part: run as a script
+    # (``python -m gilfree._bench.latency``), this module's ``noop`` is ``__main__.noop``,
+    # which cloudpickle ships by value at every start (~50 µs more per start→join here).
+    target = importlib.import_module("gilfree._bench.latency").noop
+    warmers = [gilfree.Worker(target=target) for _ in range(os.cpu_count() or 1)]
     for w in warmers:
         w.start()
     for w in warmers:
@@ -297,7 +306,7 @@ def measure_warm_rounds(rounds: int = 5, reps: int = 300) -> list[tuple[float, f
     rows: list[tuple[float, float, float]] = []
     for r in range(rounds):
         samples = sorted(
-            _time_start_join(lambda: gilfree.Worker(target=noop)) / 1e3 for _ in range(reps)
+            _time_start_join(lambda: gilfree.Worker(target=target)) / 1e3 for _ in range(reps)
         )
         row = (
             statistics.median(samples),

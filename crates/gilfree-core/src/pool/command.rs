@@ -87,6 +87,7 @@ pub(crate) fn base_command(command: &WorkerCommand, args: &[OsString]) -> Comman
     if let Some(cwd) = &command.cwd {
         cmd.current_dir(cwd);
     }
+    crate::sys::thread::reset_in_child(&mut cmd);
     cmd
 }
 

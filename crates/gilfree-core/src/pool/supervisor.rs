@@ -282,15 +282,13 @@ impl Engine {
             Some(prestarted) => prestarted.adopt(Arc::clone(&shared)),
             None => {
                 let for_thread = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name("gilfree-supervisor".into())
-                    .spawn(move || {
-                        let template = for_thread
-                            .template
-                            .as_ref()
-                            .and_then(|t| for_thread.starting.start(&for_thread.config.command, t));
-                        supervise(&for_thread, template);
-                    })
+                crate::sys::thread::spawn("gilfree-supervisor", move || {
+                    let template = for_thread
+                        .template
+                        .as_ref()
+                        .and_then(|t| for_thread.starting.start(&for_thread.config.command, t));
+                    supervise(&for_thread, template);
+                })
             }
         };
         let supervisor = match supervisor {
@@ -773,9 +771,9 @@ fn fork_batch(
                 }
                 let for_thread = Arc::clone(shared);
                 let kept = Arc::clone(&worker);
-                let started = std::thread::Builder::new()
-                    .name("gilfree-handshake".into())
-                    .spawn(move || finish_handshake(&for_thread, target, worker));
+                let started = crate::sys::thread::spawn("gilfree-handshake", move || {
+                    finish_handshake(&for_thread, target, worker)
+                });
                 match started {
                     Ok(_) if matches!(target, Target::Request(_)) => st.greeting += 1,
                     Ok(_) => {}
@@ -944,15 +942,13 @@ impl Engine {
         let (handoff, adopted) = mpsc::channel::<Arc<Shared>>();
         let (program, args) = (command.program.clone(), template.args.clone());
         let for_thread = Arc::clone(&starting);
-        let thread = std::thread::Builder::new()
-            .name("gilfree-supervisor".into())
-            .spawn(move || {
-                let ready = for_thread.start(&command, &template);
-                match adopted.recv() {
-                    Ok(shared) => supervise(&shared, ready),
-                    Err(_) => drop(ready), // no engine: killed and reaped
-                }
-            })?;
+        let thread = crate::sys::thread::spawn("gilfree-supervisor", move || {
+            let ready = for_thread.start(&command, &template);
+            match adopted.recv() {
+                Ok(shared) => supervise(&shared, ready),
+                Err(_) => drop(ready), // no engine: killed and reaped
+            }
+        })?;
         *slot = Some(Prestarted {
             owner: rustix::process::getpid(),
             program,

@@ -915,17 +915,15 @@ impl ShmBulk {
     /// Maps `[0, end)` in on a mapper thread (inline if it cannot start): see the type doc.
     fn populate_behind(&self, end: usize) {
         let at = self.data_ptr() as usize;
-        let spawned = std::thread::Builder::new()
-            .name("gilfree-bulk-map".into())
-            .spawn(move || {
-                // SAFETY: the range lies in the segment's mapping (`end <= capacity`), and the
-                // segment joins this thread before it unmaps (`Drop`), so it stays mapped.
-                if unsafe { populate_range(at, end) } {
-                    end
-                } else {
-                    0
-                }
-            });
+        let spawned = crate::sys::thread::spawn("gilfree-bulk-map", move || {
+            // SAFETY: the range lies in the segment's mapping (`end <= capacity`), and the
+            // segment joins this thread before it unmaps (`Drop`), so it stays mapped.
+            if unsafe { populate_range(at, end) } {
+                end
+            } else {
+                0
+            }
+        });
         match spawned {
             Ok(handle) => *self.mapper.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle),
             Err(_) => {

@@ -501,9 +501,9 @@ impl TaskPool {
         let mut threads = Vec::with_capacity(workers);
         for index in 0..workers {
             let for_thread = Arc::clone(&shared);
-            let started = std::thread::Builder::new()
-                .name(format!("gilfree-slot-{index}"))
-                .spawn(move || slot::run(&for_thread, index));
+            let started = crate::sys::thread::spawn(&format!("gilfree-slot-{index}"), move || {
+                slot::run(&for_thread, index)
+            });
             match started {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
