@@ -66,6 +66,20 @@ def run_script(
     )
 
 
+def run_code(code: str, env: dict[str, str] | None = None) -> str:
+    """Runs ``code`` (``python -c``) in a fresh interpreter with a watchdog, ``tests/`` importable
+    (for ``helpers``); checks that it exited 0 and returns its stdout, stripped."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    if env:
+        full_env.update(env)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WATCHDOG, env=full_env
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
 def imported_by(code: str) -> set[str]:
     """The modules that running ``code`` imports in a fresh interpreter (``-X importtime``)."""
     res = subprocess.run(

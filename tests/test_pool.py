@@ -9,8 +9,6 @@ import concurrent.futures as cf
 import fractions
 import os
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import gilfree
 from gilfree import _runtime
 
 import helpers
-from conftest import WATCHDOG, Rendezvous, crash_mid_map, wait_gone
+from conftest import WATCHDOG, Rendezvous, crash_mid_map, run_code, wait_gone
 
 
 @pytest.fixture
@@ -436,12 +434,4 @@ def test_ctrl_c_while_a_map_reads_its_source_ends_the_call_at_once() -> None:
         "    print('interrupted at once')\n"
         "pool.terminate()\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=WATCHDOG,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
-    )
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "interrupted at once"
+    assert run_code(code) == "interrupted at once"

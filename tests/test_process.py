@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT, SCRIPTS, WATCHDOG, interrupt_script, run_script, wait_gone
+from conftest import ROOT, SCRIPTS, WATCHDOG, interrupt_script, run_code, run_script, wait_gone
 
 
 def _pids_from(line: str) -> list[int]:
@@ -183,11 +183,7 @@ def test_ctrl_c_is_left_to_the_main_thread_and_the_workers() -> None:
         "print(sorted(threads.items()))\n"
         "print(workers)\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WATCHDOG
-    )
-    assert res.returncode == 0, res.stderr
-    threads_line, workers_line = res.stdout.strip().splitlines()[-2:]
+    threads_line, workers_line = run_code(code).splitlines()[-2:]
     threads = dict(ast.literal_eval(threads_line))
     assert threads.pop("main") is False
     ours = {name for name in threads if name.startswith("gilfree")}

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import SCRIPTS, WATCHDOG, interrupt_script, run_script, wait_gone
+from conftest import SCRIPTS, WATCHDOG, interrupt_script, run_code, run_script, wait_gone
 
 ON = {"GILFREE_TEMPLATE": "1"}  # the default; explicit so an outer =0 does not leak in
 
@@ -107,15 +107,7 @@ def _forked_worker_eval(expr: str) -> str:
         "w.start()\n"
         "print(w.join())\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=WATCHDOG,
-        env={**os.environ, **ON},
-    )
-    assert res.returncode == 0, res.stderr
-    return res.stdout.strip()
+    return run_code(code, ON)
 
 
 def test_a_forked_worker_finds_cloudpickle_already_imported() -> None:
@@ -267,15 +259,7 @@ def test_a_forked_worker_sees_the_parents_environment_as_it_is_at_its_start() ->
         "import json\n"
         "print(json.dumps(w.join()))\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=WATCHDOG,
-        env={**os.environ, **ON},
-    )
-    assert res.returncode == 0, res.stderr
-    py_env, c_env = json.loads(res.stdout.strip().splitlines()[-1])
+    py_env, c_env = json.loads(run_code(code, ON).splitlines()[-1])
     expected = {
         "GF_T_KEEP": "kept",
         "GF_T_CHANGED": "new",
