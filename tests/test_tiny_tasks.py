@@ -8,8 +8,10 @@ mid-chunk still loses no finished result, nor runs anything twice."""
 from __future__ import annotations
 
 import enum
+import fractions
 import math
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,3 +167,20 @@ def test_a_later_map_of_the_same_function_starts_from_its_measured_speed(
     cuts.clear()
     assert list(pool.map(helpers.fail_at_7, range(7))) == [i * i for i in range(7)]
     assert cuts[0] == 1
+
+
+def test_chunks_of_one_keep_every_item_at_its_place(pool: gilfree.Pool) -> None:
+    """``chunksize=1`` cuts a window's worth of one-item chunks at once: plain items, other
+    picklable ones and an unpicklable one each keep their place, in one-argument and
+    several-argument calls."""
+    mixed = [1, fractions.Fraction(1, 3), "s", 2.5, None, b"x", (1, 2), 7] * 40
+    assert list(pool.map(repr, mixed, chunksize=1)) == [repr(x) for x in mixed]
+    a, b = list(range(300)), list(range(300, 600))
+    assert list(pool.map(helpers.add, a, b, chunksize=1)) == [
+        x + y for x, y in zip(a, b, strict=True)
+    ]
+    with_lock = [*mixed[:50], threading.Lock(), *mixed[50:]]
+    it = pool.map(repr, with_lock, chunksize=1)
+    assert [next(it) for _ in range(50)] == [repr(x) for x in mixed[:50]]
+    with pytest.raises(TypeError, match="pickle"):
+        next(it)

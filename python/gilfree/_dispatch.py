@@ -474,14 +474,22 @@ class _Results:
         self.stalled = False
         while not self.source_done and not self.closed:
             window = self._window()
-            if len(self.outstanding) >= window:
+            free = window - len(self.outstanding)
+            if free <= 0:
                 break
-            if not self.eager and self.next_index - self.yielded >= window * self.chunk:
+            ahead = window * self.chunk - (self.next_index - self.yielded)
+            if not self.eager and ahead <= 0:
                 self.stalled = True
                 return
             size = self._next_size()
+            # Chunks of one item (``chunksize=1``, or a timeout): the free part of the window is
+            # read at once and cut item by item, not a turn of this loop per item.
+            runs = 1
+            if self.fixed_chunk == 1:
+                runs = free if self.eager else min(free, ahead)
+            want = size * runs
             try:
-                items = list(itertools.islice(self.source, size))
+                items = list(itertools.islice(self.source, want))
             except BaseException as exc:  # the caller's iterable raised: surfaces at its place
                 self.source_error = exc
                 self.source_done = True
@@ -493,7 +501,7 @@ class _Results:
                     # kept for its place, it would wait behind every chunk already cut.
                     raise
                 break
-            if len(items) < size:
+            if len(items) < want:
                 self.source_done = True
             if not items:
                 break
@@ -501,7 +509,10 @@ class _Results:
             self.next_index += len(items)
             if self.remaining is not None:
                 self.remaining -= len(items)
-            self._cut(first, items)
+            if runs == 1:
+                self._cut(first, items)
+            else:
+                self._cut_singles(first, items)
 
     def _submit(self, first: int, items: list[Any], prior: int = 0) -> None:
         """Cuts a chunk and hands it to the scheduler now (with any chunks cut before it)."""
@@ -523,15 +534,44 @@ class _Results:
         self.outstanding[task_id] = (first, items, blob, prior)
         pool._handlers[task_id] = self
         n = len(items)
+        # The scheduler re-runs the chunk while its worker dies before the first item's frame
+        # (so before anything of it finished); later items are re-sent from _complete.
+        self.unsent.append((task_id, self._header(n) + body, n + 1, max(0, self.retries - prior)))
+
+    def _header(self, n: int) -> bytes:
+        """The message header of a chunk of ``n`` items (cached: it depends on ``n`` only)."""
         header = self.headers.get(n)
         if header is None:
             # A task message is its header, then the body as it is (``_protocol``).
             header = self.headers[n] = _protocol.encode_task(
-                _protocol.POOL_CALL, pool._call_meta(n), b"", self.context
+                _protocol.POOL_CALL, self.pool._call_meta(n), b"", self.context
             )
-        # The scheduler re-runs the chunk while its worker dies before the first item's frame
-        # (so before anything of it finished); later items are re-sent from _complete.
-        self.unsent.append((task_id, header + body, n + 1, max(0, self.retries - prior)))
+        return header
+
+    def _cut_singles(self, first: int, items: list[Any]) -> None:
+        """``_cut`` of each item as a chunk of its own (``chunksize=1``): for plain items, one
+        check for the run and the per-chunk lookups out of the loop (a few µs per item of
+        the collector's time otherwise); anything else goes through ``_cut`` one by one."""
+        if not _engine.all_plain(items, not self.single):
+            for offset, item in enumerate(items):
+                self._cut(first + offset, [item])
+            return
+        ids, handlers = self.pool._ids, self.pool._handlers
+        outstanding, unsent = self.outstanding, self.unsent
+        head = (self.fn_blob, _protocol.CALL_ONE if self.single else _protocol.CALL_STAR)
+        header, retries, dumps, proto = (
+            self._header(1),
+            max(0, self.retries),
+            pickle.dumps,
+            _protocol.PROTOCOL,
+        )
+        for offset, item in enumerate(items):
+            task_id = next(ids)
+            chunk = [item]
+            outstanding[task_id] = (first + offset, chunk, None, 0)
+            handlers[task_id] = self
+            # The same bytes as ``_pickle_plain(chunk)``.
+            unsent.append((task_id, header + dumps((*head, chunk), proto), 2, retries))
 
     def _send(self) -> None:
         """Hands the chunks cut so far to the scheduler, in order; if it refuses them (shut
