@@ -381,6 +381,8 @@ class _Results:
             self.fn_blob = _serialize.dumps(fn)
         except Exception as exc:
             raise _unpicklable("the function", fn, exc) from exc
+        # What every chunk's body starts with: ``(fn_blob, mode, items)`` (``_protocol``).
+        self.call_head = (self.fn_blob, _protocol.CALL_ONE if single else _protocol.CALL_STAR)
         self.source = source
         self.remaining = length
         self.ordered = ordered
@@ -558,7 +560,7 @@ class _Results:
             return
         ids, handlers = self.pool._ids, self.pool._handlers
         outstanding, unsent = self.outstanding, self.unsent
-        head = (self.fn_blob, _protocol.CALL_ONE if self.single else _protocol.CALL_STAR)
+        head = self.call_head
         header, retries, dumps, proto = (
             self._header(1),
             max(0, self.retries),
@@ -615,14 +617,11 @@ class _Results:
         ``None`` if some item is not plain."""
         if not _engine.all_plain(items, not self.single):
             return None
-        mode = _protocol.CALL_ONE if self.single else _protocol.CALL_STAR
-        return pickle.dumps((self.fn_blob, mode, items), _protocol.PROTOCOL)
+        return pickle.dumps((*self.call_head, items), _protocol.PROTOCOL)
 
     def _pickle_chunk(self, first: int, items: list[Any]) -> bytes | None:
-        mode = _protocol.CALL_ONE if self.single else _protocol.CALL_STAR
-        call = (self.fn_blob, mode, items)
         try:
-            return _serialize.dumps(call)
+            return _serialize.dumps((*self.call_head, items))
         except Exception:
             pass
         # Find the culprits: each fails at its own place; the rest still run.

@@ -125,11 +125,7 @@ def measure_latency(reps: int, process_cap: int = 100) -> list[LatencyRow]:
         )
     # Warm means warm: the engine's processes are started (and done importing) before timing,
     # as they are in a program that has used gilfree for more than a moment.
-    # The target travels by reference, as in ``bench``'s latency part: run as a script
-    # (``python -m gilfree._bench.latency``), this module's ``noop`` is ``__main__.noop``,
-    # which cloudpickle ships by value at every start (~50 µs more per start→join here).
-    target = importlib.import_module("gilfree._bench.latency").noop
-    warmers = [gilfree.Worker(target=target) for _ in range(os.cpu_count() or 1)]
+    warmers = [gilfree.Worker(target=noop) for _ in range(os.cpu_count() or 1)]
     for w in warmers:
         w.start()
     for w in warmers:

@@ -27,35 +27,33 @@ const SYNCHRONOUS: [libc::c_int; 7] = [
 
 /// Blocks every asynchronous signal in the calling thread.
 pub fn block_async_signals() -> io::Result<()> {
-    #[allow(unsafe_code)]
-    // SAFETY: `set` is a local sigset_t that sigfillset initialises before any other use;
-    // sigdelset and pthread_sigmask only read it (and write nothing else: the old mask is not
-    // asked for, so its pointer is null, which pthread_sigmask allows).
-    let rc = unsafe {
-        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-        libc::sigfillset(set.as_mut_ptr());
-        for sig in SYNCHRONOUS {
-            libc::sigdelset(set.as_mut_ptr(), sig);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut())
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
+    set_mask(libc::SIG_BLOCK, true)
 }
 
 /// Unblocks every signal in the calling thread. Async-signal-safe: it is what a process the
 /// engine starts runs between `fork` and `exec` ([`reset_in_child`]).
 pub fn unblock_all_signals() -> io::Result<()> {
+    set_mask(libc::SIG_SETMASK, false)
+}
+
+/// `pthread_sigmask(how, set)` with `set` every asynchronous signal (`asynchronous`) or none.
+/// Async-signal-safe: a set on the stack and one call, no allocation.
+fn set_mask(how: libc::c_int, asynchronous: bool) -> io::Result<()> {
     #[allow(unsafe_code)]
-    // SAFETY: as in `block_async_signals`: a local set, initialised by sigemptyset before
-    // pthread_sigmask reads it; no old mask asked for.
+    // SAFETY: `set` is a local sigset_t that sigfillset or sigemptyset initialises before any
+    // other use; sigdelset and pthread_sigmask only read it (and write nothing else: the old
+    // mask is not asked for, so its pointer is null, which pthread_sigmask allows).
     let rc = unsafe {
         let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-        libc::sigemptyset(set.as_mut_ptr());
-        libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut())
+        if asynchronous {
+            libc::sigfillset(set.as_mut_ptr());
+            for sig in SYNCHRONOUS {
+                libc::sigdelset(set.as_mut_ptr(), sig);
+            }
+        } else {
+            libc::sigemptyset(set.as_mut_ptr());
+        }
+        libc::pthread_sigmask(how, set.as_ptr(), std::ptr::null_mut())
     };
     if rc == 0 {
         Ok(())
