@@ -1,12 +1,18 @@
-"""The cold-path benchmark says under which conditions it measured (issue 10)."""
+"""The cold-path benchmark (issue 10): the conditions it states, its script and its report."""
 
 from __future__ import annotations
 
+import json
 import os
 import py_compile
+import subprocess
+import sys
 from pathlib import Path
 
+from gilfree._bench import cold
 from gilfree._bench.latency import bytecode_state
+
+from conftest import WATCHDOG
 
 
 def test_bytecode_state_counts_only_up_to_date_pyc(tmp_path: Path) -> None:
@@ -27,14 +33,6 @@ def test_bytecode_state_counts_only_up_to_date_pyc(tmp_path: Path) -> None:
 def test_the_additional_worker_script_measures_each_backend(tmp_path: Path) -> None:
     """The script of ``bench --only cold``'s additional-worker measure runs on gilfree and on
     a peer and reports one ``start()`` and one start→join time per sample."""
-    import json
-    import subprocess
-    import sys
-
-    from gilfree._bench import cold
-
-    from conftest import WATCHDOG
-
     script = cold._script(tmp_path, "additional.py", cold._ADDITIONAL)
     for backend in ("gilfree", "fork"):
         res = subprocess.run(
@@ -50,8 +48,6 @@ def test_the_additional_worker_script_measures_each_backend(tmp_path: Path) -> N
 
 
 def test_the_cold_report_states_each_goal_beside_the_peers(tmp_path: Path) -> None:
-    from gilfree._bench import cold
-
     start = [("bare interpreter", 15.0, 14.0), ("gilfree: 2 Workers", 90.0, 80.0)]
     additional = [
         cold.Additional("gilfree.Worker", 4.5, 5.5, 6.0, 20),

@@ -382,10 +382,7 @@ def plot(rows: Sequence[Row], out: Path) -> str | None:
     ax.set_title("identity task, large numpy array as argument and result")
     ax.tick_params(axis="x", labelsize=7)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "arrays.png", dpi=120)
-    plt.close(fig)
-    return "arrays.png"
+    return peers.save(plt, fig, out / "arrays.png")
 
 
 def section(rows: Sequence[Row], out: Path, size_mb: int) -> str:

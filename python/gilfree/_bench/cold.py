@@ -290,10 +290,7 @@ def plot(
         ax.invert_yaxis()
         ax.set_title(title)
         ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "cold.png", dpi=110)
-    plt.close(fig)
-    return "cold.png"
+    return peers.save(plt, fig, out / "cold.png", dpi=110)
 
 
 def run(out: Path, quick: bool) -> int:

@@ -290,10 +290,7 @@ def draw(
     right.set_xlabel("start→join, median µs (log scale)")
     right.set_title("one trivial worker")
     right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / PLOT, dpi=120)
-    plt.close(fig)
-    return PLOT
+    return peers.save(plt, fig, out / PLOT)
 
 
 def run(

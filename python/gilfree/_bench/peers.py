@@ -8,7 +8,9 @@ never the run.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 #: What to run to get every peer.
 INSTALL = "pip install -r requirements/bench.txt"
@@ -43,6 +45,22 @@ def optional(name: str, what: str) -> ModuleType | None:
     except ImportError:
         skipped(name, what)
         return None
+
+
+def save(plt: ModuleType, fig: Any, path: Path, dpi: int = 120) -> str:
+    """Lays ``fig`` out, writes it to ``path`` as PNG and closes it; returns the file's name
+    (what a report links to).
+
+    Args:
+        plt: The ``pyplot`` of :func:`pyplot`.
+        fig: The figure.
+        path: Where to write it.
+        dpi: Its resolution.
+    """
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path.name
 
 
 def pyplot(what: str) -> ModuleType | None:

@@ -385,9 +385,7 @@ def plot(rows: list[Row], path: Path) -> None:
         ax.set_ylabel(group[0].unit if group else "")
         ax.set_yscale("log")
         ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    peers.save(plt, fig, path, dpi=110)
 
 
 def run(out: Path, quick: bool) -> int:

@@ -156,10 +156,7 @@ def plot(rows: Sequence[PrimitiveRow], out: Path) -> str | None:
         ax.set_ylabel("ns per operation")
         ax.set_title(bench)
         ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "primitives.png", dpi=120)
-    plt.close(fig)
-    return "primitives.png"
+    return peers.save(plt, fig, out / "primitives.png")
 
 
 def write(rows: Sequence[PrimitiveRow], out: Path) -> str:

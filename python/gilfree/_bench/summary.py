@@ -190,10 +190,7 @@ def plot(latency: Sequence[LatencyRow], scaling: Sequence[ScalingRow], out: Path
         ax.legend(loc="lower right")
         for y, v in enumerate(med):
             ax.annotate(f"{v:,.0f}", (v, y), xytext=(4, 6), textcoords="offset points", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "latency.png", dpi=120)
-        plt.close(fig)
-        written.append("latency.png")
+        written.append(peers.save(plt, fig, out / "latency.png"))
     if scaling:
         speed, _ = _speedups(scaling)
         counts = sorted({r.workers for r in scaling})
@@ -208,8 +205,5 @@ def plot(latency: Sequence[LatencyRow], scaling: Sequence[ScalingRow], out: Path
         ax.set_title("CPU scaling of a pure-Python job")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "scaling.png", dpi=120)
-        plt.close(fig)
-        written.append("scaling.png")
+        written.append(peers.save(plt, fig, out / "scaling.png"))
     return written
