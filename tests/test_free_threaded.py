@@ -66,16 +66,19 @@ def test_auto_picks_the_thread_backend() -> None:
     out = run_fresh(
         """
         import os
-        import gilfree
+        import gilfree, gilfree._engine
         from gilfree import _backends
         print(_backends.choose())
+        # No template process was started for workers this program will not use by default
+        # (prestarted_pid waits for a launch under way; None: none was begun).
+        print(gilfree._engine.prestarted_pid(10.0))
         print(gilfree.map(lambda _: os.getpid(), range(3)) == [os.getpid()] * 3)
         w = gilfree.Worker(target=os.getpid)
         w.start()
         print(w.join() == os.getpid())
         """
     )
-    assert out == ["thread", "True", "True"]
+    assert out == ["thread", "None", "True", "True"]
 
 
 @needs_free_threading

@@ -172,11 +172,30 @@ def test_a_program_that_never_uses_gilfree_leaves_no_process(mode: str) -> None:
     assert wait_gone(_tagged(tag)) == []
 
 
-@pytest.mark.parametrize("switch", [{"GILFREE_TEMPLATE": "0"}, {**ON, "GILFREE_PRESTART": "0"}])
+@pytest.mark.parametrize(
+    "switch",
+    [
+        {"GILFREE_TEMPLATE": "0"},
+        {**ON, "GILFREE_PRESTART": "0"},
+        # Workers and Pools run elsewhere by default: no idle process for them.
+        {**ON, "GILFREE_BACKEND": "thread"},
+        {**ON, "GILFREE_BACKEND": " dask "},
+    ],
+)
 def test_switch_off_starts_no_template_at_import(switch: dict[str, str]) -> None:
     res = run_script("prestart_probe.py", "exit", env=switch)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["template", "None"]
+
+
+@pytest.mark.parametrize("backend", ["process", "auto", ""])
+def test_a_process_default_backend_starts_the_template_at_import(backend: str) -> None:
+    # "auto" is "process" under the GIL (a free-threaded build: test_free_threaded.py).
+    if backend != "process" and not getattr(sys, "_is_gil_enabled", lambda: True)():
+        pytest.skip("auto means threads on a free-threaded interpreter")
+    res = run_script("prestart_probe.py", "exit", env={**ON, "GILFREE_BACKEND": backend})
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.split()[1]) > 0
 
 
 def test_prestart_off_still_forks_workers_from_a_template() -> None:

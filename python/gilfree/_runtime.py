@@ -132,8 +132,10 @@ def prestart() -> None:
     (``atexit``); if it dies instead, the template dies with it (its parent-death signal).
     Skipped with ``GILFREE_TEMPLATE=0`` (no template at all) or ``GILFREE_PRESTART=0`` (the
     template starts with the engine, at the first Worker or Pool: for a program that imports
-    gilfree in many short-lived processes and rarely uses it), and in gilfree's own worker and
-    template processes.
+    gilfree in many short-lived processes and rarely uses it), in gilfree's own worker and
+    template processes, and where the program's default backend is not ``process``
+    (:func:`_default_backend_is_process`): a free-threaded interpreter runs Workers and Pools
+    on threads by default, and an idle template would be one more process for nothing.
     """
     args = _template_args()
     if (
@@ -141,6 +143,7 @@ def prestart() -> None:
         or os.environ.get("GILFREE_PRESTART", "1") == "0"
         or not sys.executable
         or "GILFREE_PARENT_PID" in os.environ
+        or not _default_backend_is_process()
     ):
         return
     # Only what the template's own start needs: its forks take the environment, working
@@ -148,6 +151,19 @@ def prestart() -> None:
     env = [("PYTHONPATH", _pythonpath()), ("PYTHONUNBUFFERED", "1")]
     _engine.prestart_template(sys.executable, args, env)
     atexit.register(_engine.cancel_prestart)
+
+
+def _default_backend_is_process() -> bool:
+    """Whether a Worker or Pool made without ``backend=`` and outside a ``gilfree.config``
+    block runs on worker processes: ``GILFREE_BACKEND`` names ``process`` (or no known other
+    backend: the call that reads it reports a wrong name), or it is unset or ``auto`` and the
+    interpreter runs with the GIL. The rule is ``gilfree._backends.choose``'s, read here
+    without importing that module, which ``import gilfree`` leaves to the first call."""
+    name = os.environ.get("GILFREE_BACKEND", "").strip()
+    if name in ("", "auto"):
+        gil_enabled = getattr(sys, "_is_gil_enabled", None)
+        return gil_enabled is None or bool(gil_enabled())
+    return name not in ("thread", "dask")
 
 
 def _template_args() -> list[str] | None:
