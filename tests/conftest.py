@@ -236,11 +236,9 @@ def dask_session() -> Iterator[DaskCluster]:
     tracker = resource_tracker._resource_tracker
     tracker_was_running = tracker._fd is not None
     environ = dict(os.environ)
+    # Its nannies give back the variables they set for their workers' spawns (OMP_NUM_THREADS,
+    # PYTHONHASHSEED, ...: dask_backend._Nanny), so the other backends' tests see none of them.
     cluster = dask_backend._local_cluster(DASK_WORKERS)
-    # The nannies set variables (OMP_NUM_THREADS, PYTHONHASHSEED, ...) in this process's
-    # environment for the workers they spawn: the other backends' tests must not inherit them.
-    os.environ.clear()
-    os.environ.update(environ)
     client = None
     try:
         client = distributed.Client(cluster.scheduler_address, set_as_default=False)

@@ -396,11 +396,21 @@ def test_pool_without_address_starts_and_closes_its_own_cluster(
     address: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(dask_backend.ADDRESS_ENV)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # the caller's own setting
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    environ = dict(os.environ)
     with dask_backend.Pool(max_workers=1) as p:
         assert p.address != address
         assert p.address.startswith("tcp://127.0.0.1:")
         assert p.max_workers == 1
         assert p.submit(_square, 6).result(timeout=60) == 36
+        # The nanny's caps reached its worker; this process's environment is as it was
+        # (distributed's nannies leave OMP_NUM_THREADS=1, PYTHONHASHSEED, ... in it).
+        seen = p.submit(
+            lambda: (os.environ.get("OMP_NUM_THREADS"), os.environ.get("MKL_NUM_THREADS"))
+        )
+        assert seen.result(timeout=60) == ("1", "3")  # a setting of the caller wins
+        assert dict(os.environ) == environ
         pids = list(p._client.run(os.getpid).values())
         assert len(pids) == 1
         workers = [psutil.Process(pid) for pid in pids]
@@ -435,6 +445,7 @@ def test_a_worker_restarted_by_its_nanny_is_kept(
         with dask_backend.Pool(max_workers=2) as p:
             p._client.wait_for_workers(2, timeout=WATCHDOG)
             before = set(p._client.run(os.getpid).values())
+            environ = dict(os.environ)
             with pytest.raises(gilfree.WorkerCrashedError):
                 p.submit(lambda: os.kill(os.getpid(), signal.SIGKILL)).result(timeout=WATCHDOG)
             # Back to two, and they stay two after the timer had its chance (a second look
@@ -444,6 +455,8 @@ def test_a_worker_restarted_by_its_nanny_is_kept(
             after = set(p._client.run(os.getpid).values())
             assert len(after) == 2 and after != before
             assert len(p._cluster.workers) == 2  # type: ignore[union-attr]
+            # The restart's spawn left this process's environment as it found it.
+            assert dict(os.environ) == environ
 
 
 @pytest.mark.timeout(240)

@@ -61,11 +61,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future
 from concurrent.futures import wait as _wait_for
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import cloudpickle  # pyright: ignore[reportMissingTypeStubs]
 import dask
 import distributed
+from distributed.core import Status
 from distributed.deploy.cluster import Cluster as _DaskCluster
 
 from gilfree import _engine, _protocol, _runtime, _sync_args
@@ -773,6 +774,46 @@ class _LocalCluster(distributed.LocalCluster):
         _DaskCluster._update_worker_status(self, op, msg)
 
 
+class _Nanny(distributed.Nanny):
+    """A nanny that gives this process's environment back after each worker start.
+
+    Before it spawns a worker, a nanny writes ``distributed.nanny.pre-spawn-environ``
+    (``OMP_NUM_THREADS=1`` and the other BLAS caps, ``MALLOC_TRIM_THRESHOLD_``,
+    ``PYTHONHASHSEED``) into ``os.environ``, because a spawned worker inherits the environment
+    at its exec, before its own code could set anything. distributed leaves them there: every
+    later subprocess of the program (a ``subprocess.run``, gilfree's own process workers)
+    would start with one BLAS thread and a fixed hash seed. Here each variable the nanny set
+    is put back as it was once no worker start is under way (nannies start their workers
+    concurrently, on the cluster's event loop), unless something else changed it meanwhile."""
+
+    # Variable -> its value before the first of the overlapping starts (None: unset), and how
+    # many starts are under way: in every cluster of this process (each may run its own loop
+    # thread), hence the lock.
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _before: ClassVar[dict[str, str | None]] = {}
+    _starting: ClassVar[int] = 0
+
+    async def instantiate(self) -> Status:
+        cls = _Nanny
+        with cls._lock:
+            if cls._starting == 0:
+                cls._before = {name: os.environ.get(name) for name in self.pre_spawn_env}
+            cls._starting += 1
+        try:
+            return await super().instantiate()
+        finally:
+            with cls._lock:
+                cls._starting -= 1
+                if cls._starting == 0:
+                    for name, value in cls._before.items():
+                        if os.environ.get(name) != self.pre_spawn_env.get(name):
+                            continue  # changed by someone else since: theirs
+                        if value is None:
+                            os.environ.pop(name, None)
+                        else:
+                            os.environ[name] = value
+
+
 def _local_cluster(n_workers: int) -> distributed.LocalCluster:
     """A LocalCluster of ``n_workers`` one-thread processes on 127.0.0.1, no dashboard, and
     no silent re-run of a task whose worker died (``allowed-failures`` 0), and no task waiting
@@ -799,6 +840,7 @@ def _local_cluster(n_workers: int) -> distributed.LocalCluster:
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
+            worker_class=_Nanny,
             host="127.0.0.1",
             dashboard_address=None,  # pyright: ignore[reportArgumentType]
             # The scheduler serves its health and metrics routes even without a dashboard, by
