@@ -58,13 +58,19 @@ def test_crashed_forked_workers_report_exit_code_and_signal() -> None:
     assert out["after"][0]["forked"]
 
 
-def test_a_dead_template_falls_back_to_direct_spawn() -> None:
+def test_a_dead_template_falls_back_to_direct_spawn_then_is_launched_again() -> None:
     out = _probe("template_killed", ON)
     assert all(w["forked"] for w in out["before"])
     assert out["gone"]
     assert len(out["after"]) == 2
     assert not any(w["forked"] for w in out["after"])
     assert all(w["env"] == "set-after-import" for w in out["after"])
+    # A new template, and the workers started after it are its forks again, children of the
+    # parent as before, with the parent's environment.
+    assert out["relaunched"]
+    assert all(w["forked"] for w in out["again"])
+    assert {w["ppid"] for w in out["again"]} == {out["before"][0]["ppid"]}
+    assert all(w["env"] == "set-after-import" for w in out["again"])
 
 
 def test_killed_parent_takes_workers_and_template_with_it() -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import psutil
 
@@ -99,7 +100,38 @@ elif mode == "template_killed":
             b.start()
         blockers += more
         after = probe(2)
-    print(json.dumps({"before": before, "after": after, "gone": not victim.is_running()}))
+    # The engine launches a new template about a second after it saw the loss (while idle):
+    # wait for it (a state: the process table), then occupy every process there is, so that
+    # the next probes are new processes, forked from it.
+    def new_templates() -> list[int]:
+        # A child with the template's command line that is not a worker (its forks are).
+        workers = set(_runtime.worker_pids())
+        return [
+            p.pid
+            for p in psutil.Process().children()
+            if "--template" in p.cmdline() and p.pid not in workers and p.pid != victim.pid
+        ]
+
+    deadline = time.monotonic() + 60
+    while not new_templates() and time.monotonic() < deadline:
+        time.sleep(0.05)  # poll interval; what is awaited is the table read above
+    relaunched = new_templates()
+    more = [Blocked(daemon=True) for _ in _runtime.worker_pids()]
+    for b in more:
+        b.start()
+    blockers += more
+    again = probe(2)
+    print(
+        json.dumps(
+            {
+                "before": before,
+                "after": after,
+                "gone": not victim.is_running(),
+                "relaunched": relaunched,
+                "again": again,
+            }
+        )
+    )
     for b in blockers:
         b.terminate()
 elif mode in ("parent_killed", "ctrl_c"):

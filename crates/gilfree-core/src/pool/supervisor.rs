@@ -242,8 +242,10 @@ impl Engine {
     }
 
     /// [`start`](Engine::start), with workers forked from a template process started by
-    /// `template` ([`super::template`]). If the template fails to start, or later fails to
-    /// fork, workers are spawned directly from then on.
+    /// `template` ([`super::template`]). If the template fails to start, workers are spawned
+    /// directly from then on; if it later fails to fork (or dies), they are spawned directly
+    /// until a new template, launched about a second later while the engine is idle, is
+    /// ready (up to three times per engine).
     pub fn start_with_template(
         config: EngineConfig,
         sink: Arc<dyn OutputSink>,
@@ -485,8 +487,9 @@ impl Drop for EngineHandle {
     }
 }
 
-/// `n` new workers: forked by the template if there is one (which is dropped, for good, if
-/// it fails), else started directly (every one the template did not fork).
+/// `n` new workers: forked by the template if there is one (which is dropped if it fails; the
+/// supervisor launches another later), else started directly (every one the template did not
+/// fork).
 ///
 /// The template's requests are pipelined: every request is sent before any reply is read, so
 /// the template forks them back to back and a round of `n` costs two wake-ups of each side,
@@ -560,6 +563,12 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
     let mut ends: Option<WorkerEnds> = None;
     // Tried since the last fork (so a failure, say no fd left, is not retried in a loop).
     let mut ends_tried = false;
+    // A template that worked and was lost (killed from outside, or a fork that failed) is
+    // launched again while nothing is asked for, `RELAUNCH_AFTER` after the loss was first
+    // seen, at most `RELAUNCHES` times: until then every worker is a fresh interpreter (about
+    // ten times a fork). One that never started is not retried (the cause is likely to stay).
+    let mut relaunches = if template.is_some() { RELAUNCHES } else { 0 };
+    let mut lost_since: Option<Instant> = None;
     // The template, if any, was started on this thread: the workers it forks are children of
     // this thread (their parent-death signal is tied to it). Dropped (killed) when we return.
     let mut st = lock(&shared.state);
@@ -665,7 +674,29 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
             st = lock(&shared.state);
             continue;
         }
-        // 3. Make the next process's channel and pipes, once the template is up.
+        // 3. Launch a lost template again, once it is due (see `relaunches`).
+        let relaunch_due = if template.is_none() && relaunches > 0 {
+            let since = *lost_since.get_or_insert(now);
+            Some((since + RELAUNCH_AFTER).saturating_duration_since(now))
+        } else {
+            None
+        };
+        if relaunch_due == Some(Duration::ZERO) {
+            relaunches -= 1;
+            lost_since = None;
+            drop(st);
+            // On this thread, as the first one: its forks' parent-death signal is tied to it.
+            template = shared
+                .template
+                .as_ref()
+                .and_then(|t| shared.starting.start(&shared.config.command, t));
+            if template.is_none() {
+                relaunches = 0; // it did not start: the cause is likely to stay
+            }
+            st = lock(&shared.state);
+            continue;
+        }
+        // 4. Make the next process's channel and pipes, once the template is up.
         if ends.is_none() && !ends_tried && template.is_some() {
             ends_tried = true;
             drop(st);
@@ -673,17 +704,22 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
             st = lock(&shared.state);
             continue;
         }
-        // 4. Sleep until asked, or until the oldest idle process is due to retire. This is a
-        //    timer, not a poll for deaths: those are seen through pidfds.
+        // 5. Sleep until asked, until the oldest idle process is due to retire, or until a lost
+        //    template is due to be launched again. This is a timer, not a poll for deaths:
+        //    those are seen through pidfds.
         //    An `idle_timeout` too large for an `Instant` (the glue passes `Duration::MAX` for
         //    "never") means no retirement at all.
-        let due = if st.live() > warm {
+        let retire_due = if st.live() > warm {
             st.idle
                 .back()
                 .and_then(|oldest| oldest.since.checked_add(idle_timeout))
                 .map(|at| at.saturating_duration_since(now))
         } else {
             None
+        };
+        let due = match (retire_due, relaunch_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         st = match due {
             Some(d) => {
@@ -700,6 +736,13 @@ fn supervise(shared: &Arc<Shared>, mut template: Option<Template>) {
         };
     }
 }
+
+/// How long after a template was lost (first seen so while idle) a new one is launched: a
+/// fork that failed for want of memory or processes would likely fail again at once.
+const RELAUNCH_AFTER: Duration = Duration::from_secs(1);
+
+/// How many times an engine launches its template again after losing it.
+const RELAUNCHES: u32 = 3;
 
 /// How long warm-ups wait for the callers' processes to finish their handshakes.
 const GREETING_WAIT: Duration = Duration::from_millis(10);
