@@ -622,6 +622,13 @@ def _forget_default_pool() -> None:
     _default_users = 0
 
 
+def _in_kernel() -> bool:
+    """Whether this process is a running Jupyter (ipykernel) kernel, not merely a program that
+    imported ipykernel (a library may)."""
+    app = sys.modules.get("ipykernel.kernelapp")
+    return app is not None and bool(app.IPKernelApp.initialized())
+
+
 def _reusable_pool(workers: int | None) -> tuple[Pool, bool]:
     """The default pool for ``gilfree.map`` with ``workers`` processes: ``(pool, shared)``.
 
@@ -713,7 +720,7 @@ def map(
     try:
         if _backends.choose(backend) != "process":
             pool, shared = Pool(workers, backend=backend), False
-        elif "ipykernel" in sys.modules:
+        elif _in_kernel():
             # Known issue: on a shutdown request ipykernel SIGTERMs, then SIGKILLs, its child
             # processes until none is left (sleeping up to 14 s between rounds); an open Pool
             # replaces the killed workers each time, so the kernel outlasts the manager's wait

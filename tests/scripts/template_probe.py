@@ -100,6 +100,7 @@ elif mode == "template_killed":
             b.start()
         blockers += more
         after = probe(2)
+
     # The engine launches a new template about a second after it saw the loss (while idle):
     # wait for it (a state: the process table), then occupy every process there is, so that
     # the next probes are new processes, forked from it.
