@@ -15,7 +15,7 @@ import gilfree
 from gilfree import executor
 
 import helpers
-from conftest import WATCHDOG, imported_by, interrupt_script, run_code, wait_gone
+from conftest import WATCHDOG, imported_by, interrupt_script, wait_gone
 
 # Modules ``import gilfree`` must not load: each costs milliseconds and only some calls need it.
 HEAVY = (
@@ -85,20 +85,6 @@ def test_gilfree_map_reuses_one_pool_between_calls() -> None:
     assert first is not None and executor._default_pool is first
     assert not first._shutdown
     assert _collectors() == threads
-
-
-def test_a_program_that_imports_ipykernel_is_not_taken_for_a_kernel() -> None:
-    # A library may import ipykernel; only a running kernel gets a pool per call (see
-    # gilfree.map), a plain program keeps the default pool between calls.
-    out = run_code(
-        "import ipykernel.kernelapp, gilfree, helpers\n"
-        "from gilfree import executor\n"
-        "gilfree.map(helpers.square, range(4), workers=2)\n"
-        "first = executor._default_pool\n"
-        "gilfree.map(helpers.square, range(4), workers=2)\n"
-        "print(first is not None and executor._default_pool is first, executor._in_kernel())\n"
-    )
-    assert out == "True False"
 
 
 def test_gilfree_map_resizes_the_default_pool() -> None:

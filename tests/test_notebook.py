@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from conftest import wait_gone
+from conftest import run_code, wait_gone
 
 # Free-threaded CPython 3.13t (make test-ft) has no wheel of pyzmq (the kernel's transport) nor of
 # rpds-py (nbformat's validator), and neither builds there without the network: requirements/ft.txt
@@ -33,7 +33,7 @@ nbclient = pytest.importorskip(
 nbformat = pytest.importorskip(
     "nbformat", reason="Jupyter (pyzmq, rpds-py) cannot be installed here"
 )
-# Found, not imported: gilfree.map takes an imported ipykernel as the sign of running in a kernel.
+# Found, not imported: the suite's own process has no reason to load it.
 if importlib.util.find_spec("ipykernel") is None:
     pytest.skip("Jupyter (pyzmq, rpds-py) cannot be installed here", allow_module_level=True)
 
@@ -246,6 +246,47 @@ def test_kernel_exits_by_itself_on_shutdown(workers_notebook: Workers) -> None:
     # returned), rather than being sent SIGTERM or SIGKILL by the kernel manager.
     ended = workers_notebook.ended
     assert (ended.shutdown_status, ended.returncode) == ("ShutdownRequest", 0)
+
+
+def test_a_pool_left_open_lets_the_kernel_exit_by_itself(tmp_path: Path) -> None:
+    # A notebook that never shuts its Pool down (the common case): on the shutdown request
+    # ipykernel signals its process group's children until none is left; the pool's workers
+    # are not in that group (they were replaced as fast as they were killed, and the kernel
+    # was SIGTERMed by its manager after its wait), so the kernel exits, and its exit hook
+    # stops them.
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "import json, os, psutil, gilfree\n"
+            "pool = gilfree.Pool(2)\n"
+            "assert sorted(pool.map(abs, range(-3, 0))) == [1, 2, 3]\n"
+            "me = psutil.Process()\n"
+            "print(json.dumps({'kernel_pid': me.pid, 'pgid': os.getpgrp(),\n"
+            "    'children': [(p.pid, os.getpgid(p.pid)) for p in me.children(recursive=True)]}))\n"
+        )
+    ]
+    with jupyter_home(tmp_path) as home:
+        ended = run_notebook(nb, home, tmp_path)
+    (line,) = stream(nb.cells[0], "stdout").splitlines()
+    report = json.loads(line)
+    assert report["children"]
+    assert all(pgid != report["pgid"] for _pid, pgid in report["children"]), report
+    assert (ended.shutdown_status, ended.returncode) == ("ShutdownRequest", 0)
+    assert wait_gone([report["kernel_pid"], *(pid for pid, _ in report["children"])]) == []
+
+
+def test_outside_a_kernel_workers_stay_in_the_callers_process_group() -> None:
+    # A program that merely imports ipykernel (a library may) is not a kernel: its workers
+    # (and the template) stay in its process group, so a terminal's job control reaches them.
+    out = run_code(
+        "import os, ipykernel.kernelapp, psutil, gilfree, gilfree._runtime\n"
+        "with gilfree.Pool(2) as pool:\n"
+        "    pids = set(pool.map(lambda _: os.getpid(), range(8), chunksize=1))\n"
+        "    kids = [p.pid for p in psutil.Process().children()]\n"
+        "    print(gilfree._runtime.in_kernel(), pids <= set(kids),\n"
+        "          {os.getpgid(pid) for pid in kids} == {os.getpgrp()})\n"
+    )
+    assert out == "False True True"
 
 
 def progress_widget(nb: Any, box_id: str) -> dict[str, Any]:

@@ -116,8 +116,38 @@ def _pythonpath() -> str:
     return package_root if not path else package_root + os.pathsep + path
 
 
+def in_kernel() -> bool:
+    """Whether this process is a running Jupyter (ipykernel) kernel, not merely a program that
+    imported ipykernel (a library may)."""
+    app = sys.modules.get("ipykernel.kernelapp")
+    return app is not None and bool(app.IPKernelApp.initialized())
+
+
+#: Set in the environment of the template and of a worker started directly: the process puts
+#: itself in a process group of its own at start (``gilfree._worker``); forked workers inherit
+#: the template's group.
+PROCESS_GROUP_ENV = "GILFREE_PROCESS_GROUP"
+
+
+def _own_group_env() -> list[tuple[str, str]]:
+    """In a Jupyter kernel, gilfree's processes leave the kernel's process group. On a shutdown
+    or restart request ipykernel signals every child in its group, SIGTERM then SIGKILL, again
+    and again until none is left (for up to ~14 s per signal); an open Pool replaced its
+    killed workers each time, so the kernel never saw its group empty and was itself killed by
+    its manager instead of exiting. Out of the group, the kernel exits and gilfree's exit hook
+    stops the workers; if the kernel is killed instead, they die with it (the parent-death
+    signal). Elsewhere they stay in the caller's group, for a terminal's job control (Ctrl-Z
+    stops them with the program)."""
+    return [(PROCESS_GROUP_ENV, "own")] if in_kernel() else []
+
+
 def _worker_env() -> list[tuple[str, str]]:
-    return [("PYTHONPATH", _pythonpath()), ("PYTHONUNBUFFERED", "1"), *_blas_env()]
+    return [
+        ("PYTHONPATH", _pythonpath()),
+        ("PYTHONUNBUFFERED", "1"),
+        *_blas_env(),
+        *_own_group_env(),
+    ]
 
 
 def prestart() -> None:
@@ -148,7 +178,7 @@ def prestart() -> None:
         return
     # Only what the template's own start needs: its forks take the environment, working
     # directory and fds the parent has at each fork.
-    env = [("PYTHONPATH", _pythonpath()), ("PYTHONUNBUFFERED", "1")]
+    env = [("PYTHONPATH", _pythonpath()), ("PYTHONUNBUFFERED", "1"), *_own_group_env()]
     _engine.prestart_template(sys.executable, args, env)
     atexit.register(_engine.cancel_prestart)
 

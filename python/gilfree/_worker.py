@@ -30,6 +30,11 @@ import time
 import traceback
 from typing import Any, cast
 
+if __name__ == "__main__" and os.environ.pop("GILFREE_PROCESS_GROUP", None) == "own":
+    # Out of the parent's process group, first thing (see ``_runtime._own_group_env``); the
+    # template's forks stay in the template's group.
+    os.setpgid(0, 0)
+
 from gilfree import (
     _engine,
     _module_objects,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sized
@@ -622,13 +621,6 @@ def _forget_default_pool() -> None:
     _default_users = 0
 
 
-def _in_kernel() -> bool:
-    """Whether this process is a running Jupyter (ipykernel) kernel, not merely a program that
-    imported ipykernel (a library may)."""
-    app = sys.modules.get("ipykernel.kernelapp")
-    return app is not None and bool(app.IPKernelApp.initialized())
-
-
 def _reusable_pool(workers: int | None) -> tuple[Pool, bool]:
     """The default pool for ``gilfree.map`` with ``workers`` processes: ``(pool, shared)``.
 
@@ -691,8 +683,6 @@ def map(
     the queued items are cancelled and those already running finish (results dropped, the
     processes stay warm, as in ``concurrent.futures``); on Ctrl-C the running ones are killed
     too (their processes are replaced). A timed-out item's process is killed and replaced.
-    In a Jupyter kernel each call still gets a pool of its own, shut down when it returns: an
-    open Pool keeps a kernel from exiting by itself when it is asked to shut down.
 
     Args:
         fn: The function, called as ``fn(item)``.
@@ -720,13 +710,6 @@ def map(
     try:
         if _backends.choose(backend) != "process":
             pool, shared = Pool(workers, backend=backend), False
-        elif _in_kernel():
-            # Known issue: on a shutdown request ipykernel SIGTERMs, then SIGKILLs, its child
-            # processes until none is left (sleeping up to 14 s between rounds); an open Pool
-            # replaces the killed workers each time, so the kernel outlasts the manager's wait
-            # and is SIGTERMed (tests/test_notebook.py). Until the engine stops respawning
-            # then, a call in a kernel gets a pool of its own, shut down when it returns.
-            pool, shared = Pool(workers, backend="process"), False
         else:
             pool, shared = _reusable_pool(workers)
         settled = False  # every task this call started is finished or stopped
