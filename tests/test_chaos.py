@@ -1,4 +1,5 @@
-"""Chaos, standing: a seeded run of many tasks while random workers are SIGKILLed.
+"""Chaos, standing: a seeded run of many tasks while random workers (and now and then the
+template that forks them) are SIGKILLed.
 
 The work and its checks live in ``tests/scripts/chaos.py`` (run in a fresh interpreter, so a
 hang is caught by the watchdog and nothing of the run leaks into this process). CI runs a short

@@ -1,7 +1,8 @@
 """Chaos: many tasks through one Pool while random workers are SIGKILLed.
 
 Usage: ``chaos.py SEED TASKS`` (a killer thread SIGKILLs a random worker process after
-every few finished tasks, at a seeded random moment). Four kinds of task are mixed, chosen
+every few finished tasks, at a seeded random moment, and one time in eight the template that
+forks them, which the engine launches again while idle). Four kinds of task are mixed, chosen
 by the seed:
 
 - ``compute``: a small pure-Python computation;
@@ -34,6 +35,7 @@ import warnings
 from collections import Counter
 
 import numpy as np
+import psutil
 
 import gilfree
 from gilfree import _runtime
@@ -88,8 +90,19 @@ def main() -> None:
     kinds: dict[int, str] = {}
     futures = {}
     done = threading.Event()
-    kills = 0
+    kills = template_kills = 0
     seen: set[int] = set()
+
+    def templates(workers: list[int]) -> list[int]:
+        # Children with the template's command line that are not workers (its forks are).
+        found = []
+        for child in psutil.Process().children():
+            try:
+                if "--template" in child.cmdline() and child.pid not in workers:
+                    found.append(child.pid)
+            except psutil.Error:
+                pass
+        return found
 
     # Kills are paced by progress, not by the clock: after every few finished tasks, one kill
     # at a random moment within the next ~20 ms. On a slow or loaded machine a clock-paced
@@ -97,7 +110,7 @@ def main() -> None:
     finished = threading.Semaphore(0)
 
     def killer() -> None:
-        nonlocal kills
+        nonlocal kills, template_kills
         krng = random.Random(seed + 1)
         while not done.is_set():
             for _ in range(krng.randint(1, 4)):
@@ -108,7 +121,14 @@ def main() -> None:
                 return
             pids = _runtime.worker_pids()
             seen.update(pids)
-            if pids:
+            if krng.random() < 0.125 and (found := templates(pids)):
+                seen.update(found)
+                try:
+                    os.kill(found[0], signal.SIGKILL)
+                    template_kills += 1
+                except ProcessLookupError:
+                    pass
+            elif pids:
                 try:
                     os.kill(krng.choice(sorted(pids)), signal.SIGKILL)
                     kills += 1
@@ -177,8 +197,13 @@ def main() -> None:
     )
     # The test checks that every worker process seen is gone once this script has exited.
     seen.update(_runtime.worker_pids())
+    seen.update(templates([]))
     print("pids", *sorted(seen), flush=True)
-    print(f"CHAOS OK seed={seed} tasks={tasks} ok={ok} crashed={crashed} kills={kills}", flush=True)
+    print(
+        f"CHAOS OK seed={seed} tasks={tasks} ok={ok} crashed={crashed} kills={kills}"
+        f" template_kills={template_kills}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
