@@ -31,6 +31,7 @@ import traceback
 from typing import Any, cast
 
 if __name__ == "__main__" and os.environ.pop("GILFREE_PROCESS_GROUP", None) == "own":
+    # (``_runtime.PROCESS_GROUP_ENV``, read before anything is imported.)
     # Out of the parent's process group, first thing (see ``_runtime._own_group_env``); the
     # template's forks stay in the template's group. Refused (a sandbox), it stays in the
     # parent's: what that costs is a slower kernel shutdown, not a failure.

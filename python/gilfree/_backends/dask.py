@@ -795,9 +795,11 @@ class _Nanny(distributed.Nanny):
 
     async def instantiate(self) -> Status:
         cls = _Nanny
+        # What this nanny writes before a spawn (distributed >= 2022.12 has it; none: nothing).
+        written: dict[str, str] = getattr(self, "pre_spawn_env", None) or {}
         with cls._lock:
             if cls._starting == 0:
-                cls._before = {name: os.environ.get(name) for name in self.pre_spawn_env}
+                cls._before = {name: os.environ.get(name) for name in written}
             cls._starting += 1
         try:
             return await super().instantiate()
@@ -806,7 +808,7 @@ class _Nanny(distributed.Nanny):
                 cls._starting -= 1
                 if cls._starting == 0:
                     for name, value in cls._before.items():
-                        if os.environ.get(name) != self.pre_spawn_env.get(name):
+                        if os.environ.get(name) != written.get(name):
                             continue  # changed by someone else since: theirs
                         if value is None:
                             os.environ.pop(name, None)
