@@ -786,20 +786,22 @@ class _Nanny(distributed.Nanny):
     is put back as it was once no worker start is under way (nannies start their workers
     concurrently, on the cluster's event loop), unless something else changed it meanwhile."""
 
-    # Variable -> its value before the first of the overlapping starts (None: unset), and how
-    # many starts are under way: in every cluster of this process (each may run its own loop
-    # thread), hence the lock.
+    # While any start is under way (in every cluster of this process: each may run its own
+    # loop thread, hence the lock): each variable a starting nanny writes, with its value before
+    # the first of them wrote it (None: unset) and the values written since.
     _lock: ClassVar[threading.Lock] = threading.Lock()
     _before: ClassVar[dict[str, str | None]] = {}
+    _written: ClassVar[dict[str, set[str]]] = {}
     _starting: ClassVar[int] = 0
 
     async def instantiate(self) -> Status:
         cls = _Nanny
         # What this nanny writes before a spawn (distributed >= 2022.12 has it; none: nothing).
-        written: dict[str, str] = getattr(self, "pre_spawn_env", None) or {}
+        writes: dict[str, str] = getattr(self, "pre_spawn_env", None) or {}
         with cls._lock:
-            if cls._starting == 0:
-                cls._before = {name: os.environ.get(name) for name in written}
+            for name, value in writes.items():
+                cls._before.setdefault(name, os.environ.get(name))
+                cls._written.setdefault(name, set()).add(value)
             cls._starting += 1
         try:
             return await super().instantiate()
@@ -807,13 +809,14 @@ class _Nanny(distributed.Nanny):
             with cls._lock:
                 cls._starting -= 1
                 if cls._starting == 0:
-                    for name, value in cls._before.items():
-                        if os.environ.get(name) != written.get(name):
+                    for name, old in cls._before.items():
+                        if os.environ.get(name) not in cls._written[name]:
                             continue  # changed by someone else since: theirs
-                        if value is None:
+                        if old is None:
                             os.environ.pop(name, None)
                         else:
-                            os.environ[name] = value
+                            os.environ[name] = old
+                    cls._before, cls._written = {}, {}
 
 
 def _local_cluster(n_workers: int) -> distributed.LocalCluster:
