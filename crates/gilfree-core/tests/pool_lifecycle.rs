@@ -427,9 +427,12 @@ fn an_idle_worker_killed_from_outside_is_reaped_and_replaced() {
     assert_eq!(engine.idle_count(), 1);
     let target = rustix::process::Pid::from_raw(pid as i32).unwrap();
     rustix::process::kill_process(target, rustix::process::Signal::TERM).unwrap();
-    // Nobody acquires: only the engine itself can reap it.
+    // Nobody acquires: only the engine itself can reap it. It reaps, then forgets (under its
+    // state lock, a moment later): wait for both.
     eventually("the killed idle worker is reaped", || !is_our_child(pid));
-    assert!(!engine.pids().contains(&pid));
+    eventually("the reaped worker is forgotten", || {
+        !engine.pids().contains(&pid)
+    });
     eventually("the warm worker is replaced", || engine.idle_count() == 1);
     let lease = engine.acquire(&mut step()).unwrap();
     assert_ne!(lease.pid(), pid);
