@@ -203,7 +203,6 @@ impl PyLease {
 /// engine's own threads do: a background thread of gilfree's must not take a signal the
 /// program's main thread is waiting to handle (see `gilfree_core::sys::thread`).
 #[pyfunction]
-pub fn block_async_signals() -> PyResult<()> {
-    gilfree_core::sys::thread::block_async_signals()
-        .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))
+pub fn block_async_signals() -> Result<(), PyEngineError> {
+    Ok(gilfree_core::sys::thread::block_async_signals()?)
 }
