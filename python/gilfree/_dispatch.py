@@ -454,7 +454,8 @@ class _Results:
         return self.pool._max_workers * (_SMALL_CHUNK_WINDOW if size <= 16 else _WINDOW)
 
     def fill(self) -> None:
-        """Cuts and submits chunks until the window is full or the source is exhausted."""
+        """Cuts and submits chunks until the window is full or the source is exhausted, then
+        publishes the outcomes staged meanwhile (by the collector, or by a refused send)."""
         with self.lock:
             try:
                 self._fill()
@@ -665,14 +666,16 @@ class _Results:
 
     def publish(self) -> None:
         """Refills the window, then publishes the outcomes staged since the last call (the
-        workers get their next chunks before the caller is woken)."""
+        workers get their next chunks before the caller is woken): :meth:`fill` does both;
+        if the refill raised, what was staged is still published."""
         try:
             self.fill()
-        finally:
+        except BaseException:
             with self.lock:
                 staged, self.staged = self.staged, []
             if staged:
                 self._place(staged)
+            raise
 
     def _complete(self, task_id: int, frames: list[bytes], end: int, info: Any) -> None:
         first, items, blob, prior = self.outstanding.pop(task_id)
