@@ -35,7 +35,7 @@ import warnings
 from collections import Counter
 
 import numpy as np
-import psutil
+from template_children import templates
 
 import gilfree
 from gilfree import _runtime
@@ -93,17 +93,6 @@ def main() -> None:
     kills = template_kills = 0
     seen: set[int] = set()
 
-    def templates(workers: list[int]) -> list[int]:
-        # Children with the template's command line that are not workers (its forks are).
-        found = []
-        for child in psutil.Process().children():
-            try:
-                if "--template" in child.cmdline() and child.pid not in workers:
-                    found.append(child.pid)
-            except psutil.Error:
-                pass
-        return found
-
     # Kills are paced by progress, not by the clock: after every few finished tasks, one kill
     # at a random moment within the next ~20 ms. On a slow or loaded machine a clock-paced
     # killer can kill every worker before it is ready, and nothing would ever finish.
@@ -121,7 +110,7 @@ def main() -> None:
                 return
             pids = _runtime.worker_pids()
             seen.update(pids)
-            if krng.random() < 0.125 and (found := templates(pids)):
+            if krng.random() < 0.125 and (found := templates()):
                 seen.update(found)
                 try:
                     os.kill(found[0], signal.SIGKILL)
@@ -197,7 +186,7 @@ def main() -> None:
     )
     # The test checks that every worker process seen is gone once this script has exited.
     seen.update(_runtime.worker_pids())
-    seen.update(templates([]))
+    seen.update(templates())
     print("pids", *sorted(seen), flush=True)
     print(
         f"CHAOS OK seed={seed} tasks={tasks} ok={ok} crashed={crashed} kills={kills}"

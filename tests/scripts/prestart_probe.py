@@ -11,25 +11,12 @@ import threading
 import time
 
 import psutil
+from template_children import templates
 
 import gilfree
 from gilfree import _engine, _runtime
 
 WAIT = 60.0
-
-
-def templates() -> list[int]:
-    """Our children that run the template's command line and are not workers (which the
-    template forked, keeping its command line), oldest first. Call when no fork is under way:
-    a worker is in ``worker_pids()`` from its fork's round on."""
-    workers = set(_runtime.worker_pids())
-    kids = [
-        p
-        for p in psutil.Process().children()
-        if "--template" in p.cmdline() and p.pid not in workers
-    ]
-    kids.sort(key=lambda p: (p.create_time(), p.pid))
-    return [p.pid for p in kids]
 
 
 def settled_templates(timeout: float = 10.0) -> list[int]:

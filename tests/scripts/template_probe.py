@@ -10,6 +10,7 @@ import threading
 import time
 
 import psutil
+from template_children import templates
 
 import gilfree
 from gilfree import _runtime
@@ -43,11 +44,10 @@ def forked_from_template(pid: int) -> bool:
 
 
 def template() -> int | None:
-    """The template: the oldest child with the template's command line (the workers it forked
-    share that command line, and one may not be in worker_pids() yet, but all came later)."""
-    kids = [p for p in psutil.Process().children() if "--template" in p.cmdline()]
-    kids.sort(key=lambda p: (p.create_time(), p.pid))
-    return kids[0].pid if kids else None
+    """The template: the oldest child with its command line that is not a worker (a fork not
+    yet in worker_pids() came later)."""
+    found = templates()
+    return found[0] if found else None
 
 
 def probe(n: int) -> list[dict]:
@@ -104,19 +104,10 @@ elif mode == "template_killed":
     # The engine launches a new template about a second after it saw the loss (while idle):
     # wait for it (a state: the process table), then occupy every process there is, so that
     # the next probes are new processes, forked from it.
-    def new_templates() -> list[int]:
-        # A child with the template's command line that is not a worker (its forks are).
-        workers = set(_runtime.worker_pids())
-        return [
-            p.pid
-            for p in psutil.Process().children()
-            if "--template" in p.cmdline() and p.pid not in workers and p.pid != victim.pid
-        ]
-
     deadline = time.monotonic() + 60
-    while not new_templates() and time.monotonic() < deadline:
+    while not templates() and time.monotonic() < deadline:
         time.sleep(0.05)  # poll interval; what is awaited is the table read above
-    relaunched = new_templates()
+    relaunched = templates()
     more = [Blocked(daemon=True) for _ in _runtime.worker_pids()]
     for b in more:
         b.start()
