@@ -416,6 +416,25 @@ def test_an_abandoned_map_does_not_hold_up_shutdown() -> None:
         pool.terminate()
 
 
+def test_a_closed_map_yields_nothing_more_even_mid_run() -> None:
+    """``close()`` on a map's iterator acts at once, as a generator's does: even in the middle
+    of a run of plain values (which the iterator walks in C), nothing more is yielded, and the
+    call's remaining chunks are stopped, so a shutdown does not wait for them."""
+    pool = gilfree.Pool(2)
+    try:
+        it = pool.map(helpers.square, range(2_000_000))
+        assert [next(it) for _ in range(3)] == [0, 1, 4]
+        it.close()
+        assert list(it) == []
+        it.close()  # a second close is a no-op, as for a generator
+        stopper = threading.Thread(target=pool.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(WATCHDOG)
+        assert not stopper.is_alive(), "shutdown waited for a closed map"
+    finally:
+        pool.terminate()
+
+
 def test_ctrl_c_while_a_map_reads_its_source_ends_the_call_at_once() -> None:
     """A KeyboardInterrupt raised on the caller's thread while the map reads the caller's
     iterable is the caller's interrupt, not the iterable's outcome: it propagates at once

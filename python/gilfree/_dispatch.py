@@ -27,13 +27,13 @@ import signal as _signal
 import threading
 import weakref
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from gilfree import _engine, _protocol, _serialize
 from gilfree.exceptions import BrokenPoolError, RemoteTraceback, WorkerCrashedError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator, Iterable, Iterator
 
     from gilfree.executor import Pool
 
@@ -112,11 +112,38 @@ def _unpickling_error(exc: BaseException) -> pickle.UnpicklingError:
     return err
 
 
-class _Values(list[Any]):
+class _Values:
     """The outcomes of a run of items that all returned a plain value (the tiny-task case):
-    the values themselves, no ``(True, value)`` pair each."""
+    the list of the values themselves (as the engine built it: no copy), no ``(True, value)``
+    pair each."""
 
-    __slots__ = ()
+    __slots__ = ("values",)
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class _ResultIterator(itertools.chain[Any]):
+    """What ``Pool.map`` and ``Pool.imap`` return: ``chain`` over the runs of results (so a
+    run of plain values is iterated in C), with the ``close()`` of a generator: it stops the
+    call at once, as dropping the iterator does."""
+
+    __slots__ = ("_runs",)
+    _runs: Generator[Iterable[Any], None, None]
+
+    @classmethod
+    def over(cls, runs: Generator[Iterable[Any], None, None]) -> _ResultIterator:
+        it = cast("_ResultIterator", cls.from_iterable(runs))  # typeshed: a plain chain
+        it._runs = runs
+        return it
+
+    def close(self) -> None:
+        """Stops the call: nothing more is yielded; its queued chunks are cancelled and its
+        running ones killed (see ``_Results.close``)."""
+        self._runs.close()
 
 
 # A run of outcomes: ``(ok, value)`` pairs, or the values of items that all returned.
@@ -765,8 +792,14 @@ class _Results:
     # -- consuming (caller's thread) -------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Any]:
-        # No local names a result: what was yielded is the caller's alone to keep or drop.
-        pending: collections.deque[tuple[bool, Any]] = collections.deque()
+        return _ResultIterator.over(self._runs())
+
+    def _runs(self) -> Generator[Iterable[Any], None, None]:
+        """The runs of outcomes in the order they are to be yielded; the next is taken when
+        the caller has consumed the one before. A run of plain values is the engine's list of
+        them, which ``chain`` iterates in C (~0.013 us an item, against ~0.035 for a
+        ``yield`` each); any other run is :meth:`_unpack`, one item at a time."""
+        run: list[Any] | Generator[Any, None, None] | None = None
         try:
             while True:
                 with self.cond:
@@ -779,27 +812,34 @@ class _Results:
                                 raise self.source_error
                             return
                         self.cond.wait()
-                if type(batch) is _Values:
-                    # Every item returned a plain value: no pair to look into. The batch keeps
-                    # the values it yielded until its end; plain values pin no shared memory.
-                    yield from batch
-                    del batch
-                    if self.stalled:
-                        self.fill()
-                    continue
-                pending.extend(batch)
+                # A run of plain values needs no pair looked into, and ``chain`` keeps it to
+                # its end: plain values pin no shared memory.
+                run = batch.values if isinstance(batch, _Values) else self._unpack(batch)
                 del batch
-                while pending:
-                    if not pending[0][0]:
-                        # An item failed: the call ends here. Its running chunks are killed,
-                        # unless the caller asked to let them finish (``gilfree.map``).
-                        self.close(kill=self.kill_on_error)
-                        raise pending.popleft()[1]
-                    yield pending.popleft()[1]
+                yield run
+                run = None
                 if self.stalled:
                     self.fill()
         finally:
+            # Closed while ``chain`` was still in a run: what it had not yielded is dropped,
+            # so that nothing more comes, as from a closed generator.
+            if isinstance(run, list):
+                run.clear()
+            elif run is not None:
+                run.close()
             self.close()
+
+    def _unpack(self, batch: list[tuple[bool, Any]]) -> Generator[Any, None, None]:
+        # No local names a result: what was yielded is the caller's alone to keep or drop.
+        pending: collections.deque[tuple[bool, Any]] = collections.deque(batch)
+        del batch
+        while pending:
+            if not pending[0][0]:
+                # An item failed: the call ends here. Its running chunks are killed, unless
+                # the caller asked to let them finish (``gilfree.map``).
+                self.close(kill=self.kill_on_error)
+                raise pending.popleft()[1]
+            yield pending.popleft()[1]
 
     def _take(self) -> _Outcomes | None:
         """The next run of outcomes to yield (in input order if ordered), or ``None``."""

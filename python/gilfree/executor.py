@@ -743,9 +743,11 @@ def map(
             )
             results.kill_on_error = False
             try:
-                for value in results:
-                    out.append(value)
-                    if update is not None:
+                if update is None:
+                    out.extend(results)  # no Python step per item
+                else:
+                    for value in results:
+                        out.append(value)
                         update(1)
             finally:
                 # An item raised: its queued chunks were cancelled and its running ones left to
