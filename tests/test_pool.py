@@ -65,6 +65,23 @@ def test_map_keeps_order_and_takes_several_iterables(pool: gilfree.Pool) -> None
     assert list(pool.map(helpers.square, range(1000), chunksize=7)) == [i * i for i in range(1000)]
 
 
+def test_map_takes_its_items_when_called() -> None:
+    """As with ``Executor.map``, the items are taken when ``map`` is called: a list changed
+    afterwards (while chunks are still being cut) does not change the results. A range or a
+    tuple, immutable, is read as it is, and gives the same results as a list."""
+    n = 200_000
+    expected = [i * i for i in range(n)]
+    with gilfree.Pool(2) as p:
+        items = list(range(n))
+        it = p.map(helpers.square, items)
+        items.clear()
+        items.extend([-1] * n)
+        assert list(it) == expected
+        assert list(p.map(helpers.square, range(n))) == expected
+        assert list(p.map(helpers.square, tuple(range(n)))) == expected
+        assert list(p.map(helpers.square, range(n - 1, -1, -1))) == expected[::-1]
+
+
 class _StrSub(str):
     """A subclass of a plain type: not plain itself."""
 
