@@ -184,10 +184,13 @@ class _Mpire:
         self.p.terminate()
 
 
-def _best(fn: Callable[[], Any], reps: int) -> float:
-    """The fastest of ``reps`` runs, in seconds (the least disturbed by a noisy machine)."""
+def _best(fn: Callable[[], Any], reps: int, budget: float = 0.0, most: int = 9) -> float:
+    """The fastest of at least ``reps`` runs, in seconds (the least disturbed by a noisy
+    machine); with a ``budget``, more runs (up to ``most``) while the runs so far took less
+    than that many seconds, so that a measure of a few ms is not one scheduler hiccup away
+    from another figure, and a slow peer is not run for minutes."""
     times: list[float] = []
-    for _ in range(reps):
+    while len(times) < reps or (len(times) < most and sum(times) < budget):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
@@ -211,7 +214,9 @@ def measure_warm(quick: bool, pools: dict[str, Callable[..., Any]]) -> list[Row]
             pool.map(square, list(range(100)), None)  # warm up
             assert pool.map(square, tiny, None) == expect_tiny
             secs = _best(
-                cast("Callable[[], Any]", lambda pool=pool: pool.map(square, tiny, None)), reps
+                cast("Callable[[], Any]", lambda pool=pool: pool.map(square, tiny, None)),
+                reps,
+                budget=0.5,
             )
             rows.append(Row("tiny tasks, default chunking", name, secs / n_tiny * 1e6, "µs/task"))
             secs = _best(cast("Callable[[], Any]", lambda pool=pool: pool.map(square, ones, 1)), 2)
@@ -362,7 +367,8 @@ def render(rows: list[Row]) -> str:
         ]
         for r in group:
             ratio = r.value / base if base and base == base and r.value == r.value else float("nan")
-            out.append(f"| {r.library} | {r.value:.2f} | {r.unit} | {ratio:.2f} | {r.note} |")
+            value = f"{r.value:.3f}" if abs(r.value) < 1 else f"{r.value:.2f}"
+            out.append(f"| {r.library} | {value} | {r.unit} | {ratio:.2f} | {r.note} |")
         out.append("")
     return "\n".join(out)
 
