@@ -452,6 +452,26 @@ def test_a_closed_map_yields_nothing_more_even_mid_run() -> None:
         pool.terminate()
 
 
+@pytest.mark.parametrize("chunksize", [None, 1])
+def test_a_map_yields_nothing_after_the_exception_of_an_item(chunksize: int | None) -> None:
+    """Once an item's exception has been raised, the iterator is done, as a generator is: the
+    next ``next()`` raises ``StopIteration`` at once; it neither waits for the results the
+    failure cancelled nor yields the ones queued behind the failed item."""
+    with gilfree.Pool(2) as p:
+        it = p.map(helpers.fail_at_7, range(10_000), chunksize=chunksize)
+        got = []
+        with pytest.raises(ValueError, match="item 7"):
+            for value in it:
+                got.append(value)
+        assert got == [x * x for x in range(7)]
+        after: list[object] = []
+        reader = threading.Thread(target=lambda: after.append(next(it, "done")), daemon=True)
+        reader.start()
+        reader.join(WATCHDOG)
+        assert not reader.is_alive(), "next() after the exception waited"
+        assert after == ["done"]
+
+
 def test_ctrl_c_while_a_map_reads_its_source_ends_the_call_at_once() -> None:
     """A KeyboardInterrupt raised on the caller's thread while the map reads the caller's
     iterable is the caller's interrupt, not the iterable's outcome: it propagates at once

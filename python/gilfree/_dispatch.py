@@ -818,6 +818,8 @@ class _Results:
                 del batch
                 yield run
                 run = None
+                if self.closed:
+                    return  # an item failed (``_unpack``): nothing comes after its exception
                 if self.stalled:
                     self.fill()
         finally:
