@@ -222,3 +222,9 @@ def stop_at_3(x: int) -> int:
     if x == 3:
         raise StopIteration(x)
     return x
+
+
+def wait_then_square(ev: gilfree.Event, x: int) -> int:
+    """``x * x`` once ``ev`` is set (a two-argument call: ``fn(*item)``)."""
+    assert ev.wait(WATCHDOG)
+    return x * x

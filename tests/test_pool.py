@@ -9,7 +9,9 @@ import concurrent.futures as cf
 import fractions
 import os
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -473,6 +475,88 @@ def test_a_map_yields_nothing_after_the_exception_of_an_item(chunksize: int | No
             "next() after the exception waited"
         )
         assert after == ["done"]
+
+
+def test_ctrl_c_inside_a_run_read_in_c_ends_the_call() -> None:
+    """A Ctrl-C that lands while ``list(it)`` walks a run of results that are not plain values
+    (the only Python code running is the run's own unpacking) ends the call as one anywhere
+    else does: nothing more is yielded afterwards, and its remaining chunks are stopped, so a
+    shutdown does not wait for them. The interrupt is raised from a trace function at a line
+    of that unpacking, where a signal's handler would raise it."""
+    pool = gilfree.Pool(2)
+    try:
+        it = pool.map(fractions.Fraction, range(2_000_000))
+        assert next(it) == 0
+        lines = 0
+
+        def tracer(frame: Any, event: str, arg: object) -> Any:
+            nonlocal lines
+            if frame.f_code.co_name != "_unpack":
+                return None
+            if event == "line":
+                lines += 1
+                if lines == 5:
+                    raise KeyboardInterrupt
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                list(it)
+        finally:
+            sys.settrace(None)
+        assert lines >= 5, "the interrupt did not land in the unpacking"
+        after: list[object] = []
+        assert _returns_in_time(lambda: after.append(next(it, "done"))), "next() waited"
+        assert after == ["done"]
+        assert _returns_in_time(pool.shutdown), "shutdown waited for the interrupted map"
+    finally:
+        pool.terminate()
+
+
+def test_a_map_read_from_two_threads_at_once_fails_loudly_in_both() -> None:
+    """A map's results are for one reader thread at a time: a second thread's ``next()`` while
+    the first waits for a result raises ``ValueError``, and so does the first thread's, once
+    its result comes; neither ends quietly with results missing."""
+    ev = gilfree.Event()
+    with gilfree.Pool(2) as p:
+        it = p.map(helpers.wait_then_square, [ev] * 4, range(4))
+        first: list[object] = []
+
+        def read_first() -> None:
+            try:
+                first.append(next(it))
+            except ValueError as exc:
+                first.append(exc)
+
+        reader = threading.Thread(target=read_first, daemon=True)
+        reader.start()
+        busy = it._source._busy  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportUnknownVariableType]
+        deadline = time.monotonic() + WATCHDOG
+        while not busy.locked() and time.monotonic() < deadline:  # pyright: ignore[reportUnknownMemberType]
+            time.sleep(0.001)  # poll interval; what is awaited is the reader inside next()
+        assert busy.locked(), "the first reader never entered next()"  # pyright: ignore[reportUnknownMemberType]
+        with pytest.raises(ValueError, match="two threads at once"):
+            next(it)
+        ev.set()
+        reader.join(WATCHDOG)
+        assert not reader.is_alive(), "the first reader hung"
+        assert len(first) == 1 and isinstance(first[0], ValueError)
+        assert next(it, "done") == "done"
+
+
+def test_a_map_iterator_cannot_be_copied_or_pickled() -> None:
+    """A copy would share the call's state with the original (and a pickle could not carry
+    it): both are refused, as for the generator a map returned before."""
+    import copy
+    import pickle
+
+    with gilfree.Pool(2) as p:
+        it = p.map(helpers.square, range(10))
+        for attempt in (copy.copy, copy.deepcopy, pickle.dumps):
+            with pytest.raises(TypeError, match="cannot pickle or copy"):
+                attempt(it)
+        assert list(it) == [x * x for x in range(10)]
 
 
 def test_ctrl_c_while_a_map_reads_its_source_ends_the_call_at_once() -> None:

@@ -126,24 +126,68 @@ class _Values:
         return len(self.values)
 
 
+class _OneConsumer:
+    """The source of a :class:`_ResultIterator`'s ``chain``: the runs generator, entered by one
+    thread at a time. A ``chain`` ends for good at any error from its source, so a second
+    thread's ``next()`` while the first waits for a run would otherwise end the first's
+    iteration early, silently. Here both threads get a ``ValueError`` and the call stops:
+    loud, as a generator entered twice is, and nothing is lost without a word."""
+
+    __slots__ = ("_busy", "_misused", "runs")
+
+    def __init__(self, runs: Generator[Iterable[Any], None, None]) -> None:
+        self.runs = runs
+        self._busy = threading.Lock()
+        self._misused: ValueError | None = None
+
+    def __iter__(self) -> _OneConsumer:
+        return self
+
+    def __next__(self) -> Iterable[Any]:
+        if not self._busy.acquire(blocking=False):
+            self._misused = ValueError(
+                "the results of a map were read from two threads at once; read them from one"
+                " thread (or hand them on through a queue)"
+            )
+            raise self._misused
+        try:
+            run = next(self.runs)
+            if self._misused is not None:
+                del run
+                self.runs.close()  # stops the call
+                raise self._misused
+            return run
+        finally:
+            self._busy.release()
+
+
 class _ResultIterator(itertools.chain[Any]):
     """What ``Pool.map`` and ``Pool.imap`` return: ``chain`` over the runs of results (so a
     run of plain values is iterated in C), with the ``close()`` of a generator: it stops the
-    call at once, as dropping the iterator does."""
+    call at once, as dropping the iterator does. One consumer thread at a time
+    (:class:`_OneConsumer`)."""
 
-    __slots__ = ("_runs",)
-    _runs: Generator[Iterable[Any], None, None]
+    # ``_source`` also keeps the source alive while a thread runs in it: ``chain`` drops its
+    # own reference when another thread's ``next()`` fails (freed under the first, it crashed
+    # 3.12 and later).
+    __slots__ = ("_source",)
+    _source: _OneConsumer
 
     @classmethod
     def over(cls, runs: Generator[Iterable[Any], None, None]) -> _ResultIterator:
-        it = cast("_ResultIterator", cls.from_iterable(runs))  # typeshed: a plain chain
-        it._runs = runs
+        source = _OneConsumer(runs)
+        it = cast("_ResultIterator", cls.from_iterable(source))  # typeshed: a plain chain
+        it._source = source
         return it
 
     def close(self) -> None:
         """Stops the call: nothing more is yielded; its queued chunks are cancelled and its
         running ones killed (see ``_Results.close``)."""
-        self._runs.close()
+        self._source.runs.close()
+
+    def __reduce__(self) -> Any:
+        # ``chain`` would copy (and, on older Pythons, pickle) a twin sharing the call's state.
+        raise TypeError(f"cannot pickle or copy {type(self).__name__!r} object")
 
 
 # A run of outcomes: ``(ok, value)`` pairs, or the values of items that all returned.
@@ -835,13 +879,19 @@ class _Results:
         # No local names a result: what was yielded is the caller's alone to keep or drop.
         pending: collections.deque[tuple[bool, Any]] = collections.deque(batch)
         del batch
-        while pending:
-            if not pending[0][0]:
-                # An item failed: the call ends here. Its running chunks are killed, unless
-                # the caller asked to let them finish (``gilfree.map``).
-                self.close(kill=self.kill_on_error)
-                raise pending.popleft()[1]
-            yield pending.popleft()[1]
+        try:
+            while pending:
+                if not pending[0][0]:
+                    # An item failed: the call ends here. Its running chunks are killed,
+                    # unless the caller asked to let them finish (``gilfree.map``).
+                    self.close(kill=self.kill_on_error)
+                    raise pending.popleft()[1]
+                yield pending.popleft()[1]
+        except BaseException:
+            # Ctrl-C lands here when the caller consumes in C (``list(it)``): the call ends
+            # with it, and :meth:`_runs` then yields nothing more, as for a failed item.
+            self.close()
+            raise
 
     def _take(self) -> _Outcomes | None:
         """The next run of outcomes to yield (in input order if ordered), or ``None``."""
