@@ -322,7 +322,9 @@ class Pool(Executor):
         Like ``Executor.map``, the iterables are collected at once and every task runs even if
         the results are never read. Unlike it, ``timeout`` is per task: a task that runs longer
         is killed and its result raises ``TimeoutError`` when iteration reaches it (a timeout
-        makes each item its own chunk). An exception is raised when iteration reaches its item.
+        makes each item its own chunk). An exception is raised when iteration reaches its item,
+        and ends the iteration. The iterator is for one reader thread at a time (a second one
+        gets ``ValueError``); closing or dropping it stops the call.
 
         Args:
             fn: The function; lambdas and closures work.
@@ -409,6 +411,7 @@ class Pool(Executor):
 
         An endless generator works, and memory stays flat: no more than a few chunks per worker
         (a dozen when chunks are tiny) are cut ahead of what the caller has consumed.
+        Its iterator is for one reader thread at a time, as :meth:`map`'s is.
 
         Args:
             fn: The function, called as ``fn(item)``.
