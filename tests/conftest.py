@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,19 @@ def crash_mid_map(
     # Let the rest finish through a fresh map call on the same pool (the first stopped).
     list(pool.map(helpers.square, range(4)))
     return [int(line) for line in log.read_text().split()]
+
+
+def poll_until(done: Callable[[], bool], interval: float, timeout: float = WATCHDOG) -> bool:
+    """Whether ``done()`` came true within ``timeout``, read every ``interval`` seconds: for a
+    state nothing announces (the poll is the wait, never a stand-in for an event)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)  # poll interval; what is awaited is done()
+    return True
 
 
 def wait_gone(pids: list[int], timeout: float = 20.0) -> list[int]:

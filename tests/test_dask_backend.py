@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import as_completed, wait
 from pathlib import Path
@@ -32,7 +31,7 @@ import dask  # noqa: E402
 import gilfree  # noqa: E402
 from gilfree._backends import dask as dask_backend  # noqa: E402
 
-from conftest import DASK_WORKERS, WATCHDOG  # noqa: E402
+from conftest import DASK_WORKERS, WATCHDOG, poll_until  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -469,10 +468,7 @@ def test_a_worker_restarted_by_its_nanny_is_kept(
             # The restart's spawn set the marker again, and it is taken back once that start
             # is over (the nanny's start ends a moment after the scheduler sees the worker:
             # a state, polled under a watchdog).
-            deadline = time.monotonic() + WATCHDOG
-            while marker in os.environ and time.monotonic() < deadline:
-                time.sleep(0.01)  # poll interval; what is awaited is the variable above
-            assert marker not in os.environ
+            assert poll_until(lambda: marker not in os.environ, 0.01)
 
 
 @pytest.mark.timeout(240)

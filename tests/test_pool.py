@@ -11,7 +11,6 @@ import os
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import gilfree
 from gilfree import _runtime
 
 import helpers
-from conftest import WATCHDOG, Rendezvous, crash_mid_map, run_code, wait_gone
+from conftest import WATCHDOG, Rendezvous, crash_mid_map, poll_until, run_code, wait_gone
 
 
 @pytest.fixture
@@ -532,10 +531,8 @@ def test_a_map_read_from_two_threads_at_once_fails_loudly_in_both() -> None:
         reader = threading.Thread(target=read_first, daemon=True)
         reader.start()
         busy = it._source._busy  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportUnknownVariableType]
-        deadline = time.monotonic() + WATCHDOG
-        while not busy.locked() and time.monotonic() < deadline:  # pyright: ignore[reportUnknownMemberType]
-            time.sleep(0.001)  # poll interval; what is awaited is the reader inside next()
-        assert busy.locked(), "the first reader never entered next()"  # pyright: ignore[reportUnknownMemberType]
+        # What is awaited: the reader inside next(), holding its lock.
+        assert poll_until(busy.locked, 0.001), "the first reader never entered next()"  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
         with pytest.raises(ValueError, match="two threads at once"):
             next(it)
         ev.set()

@@ -248,20 +248,12 @@ def measure_warm(quick: bool, pools: dict[str, Callable[..., Any]]) -> list[Row]
             finally:
                 pool.close()
     note = f"median of {rounds} rounds" if rounds > 1 else ""
-    for name in pools:
-        rows.append(
-            Row(
-                "tiny tasks, default chunking",
-                name,
-                statistics.median(default[name]),
-                "µs/task",
-                note,
-            )
-        )
-    for name in pools:
-        rows.append(
-            Row("tiny tasks, chunksize=1", name, statistics.median(singles[name]), "µs/task", note)
-        )
+    for bench, figures in (
+        ("tiny tasks, default chunking", default),
+        ("tiny tasks, chunksize=1", singles),
+    ):
+        for name in pools:
+            rows.append(Row(bench, name, statistics.median(figures[name]), "µs/task", note))
     for name in pools:
         samples = lat[name]
         rows.append(
